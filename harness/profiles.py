@@ -1,0 +1,138 @@
+"""Latency profiles: l(b) per (GPU type, partition, model), with interpolation.
+
+A profile file is JSON at profiles/<gpu_type>/<partition>.json:
+
+    {"gpu_type": "h200", "partition": "whole", "emulated_partition": false,
+     "provenance": {"source": ..., "gpu_name": ..., "driver": ..., "torch": ..., "date": ...},
+     "models": {"resnet50": {"batch": [1, 8, 32], "mean_ms": [...],
+                             "std_ms": [...], "p99_ms": [...]}}}
+
+`batch` must start at 1 and increase; `std_ms` and `p99_ms` may be omitted
+when only means were measured (std 0, p99 = mean). Between measured batch
+sizes latency is interpolated linearly; the largest measured size is the
+model's largest batch on that slot. `gpu_type: sleep` is the linear model
+l(b) = a*b + c for scheduler-only studies (no file).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from harness.errors import HarnessError
+
+PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
+SLEEP = "sleep"
+
+
+@dataclass(frozen=True)
+class LatencyCurve:
+    """Latency in seconds per batch size; index b of each list is batch size b (index 0 unused)."""
+
+    mean: list[float]
+    std: list[float]
+    p99: list[float]
+
+    @property
+    def max_batch(self) -> int:
+        return len(self.mean) - 1
+
+    def largest_batch_within(self, budget: float) -> int:
+        """Largest b with mean l(b) <= budget (0 if even b=1 does not fit)."""
+        best = 0
+        for b in range(1, len(self.mean)):
+            if self.mean[b] <= budget:
+                best = b
+        return best
+
+    @classmethod
+    def from_points(cls, batch, mean_ms, std_ms=None, p99_ms=None, where: str = "") -> "LatencyCurve":
+        batch = [int(b) for b in batch]
+        if not batch or batch[0] != 1:
+            raise HarnessError(f"{where}: batch sizes must start at 1 (got {batch[:3]}...); "
+                               "measure batch 1 or rerun the profiler")
+        if any(b2 <= b1 for b1, b2 in zip(batch, batch[1:])):
+            raise HarnessError(f"{where}: batch sizes must strictly increase (got {batch}); fix the profile file")
+        columns = {"mean_ms": mean_ms, "std_ms": std_ms, "p99_ms": p99_ms}
+        for name, values in columns.items():
+            if values is not None and len(values) != len(batch):
+                raise HarnessError(f"{where}: {name} has {len(values)} values for {len(batch)} batch sizes; "
+                                   "give one value per batch size")
+            if values is not None and any(not np.isfinite(v) or v < 0 for v in values):
+                raise HarnessError(f"{where}: {name} holds a negative or non-finite latency; fix the profile file")
+        if any(v <= 0 for v in mean_ms):
+            raise HarnessError(f"{where}: mean_ms must be > 0 for every batch size; fix the profile file")
+        sizes = np.arange(1, batch[-1] + 1)
+
+        def dense(values):
+            seconds = np.interp(sizes, batch, np.asarray(values, dtype=float)) / 1000.0
+            return [0.0] + seconds.tolist()
+
+        mean = dense(mean_ms)
+        std = dense(std_ms) if std_ms is not None else [0.0] * len(mean)
+        p99 = dense(p99_ms) if p99_ms is not None else list(mean)
+        return cls(mean, std, p99)
+
+    @classmethod
+    def linear(cls, a_ms: float, c_ms: float, max_batch: int) -> "LatencyCurve":
+        """The sleep model l(b) = a*b + c (Symphony's example: a=1.082 ms, c=5.204 ms)."""
+        if a_ms < 0 or c_ms <= 0 or max_batch < 1:
+            raise HarnessError(f"sleep model needs a_ms >= 0, c_ms > 0, max_batch >= 1 "
+                               f"(got a_ms={a_ms}, c_ms={c_ms}, max_batch={max_batch}); fix cluster.sleep")
+        sizes = list(range(1, max_batch + 1))
+        return cls.from_points(sizes, [a_ms * b + c_ms for b in sizes], where="sleep model")
+
+
+@dataclass(frozen=True)
+class Profile:
+    gpu_type: str
+    partition: str
+    emulated_partition: bool
+    provenance: dict
+    curves: dict[str, LatencyCurve]
+    path: str = ""
+
+
+def profile_path(gpu_type: str, partition: str) -> Path:
+    return PROFILES_DIR / gpu_type / f"{partition}.json"
+
+
+def load_profile(path: str | Path) -> Profile:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        available = sorted(str(p.relative_to(PROFILES_DIR)) for p in PROFILES_DIR.glob("*/*.json"))
+        raise HarnessError(f"latency profile '{path.name}' not found for this GPU type and partition; "
+                           f"available: {', '.join(available) or 'none'} (or run the profiler)") from None
+    except (OSError, ValueError) as exc:
+        raise HarnessError(f"latency profile '{path}' is unreadable ({exc}); fix or re-measure it") from None
+    if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
+        raise HarnessError(f"latency profile '{path}' has no 'models' mapping; see harness/profiles.py for the format")
+    curves = {}
+    for model, points in data["models"].items():
+        where = f"profile '{path.name}' model '{model}'"
+        if not isinstance(points, dict) or "batch" not in points or "mean_ms" not in points:
+            raise HarnessError(f"{where}: needs 'batch' and 'mean_ms' lists; fix the profile file")
+        curves[model] = LatencyCurve.from_points(points["batch"], points["mean_ms"], points.get("std_ms"),
+                                                 points.get("p99_ms"), where)
+    return Profile(data.get("gpu_type", path.parent.name), data.get("partition", path.stem),
+                   bool(data.get("emulated_partition", False)), data.get("provenance", {}), curves, str(path))
+
+
+def curves_for(gpu_type: str, partition: str, models: list[str], sleep: dict | None = None) -> dict[str, LatencyCurve]:
+    """The latency curve of each model on one kind of slot; every model must be profiled."""
+    if gpu_type == SLEEP:
+        sleep = sleep or {}
+        curve = LatencyCurve.linear(float(sleep.get("a_ms", 1.082)), float(sleep.get("c_ms", 5.204)),
+                                    int(sleep.get("max_batch", 64)))
+        return {m: curve for m in models}
+    profile = load_profile(profile_path(gpu_type, partition))
+    missing = [m for m in models if m not in profile.curves]
+    if missing:
+        raise HarnessError(f"profile {gpu_type}/{partition} has no latencies for {', '.join(missing)}; "
+                           f"profiled models: {', '.join(sorted(profile.curves))} (choose models=... or profile them)")
+    return {m: profile.curves[m] for m in models}

@@ -1,0 +1,184 @@
+"""One run: config -> schedule -> cluster + policy -> runtime -> records -> summary.
+
+Everything a run produces goes into its own directory:
+schedule.parquet, requests.parquet, batches.parquet, gpus.parquet,
+gpus_used.parquet, config.yaml (resolved) and summary.json.
+"""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import time
+from dataclasses import asdict
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import OmegaConf
+
+import systems
+from harness import metrics
+from harness.config import Config
+from harness.core import GpuSlot, ModelSpec
+from harness.errors import HarnessError
+from harness.profiles import LatencyCurve, curves_for, load_profile, profile_path, SLEEP
+from harness.records import (batches_frame, empty_gpus_frame, requests_frame, server_frame, sim_client_view,
+                             write_json, write_table)
+from harness.runtimes.sim import SimCluster
+from workloads import build_schedule
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def model_specs(cfg: Config) -> dict[str, ModelSpec]:
+    if not cfg.models:
+        raise HarnessError("no models configured; choose a models group, e.g. models=vision")
+    specs = {}
+    for name, m in cfg.models.items():
+        if not m.slo_ms > 0:
+            raise HarnessError(f"models.{name}.slo_ms must be > 0 (got {m.slo_ms}); set models.{name}.slo_ms=<ms>")
+        specs[name] = ModelSpec(name, m.slo_ms / 1000.0)
+    return specs
+
+
+def check_run_config(cfg: Config) -> None:
+    if not cfg.duration_s > 0:
+        raise HarnessError(f"duration_s must be > 0 (got {cfg.duration_s}); set duration_s=<seconds>")
+    if cfg.warmup_s < 0 or cfg.cooldown_s < 0 or cfg.warmup_s + cfg.cooldown_s >= cfg.duration_s:
+        raise HarnessError(f"warmup_s ({cfg.warmup_s}) + cooldown_s ({cfg.cooldown_s}) must be >= 0 and leave "
+                           f"part of duration_s ({cfg.duration_s}) to measure; shorten them or lengthen the run")
+    if cfg.cluster.count < 1:
+        raise HarnessError(f"cluster.count must be >= 1 (got {cfg.cluster.count}); set cluster.count=<slots>")
+    if cfg.runtime.drain_s < 0:
+        raise HarnessError(f"runtime.drain_s must be >= 0 (got {cfg.runtime.drain_s})")
+
+
+def build_cluster(cfg: Config, models: dict[str, ModelSpec]) -> tuple[list[GpuSlot], list[dict[str, LatencyCurve]]]:
+    """Emulated slots: every slot holds every model, all of one GPU type and partition."""
+    c = cfg.cluster
+    curves = curves_for(c.gpu_type, c.partition, list(models), OmegaConf.to_container(c.sleep))
+    held = frozenset(models)
+    gpus = [GpuSlot(i, f"{c.gpu_type}-{c.partition}-{i}", c.gpu_type, c.partition, held, emulated=True)
+            for i in range(c.count)]
+    return gpus, [curves] * c.count
+
+
+def execute(cfg: Config, out_dir: Path, overrides: list[str]) -> dict:
+    out_dir = Path(out_dir)
+    if (out_dir / "summary.json").exists():
+        raise HarnessError(f"run directory '{out_dir}' already holds a run; choose another hydra.run.dir")
+    check_run_config(cfg)
+    models = model_specs(cfg)
+    policy_cls = systems.policy_class(cfg.system.name)
+    system_cfg = OmegaConf.to_object(cfg.system)
+    gpus, curves = build_cluster(cfg, models)
+    schedule = build_schedule(cfg.workload, list(models), cfg.duration_s, cfg.seeds.schedule, cfg.seeds.mapping)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    write_table(schedule, out_dir / "schedule.parquet")
+
+    wall = time.perf_counter()
+    if cfg.runtime.name != "sim":
+        raise HarnessError(f"unknown runtime '{cfg.runtime.name}'; choose runtime=sim")
+    cluster = SimCluster(gpus, curves, noise=cfg.runtime.noise, seed=cfg.seeds.runtime)
+    policy = policy_cls(cluster, models, system_cfg)
+    reqs = cluster.run(policy, schedule["id"].to_numpy(), schedule["model"].tolist(),
+                       schedule["t_sched"].to_numpy(), models, drain=cfg.runtime.drain_s)
+    batches = batches_frame(cluster.batches, gpus)
+    client = sim_client_view(server_frame(reqs))
+    wall = time.perf_counter() - wall
+
+    slo = {m: s.slo for m, s in models.items()}
+    requests = requests_frame(client, batches, slo)
+    write_table(requests, out_dir / "requests.parquet")
+    write_table(batches, out_dir / "batches.parquet")
+    write_table(empty_gpus_frame(), out_dir / "gpus.parquet")
+    window = metrics.Window(cfg.warmup_s, cfg.duration_s - cfg.cooldown_s)
+    write_table(metrics.gpus_used(batches, window), out_dir / "gpus_used.parquet")
+    summary = summarize(cfg, requests, batches, window, gpus, curves[0], slo, overrides)
+    summary["wall_seconds"] = wall
+    summary["sim_requests_per_wall_second"] = len(reqs) / wall if wall > 0 else float("nan")
+    write_json(summary, out_dir / "summary.json")
+    return summary
+
+
+def summarize(cfg: Config, requests: pd.DataFrame, batches: pd.DataFrame, window: metrics.Window,
+              gpus: list[GpuSlot], curves: dict[str, LatencyCurve], slo: dict[str, float],
+              overrides: list[str], crashed: list | None = None, interrupted: bool = False) -> dict:
+    req = metrics.request_metrics(requests, window)
+    per_model = metrics.per_model_metrics(requests, window)
+    offered = {m: v["offered_rate"] for m, v in per_model.items()}
+    oracle = metrics.oracle_goodput(offered, slo, curves, len(gpus))
+    lag = metrics.send_lag_p99_ms(requests)
+    summary = {
+        "system": cfg.system.name,
+        "workload": cfg.workload.name,
+        "cluster": cfg.cluster.name,
+        "runtime": cfg.runtime.name,
+        "gpu_type": cfg.cluster.gpu_type,
+        "partition": cfg.cluster.partition,
+        "emulated": all(g.emulated for g in gpus),
+        "window_s": [window.start, window.end],
+        **req,
+        **metrics.batch_metrics(batches, window),
+        **metrics.gpu_metrics(batches, window, len(gpus)),
+        "oracle_goodput": oracle["oracle_goodput"],
+        "goodput_over_oracle": req["goodput"] / oracle["oracle_goodput"] if oracle["oracle_goodput"] else float("nan"),
+        "send_lag_p99_ms": lag,
+        "per_model": per_model,
+    }
+    summary["validity"] = metrics.validity(
+        summary, duration=cfg.duration_s, min_duration=cfg.validity.min_duration_s,
+        min_requests=cfg.validity.min_requests, max_send_lag_p99_ms=cfg.validity.max_send_lag_p99_ms,
+        send_lag_p99_ms=lag, crashed_slots=crashed or [], interrupted=interrupted)
+    summary["provenance"] = provenance(cfg, overrides)
+    return summary
+
+
+def provenance(cfg: Config, overrides: list[str]) -> dict:
+    def version(pkg):
+        try:
+            return metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            return None
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                                timeout=5).stdout.strip() or None
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                                    capture_output=True, text=True, timeout=5).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = None, None
+    profile = {}
+    if cfg.cluster.gpu_type != SLEEP:
+        p = load_profile(profile_path(cfg.cluster.gpu_type, cfg.cluster.partition))
+        profile = {"file": str(Path(p.path).relative_to(ROOT)), "emulated_partition": p.emulated_partition,
+                   **p.provenance}
+    return {
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "overrides": list(overrides),
+        "seeds": asdict(OmegaConf.to_object(cfg.seeds)),
+        "profile": profile,
+        "python": platform.python_version(),
+        "host": platform.node(),
+        "packages": {p: version(p) for p in ("numpy", "pandas", "pyarrow", "hydra-core", "torch", "locust")},
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def summary_table(s: dict) -> str:
+    rows = [
+        ("system / workload / cluster", f"{s['system']} / {s['workload']} / {s['cluster']} ({s['runtime']})"),
+        ("offered rate", f"{s['offered_rate']:.1f} req/s  ({s['requests']} requests in window)"),
+        ("goodput", f"{s['goodput']:.1f} req/s  ({s['goodput_over_oracle']:.0%} of oracle {s['oracle_goodput']:.1f})"),
+        ("SLO attainment", f"{s['slo_attainment']:.2%}  (drops {s['drop_rate']:.2%}, errors {s['error_rate']:.2%})"),
+        ("latency p50/p99", f"{s['latency_p50_ms']:.2f} / {s['latency_p99_ms']:.2f} ms"),
+        ("mean batch size", f"{s['mean_batch_size']:.2f}"),
+        ("GPUs used mean/peak", f"{s['gpus_used_mean']:.2f} / {s['gpus_used_peak']} of {s['gpus_total']}"
+                                f"  ({s['busy_gpu_seconds']:.1f} busy GPU-s)"),
+        ("valid", "yes" if s["validity"]["valid"] else "NO: " + "; ".join(s["validity"]["reasons"])),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
