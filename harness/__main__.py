@@ -11,7 +11,37 @@ from hydra.core.hydra_config import HydraConfig
 from harness.config import register
 from harness.errors import HarnessError
 
+CONF = Path(__file__).resolve().parent.parent / "conf"
+# Lines of Hydra's error text that are noise on a command line.
+_NOISE = ("Set the environment variable HYDRA_FULL_ERROR", "full_key:", "reference_type=", "object_type=",
+          "Config search path", "provider=", "To append to your config use")
+
 register()
+
+
+def one_line(message: str) -> str:
+    """Hydra explains a bad override over several lines; keep what names the problem and the fix."""
+    lines = [ln.strip() for ln in message.splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith(_NOISE)]
+    if len(lines) > 1 and lines[1].startswith("Available options"):
+        return f"{lines[0]}; available: {', '.join(lines[2:])}"
+    return "; ".join(lines)
+
+
+def check_overrides(argv: list[str]) -> None:
+    """Compose the config once before Hydra runs it, so a bad override ends in one clear line."""
+    if any(a.startswith("-") for a in argv):
+        return                                  # sweeps and Hydra's own flags: Hydra reports those
+    from hydra import compose, initialize_config_dir
+
+    overrides = [a for a in argv if not a.startswith(("hydra.", "hydra/", "+hydra"))]
+    try:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            compose("config", overrides=overrides)
+    except Exception as exc:  # any composition failure is the user's to fix
+        detail = "\n".join(str(e) for e in (exc, exc.__cause__) if e is not None)
+        print(f"error: {one_line(detail)}", file=sys.stderr)
+        sys.exit(2)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -30,4 +60,5 @@ def main(cfg) -> float:
 
 
 if __name__ == "__main__":
+    check_overrides(sys.argv[1:])
     main()

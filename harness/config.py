@@ -3,7 +3,7 @@
 Hydra merges conf/<group>/<choice>.yaml into these dataclasses, so a wrong
 key or a wrong type fails at composition with a message naming the key. The
 groups mirror the code: system/ (systems/<name>.py, whose Config dataclass
-is registered here as `<name>_schema`), workload/ (workloads), cluster/,
+is registered here as schema/system/<name>), workload/ (workloads), cluster/,
 models/, runtime/ and experiment/ (named overrides of the others).
 """
 
@@ -83,4 +83,5 @@ def register() -> None:
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     for name in systems.names():
-        cs.store(group="system", name=f"{name}_schema", node=systems.policy_class(name).Config)
+        # Kept out of the `system` group so that `system=` lists only real choices.
+        cs.store(group="schema/system", name=name, node=systems.policy_class(name).Config)

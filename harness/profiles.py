@@ -106,8 +106,9 @@ def load_profile(path: str | Path) -> Profile:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         available = sorted(str(p.relative_to(PROFILES_DIR)) for p in PROFILES_DIR.glob("*/*.json"))
-        raise HarnessError(f"latency profile '{path.name}' not found for this GPU type and partition; "
-                           f"available: {', '.join(available) or 'none'} (or run the profiler)") from None
+        raise HarnessError(f"latency profile '{path.parent.name}/{path.name}' not found; available: "
+                           f"{', '.join(available) or 'none'} (choose cluster.gpu_type/partition or run the profiler)"
+                           ) from None
     except (OSError, ValueError) as exc:
         raise HarnessError(f"latency profile '{path}' is unreadable ({exc}); fix or re-measure it") from None
     if not isinstance(data, dict) or not isinstance(data.get("models"), dict):

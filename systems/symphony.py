@@ -49,7 +49,7 @@ class SymphonyConfig(SystemConfig):
 
 class _ModelState:
     __slots__ = ("name", "queue", "pool", "l", "e", "slo", "max_batch", "target", "timer", "timer_at",
-                 "arrivals", "waiting_for_slot")
+                 "arrivals", "waiting_for_slot", "on_timer")
 
     def __init__(self, name, pool, l, e, slo, max_batch):
         self.name = name
@@ -64,6 +64,7 @@ class _ModelState:
         self.timer_at = float("inf")
         self.arrivals = 0
         self.waiting_for_slot = False
+        self.on_timer = None        # bound once by the policy: timers are set on almost every arrival
 
 
 class Symphony(Policy):
@@ -83,6 +84,7 @@ class Symphony(Policy):
             e = [x + allowance for x in curve.mean]
             st = _ModelState(m, self.pools.of(m), curve.mean, e, spec.slo, cap)
             st.target = self.target_batch(st, rate=0.0)
+            st.on_timer = lambda st=st: self._on_timer(st)
             self.state[m] = st
 
     # -- events -----------------------------------------------------------------
@@ -134,8 +136,9 @@ class Symphony(Policy):
         q, e, dc, dd = st.queue, st.e, self.d_ctrl, self.d_data
         while q:
             rank, free = st.pool.peek(now)
+            ready = now + dc                  # a batch sent now starts at ready + b*dd, or when the slot frees
             # Window drop: heads that would miss even alone on the slot that frees first.
-            alone = max(now + dc + dd, free) + e[1]
+            alone = (ready + dd if ready + dd > free else free) + e[1]
             if alone > q[0].deadline:
                 late = []
                 while q and alone > q[0].deadline:
@@ -143,22 +146,27 @@ class Symphony(Policy):
                 cluster.drop(late, "window")
                 continue
             head_deadline = q[0].deadline
-            b = min(len(q), st.target)
-            while b > 1 and max(now + dc + b * dd, free) + e[b] > head_deadline:
+            b = len(q) if len(q) < st.target else st.target
+            earliest = ready + b * dd
+            if earliest < free:
+                earliest = free
+            while b > 1 and earliest + e[b] > head_deadline:
                 b -= 1
-            earliest = max(now + dc + b * dd, free)
+                earliest = ready + b * dd
+                if earliest < free:
+                    earliest = free
             latest = head_deadline - e[b]
+            start = earliest
             if b == len(q) and b < st.target:
-                start = max(earliest, min(head_deadline - e[b + 1] - dd, latest))
-            else:
-                start = earliest
+                frontrun = head_deadline - e[b + 1] - dd
+                start = max(earliest, min(frontrun, latest))
             send_at = start - dc - b * dd
             if send_at > now + 1e-9:
                 st.waiting_for_slot = free > now
                 if st.timer_at != send_at:
                     if st.timer is not None:
                         st.timer.cancel()
-                    st.timer = cluster.call_at(send_at, lambda st=st: self._on_timer(st))
+                    st.timer = cluster.call_at(send_at, st.on_timer)
                     st.timer_at = send_at
                 return
             reqs = [q.popleft() for _ in range(b)]

@@ -1,0 +1,67 @@
+"""Scheduler-only scale benchmark: simulated requests per wall second in the discrete-event runtime.
+
+Default: Symphony on 1,000 slots of the sleep model (l(b) = 1.082 ms*b + 5.204 ms,
+ten models, 100 ms SLO) offered 1,000,000 requests/s of Poisson load. The
+number printed is schedule requests over the wall time of the event loop
+alone (building the schedule and writing records are timed separately).
+
+    python benchmarks/sim_scale.py [--system symphony] [--gpus 1000] [--rate 1e6] [--seconds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+
+import systems
+from harness.config import register
+from harness.records import batches_frame, server_frame
+from harness.run import build_cluster, model_specs
+from harness.runtimes.sim import SimCluster
+from workloads import build_schedule
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--system", default="symphony")
+    ap.add_argument("--gpus", type=int, default=1000)
+    ap.add_argument("--rate", type=float, default=1e6)
+    ap.add_argument("--seconds", type=float, default=2.0)
+    args = ap.parse_args()
+
+    register()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=[f"system={args.system}", "cluster=sleep1000",
+                                           f"cluster.count={args.gpus}", "models=sleep10", "workload=poisson",
+                                           f"workload.rate={args.rate}", f"duration_s={args.seconds}"])
+    models = model_specs(cfg)
+    t = time.perf_counter()
+    schedule = build_schedule(cfg.workload, list(models), cfg.duration_s, 0, 1)
+    t_schedule = time.perf_counter() - t
+    gpus, curves = build_cluster(cfg, models)
+    sim = SimCluster(gpus, curves)
+    policy = systems.policy_class(args.system)(sim, models, systems.policy_class(args.system).Config())
+    ids, names, times = schedule["id"].to_numpy(), schedule["model"].tolist(), schedule["t_sched"].to_numpy()
+    t = time.perf_counter()
+    reqs = sim.run(policy, ids, names, times, models, drain=1.0)
+    t_loop = time.perf_counter() - t
+    t = time.perf_counter()
+    server_frame(reqs), batches_frame(sim.batches, gpus)
+    t_records = time.perf_counter() - t
+    ok = sum(r.status == "ok" for r in reqs)
+    print(f"machine: {platform.processor() or platform.machine()}, python {platform.python_version()}")
+    print(f"{args.system} on {args.gpus} slots, {args.rate:,.0f} req/s offered for {args.seconds:g} s "
+          f"({len(reqs):,} requests, {len(sim.batches):,} batches, {ok / len(reqs):.1%} served)")
+    print(f"schedule build   {t_schedule:7.2f} s")
+    print(f"event loop       {t_loop:7.2f} s   -> {len(reqs) / t_loop:,.0f} simulated requests per wall second")
+    print(f"record tables    {t_records:7.2f} s")
+
+
+if __name__ == "__main__":
+    main()

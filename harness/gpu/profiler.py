@@ -1,0 +1,301 @@
+"""Measure l(b) per model and batch size on a GPU partition and write the profile file.
+
+    python -m harness.gpu.profiler --models resnet50,vit_b_16 --batch 1,2,4,8,16,32,64,128 \\
+        --partition whole,mps50,mig-1g.10gb-emulated --iters 50
+
+For each partition, a child process (this module with --in-process) builds a
+GpuExecutor per model, and for each batch size replays the model's CUDA graph
+back to back: first for at least --warmup-s seconds (clocks up, caches warm),
+then --iters times, each replay between two CUDA events. The profile records
+the mean, median, standard deviation and p99 of those replay times.
+
+Partitions (see harness.gpu.partitions): `whole` and real MIG instances run
+first, without MPS; then one private MPS daemon serves every `mps<percent>`
+and `mig-<profile>-emulated` partition, each child limited by
+CUDA_MPS_ACTIVE_THREAD_PERCENTAGE, and the daemon is stopped at the end, also
+on failure or interruption.
+
+--out is a path template with {gpu_type} and {partition}; the default files
+profiles/<gpu_type>/<partition>.json, gpu_type from the GPU's name by
+harness.gpu.partitions.gpu_type_from_name ('NVIDIA H100 80GB HBM3' -> h100).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from harness.errors import HarnessError
+from harness.gpu.mps import PERCENTAGE_ENV, mps_daemon
+from harness.gpu.partitions import Partition, find_mig_instance, gpu_type_from_name, parse_partitions
+from harness.profiles import PROFILES_DIR
+from harness.records import write_json
+
+ALL_MODELS = ("resnet50", "efficientnet_b0", "vit_b_16", "mobilenet_v3_large", "densenet121")
+DEFAULT_BATCH = (1, 2, 4, 8, 16, 32, 64, 128)
+DEFAULT_OUT = str(PROFILES_DIR / "{gpu_type}" / "{partition}.json")
+
+
+# --- the profile document (no GPU needed) -------------------------------------------------------
+
+def summarize_ms(samples_ms) -> dict[str, float]:
+    """mean, median, std and p99 of replay times in milliseconds."""
+    x = np.asarray(samples_ms, dtype=float)
+    if x.size == 0 or not np.all(np.isfinite(x)) or np.any(x <= 0):
+        raise HarnessError("replay times must be a non-empty list of positive finite milliseconds")
+    return {"mean_ms": float(x.mean()), "median_ms": float(np.median(x)), "std_ms": float(x.std(ddof=0)),
+            "p99_ms": float(np.percentile(x, 99))}
+
+
+def profile_document(gpu_type: str, partition: Partition, provenance: dict,
+                     measured: dict[str, dict[int, dict[str, float]]]) -> dict:
+    """The profile JSON (harness/profiles.py format) from {model: {batch: summarize_ms(...)}}."""
+    models = {}
+    for model, per_batch in measured.items():
+        batch = sorted(per_batch)
+        models[model] = {"batch": batch, **{key: [round(per_batch[b][key], 4) for b in batch]
+                                            for key in ("mean_ms", "std_ms", "p99_ms", "median_ms")}}
+    return {"gpu_type": gpu_type, "partition": partition.name, "emulated_partition": partition.emulated,
+            "provenance": provenance, "models": models}
+
+
+def output_path(template: str, gpu_type: str, partition: str) -> Path:
+    return Path(template.format(gpu_type=gpu_type, partition=partition))
+
+
+def write_profile(path: Path, document: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(document, path)
+
+
+# --- measuring, in the process that owns the partition ------------------------------------------
+
+def time_replays(graph, iters: int, warmup_s: float, min_warmup: int = 5):
+    """Replay times in ms of `iters` back-to-back replays of a CUDA graph, after a warm-up, by CUDA events."""
+    import torch
+
+    stream = torch.cuda.current_stream()
+    start = time.perf_counter()
+    done = 0
+    while done < min_warmup or time.perf_counter() - start < warmup_s:
+        graph.replay()
+        done += 1
+        if done % 10 == 0:
+            stream.synchronize()     # keep the host from queueing far ahead of the warm-up clock
+    begins = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
+    stream.synchronize()
+    for b, e in zip(begins, ends):
+        b.record(stream)
+        graph.replay()
+        e.record(stream)
+    stream.synchronize()
+    return np.array([b.elapsed_time(e) for b, e in zip(begins, ends)])
+
+
+def provenance(partition: Partition, args, mig_uuid: str | None) -> dict:
+    import torch
+    import torchvision
+
+    props = torch.cuda.get_device_properties(args.device)
+    nvml = nvml_facts(args.device)
+    return {
+        "source": (f"harness.gpu.profiler: {args.dtype}, random weights, eval, channels_last CNNs, one CUDA graph "
+                   f"per batch size; per point {args.iters} back-to-back replays timed by CUDA events after "
+                   f">= {args.warmup_s} s of warm-up replays"),
+        "gpu_name": torch.cuda.get_device_name(args.device),
+        "driver": nvml.get("driver"),
+        "cuda_driver": nvml.get("cuda_driver"),
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "python": platform.python_version(),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "partition": partition.name,
+        "emulated_partition": partition.emulated,
+        "mps_percentage": partition.mps_percentage,
+        "mig_profile": partition.mig_profile,
+        "mig_emulated_sms": partition.emulated_sms,
+        "mig_uuid": mig_uuid,
+        "sm_count": props.multi_processor_count,     # as this process sees the device
+        "memory_gib": round(props.total_memory / 2**30, 1),
+        "dtype": args.dtype,
+        "cudnn_benchmark": args.cudnn_benchmark,
+        "iters": args.iters,
+    }
+
+
+def nvml_facts(device: int) -> dict:
+    """Driver and CUDA driver versions from NVML; {} where NVML is unavailable."""
+    try:
+        import pynvml
+        pynvml.nvmlInit()
+    except Exception:                    # noqa: BLE001 - absent library or driver: provenance says None
+        return {}
+    try:
+        text = lambda v: v.decode() if isinstance(v, bytes) else str(v)  # noqa: E731
+        facts = {"driver": text(pynvml.nvmlSystemGetDriverVersion())}
+        cuda = pynvml.nvmlSystemGetCudaDriverVersion()
+        facts["cuda_driver"] = f"{cuda // 1000}.{cuda % 1000 // 10}"
+        return facts
+    except Exception:                    # noqa: BLE001
+        return {}
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def measure_partition(partition: Partition, args) -> Path:
+    """Profile every model on the partition this process runs on; write and return the profile file."""
+    import torch
+
+    from harness.gpu.executor import GpuExecutor
+
+    if not torch.cuda.is_available():
+        raise HarnessError("the profiler needs a CUDA GPU (torch.cuda.is_available() is False)")
+    if partition.uses_mps and os.environ.get(PERCENTAGE_ENV) != str(partition.mps_percentage):
+        raise HarnessError(f"partition {partition.name} must run under MPS with {PERCENTAGE_ENV}="
+                           f"{partition.mps_percentage}; run the profiler without --in-process")
+    gpu_type = gpu_type_from_name(torch.cuda.get_device_name(args.device))
+    measured: dict[str, dict[int, dict[str, float]]] = {}
+    for model in args.models:
+        t0 = time.perf_counter()
+        executor = GpuExecutor([model], device=args.device, dtype=args.dtype, batch_sizes=args.batch,
+                               cudnn_benchmark=args.cudnn_benchmark)
+        ready = time.perf_counter() - t0
+        measured[model] = {}
+        with torch.cuda.device(args.device):
+            for b in executor.batch_sizes:
+                measured[model][b] = summarize_ms(time_replays(executor.graph(model, b), args.iters, args.warmup_s))
+        executor.close()
+        del executor
+        row = "  ".join(f"{b}:{measured[model][b]['mean_ms']:.2f}" for b in sorted(measured[model]))
+        print(f"[{partition.name}] {model} (ready in {ready:.1f} s) mean ms by batch  {row}", flush=True)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    mig_uuid = visible if visible.startswith("MIG-") else None
+    doc = profile_document(gpu_type, partition, provenance(partition, args, mig_uuid), measured)
+    path = output_path(args.out, gpu_type, partition.name)
+    write_profile(path, doc)
+    print(f"[{partition.name}] wrote {path}", flush=True)
+    return path
+
+
+# --- orchestration: one child process per partition ---------------------------------------------
+
+def _child_command(partition: Partition, args) -> list[str]:
+    return [sys.executable, "-m", "harness.gpu.profiler", "--in-process", "--partition", partition.name,
+            "--models", ",".join(args.models), "--batch", ",".join(map(str, args.batch)),
+            "--iters", str(args.iters), "--warmup-s", str(args.warmup_s),
+            "--device", "0" if partition.kind == "mig" else str(args.device),   # the MIG instance is the one visible
+            "--dtype", args.dtype, "--out", args.out] + (["--cudnn-benchmark"] if args.cudnn_benchmark else [])
+
+
+def _run_child(partition: Partition, args, env: dict[str, str]) -> bool:
+    print(f"[{partition.name}] profiling in a child process", flush=True)
+    child = subprocess.Popen(_child_command(partition, args), env=env)
+    try:
+        rc = child.wait()
+    finally:
+        if child.poll() is None:         # interrupted: end our child before the daemon goes
+            child.terminate()
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+    if rc != 0:
+        print(f"[{partition.name}] FAILED (exit {rc})", file=sys.stderr, flush=True)
+    return rc == 0
+
+
+def profile_partitions(partitions: list[Partition], args) -> list[str]:
+    """Profile each partition in its own child process; returns the names of those that failed."""
+    failed = []
+    direct = [p for p in partitions if not p.uses_mps]
+    shared = [p for p in partitions if p.uses_mps]
+    for p in direct:                     # before any MPS daemon exists
+        env = dict(os.environ)
+        for key in ("CUDA_MPS_PIPE_DIRECTORY", PERCENTAGE_ENV):
+            env.pop(key, None)
+        if p.kind == "mig":
+            uuid, _name = find_mig_instance(p.mig_profile)
+            env["CUDA_VISIBLE_DEVICES"] = uuid
+        if not _run_child(p, args, env):
+            failed.append(p.name)
+    if shared:
+        with mps_daemon() as mps:
+            for p in shared:
+                if not _run_child(p, args, mps.client_env(p.mps_percentage)):
+                    failed.append(p.name)
+    return failed
+
+
+def _terminate_as_interrupt(signum, _frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m harness.gpu.profiler", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default=",".join(ALL_MODELS), help="comma-separated torchvision model names")
+    ap.add_argument("--batch", default=",".join(map(str, DEFAULT_BATCH)), help="comma-separated batch sizes")
+    ap.add_argument("--partition", default="whole", help="comma-separated partitions (whole, mps50, ...)")
+    ap.add_argument("--out", default=DEFAULT_OUT, help="path template with {gpu_type} and {partition}")
+    ap.add_argument("--iters", type=int, default=50, help="timed replays per model and batch size")
+    ap.add_argument("--warmup-s", type=float, default=0.1, help="warm-up replay seconds per model and batch size")
+    ap.add_argument("--device", type=int, default=0, help="CUDA device index")
+    ap.add_argument("--dtype", default="fp16", choices=("fp16", "bf16", "fp32"))
+    ap.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN time its algorithms at capture")
+    ap.add_argument("--in-process", action="store_true",
+                    help="measure the one partition given in this process, in the environment it has")
+    args = ap.parse_args(argv)
+    args.models = [m for m in args.models.split(",") if m]
+    try:
+        args.batch = sorted({int(b) for b in args.batch.split(",") if b})
+    except ValueError:
+        raise HarnessError(f"--batch must be comma-separated integers (got '{args.batch}')") from None
+    if not args.batch or args.batch[0] < 1:
+        raise HarnessError("--batch needs positive batch sizes, starting at 1 for a usable profile")
+    if args.batch[0] != 1:
+        raise HarnessError(f"--batch must include 1 (profiles start at batch 1; got {args.batch})")
+    if args.iters < 2:
+        raise HarnessError("--iters must be >= 2")
+    unknown = [m for m in args.models if m not in ALL_MODELS]
+    if unknown or not args.models:
+        raise HarnessError(f"unknown models {unknown}; choose from {', '.join(ALL_MODELS)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _terminate_as_interrupt)   # so the MPS daemon is stopped on `kill`
+    try:
+        args = parse_args(argv)
+        partitions = parse_partitions(args.partition)
+        if len(partitions) > 1 and "{partition}" not in args.out:
+            raise HarnessError("several partitions need --out with a {partition} placeholder")
+        if args.in_process:
+            if len(partitions) != 1:
+                raise HarnessError("--in-process measures exactly one partition")
+            measure_partition(partitions[0], args)
+            return 0
+        failed = profile_partitions(partitions, args)
+    except HarnessError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if failed:
+        print(f"error: profiling failed on {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

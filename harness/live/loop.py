@@ -1,0 +1,104 @@
+"""A precise asyncio event loop and the run clock shared by every live process.
+
+Timers: asyncio sleeps in the selector's select(timeout), and epoll waits in
+whole milliseconds, rounded up, so a timer fires up to 1 ms late (plus the
+kernel's timer slack). Symphony defers batches to the last admissible
+microsecond, so that error matters. `PreciseSelector` blocks in epoll for
+the whole milliseconds that end at least `spin` before the deadline, then
+polls select(0) until the deadline or an event: CPU for precision, only in
+the last ~0.5-1.5 ms before a timer.
+
+Clock: every process (frontend, load generator) reads
+`now = wall - epoch`, the epoch (unix seconds) being chosen by the
+orchestrator. To stay monotonic under NTP adjustments during a run, `Clock`
+samples the offset between the wall clock and time.monotonic() once and
+then counts on the monotonic clock, which is also asyncio's loop clock, so
+converting a run time into loop time is one addition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import selectors
+import time
+
+SPIN = 0.0005      # seconds before a deadline at which blocking stops and polling starts
+
+
+class PreciseSelector(selectors.DefaultSelector):
+    """The platform's default selector with sub-millisecond timeouts (see module doc)."""
+
+    def __init__(self, spin: float = SPIN):
+        super().__init__()
+        self.spin = spin
+
+    def select(self, timeout: float | None = None):
+        if timeout is None or timeout <= 0:
+            return super().select(timeout)
+        deadline = time.monotonic() + timeout
+        block_ms = math.floor((timeout - self.spin) * 1e3)
+        if block_ms >= 1:
+            # epoll's timeout is in whole ms rounded up; ask for just under block_ms so
+            # float error cannot round it up to block_ms + 1.
+            ready = super().select((block_ms - 0.5) * 1e-3)
+            if ready:
+                return ready
+        poll = super().select
+        while True:
+            ready = poll(0)
+            if ready or time.monotonic() >= deadline:
+                return ready
+
+
+def new_event_loop(spin: float = SPIN) -> asyncio.AbstractEventLoop:
+    """A selector event loop whose timers fire within tens of microseconds of their time."""
+    return asyncio.SelectorEventLoop(PreciseSelector(spin))
+
+
+def run(main, *, spin: float = SPIN):
+    """asyncio.run(main) on the precise loop (tasks left over are cancelled, then the loop closed)."""
+    loop = new_event_loop(spin)
+    asyncio.set_event_loop(loop)
+    try:
+        return loop.run_until_complete(main)
+    finally:
+        try:
+            left = asyncio.all_tasks(loop)
+            for task in left:
+                task.cancel()
+            if left:
+                loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+
+
+def wall_minus_monotonic(samples: int = 7) -> float:
+    """time.time() - time.monotonic(), from the tightest of a few bracketed readings."""
+    best = (float("inf"), 0.0)
+    for _ in range(samples):
+        m0 = time.monotonic()
+        w = time.time()
+        m1 = time.monotonic()
+        best = min(best, (m1 - m0, w - 0.5 * (m0 + m1)))
+    return best[1]
+
+
+class Clock:
+    """Seconds since `epoch` (unix seconds), read from the monotonic clock.
+
+    `to_monotonic(t)` is the time.monotonic() value (= asyncio loop time) at
+    run time t.
+    """
+
+    def __init__(self, epoch: float):
+        self.epoch = float(epoch)
+        self._offset = wall_minus_monotonic() - self.epoch   # run time = monotonic + offset
+
+    def now(self) -> float:
+        return time.monotonic() + self._offset
+
+    def to_monotonic(self, t: float) -> float:
+        return t - self._offset

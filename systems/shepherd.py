@@ -1,0 +1,169 @@
+"""Shepherd Flex (Zhang et al., NSDI'23): largest feasible batch first, with preemption.
+
+One deadline-ordered queue per model (FIFO: a model's requests share one
+SLO). A model's candidate batch at time t: first drop the requests that
+could not finish even alone (t + l(1) > deadline), then take the largest b
+with t + l(b) <= the earliest deadline among its first b requests, which is
+the head's.
+
+- When a slot becomes idle (and on arrival when a slot holding the model is
+  idle) it runs the model whose candidate batch is largest (ties: earliest
+  head deadline, then model order).
+- On arrival with no idle slot for the model, the arriving request's model
+  gets its candidate batch b; the smallest batch s running on a slot holding
+  the model (ties: lowest slot index) is preempted when b >= lambda * s.
+  Its requests go back, still pending, to the front of their model's queue
+  in deadline order, and the candidate runs on the freed slot.
+
+Each slot runs one batch at a time (dispatch only to idle slots), so a
+preemption always finds exactly one running batch; idle slots are taken
+lowest rank first. l(b) is the profiled mean.
+
+Left out: Shepherd's Herd planner (grouping models and GPUs into serving
+groups per epoch); here every slot that holds a model may serve it.
+"""
+
+from __future__ import annotations
+
+import heapq
+from bisect import bisect_right
+from collections import deque
+from dataclasses import dataclass
+from itertools import accumulate
+
+from harness.core import Batch, Policy, Request, SystemConfig, slots_holding
+from systems._pool import Pools
+
+
+@dataclass
+class ShepherdConfig(SystemConfig):
+    name: str = "shepherd"
+    preempt_lambda: float = 3.03   # preempt when the new candidate batch is >= lambda x the running batch
+    max_batch: int = 0             # cap on a batch; 0: the profile's largest
+
+
+class _ModelState:
+    __slots__ = ("name", "order", "queue", "l", "envelope", "max_batch", "pool")
+
+    def __init__(self, name, order, l, max_batch, pool):
+        self.name = name
+        self.order = order                           # tie-break: position in the models config
+        self.queue: deque[Request] = deque()
+        self.l = l                                   # l[b]: profiled mean latency of a batch of b
+        # Running maximum of l, so that bisect finds the largest batch that fits even on a
+        # profile that is not quite monotone (exact on a monotone one).
+        self.envelope = list(accumulate(l[: max_batch + 1], max))
+        self.max_batch = max_batch
+        self.pool = pool
+
+
+class Shepherd(Policy):
+    Config = ShepherdConfig
+
+    def __init__(self, cluster, models, config: ShepherdConfig):
+        super().__init__(cluster, models, config)
+        self.pools = Pools(cluster.gpus)
+        self.state: dict[str, _ModelState] = {}
+        for i, m in enumerate(models):
+            # Slots holding a model are assumed alike; the first one's profile stands for all.
+            curve = cluster.curve(m, slots_holding(cluster.gpus, m)[0])
+            cap = min(config.max_batch or curve.max_batch, curve.max_batch)
+            self.state[m] = _ModelState(m, i, curve.mean, cap, self.pools.of(m))
+        self.held = {g.index: [self.state[m] for m in models if m in g.models] for g in cluster.gpus}
+        self.running: dict[int, Batch] = {}         # slot -> its running batch
+        # Per pool, a heap of (size, slot, batch id) of running batches; stale entries are skipped.
+        self.running_heap: dict[int, list] = {id(st.pool): [] for st in self.state.values()}
+        self.pools_of_slot = {g: list({id(st.pool): st.pool for st in held}.values())
+                              for g, held in self.held.items()}
+
+    # -- events -----------------------------------------------------------------
+    def on_arrival(self, req: Request) -> None:
+        st = self.state[req.model]
+        st.queue.append(req)
+        now = self.cluster.now()
+        rank, free = st.pool.peek(now)
+        if rank < 0:
+            return
+        if free <= now:
+            self._serve(rank)
+        else:
+            self._maybe_preempt(st, now)
+
+    def on_batch_done(self, batch: Batch) -> None:
+        gpu = batch.gpu
+        if self.running.get(gpu) is batch:
+            del self.running[gpu]
+        self.pools.release(gpu, self.cluster.now())
+        self._serve(gpu)
+
+    def on_gpu_lost(self, gpu: int) -> None:
+        self.running.pop(gpu, None)
+        self.pools.remove(gpu)
+
+    # -- decisions --------------------------------------------------------------
+    def candidate(self, st: _ModelState, now: float) -> int:
+        """Size of the model's candidate batch at `now` (0 if its queue is empty); drops infeasible heads."""
+        q = st.queue
+        if q and now + st.l[1] > q[0].deadline:
+            late = []
+            while q and now + st.l[1] > q[0].deadline:
+                late.append(q.popleft())
+            self.cluster.drop(late, "infeasible")
+        if not q:
+            return 0
+        fits = bisect_right(st.envelope, q[0].deadline - now, 1) - 1
+        return min(fits, len(q))
+
+    def _serve(self, gpu: int) -> None:
+        """Run the largest candidate batch among the slot's models on the idle slot."""
+        now = self.cluster.now()
+        best, best_b = None, 0
+        for st in self.held[gpu]:
+            if not st.queue:
+                continue
+            b = self.candidate(st, now)
+            if b > best_b or (b == best_b and b and
+                              (st.queue[0].deadline, st.order) < (best.queue[0].deadline, best.order)):
+                best, best_b = st, b
+        if best is not None:
+            self._run(gpu, best, best_b)
+
+    def _run(self, gpu: int, st: _ModelState, b: int) -> None:
+        q = st.queue
+        batch = self.cluster.dispatch(gpu, st.name, [q.popleft() for _ in range(b)])
+        self.running[gpu] = batch
+        self.pools.book(gpu, float("inf"))
+        for pool in self.pools_of_slot[gpu]:
+            heapq.heappush(self.running_heap[id(pool)], (b, gpu, batch.id))
+
+    def _smallest_running(self, st: _ModelState) -> Batch | None:
+        heap = self.running_heap[id(st.pool)]
+        running = self.running
+        while heap:
+            _, gpu, bid = heap[0]
+            batch = running.get(gpu)
+            if batch is not None and batch.id == bid:
+                return batch
+            heapq.heappop(heap)
+        return None
+
+    def _maybe_preempt(self, st: _ModelState, now: float) -> None:
+        b = self.candidate(st, now)
+        if b == 0:
+            return
+        victim = self._smallest_running(st)
+        if victim is None or b < self.config.preempt_lambda * victim.size:
+            return
+        gpu = victim.gpu
+        del self.running[gpu]
+        back = self.cluster.preempt(gpu)
+        # They were the head of their model's queue when dispatched, so they precede what is queued now.
+        self.state[victim.model].queue.extendleft(sorted(back, key=lambda r: r.deadline, reverse=True))
+        if victim.model == st.name:
+            b = self.candidate(st, now)       # its queue's head changed: recompute against the new head
+        self._run(gpu, st, b)
+        # Slots that hold the victim's model but not the arriving one may be idle.
+        pool = self.state[victim.model].pool
+        rank, free = pool.peek(now)
+        if rank >= 0 and free <= now:
+            self._serve(rank)

@@ -1,0 +1,207 @@
+"""Triton's dynamic batcher, modelled (triton-inference-server/core, dynamic_batch_scheduler.cc).
+
+One batcher and one FIFO queue per model. Like Triton's batcher thread, it
+looks at its queue only while an instance of the model is free (an instance
+is busy from dispatch to its batch's completion). Then, with n = min(queued,
+max_batch_size) and P the preferred batch sizes (default [max_batch_size],
+as Triton's config normaliser fills it in), GetDynamicBatch() comes down to:
+
+    1. some p in P has p <= n and the oldest pending request has waited less
+       than max_queue_delay: send the largest such p (a preferred size
+       reached goes at once, even below max(P));
+    2. else if n >= max(P), or the delay is 0, or it has expired: send n;
+    3. else wait until the oldest request's delay expires (or the next queue
+       timeout), unless an arrival or a free instance decides earlier.
+
+With delay 0 and the default P this is work-conserving: whatever is pending,
+up to max_batch_size, goes as soon as an instance is free.
+
+Queue policy (ModelQueuePolicy): max_queue_size > 0 rejects arrivals that
+find that many requests queued; default_timeout_microseconds > 0 times a
+request out once its queue time reaches the timeout, checked (as in Triton)
+only when the batcher runs, i.e. while an instance is free. REJECT drops it;
+DELAY moves it to a second queue served after the fresh requests (Triton's
+delayed queue). Triton has no SLO: nothing is dropped for deadlines.
+
+Instances: `instance_count` per slot holding the model; a batch goes to a
+free instance on the lowest slot index. Instances on one slot, and models
+sharing a slot, run their batches one after another (the slot serialises
+them), where real Triton would overlap them on CUDA streams.
+
+Left out: priority levels and per-priority policies, allow_timeout_override,
+preserve_ordering, the response cache, the rate limiter, and growing a
+payload that waits for an instance (here a batch is formed only when an
+instance is free, so it never waits).
+"""
+
+from __future__ import annotations
+
+import heapq
+from bisect import bisect_right
+from collections import deque
+from dataclasses import dataclass, field
+
+from harness.core import Batch, Policy, Request, SystemConfig, slots_holding
+from harness.errors import HarnessError
+
+US = 1e-6
+EPS = 1e-9          # Triton's clock ticks in ns: times this close count as reached
+
+
+@dataclass
+class TritonConfig(SystemConfig):
+    name: str = "triton"
+    max_batch_size: int = 0                                      # 0: the profile's largest batch
+    preferred_batch_size: list[int] = field(default_factory=list)  # empty: [max_batch_size]
+    max_queue_delay_microseconds: int = 0                        # 0: send at once (work-conserving)
+    instance_count: int = 1                                      # instances per slot holding the model
+    max_queue_size: int = 0                                      # 0: unbounded
+    default_timeout_microseconds: int = 0                        # 0: no queue timeout
+    timeout_action: str = "REJECT"                               # REJECT or DELAY
+
+
+class _Batcher:
+    __slots__ = ("name", "queue", "delayed", "free", "max_batch", "preferred", "timer", "timer_at")
+
+    def __init__(self, name: str, free: list[int], max_batch: int, preferred: list[int]):
+        self.name = name
+        self.queue: deque[Request] = deque()
+        self.delayed: deque[Request] = deque()   # timed out under DELAY: served after `queue`
+        self.free = free                         # heap of slot indices, one entry per free instance
+        self.max_batch = max_batch
+        self.preferred = preferred               # sorted ascending
+        self.timer = None
+        self.timer_at = float("inf")
+
+
+class Triton(Policy):
+    Config = TritonConfig
+
+    def __init__(self, cluster, models, config: TritonConfig):
+        super().__init__(cluster, models, config)
+        if config.timeout_action not in ("REJECT", "DELAY"):
+            raise HarnessError(f"triton: timeout_action must be REJECT or DELAY (got {config.timeout_action!r}); "
+                               "fix system.timeout_action")
+        if config.instance_count < 1:
+            raise HarnessError(f"triton: instance_count must be >= 1 (got {config.instance_count}); "
+                               "fix system.instance_count")
+        self.delay = config.max_queue_delay_microseconds * US
+        self.timeout = config.default_timeout_microseconds * US
+        self.reject_on_timeout = config.timeout_action == "REJECT"
+        self.batchers: dict[str, _Batcher] = {}
+        for m in models:
+            slots = slots_holding(cluster.gpus, m)
+            largest = cluster.curve(m, slots[0]).max_batch
+            max_batch = config.max_batch_size or largest
+            if max_batch > largest:
+                raise HarnessError(f"triton: max_batch_size {max_batch} exceeds the profiled maximum {largest} "
+                                   f"of {m}; lower system.max_batch_size")
+            preferred = sorted(set(config.preferred_batch_size)) or [max_batch]
+            if preferred[0] < 1 or preferred[-1] > max_batch:
+                raise HarnessError(f"triton: preferred_batch_size {preferred} must lie in [1, {max_batch}] for {m}; "
+                                   "fix system.preferred_batch_size")
+            free = [s for s in slots for _ in range(config.instance_count)]
+            heapq.heapify(free)
+            self.batchers[m] = _Batcher(m, free, max_batch, preferred)
+
+    # -- events -----------------------------------------------------------------
+    def on_arrival(self, req: Request) -> None:
+        b = self.batchers[req.model]
+        limit = self.config.max_queue_size
+        if limit and len(b.queue) + len(b.delayed) >= limit:
+            # Triton answers UNAVAILABLE "Exceeds maximum queue size"; records want status 'rejected'.
+            self.cluster.drop([req], "rejected: queue full")
+            return
+        b.queue.append(req)
+        self._run(b)
+
+    def on_batch_done(self, batch: Batch) -> None:
+        b = self.batchers[batch.model]
+        if self.cluster.gpus[batch.gpu].alive:
+            heapq.heappush(b.free, batch.gpu)
+        self._run(b)
+
+    # -- the batcher --------------------------------------------------------------
+    def _run(self, b: _Batcher) -> None:
+        """What Triton's batcher thread does each time it wakes with a free instance."""
+        cluster = self.cluster
+        now = cluster.now()
+        gpus = cluster.gpus
+        while b.free:
+            if not gpus[b.free[0]].alive:
+                heapq.heappop(b.free)
+                continue
+            if self.timeout > 0:
+                self._apply_timeouts(b, now)
+            queued = len(b.queue) + len(b.delayed)
+            if queued == 0:
+                break
+            n = min(queued, b.max_batch)
+            size = self._batch_size(b, n, now)
+            if size == 0:
+                self._wake_at(b, self._wake_time(b, n))
+                return
+            slot = heapq.heappop(b.free)
+            cluster.dispatch(slot, b.name, self._take(b, size))
+        # Nothing queued, or no free instance: Triton's thread sleeps until an arrival or a completion.
+        self._cancel_timer(b)
+
+    def _batch_size(self, b: _Batcher, n: int, now: float) -> int:
+        """Requests to send now out of n pending (0: wait), per GetDynamicBatch()."""
+        preferred = b.preferred
+        expired = self.delay > 0 and now - self._oldest(b, n) >= self.delay - EPS
+        i = bisect_right(preferred, n)
+        if i and not expired:
+            return preferred[i - 1]
+        if n >= preferred[-1] or expired or self.delay == 0:
+            return n
+        return 0
+
+    def _oldest(self, b: _Batcher, n: int) -> float:
+        """Enqueue time of the oldest request in the pending batch of n."""
+        oldest = b.queue[0].t_arrival if b.queue else float("inf")
+        if n > len(b.queue) and b.delayed:
+            oldest = min(oldest, b.delayed[0].t_arrival)
+        return oldest
+
+    def _wake_time(self, b: _Batcher, n: int) -> float:
+        t = self._oldest(b, n) + self.delay
+        if self.timeout > 0 and b.queue:
+            t = min(t, b.queue[0].t_arrival + self.timeout)   # FIFO: the head times out first
+        return t
+
+    def _apply_timeouts(self, b: _Batcher, now: float) -> None:
+        q, timeout = b.queue, self.timeout
+        if not q or q[0].t_arrival + timeout > now + EPS:
+            return
+        expired = []
+        while q and q[0].t_arrival + timeout <= now + EPS:
+            expired.append(q.popleft())
+        if self.reject_on_timeout:
+            self.cluster.drop(expired, "rejected: queue timeout")
+        else:
+            b.delayed.extend(expired)
+
+    def _take(self, b: _Batcher, size: int) -> list[Request]:
+        q = b.queue
+        reqs = [q.popleft() for _ in range(min(size, len(q)))]
+        d = b.delayed
+        while len(reqs) < size:
+            reqs.append(d.popleft())
+        return reqs
+
+    def _wake_at(self, b: _Batcher, t: float) -> None:
+        if b.timer_at != t:
+            if b.timer is not None:
+                b.timer.cancel()
+            b.timer = self.cluster.call_at(t, lambda b=b: self._on_timer(b))
+            b.timer_at = t
+
+    def _cancel_timer(self, b: _Batcher) -> None:
+        if b.timer is not None:
+            b.timer.cancel()
+            b.timer, b.timer_at = None, float("inf")
+
+    def _on_timer(self, b: _Batcher) -> None:
+        b.timer, b.timer_at = None, float("inf")
+        self._run(b)

@@ -1,0 +1,93 @@
+"""The main job end to end (a real subprocess), and its one-line errors for bad input."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from harness.errors import HarnessError
+from harness.profiles import load_profile
+from harness.records import BATCH_COLUMNS, REQUEST_COLUMNS
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def harness(*overrides, run_dir=None):
+    args = [sys.executable, "-m", "harness", *overrides]
+    if run_dir is not None:
+        args.append(f"hydra.run.dir={run_dir}")
+    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_sim_run_writes_records_and_summary(tmp_path):
+    run = harness("runtime=sim", "system=symphony", "workload=bursty", "duration_s=12", run_dir=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "goodput" in run.stdout
+    requests = pd.read_parquet(tmp_path / "requests.parquet")
+    batches = pd.read_parquet(tmp_path / "batches.parquet")
+    schedule = pd.read_parquet(tmp_path / "schedule.parquet")
+    assert list(requests.columns) == REQUEST_COLUMNS
+    assert list(batches.columns) == BATCH_COLUMNS
+    assert len(requests) == len(schedule) > 1000
+    assert set(requests["status"]) <= {"ok", "dropped", "rejected", "timeout", "error"}
+    ok = requests[requests["status"] == "ok"]
+    assert (ok["latency"] >= ok["exec_time"] - 1e-9).all()
+    assert ok["batch_id"].isin(batches["id"]).all()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    for key in ("system", "workload", "cluster", "offered_rate", "goodput", "slo_attainment", "drop_rate",
+                "latency_p99_ms", "mean_batch_size", "gpus_used_mean", "gpus_used_peak", "busy_gpu_seconds",
+                "oracle_goodput", "validity", "provenance"):
+        assert key in summary
+    assert summary["system"] == "symphony" and summary["validity"]["valid"]
+    assert summary["provenance"]["seeds"] == {"schedule": 0, "mapping": 1, "payload": 2, "runtime": 3}
+    # Same seed, same result: the sim is deterministic.
+    again = harness("runtime=sim", "system=symphony", "workload=bursty", "duration_s=12",
+                    run_dir=tmp_path / "again")
+    assert again.returncode == 0
+    assert pd.read_parquet(tmp_path / "again" / "requests.parquet").equals(requests)
+
+
+def test_existing_run_directory_is_never_overwritten(tmp_path):
+    assert harness("runtime=sim", "duration_s=12", run_dir=tmp_path).returncode == 0
+    before = (tmp_path / "summary.json").read_text()
+    second = harness("runtime=sim", "duration_s=12", run_dir=tmp_path)
+    assert second.returncode == 2 and "already holds a run" in second.stderr
+    assert (tmp_path / "summary.json").read_text() == before
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["system=nope"], "Could not find 'system/nope'"),
+    (["workload.rate=-5"], "workload.rate must be > 0"),
+    (["models.resnet50.slo_ms=0"], "models.resnet50.slo_ms must be > 0"),
+    (["workload.rate=abc"], "could not be converted to Float"),
+    (["workload.nope=1"], "Key 'nope' not in 'WorkloadConfig'"),
+    (["workload=maf_trace", "workload.trace=no/such/trace.csv"], "not found"),
+    (["cluster.gpu_type=h999"], "latency profile 'h999/whole.json' not found"),
+])
+def test_bad_input_fails_with_one_line(tmp_path, overrides, expected):
+    run = harness("runtime=sim", *overrides, run_dir=tmp_path)
+    assert run.returncode == 2
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], run.stderr
+    assert not (tmp_path / "summary.json").exists()
+
+
+def test_malformed_trace_names_file_and_line(tmp_path):
+    trace = tmp_path / "trace.csv"
+    trace.write_text("HashOwner,HashApp,HashFunction,Trigger,1,2\no,a,f,http,3,x\n")
+    run = harness("runtime=sim", "workload=maf_trace", f"workload.trace={trace}", run_dir=tmp_path / "run")
+    assert run.returncode == 2
+    assert "trace.csv" in run.stderr and "line 2" in run.stderr and len(run.stderr.strip().splitlines()) == 1
+
+
+def test_profile_missing_batch_size_is_refused(tmp_path):
+    bad = tmp_path / "whole.json"
+    bad.write_text(json.dumps({"models": {"resnet50": {"batch": [8, 16], "mean_ms": [1.5, 2.0]}}}))
+    with pytest.raises(HarnessError, match="must start at 1"):
+        load_profile(bad)
+    bad.write_text(json.dumps({"models": {"resnet50": {"batch": [1, 8, 16], "mean_ms": [1.0, 1.5]}}}))
+    with pytest.raises(HarnessError, match="2 values for 3 batch sizes"):
+        load_profile(bad)
