@@ -1,0 +1,374 @@
+"""Trace replay: Azure Functions 2019 per-minute counts and per-invocation timestamps.
+
+Readers:
+- MAF (Azure Functions 2019 invocation counts): header
+  HashOwner,HashApp,HashFunction,Trigger,1,2,...,N with one row per function
+  and one count per window. Each (function, window) becomes a cell of rate
+  count * rate_scale / trace_window_s with Gamma(trace_cv) arrivals inside,
+  as AlpaServe replays it (but started in steady state, see arrivals.py).
+- Timestamps (Azure Functions 2021, Azure LLM inference traces): one row per
+  invocation with a time column and optionally a function column.
+
+Functions are mapped to models by a weighted round robin (plain round robin
+with an empty mix) over the functions active in the selected span, after a
+shuffle by the mapping seed.
+
+The shipped samples in workloads/data/ are synthetic, made by `write_samples`
+(python -c "from workloads.traces import write_samples; write_samples()")
+with the arguments in MAF_SAMPLE and TIMESTAMPS_SAMPLE; the real traces are
+not redistributed.
+"""
+
+import csv
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from harness.errors import HarnessError
+from workloads.arrivals import cell_arrivals
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(__file__).resolve().parent / "data"
+
+MAF_META_COLUMNS = ("HashOwner", "HashApp", "HashFunction", "Trigger")
+TIME_COLUMNS = ("timestamp", "end_timestamp", "TIMESTAMP", "time", "arrival_time")
+FUNCTION_COLUMNS = ("func", "function", "app", "HashFunction")
+
+# What workload.trace should point at, per process (for error messages).
+TRACE_HINTS = {
+    "maf_trace": "<path to an Azure Functions 2019 per-minute CSV>",
+    "timestamp_trace": "<path to a per-invocation timestamp CSV>",
+}
+
+MAF_SAMPLE = {"n_functions": 12, "n_minutes": 60, "seed": 2019}
+TIMESTAMPS_SAMPLE = {"n_invocations": 6000, "span_s": 120.0, "seed": 2021}
+
+
+def resolve_trace_path(trace: str, hint: str) -> Path:
+    """The trace file; a relative path is tried in the current directory, then the repository root."""
+    path = Path(trace).expanduser()
+    candidates = [path] if path.is_absolute() else [path, REPO_ROOT / path]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise HarnessError(f"trace file {trace!r} not found; set workload.trace={hint}")
+
+
+def round_robin(weights: np.ndarray, n: int) -> np.ndarray:
+    """Model index for each of n turns, shares proportional to weights.
+
+    Model m's k-th turn sits at (k + 0.5) / w_m and turns are taken in that
+    order, so equal weights give exactly 0, 1, ..., M-1, 0, 1, ...
+    """
+    models = np.flatnonzero(weights > 0)
+    w = weights[models]
+    # Enough turns per model: the n-th turn lies below n + M/2.
+    turns = np.ceil(n * w).astype(np.int64) + len(weights)
+    k = np.concatenate([np.arange(c) for c in turns])
+    position = (k + 0.5) / np.repeat(w, turns)
+    return np.repeat(models, turns)[np.argsort(position, kind="stable")[:n]]
+
+
+def _map_functions(n_functions: int, weights: np.ndarray, mapping_rng: np.random.Generator) -> np.ndarray:
+    """Model index per function: function i takes turn perm[i] of the round robin."""
+    return round_robin(weights, n_functions)[mapping_rng.permutation(n_functions)]
+
+
+def _read_header(path: Path, name: str) -> list[str]:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            header = next(csv.reader(f), None)
+    except UnicodeDecodeError:
+        raise HarnessError(f"trace file {name!r} is not UTF-8 text; point workload.trace at a CSV file") from None
+    if not header:
+        raise HarnessError(f"trace file {name!r} is empty; point workload.trace at a CSV with a header row")
+    return [h.strip() for h in header]
+
+
+def _data_rows(path: Path, name: str, width: int):
+    """(line number, fields) of each non-blank data row; header = line 1.
+
+    The fast parsers (np.loadtxt, pandas) skip blank lines and report no
+    reliable line numbers, so a bad file is re-read with this to say where.
+    Raises at the first row whose field count differs from the header's.
+    """
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        next(reader)
+        for row in reader:
+            if not row:
+                continue
+            if len(row) != width:
+                raise HarnessError(
+                    f"trace file {name!r} line {reader.line_num} has {len(row)} fields but the header has {width}; "
+                    "fix or remove that row"
+                )
+            yield reader.line_num, row
+
+
+def _unreadable(name: str, error: Exception, expected: str) -> HarnessError:
+    reason = (str(error).splitlines() or [type(error).__name__])[0]
+    return HarnessError(f"trace file {name!r} could not be read ({reason}); check it is {expected}")
+
+
+# --- Azure Functions 2019 per-minute counts ------------------------------------------
+
+
+def _maf_count_columns(header: list[str], name: str) -> list[int]:
+    """Positions of the count columns '1'..'N', after checking the header."""
+    missing = [c for c in MAF_META_COLUMNS if c not in header]
+    counts = [i for i, h in enumerate(header) if h.isdecimal()]
+    if not counts:
+        missing.append("1")
+    if missing:
+        raise HarnessError(
+            f"trace file {name!r} lacks column(s) {', '.join(repr(c) for c in missing)}; "
+            "expected the Azure Functions 2019 header HashOwner,HashApp,HashFunction,Trigger,1,2,...,N"
+        )
+    if [int(header[i]) for i in counts] != list(range(1, len(counts) + 1)):
+        raise HarnessError(
+            f"trace file {name!r} has count columns {header[counts[0]]}..{header[counts[-1]]} "
+            "not numbered 1..N in order; fix the header"
+        )
+    return counts
+
+
+def _read_maf_counts(path: Path, name: str, header: list[str], columns: list[int]) -> np.ndarray:
+    """Counts (functions x selected windows) from the given column positions."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # loadtxt warns on a header-only file
+            counts = np.loadtxt(
+                path, delimiter=",", skiprows=1, usecols=columns, dtype=np.int64, ndmin=2, comments=None
+            )
+        if (counts >= 0).all():
+            return counts
+        error = ValueError("a negative count")
+    except ValueError as e:
+        error = e
+    for line, row in _data_rows(path, name, len(header)):
+        for c in columns:
+            if not row[c].strip().isdecimal():
+                raise HarnessError(
+                    f"trace file {name!r} line {line}: count {row[c]!r} in column {header[c]!r} "
+                    "is not a non-negative integer; fix or remove that row"
+                )
+    raise _unreadable(name, error, "an Azure Functions 2019 per-minute count CSV")
+
+
+def maf_arrivals(cfg, weights, duration, rng, mapping_rng) -> tuple[np.ndarray, np.ndarray]:
+    """(model index, time) of the arrivals replayed from a MAF count trace, unsorted."""
+    path = resolve_trace_path(cfg.trace, TRACE_HINTS["maf_trace"])
+    name = cfg.trace
+    header = _read_header(path, name)
+    columns = _maf_count_columns(header, name)
+    window = cfg.trace_window_s
+    lo = cfg.trace_start_s
+    hi = lo + duration * cfg.time_scale
+    first, stop = int(lo // window), min(len(columns), int(np.ceil(hi / window)))
+    if first >= stop:
+        end = len(columns) * window
+        raise HarnessError(
+            f"workload.trace_start_s={lo:g} is past the end of trace file {name!r} ({end:g} s); "
+            f"set workload.trace_start_s below {end:g}"
+        )
+    counts = _read_maf_counts(path, name, header, columns[first:stop])
+    active = counts.sum(axis=1) > 0
+    if not active.any():
+        raise HarnessError(
+            f"trace file {name!r} has no invocations in trace seconds [{lo:g}, {hi:g}); "
+            "change workload.trace_start_s or workload.time_scale to select a busier span"
+        )
+    counts = counts[active]
+    model_of_function = _map_functions(len(counts), weights, mapping_rng)
+
+    # Each window clipped to the selected span, in trace seconds.
+    index = np.arange(first, stop)
+    w_lo = np.maximum(index * window, lo)
+    w_hi = np.minimum((index + 1) * window, hi)
+    function, win = np.nonzero(counts)
+    starts = (w_lo[win] - lo) / cfg.time_scale
+    spans = (w_hi[win] - w_lo[win]) / cfg.time_scale
+    rates = counts[function, win] * cfg.rate_scale / window * cfg.time_scale  # per schedule second
+    cell, t = cell_arrivals(rng, starts, spans, rates, cfg.trace_cv)
+    keep = t < duration
+    return model_of_function[function[cell]][keep], t[keep]
+
+
+# --- per-invocation timestamps --------------------------------------------------------
+
+
+def _raise_at_row(path: Path, name: str, width: int, index: int, problem: str):
+    """Raise for data row `index` (0-based, blank lines skipped), naming its line."""
+    for i, (line, _) in enumerate(_data_rows(path, name, width)):
+        if i == index:
+            raise HarnessError(f"trace file {name!r} line {line}: {problem}; fix or remove that row")
+    raise HarnessError(f"trace file {name!r} data row {index + 1}: {problem}; fix or remove that row")
+
+
+def _seconds(path: Path, name: str, header: list[str], values: pd.Series, datetimes: bool) -> np.ndarray:
+    """A column as seconds: numbers as they are; if `datetimes` and the first
+    value is not a number, ISO datetimes as seconds since the first row."""
+    column = values.name
+    try:
+        float(values.iloc[0])
+        numeric = True
+    except ValueError:
+        numeric = not datetimes
+    if numeric:
+        seconds = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
+        bad = np.flatnonzero(~np.isfinite(seconds))  # also catches 'nan' and 'inf'
+        what = "is not a number of seconds"
+    else:
+        stamps = pd.to_datetime(values, errors="coerce", utc=True, format="ISO8601")
+        seconds = (stamps - stamps.iloc[0]).dt.total_seconds().to_numpy()
+        bad = np.flatnonzero(np.isnan(seconds))
+        what = "is neither seconds nor an ISO datetime"
+    if bad.size:
+        _raise_at_row(path, name, len(header), bad[0], f"{column} {values.iloc[bad[0]]!r} {what}")
+    return seconds
+
+
+def _read_timestamps(path: Path, name: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """(start time in seconds, function key or None) per invocation, in file order."""
+    header = _read_header(path, name)
+    time_col = next((c for c in TIME_COLUMNS if c in header), None)
+    if time_col is None:
+        raise HarnessError(
+            f"trace file {name!r} has no timestamp column; "
+            f"name its arrival-time column one of {', '.join(TIME_COLUMNS)}"
+        )
+    func_col = next((c for c in FUNCTION_COLUMNS if c in header), None)
+    # Azure Functions 2021 stamps the end of each invocation; its start is end - duration.
+    dur_col = "duration" if time_col == "end_timestamp" and "duration" in header else None
+    wanted = [c for c in (time_col, func_col, dur_col) if c]
+    try:
+        # names=header: the stripped names, as the columns were looked up.
+        table = pd.read_csv(
+            path, header=0, names=header, usecols=wanted, dtype=str, keep_default_na=False, encoding="utf-8-sig"
+        )
+    except ValueError as e:  # pandas' ParserError, duplicate names, bad bytes
+        for _ in _data_rows(path, name, len(header)):  # raises at a row of the wrong width
+            pass
+        raise _unreadable(name, e, "a CSV with one invocation per row") from None
+    if table.empty:
+        raise HarnessError(f"trace file {name!r} has no invocations; point workload.trace at a non-empty trace")
+    times = _seconds(path, name, header, table[time_col], datetimes=True)
+    if dur_col:
+        times = times - _seconds(path, name, header, table[dur_col], datetimes=False)
+    funcs = table[func_col].to_numpy() if func_col else None
+    return times, funcs
+
+
+def _rescale(
+    rng: np.random.Generator, t: np.ndarray, rate_scale: float, duration: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices into t of the arrivals sent and their times, thinned or replicated to rate_scale.
+
+    Each arrival is sent floor(rate_scale) times plus once more with the
+    fractional probability: below 1 this thins, above 1 it replicates. Extra
+    copies are jittered within one mean gap of the schedule.
+    """
+    whole = int(rate_scale)
+    copies = whole + (rng.random(len(t)) < rate_scale - whole)
+    src = np.repeat(np.arange(len(t)), copies)
+    first = np.concatenate(([True], src[1:] != src[:-1]))
+    jitter = np.where(first, 0.0, rng.random(len(src)) * duration / len(t))
+    return src, t[src] + jitter
+
+
+def timestamp_arrivals(cfg, weights, duration, rng, mapping_rng) -> tuple[np.ndarray, np.ndarray]:
+    """(model index, time) of the arrivals replayed from a timestamp trace, sorted by time."""
+    path = resolve_trace_path(cfg.trace, TRACE_HINTS["timestamp_trace"])
+    name = cfg.trace
+    times, funcs = _read_timestamps(path, name)
+    times = times - times.min()
+    lo = cfg.trace_start_s
+    hi = lo + duration * cfg.time_scale
+    selected = np.flatnonzero((times >= lo) & (times < hi))
+    if selected.size == 0:
+        raise HarnessError(
+            f"trace file {name!r} has no invocations in trace seconds [{lo:g}, {hi:g}) "
+            f"(it spans {times.max():g} s); change workload.trace_start_s or workload.time_scale"
+        )
+    src, t = _rescale(rng, (times[selected] - lo) / cfg.time_scale, cfg.rate_scale, duration)
+    order = np.argsort(t, kind="stable")
+    order = order[t[order] < duration]  # jittered copies may pass the end
+    t = t[order]
+    if funcs is None:
+        # No function column: requests take turns in time order.
+        return round_robin(weights, len(t)), t
+    codes, uniques = pd.factorize(funcs[selected])
+    model = _map_functions(len(uniques), weights, mapping_rng)[codes]
+    return model[src][order], t
+
+
+# --- synthetic samples ----------------------------------------------------------------
+
+
+def _hash(rng: np.random.Generator) -> str:
+    return rng.bytes(8).hex()
+
+
+def write_synthetic_maf(path, n_functions: int, n_minutes: int, seed: int) -> None:
+    """Write a MAF-format per-minute count CSV with a mix of steady and bursty functions.
+
+    Each function has a lognormal base of about 30 invocations a minute, a slow
+    sinusoidal drift, and (for roughly a quarter of functions) bursts of
+    5-10x in about 10% of minutes; counts are Poisson around that.
+    """
+    rng = np.random.default_rng(seed)
+    apps = [(_hash(rng), _hash(rng)) for _ in range(max(1, n_functions // 3))]
+    triggers = ("http", "timer", "queue", "event", "storage", "orchestration", "others")
+    minute = np.arange(n_minutes)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow([*MAF_META_COLUMNS, *range(1, n_minutes + 1)])
+        for _ in range(n_functions):
+            owner, app = apps[rng.integers(len(apps))]
+            base = rng.lognormal(np.log(30.0), 0.8)
+            rate = base * (1 + 0.3 * np.sin(2 * np.pi * minute / n_minutes + rng.uniform(0, 2 * np.pi)))
+            if rng.random() < 0.25:
+                bursts = rng.random(n_minutes) < 0.1
+                rate = np.where(bursts, rate * rng.uniform(5, 10, n_minutes), rate)
+            counts = rng.poisson(rate)
+            writer.writerow([owner, app, _hash(rng), triggers[rng.integers(len(triggers))], *counts.tolist()])
+
+
+def write_synthetic_timestamps(path, n_invocations: int, span_s: float, seed: int) -> None:
+    """Write an Azure Functions 2021 style CSV (app,func,end_timestamp,duration), sorted by end.
+
+    24 functions in 6 apps share the invocations by lognormal weights;
+    half arrive as Poisson, half in bursts (tight clusters around random
+    centres). Durations are lognormal around 0.2 s.
+    """
+    rng = np.random.default_rng(seed)
+    n_funcs = 24
+    apps = [_hash(rng) for _ in range(6)]
+    funcs = [(apps[i % len(apps)], _hash(rng)) for i in range(n_funcs)]
+    share = rng.lognormal(0.0, 0.7, n_funcs)
+    per_func = rng.multinomial(n_invocations, share / share.sum())
+    rows = []
+    for k, n in enumerate(per_func):
+        if k % 2 == 0:  # Poisson: given the count, arrival times are uniform
+            start = rng.uniform(0, span_s, n)
+        else:  # bursty: exponential scatter around a few burst centres
+            centres = rng.uniform(0, span_s, max(1, n // 200))
+            start = np.minimum(rng.choice(centres, n) + rng.exponential(0.5, n), span_s)
+        duration = rng.lognormal(np.log(0.2), 1.0, n)
+        rows += [(*funcs[k], s + d, d) for s, d in zip(start, duration, strict=True)]
+    rows.sort(key=lambda r: r[2])
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["app", "func", "end_timestamp", "duration"])
+        writer.writerows([app, func, f"{end:.6f}", f"{dur:.6f}"] for app, func, end, dur in rows)
+
+
+def write_samples(data_dir=DATA_DIR) -> None:
+    """(Re)write the shipped synthetic samples into data_dir."""
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    write_synthetic_maf(data_dir / "maf_sample.csv", **MAF_SAMPLE)
+    write_synthetic_timestamps(data_dir / "timestamps_sample.csv", **TIMESTAMPS_SAMPLE)
