@@ -119,7 +119,8 @@ class Cluster(Protocol):
         requests are recorded as dropped and on_batch_done still fires.
         """
 
-    def drop(self, reqs: Sequence[Request], reason: str) -> None: ...
+    def drop(self, reqs: Sequence[Request], reason: str, status: str = DROPPED) -> None:
+        """Resolve `reqs` unserved: status dropped (the policy gave up) or rejected (admission refused)."""
 
     def call_at(self, t: float, fn: Callable[[], None]) -> TimerHandle: ...
 

@@ -90,6 +90,8 @@ class Shepherd(Policy):
             self._maybe_preempt(st, now)
 
     def on_batch_done(self, batch: Batch) -> None:
+        if batch.status == "preempted":
+            return                            # handled when it was preempted; its slot runs the new batch
         gpu = batch.gpu
         if self.running.get(gpu) is batch:
             del self.running[gpu]

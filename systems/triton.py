@@ -41,7 +41,7 @@ from bisect import bisect_right
 from collections import deque
 from dataclasses import dataclass, field
 
-from harness.core import Batch, Policy, Request, SystemConfig, slots_holding
+from harness.core import REJECTED, Batch, Policy, Request, SystemConfig, slots_holding
 from harness.errors import HarnessError
 
 US = 1e-6
@@ -110,7 +110,7 @@ class Triton(Policy):
         limit = self.config.max_queue_size
         if limit and len(b.queue) + len(b.delayed) >= limit:
             # Triton answers UNAVAILABLE "Exceeds maximum queue size"; records want status 'rejected'.
-            self.cluster.drop([req], "rejected: queue full")
+            self.cluster.drop([req], "queue full", status=REJECTED)
             return
         b.queue.append(req)
         self._run(b)
@@ -178,7 +178,7 @@ class Triton(Policy):
         while q and q[0].t_arrival + timeout <= now + EPS:
             expired.append(q.popleft())
         if self.reject_on_timeout:
-            self.cluster.drop(expired, "rejected: queue timeout")
+            self.cluster.drop(expired, "queue timeout", status=REJECTED)
         else:
             b.delayed.extend(expired)
 

@@ -87,10 +87,10 @@ class SimCluster:
         self._running[gpu] = self._push(batch.t_end, self._complete, batch)
         return batch
 
-    def drop(self, reqs: Sequence[Request], reason: str) -> None:
+    def drop(self, reqs: Sequence[Request], reason: str, status: str = DROPPED) -> None:
         now = self._now
         for r in reqs:
-            r.status = DROPPED
+            r.status = status
             r.reason = reason
             r.t_done = now
         self.pending -= len(reqs)

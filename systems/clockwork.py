@@ -1,0 +1,202 @@
+"""Clockwork (Gujarati et al., OSDI'20): a central controller that schedules a little ahead.
+
+The controller predicts when each slot drains the work it was sent: on
+dispatch, free_at = max(now, free_at) + est(b); on each completion, now plus
+the estimates of the batches still outstanding there. It keeps at most
+`schedule_ahead_ms` of work queued per slot: while free_at - now is below
+it (checked on every arrival and completion, and by a timer at the moment
+it falls below), it schedules one more action on the slot:
+
+    t0      = max(now, free_at)             when the action would start
+    drop    heads with t0 + est(1) > D      (they cannot finish even alone)
+    b_m     = the largest b <= queued, max_batch with t0 + est(b) <= D_head
+    pick    the model with the smallest latest start D_head - est(b_m),
+            i.e. the most urgent (ties: model order)
+    send    its b_m oldest requests with latest_start = D_head - est(b_m);
+            the slot discards the action if it cannot start by then.
+
+Execution-time estimate est(m, b): the p99 (linear interpolation) of the
+last `window` measured durations of batches of b (t_end - t_start of
+batches that ran ok), or the profile's p99 before any measurement.
+Slots are filled earliest-predicted-free first, ties to the lowest rank.
+
+Left out: model loading and eviction (every slot holds its models),
+Clockwork's per-batch-size strategy queues (the choice above is their
+outcome for one urgent head), the GPU-clock scaling of estimates, and the
+action windows' earliest bound.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from harness.core import Batch, Policy, Request, SystemConfig, slots_holding
+from systems._pool import Pools
+
+MS = 1e-3
+EPS = 1e-9     # a timer firing at free_at - schedule_ahead must count as "below"
+
+
+@dataclass
+class ClockworkConfig(SystemConfig):
+    name: str = "clockwork"
+    schedule_ahead_ms: float = 10.0   # most work (predicted) queued on a slot ahead of now
+    window: int = 10                  # measurements per (model, batch size) behind the p99 estimate
+    max_batch: int = 0                # 0: the largest profiled batch whose p99 fits the model's SLO
+
+
+def p99(values) -> float:
+    """99th percentile with linear interpolation between order statistics (Clockwork's SlidingWindow)."""
+    s = sorted(values)
+    pos = 0.99 * (len(s) - 1)
+    lo = int(pos)
+    if lo + 1 >= len(s):
+        return s[lo]
+    return s[lo] + (s[lo + 1] - s[lo]) * (pos - lo)
+
+
+class _ModelState:
+    __slots__ = ("name", "order", "queue", "est", "measured", "max_batch", "pool")
+
+    def __init__(self, name, order, profile_p99, max_batch, window, pool):
+        self.name = name
+        self.order = order
+        self.queue: deque[Request] = deque()
+        self.est = list(profile_p99)                   # est[b]: estimated execution time of a batch of b
+        self.measured = [deque(maxlen=window) for _ in self.est]
+        self.max_batch = max_batch
+        self.pool = pool
+
+
+class Clockwork(Policy):
+    Config = ClockworkConfig
+
+    def __init__(self, cluster, models, config: ClockworkConfig):
+        super().__init__(cluster, models, config)
+        self.ahead = config.schedule_ahead_ms * MS
+        self.pools = Pools(cluster.gpus)
+        self.state: dict[str, _ModelState] = {}
+        for i, (m, spec) in enumerate(models.items()):
+            curve = cluster.curve(m, slots_holding(cluster.gpus, m)[0])
+            fit = max(b for b in range(1, curve.max_batch + 1) if b == 1 or curve.p99[b] <= spec.slo)
+            cap = max(1, min(config.max_batch or fit, curve.max_batch))
+            self.state[m] = _ModelState(m, i, curve.p99, cap, max(1, config.window), self.pools.of(m))
+        n = len(cluster.gpus)
+        self.held = [frozenset(m for m in models if m in g.models) for g in cluster.gpus]
+        self.pools_of_slot = [list({id(self.state[m].pool): self.state[m].pool for m in held}.values())
+                              for held in self.held]
+        self.active: dict[str, _ModelState] = {}    # models with queued requests: what each decision scans
+        self.uniform = all(len(h) == len(models) for h in self.held)   # every slot holds every model
+        self.free_at = [0.0] * n          # predicted time each slot drains what it was sent
+        self.work = [0.0] * n             # predicted execution time of its outstanding batches
+        self.sent: dict[int, float] = {}  # batch id -> its estimate, until it finishes
+        self.timers = [None] * n
+        self.timer_at = [float("inf")] * n
+
+    # -- events -----------------------------------------------------------------
+    def on_arrival(self, req: Request) -> None:
+        st = self.state[req.model]
+        st.queue.append(req)
+        self.active[st.name] = st
+        self._serve_pool(st.pool)
+
+    def on_batch_done(self, batch: Batch) -> None:
+        gpu, now = batch.gpu, self.cluster.now()
+        if batch.status == "ok":
+            st = self.state[batch.model]
+            b = batch.size
+            st.measured[b].append(batch.t_end - batch.t_start)
+            st.est[b] = p99(st.measured[b])
+        self.work[gpu] = max(0.0, self.work[gpu] - self.sent.pop(batch.id, 0.0))
+        if self.cluster.gpus[gpu].outstanding == 0:
+            self.work[gpu] = 0.0                     # no rounding residue once the slot is empty
+        # What is still outstanding starts now, one batch after another.
+        self.free_at[gpu] = now + self.work[gpu]
+        self.pools.book(gpu, self.free_at[gpu])
+        for pool in self.pools_of_slot[gpu]:
+            self._serve_pool(pool)
+
+    def on_gpu_lost(self, gpu: int) -> None:
+        self.pools.remove(gpu)
+        if self.timers[gpu] is not None:
+            self.timers[gpu].cancel()
+            self.timers[gpu] = None
+
+    def estimate(self, model: str, b: int) -> float:
+        return self.state[model].est[b]
+
+    # -- decisions --------------------------------------------------------------
+    def _serve_pool(self, pool) -> None:
+        """Fill the pool's slots, earliest predicted free first, while they have room and work is pending."""
+        if not self.active:
+            return
+        now = self.cluster.now()
+        while True:
+            rank, free = pool.peek(now)
+            if rank < 0:
+                return
+            if free > now + self.ahead + EPS:
+                if self._pending(rank):
+                    self._wake_at(rank, free - self.ahead)
+                return
+            if not self._fill(rank, now):
+                return
+
+    def _pending(self, gpu: int) -> bool:
+        if self.uniform:
+            return bool(self.active)
+        held = self.held[gpu]
+        return any(m in held for m in self.active)
+
+    def _fill(self, gpu: int, now: float) -> bool:
+        """Schedule actions on the slot while it has room; False when it ran out of work first."""
+        ahead = now + self.ahead + EPS
+        while self.free_at[gpu] <= ahead:
+            t0 = max(now, self.free_at[gpu])
+            best, best_b, best_latest = None, 0, float("inf")
+            held = self.held[gpu]
+            for st in list(self.active.values()):
+                if st.name not in held:
+                    continue
+                q = st.queue
+                est = st.est
+                if t0 + est[1] > q[0].deadline:
+                    late = []
+                    while q and t0 + est[1] > q[0].deadline:
+                        late.append(q.popleft())
+                    self.cluster.drop(late, "late")
+                    if not q:
+                        del self.active[st.name]
+                        continue
+                head = q[0].deadline
+                b = min(len(q), st.max_batch)
+                while b > 1 and t0 + est[b] > head:
+                    b -= 1
+                latest = head - est[b]
+                if latest < best_latest or (latest == best_latest and st.order < best.order):
+                    best, best_b, best_latest = st, b, latest
+            if best is None:
+                return False
+            reqs = [best.queue.popleft() for _ in range(best_b)]
+            if not best.queue:
+                del self.active[best.name]
+            batch = self.cluster.dispatch(gpu, best.name, reqs, latest_start=best_latest)
+            est = best.est[best_b]
+            self.sent[batch.id] = est
+            self.work[gpu] += est
+            self.free_at[gpu] = t0 + est
+            self.pools.book(gpu, self.free_at[gpu])
+        return True
+
+    def _wake_at(self, gpu: int, t: float) -> None:
+        if self.timer_at[gpu] != t:
+            if self.timers[gpu] is not None:
+                self.timers[gpu].cancel()
+            self.timers[gpu] = self.cluster.call_at(t, lambda g=gpu: self._on_timer(g))
+            self.timer_at[gpu] = t
+
+    def _on_timer(self, gpu: int) -> None:
+        self.timers[gpu], self.timer_at[gpu] = None, float("inf")
+        for pool in self.pools_of_slot[gpu]:
+            self._serve_pool(pool)
