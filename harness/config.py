@@ -16,6 +16,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 import systems
+from harness.autoscaler import AutoscalerConfig
 from workloads.config import WorkloadConfig
 
 
@@ -76,6 +77,7 @@ class Config:
     cooldown_s: float = 1.0             # ... and at the end
     seeds: SeedConfig = field(default_factory=SeedConfig)
     validity: ValidityConfig = field(default_factory=ValidityConfig)
+    autoscaler: AutoscalerConfig = field(default_factory=AutoscalerConfig)
     tags: List[str] = field(default_factory=list)
 
 

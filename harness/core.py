@@ -163,7 +163,12 @@ class Policy:
         """A batch finished (status ok), was discarded (late) or failed (error)."""
 
     def on_gpu_lost(self, gpu: int) -> None:
-        """The slot's worker died or hung; `cluster.gpus[gpu].alive` is now False."""
+        """The slot left the cluster (its worker died or hung, or the autoscaler released it);
+        `cluster.gpus[gpu].alive` is now False."""
+
+    def on_gpu_added(self, gpu: int) -> None:
+        """The slot joined the cluster (the autoscaler provisioned it); it is idle and alive."""
+        raise NotImplementedError(f"{type(self).__name__} does not support slots joining (autoscaling)")
 
 
 def slots_holding(gpus: Sequence[GpuSlot], model: str) -> list[int]:

@@ -121,6 +121,24 @@ def gpu_metrics(batches: pd.DataFrame, window: Window, n_slots: int) -> dict:
     }
 
 
+def provisioned_metrics(timeline: pd.DataFrame, window: Window) -> dict:
+    """Slots provisioned over the window (the autoscaler's count; constant without one).
+
+    `timeline` has columns t and slots: the count from t until the next row.
+    """
+    t = timeline["t"].to_numpy(dtype=float)
+    n = timeline["slots"].to_numpy(dtype=float)
+    starts = np.clip(t, window.start, window.end)
+    ends = np.clip(np.append(t[1:], np.inf), window.start, window.end)
+    seconds = float(((ends - starts) * n).sum())
+    inside = n[(ends > starts) | ((t >= window.start) & (t < window.end))]
+    return {
+        "slots_provisioned_mean": seconds / window.length,
+        "slots_provisioned_peak": int(inside.max()) if len(inside) else int(n[-1]),
+        "provisioned_gpu_seconds": seconds,
+    }
+
+
 def oracle_goodput(offered: Mapping[str, float], slo: Mapping[str, float],
                    curves: Mapping[str, LatencyCurve], n_slots: int) -> dict:
     """Upper bound on goodput for this mix on `n_slots` identical slots (see module doc)."""

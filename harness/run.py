@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 
 import systems
 from harness import metrics
+from harness.autoscaler import Autoscaled
 from harness.config import Config
 from harness.core import GpuSlot, ModelSpec
 from harness.errors import HarnessError
@@ -83,6 +84,8 @@ def execute(cfg: Config, out_dir: Path, overrides: list[str]) -> dict:
         raise HarnessError(f"unknown runtime '{cfg.runtime.name}'; choose runtime=sim")
     cluster = SimCluster(gpus, curves, noise=cfg.runtime.noise, seed=cfg.seeds.runtime)
     policy = policy_cls(cluster, models, system_cfg)
+    if cfg.autoscaler.enabled:
+        policy = Autoscaled(policy, OmegaConf.to_object(cfg.autoscaler))
     reqs = cluster.run(policy, schedule["id"].to_numpy(), schedule["model"].tolist(),
                        schedule["t_sched"].to_numpy(), models, drain=cfg.runtime.drain_s)
     batches = batches_frame(cluster.batches, gpus)
@@ -96,7 +99,10 @@ def execute(cfg: Config, out_dir: Path, overrides: list[str]) -> dict:
     write_table(empty_gpus_frame(), out_dir / "gpus.parquet")
     window = metrics.Window(cfg.warmup_s, cfg.duration_s - cfg.cooldown_s)
     write_table(metrics.gpus_used(batches, window), out_dir / "gpus_used.parquet")
-    summary = summarize(cfg, requests, batches, window, gpus, curves[0], slo, overrides)
+    timeline = pd.DataFrame(policy.timeline if isinstance(policy, Autoscaled) else [(0.0, len(gpus))],
+                            columns=["t", "slots"])
+    write_table(timeline, out_dir / "scaling.parquet")
+    summary = summarize(cfg, requests, batches, window, gpus, curves[0], slo, overrides, timeline)
     summary["wall_seconds"] = wall
     summary["sim_requests_per_wall_second"] = len(reqs) / wall if wall > 0 else float("nan")
     write_json(summary, out_dir / "summary.json")
@@ -105,7 +111,8 @@ def execute(cfg: Config, out_dir: Path, overrides: list[str]) -> dict:
 
 def summarize(cfg: Config, requests: pd.DataFrame, batches: pd.DataFrame, window: metrics.Window,
               gpus: list[GpuSlot], curves: dict[str, LatencyCurve], slo: dict[str, float],
-              overrides: list[str], crashed: list | None = None, interrupted: bool = False) -> dict:
+              overrides: list[str], timeline: pd.DataFrame, crashed: list | None = None,
+              interrupted: bool = False) -> dict:
     req = metrics.request_metrics(requests, window)
     per_model = metrics.per_model_metrics(requests, window)
     offered = {m: v["offered_rate"] for m, v in per_model.items()}
@@ -123,6 +130,8 @@ def summarize(cfg: Config, requests: pd.DataFrame, batches: pd.DataFrame, window
         **req,
         **metrics.batch_metrics(batches, window),
         **metrics.gpu_metrics(batches, window, len(gpus)),
+        **metrics.provisioned_metrics(timeline, window),
+        "autoscaler": cfg.autoscaler.enabled,
         "oracle_goodput": oracle["oracle_goodput"],
         "goodput_over_oracle": req["goodput"] / oracle["oracle_goodput"] if oracle["oracle_goodput"] else float("nan"),
         "send_lag_p99_ms": lag,
@@ -178,6 +187,8 @@ def summary_table(s: dict) -> str:
         ("mean batch size", f"{s['mean_batch_size']:.2f}"),
         ("GPUs used mean/peak", f"{s['gpus_used_mean']:.2f} / {s['gpus_used_peak']} of {s['gpus_total']}"
                                 f"  ({s['busy_gpu_seconds']:.1f} busy GPU-s)"),
+        ("GPUs provisioned", f"{s['slots_provisioned_mean']:.2f} mean, {s['slots_provisioned_peak']} peak"
+                             + ("  (autoscaler)" if s["autoscaler"] else "")),
         ("valid", "yes" if s["validity"]["valid"] else "NO: " + "; ".join(s["validity"]["reasons"])),
     ]
     width = max(len(k) for k, _ in rows)

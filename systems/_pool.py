@@ -56,9 +56,14 @@ class GpuPool:
             heapq.heappush(self._idle_heap, rank)
 
     def remove(self, rank: int) -> None:
-        """The slot is gone (worker lost): never pick it again."""
+        """The slot left the cluster (worker lost or released): never pick it again."""
         self.book(rank, float("inf"))
         self.free_at[rank] = float("nan")     # matches no heap entry, so it is never returned
+
+    def add(self, rank: int, now: float) -> None:
+        """The slot (back) in the cluster, idle."""
+        self._idle[rank] = False
+        self.release(rank, now)
 
 
 class Pools:
@@ -94,3 +99,7 @@ class Pools:
     def remove(self, rank: int) -> None:
         for pool in self._of_rank[rank]:
             pool.remove(rank)
+
+    def add(self, rank: int, now: float) -> None:
+        for pool in self._of_rank[rank]:
+            pool.add(rank, now)

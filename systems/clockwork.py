@@ -123,6 +123,13 @@ class Clockwork(Policy):
             self.timers[gpu].cancel()
             self.timers[gpu] = None
 
+    def on_gpu_added(self, gpu: int) -> None:
+        now = self.cluster.now()
+        self.free_at[gpu], self.work[gpu] = now, 0.0
+        self.pools.add(gpu, now)
+        for pool in self.pools_of_slot[gpu]:
+            self._serve_pool(pool)
+
     def estimate(self, model: str, b: int) -> float:
         return self.state[model].est[b]
 

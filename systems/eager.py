@@ -51,6 +51,10 @@ class Eager(Policy):
     def on_gpu_lost(self, gpu: int) -> None:
         self.pools.remove(gpu)
 
+    def on_gpu_added(self, gpu: int) -> None:
+        self.pools.add(gpu, self.cluster.now())
+        self._serve(gpu)
+
     def _serve(self, gpu: int) -> None:
         cluster, now = self.cluster, self.cluster.now()
         best = None

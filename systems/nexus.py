@@ -185,6 +185,13 @@ class Nexus(Policy):
         self._run(slot)
 
     def on_gpu_lost(self, gpu: int) -> None:
+        self._reallocate()
+
+    def on_gpu_added(self, gpu: int) -> None:
+        self._reallocate()
+
+    def _reallocate(self) -> None:
+        """A new allocation over the slots alive now."""
         self._install(self._fit(self.rates) if self.rates is not None else self._everywhere())
 
     # -- allocation ---------------------------------------------------------------

@@ -102,6 +102,10 @@ class Shepherd(Policy):
         self.running.pop(gpu, None)
         self.pools.remove(gpu)
 
+    def on_gpu_added(self, gpu: int) -> None:
+        self.pools.add(gpu, self.cluster.now())
+        self._serve(gpu)
+
     # -- decisions --------------------------------------------------------------
     def candidate(self, st: _ModelState, now: float) -> int:
         """Size of the model's candidate batch at `now` (0 if its queue is empty); drops infeasible heads."""

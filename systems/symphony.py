@@ -109,6 +109,11 @@ class Symphony(Policy):
         for st in self.state.values():
             self._plan(st)
 
+    def on_gpu_added(self, gpu: int) -> None:
+        self.pools.add(gpu, self.cluster.now())
+        for st in self.state.values():
+            self._plan(st)
+
     # -- decisions --------------------------------------------------------------
     def target_batch(self, st: _ModelState, rate: float) -> int:
         budget = st.slo - self.d_ctrl - self.config.response_allowance_us * US

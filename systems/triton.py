@@ -121,6 +121,14 @@ class Triton(Policy):
             heapq.heappush(b.free, batch.gpu)
         self._run(b)
 
+    def on_gpu_added(self, gpu: int) -> None:
+        for model in self.cluster.gpus[gpu].models & self.batchers.keys():
+            b = self.batchers[model]
+            # Instances of a released slot may still sit in the free heap (skipped while it was dead).
+            for _ in range(self.config.instance_count - b.free.count(gpu)):
+                heapq.heappush(b.free, gpu)
+            self._run(b)
+
     # -- the batcher --------------------------------------------------------------
     def _run(self, b: _Batcher) -> None:
         """What Triton's batcher thread does each time it wakes with a free instance."""

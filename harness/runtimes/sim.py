@@ -65,6 +65,8 @@ class SimCluster:
             raise ValueError("dispatch of an empty batch")
         if model not in slot.models:
             raise ValueError(f"slot {gpu} does not hold model {model!r}")
+        if not slot.alive:
+            raise ValueError(f"dispatch to slot {gpu}, which has left the cluster")
         now = self._now
         batch = Batch(len(self.batches), gpu, model, reqs, now, latest_start)
         self.batches.append(batch)
