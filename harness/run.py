@@ -21,12 +21,12 @@ import systems
 from harness import metrics
 from harness.autoscaler import Autoscaled
 from harness.config import Config
-from harness.core import GpuSlot, ModelSpec
+from harness.core import GpuSlot, ModelSpec, Policy
 from harness.errors import HarnessError
-from harness.profiles import LatencyCurve, curves_for, load_profile, profile_path, SLEEP
-from harness.records import (batches_frame, empty_gpus_frame, requests_frame, server_frame, sim_client_view,
-                             write_json, write_table)
-from harness.runtimes.sim import SimCluster
+from harness.profiles import SLEEP, LatencyCurve, curves_for, load_profile, profile_path
+from harness.records import requests_frame, write_json, write_table
+from harness.runtimes import Outcome
+from harness.runtimes.sim import simulate
 from workloads import build_schedule
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,40 +71,42 @@ def execute(cfg: Config, out_dir: Path, overrides: list[str]) -> dict:
         raise HarnessError(f"run directory '{out_dir}' already holds a run; choose another hydra.run.dir")
     check_run_config(cfg)
     models = model_specs(cfg)
-    policy_cls = systems.policy_class(cfg.system.name)
-    system_cfg = OmegaConf.to_object(cfg.system)
+    systems.policy_class(cfg.system.name)          # an unknown system fails before any work
     gpus, curves = build_cluster(cfg, models)
     schedule = build_schedule(cfg.workload, list(models), cfg.duration_s, cfg.seeds.schedule, cfg.seeds.mapping)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     write_table(schedule, out_dir / "schedule.parquet")
 
-    wall = time.perf_counter()
-    if cfg.runtime.name != "sim":
+    if cfg.runtime.name == "sim":
+        outcome = simulate(cfg, models, gpus, curves, schedule, lambda cluster: make_policy(cfg, cluster, models))
+    else:
         raise HarnessError(f"unknown runtime '{cfg.runtime.name}'; choose runtime=sim")
-    cluster = SimCluster(gpus, curves, noise=cfg.runtime.noise, seed=cfg.seeds.runtime)
-    policy = policy_cls(cluster, models, system_cfg)
+    return record(cfg, out_dir, outcome, models, gpus, curves[0], overrides)
+
+
+def make_policy(cfg: Config, cluster, models: dict[str, ModelSpec]) -> Policy:
+    policy = systems.policy_class(cfg.system.name)(cluster, models, OmegaConf.to_object(cfg.system))
     if cfg.autoscaler.enabled:
         policy = Autoscaled(policy, OmegaConf.to_object(cfg.autoscaler))
-    reqs = cluster.run(policy, schedule["id"].to_numpy(), schedule["model"].tolist(),
-                       schedule["t_sched"].to_numpy(), models, drain=cfg.runtime.drain_s)
-    batches = batches_frame(cluster.batches, gpus)
-    client = sim_client_view(server_frame(reqs))
-    wall = time.perf_counter() - wall
+    return policy
 
+
+def record(cfg: Config, out_dir: Path, outcome: Outcome, models: dict[str, ModelSpec], gpus: list[GpuSlot],
+           curves: dict[str, LatencyCurve], overrides: list[str]) -> dict:
+    """Write the run's records and its summary (also after a fault or an interruption)."""
     slo = {m: s.slo for m, s in models.items()}
-    requests = requests_frame(client, batches, slo)
-    write_table(requests, out_dir / "requests.parquet")
-    write_table(batches, out_dir / "batches.parquet")
-    write_table(empty_gpus_frame(), out_dir / "gpus.parquet")
+    requests = requests_frame(outcome.client, outcome.batches, slo)
     window = metrics.Window(cfg.warmup_s, cfg.duration_s - cfg.cooldown_s)
-    write_table(metrics.gpus_used(batches, window), out_dir / "gpus_used.parquet")
-    timeline = pd.DataFrame(policy.timeline if isinstance(policy, Autoscaled) else [(0.0, len(gpus))],
-                            columns=["t", "slots"])
-    write_table(timeline, out_dir / "scaling.parquet")
-    summary = summarize(cfg, requests, batches, window, gpus, curves[0], slo, overrides, timeline)
-    summary["wall_seconds"] = wall
-    summary["sim_requests_per_wall_second"] = len(reqs) / wall if wall > 0 else float("nan")
+    write_table(requests, out_dir / "requests.parquet")
+    write_table(outcome.batches, out_dir / "batches.parquet")
+    write_table(outcome.gpus, out_dir / "gpus.parquet")
+    write_table(metrics.gpus_used(outcome.batches, window), out_dir / "gpus_used.parquet")
+    write_table(outcome.timeline, out_dir / "scaling.parquet")
+    summary = summarize(cfg, requests, outcome.batches, window, gpus, curves, slo, overrides, outcome.timeline,
+                        outcome.lost_slots, outcome.interrupted)
+    summary["wall_seconds"] = outcome.wall_seconds
+    summary["notes"] = outcome.notes
     write_json(summary, out_dir / "summary.json")
     return summary
 

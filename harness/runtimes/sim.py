@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import time
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 
 from harness.core import DROPPED, OK, TIMEOUT, Batch, GpuSlot, ModelSpec, Policy, Request
 from harness.errors import HarnessError
 from harness.profiles import LatencyCurve
+from harness.records import batches_frame, server_frame, sim_client_view
+from harness.runtimes import Outcome
 
 
 class _Timer:
@@ -186,3 +190,19 @@ class SimCluster:
             fn(entry[3])
         else:
             fn()
+
+
+def simulate(cfg, models: Mapping[str, ModelSpec], gpus: Sequence[GpuSlot],
+             curves: Sequence[Mapping[str, LatencyCurve]], schedule: pd.DataFrame,
+             make_policy: Callable[[SimCluster], Policy]) -> Outcome:
+    """Run the schedule in virtual time; the client is ideal (each request sent at its scheduled time)."""
+    cluster = SimCluster(gpus, curves, noise=cfg.runtime.noise, seed=cfg.seeds.runtime)
+    policy = make_policy(cluster)
+    wall = time.perf_counter()
+    reqs = cluster.run(policy, schedule["id"].to_numpy(), schedule["model"].tolist(),
+                       schedule["t_sched"].to_numpy(), models, drain=cfg.runtime.drain_s)
+    wall = time.perf_counter() - wall
+    timeline = getattr(policy, "timeline", None) or [(0.0, len(gpus))]
+    return Outcome(client=sim_client_view(server_frame(reqs)), batches=batches_frame(cluster.batches, gpus),
+                   timeline=pd.DataFrame(timeline, columns=["t", "slots"]), wall_seconds=wall,
+                   notes=[f"simulated {len(reqs) / wall:,.0f} requests per wall second"] if wall > 0 else [])
