@@ -21,22 +21,17 @@ exact size (slower: every kernel is launched from the host).
 
 from __future__ import annotations
 
+import time
 import warnings
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import torch
 import torchvision
 
+from harness.gpu.models import DEFAULT_CHANNELS_LAST, MODELS
+
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128)
 IMAGE_SHAPE = (3, 224, 224)
-# Model name -> whether channels_last helps it (convolutional networks; ViT's only conv is its patch embedding).
-MODELS = {
-    "resnet50": True,
-    "efficientnet_b0": True,
-    "vit_b_16": False,
-    "mobilenet_v3_large": True,
-    "densenet121": True,
-}
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
@@ -48,13 +43,13 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def build_model(name: str, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
+def build_model(name: str, dtype: torch.dtype, device: torch.device, channels_last: bool) -> torch.nn.Module:
     """A torchvision model with random weights (weights=None: nothing is downloaded), ready for inference."""
     if name not in MODELS:
         raise ValueError(f"unknown model '{name}'; available: {', '.join(MODELS)}")
     model = torchvision.models.get_model(name, weights=None)
     model = model.eval().to(device=device, dtype=dtype)
-    if MODELS[name]:
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     for p in model.parameters():
         p.requires_grad_(False)
@@ -74,11 +69,23 @@ class _Loaded:
 
 
 class GpuExecutor:
-    """The worker's executor on one CUDA device: `run(model, size, payload)` blocks until the batch is done."""
+    """The worker's executor on one CUDA device: `run(model, size, payload)` blocks until the batch is done.
+
+    It has the interface of harness.live.worker.Executor without importing
+    it: a graph replay cannot be stopped part-way, so it is not `abortable`
+    and `run` ignores `abort`. `run` makes the executor's device the calling
+    thread's current device (a worker process drives one device).
+
+    `channels_last` names the models that run in that memory format (default:
+    the convolutional ones); `load_seconds[model]` is (eager warm-up, capture)
+    time at start.
+    """
+
+    abortable = False
 
     def __init__(self, models: Sequence[str], device: int = 0, dtype: str | torch.dtype = "fp16",
                  batch_sizes: Sequence[int] | None = None, bucket: bool = True, warmup: int = 3,
-                 seed: int = 0, cudnn_benchmark: bool = False):
+                 seed: int = 0, cudnn_benchmark: bool = False, channels_last: Iterable[str] | None = None):
         if not torch.cuda.is_available():
             raise RuntimeError("GpuExecutor needs a CUDA GPU; torch.cuda.is_available() is False")
         sizes = sorted(set(int(b) for b in (batch_sizes or DEFAULT_BATCH_SIZES)))
@@ -91,8 +98,11 @@ class GpuExecutor:
         self.dtype = resolve_dtype(dtype)
         self.batch_sizes = tuple(sizes)
         self.bucket = bucket
+        wanted = DEFAULT_CHANNELS_LAST if channels_last is None else frozenset(channels_last)
+        self.channels_last = frozenset(m for m in models if m in wanted)
         self.last_padded_size = 0
-        self.last_output: torch.Tensor | None = None
+        self.load_seconds: dict[str, tuple[float, float]] = {}
+        self._last: tuple[torch.Tensor, int] | None = None
         torch.backends.cudnn.benchmark = cudnn_benchmark
         generator = torch.Generator(device=self.device).manual_seed(seed)
         self._models: dict[str, _Loaded] = {}
@@ -128,25 +138,37 @@ class GpuExecutor:
             return size
         return next(b for b in self.batch_sizes if b >= size)
 
-    def run(self, model: str, size: int, payload: bytes | None) -> None:
-        loaded = self._loaded(model)
+    @property
+    def last_output(self) -> torch.Tensor | None:
+        """The logits of the last batch's `size` real rows; valid until the next run."""
+        if self._last is None:
+            return None
+        out, size = self._last
+        return out[:size]
+
+    def run(self, model: str, size: int, payload: bytes | None, abort=None) -> None:
+        # The hot path of every batch: a handful of host calls around one graph launch.
+        loaded = self._models.get(model) or self._loaded(model)
         padded = self.padded_size(size)
-        with torch.cuda.device(self.device), torch.inference_mode():
-            if payload is not None:
+        if torch.cuda.current_device() != self.device.index:
+            torch.cuda.set_device(self.device)
+        if payload is not None:
+            with torch.inference_mode():
                 self._copy_payload(loaded, model, size, payload)
-            graph = loaded.graphs.get(padded)
-            if graph is not None:
-                graph.replay()
-                out = loaded.outputs[padded]
-            else:                            # bucket=False and no graph of this size: eager, exact size
+        graph = loaded.graphs.get(padded)
+        if graph is not None:
+            graph.replay()
+            out = loaded.outputs[padded]
+        else:                                # bucket=False and no graph of this size: eager, exact size
+            with torch.inference_mode():
                 out = loaded.module(loaded.static_input[:padded])
-            torch.cuda.current_stream(self.device).synchronize()
+        torch.cuda.current_stream().synchronize()
         self.last_padded_size = padded
-        self.last_output = out[:size]        # valid until the next run
+        self._last = (out, size)
 
     def close(self) -> None:
         self._models.clear()
-        self.last_output = None
+        self._last = None
         torch.cuda.empty_cache()
 
     def _loaded(self, model: str) -> _Loaded:
@@ -173,14 +195,15 @@ class GpuExecutor:
             loaded.static_input[:size].copy_(loaded.staging[:size])
 
     def _load(self, name: str, generator: torch.Generator, warmup: int) -> _Loaded:
-        module = build_model(name, self.dtype, self.device)
+        module = build_model(name, self.dtype, self.device, name in self.channels_last)
         shape = (self.max_batch, *IMAGE_SHAPE)
         static = torch.randn(shape, generator=generator, device=self.device, dtype=self.dtype)
         staging = None
-        if MODELS[name]:
+        if name in self.channels_last:
             static = static.contiguous(memory_format=torch.channels_last)
             staging = torch.empty(shape, device=self.device, dtype=self.dtype)
         loaded = _Loaded(module, static, staging, torch.cuda.graph_pool_handle())
+        t0 = time.perf_counter()
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):        # eager warm-up off the default stream, as capture wants
@@ -188,10 +211,14 @@ class GpuExecutor:
                 for _ in range(warmup):
                     module(static[:b])
         torch.cuda.current_stream(self.device).wait_stream(side)
+        torch.cuda.synchronize(self.device)
+        t1 = time.perf_counter()
         # Largest first, so the smaller graphs fit into memory the larger ones already took from the pool.
         for b in reversed(self.batch_sizes):
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=loaded.pool):
                 loaded.outputs[b] = module(static[:b])
             loaded.graphs[b] = graph
+        torch.cuda.synchronize(self.device)
+        self.load_seconds[name] = (t1 - t0, time.perf_counter() - t1)
         return loaded

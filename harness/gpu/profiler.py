@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import signal
@@ -36,12 +35,13 @@ from pathlib import Path
 import numpy as np
 
 from harness.errors import HarnessError
+from harness.gpu.models import DEFAULT_CHANNELS_LAST, MODELS
 from harness.gpu.mps import PERCENTAGE_ENV, mps_daemon
 from harness.gpu.partitions import Partition, find_mig_instance, gpu_type_from_name, parse_partitions
 from harness.profiles import PROFILES_DIR
 from harness.records import write_json
 
-ALL_MODELS = ("resnet50", "efficientnet_b0", "vit_b_16", "mobilenet_v3_large", "densenet121")
+ALL_MODELS = tuple(MODELS)
 DEFAULT_BATCH = (1, 2, 4, 8, 16, 32, 64, 128)
 DEFAULT_OUT = str(PROFILES_DIR / "{gpu_type}" / "{partition}.json")
 
@@ -110,9 +110,9 @@ def provenance(partition: Partition, args, mig_uuid: str | None) -> dict:
     props = torch.cuda.get_device_properties(args.device)
     nvml = nvml_facts(args.device)
     return {
-        "source": (f"harness.gpu.profiler: {args.dtype}, random weights, eval, channels_last CNNs, one CUDA graph "
-                   f"per batch size; per point {args.iters} back-to-back replays timed by CUDA events after "
-                   f">= {args.warmup_s} s of warm-up replays"),
+        "source": (f"harness.gpu.profiler: {args.dtype}, random weights, eval, one CUDA graph per batch size; "
+                   f"per point {args.iters} back-to-back replays timed by CUDA events after >= {args.warmup_s} s "
+                   "of warm-up replays"),
         "gpu_name": torch.cuda.get_device_name(args.device),
         "driver": nvml.get("driver"),
         "cuda_driver": nvml.get("cuda_driver"),
@@ -132,6 +132,7 @@ def provenance(partition: Partition, args, mig_uuid: str | None) -> dict:
         "memory_gib": round(props.total_memory / 2**30, 1),
         "dtype": args.dtype,
         "cudnn_benchmark": args.cudnn_benchmark,
+        "channels_last": sorted(set(args.models) & set(args.channels_last)),
         "iters": args.iters,
     }
 
@@ -157,22 +158,22 @@ def nvml_facts(device: int) -> dict:
 
 def measure_partition(partition: Partition, args) -> Path:
     """Profile every model on the partition this process runs on; write and return the profile file."""
-    import torch
-
-    from harness.gpu.executor import GpuExecutor
-
-    if not torch.cuda.is_available():
-        raise HarnessError("the profiler needs a CUDA GPU (torch.cuda.is_available() is False)")
     if partition.uses_mps and os.environ.get(PERCENTAGE_ENV) != str(partition.mps_percentage):
         raise HarnessError(f"partition {partition.name} must run under MPS with {PERCENTAGE_ENV}="
                            f"{partition.mps_percentage}; run the profiler without --in-process")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise HarnessError("the profiler needs a CUDA GPU (torch.cuda.is_available() is False)")
+    from harness.gpu.executor import GpuExecutor
     gpu_type = gpu_type_from_name(torch.cuda.get_device_name(args.device))
     measured: dict[str, dict[int, dict[str, float]]] = {}
     for model in args.models:
         t0 = time.perf_counter()
         executor = GpuExecutor([model], device=args.device, dtype=args.dtype, batch_sizes=args.batch,
-                               cudnn_benchmark=args.cudnn_benchmark)
+                               cudnn_benchmark=args.cudnn_benchmark, channels_last=args.channels_last)
         ready = time.perf_counter() - t0
+        warm, capture = executor.load_seconds[model]
         measured[model] = {}
         with torch.cuda.device(args.device):
             for b in executor.batch_sizes:
@@ -180,7 +181,8 @@ def measure_partition(partition: Partition, args) -> Path:
         executor.close()
         del executor
         row = "  ".join(f"{b}:{measured[model][b]['mean_ms']:.2f}" for b in sorted(measured[model]))
-        print(f"[{partition.name}] {model} (ready in {ready:.1f} s) mean ms by batch  {row}", flush=True)
+        print(f"[{partition.name}] {model} (ready in {ready:.1f} s: warm-up {warm:.1f}, capture {capture:.1f}) "
+              f"mean ms by batch  {row}", flush=True)
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
     mig_uuid = visible if visible.startswith("MIG-") else None
     doc = profile_document(gpu_type, partition, provenance(partition, args, mig_uuid), measured)
@@ -197,11 +199,13 @@ def _child_command(partition: Partition, args) -> list[str]:
             "--models", ",".join(args.models), "--batch", ",".join(map(str, args.batch)),
             "--iters", str(args.iters), "--warmup-s", str(args.warmup_s),
             "--device", "0" if partition.kind == "mig" else str(args.device),   # the MIG instance is the one visible
-            "--dtype", args.dtype, "--out", args.out] + (["--cudnn-benchmark"] if args.cudnn_benchmark else [])
+            "--dtype", args.dtype, "--out", args.out, "--channels-last", ",".join(args.channels_last) or "none",
+            ] + (["--cudnn-benchmark"] if args.cudnn_benchmark else [])
 
 
 def _run_child(partition: Partition, args, env: dict[str, str]) -> bool:
     print(f"[{partition.name}] profiling in a child process", flush=True)
+    started = time.perf_counter()
     child = subprocess.Popen(_child_command(partition, args), env=env)
     try:
         rc = child.wait()
@@ -213,8 +217,11 @@ def _run_child(partition: Partition, args, env: dict[str, str]) -> bool:
             except subprocess.TimeoutExpired:
                 child.kill()
                 child.wait()
+    took = time.perf_counter() - started
     if rc != 0:
-        print(f"[{partition.name}] FAILED (exit {rc})", file=sys.stderr, flush=True)
+        print(f"[{partition.name}] FAILED (exit {rc}) after {took:.0f} s", file=sys.stderr, flush=True)
+    else:
+        print(f"[{partition.name}] done in {took:.0f} s", flush=True)
     return rc == 0
 
 
@@ -255,6 +262,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--device", type=int, default=0, help="CUDA device index")
     ap.add_argument("--dtype", default="fp16", choices=("fp16", "bf16", "fp32"))
     ap.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN time its algorithms at capture")
+    ap.add_argument("--channels-last", default="default",
+                    help="models run channels_last: comma-separated names, 'none', or 'default' (the CNNs)")
     ap.add_argument("--in-process", action="store_true",
                     help="measure the one partition given in this process, in the environment it has")
     args = ap.parse_args(argv)
@@ -269,14 +278,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         raise HarnessError(f"--batch must include 1 (profiles start at batch 1; got {args.batch})")
     if args.iters < 2:
         raise HarnessError("--iters must be >= 2")
-    unknown = [m for m in args.models if m not in ALL_MODELS]
+    if args.channels_last == "default":
+        args.channels_last = [m for m in ALL_MODELS if m in DEFAULT_CHANNELS_LAST]
+    else:
+        args.channels_last = [m for m in args.channels_last.split(",") if m and m != "none"]
+    unknown = [m for m in args.models + args.channels_last if m not in ALL_MODELS]
     if unknown or not args.models:
         raise HarnessError(f"unknown models {unknown}; choose from {', '.join(ALL_MODELS)}")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    signal.signal(signal.SIGTERM, _terminate_as_interrupt)   # so the MPS daemon is stopped on `kill`
     try:
         args = parse_args(argv)
         partitions = parse_partitions(args.partition)
@@ -298,4 +310,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _terminate_as_interrupt)   # so `kill` or `timeout` still stops the MPS daemon
     sys.exit(main())

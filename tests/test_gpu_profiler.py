@@ -1,0 +1,71 @@
+"""The profile file the profiler writes, from fake measurements (no GPU needed)."""
+
+import json
+
+import pytest
+
+from harness.errors import HarnessError
+from harness.gpu.partitions import parse_partition
+from harness.gpu.profiler import main, output_path, parse_args, profile_document, summarize_ms, write_profile
+from harness.profiles import load_profile
+
+
+def fake_measurements():
+    return {model: {b: summarize_ms([base * (1 + 0.1 * b)] * 9 + [base * (1 + 0.1 * b) * 1.5])
+                    for b in (1, 2, 4, 8)}
+            for model, base in (("resnet50", 1.0), ("vit_b_16", 0.7))}
+
+
+def test_summary_of_replay_times():
+    s = summarize_ms([1.0, 1.0, 1.0, 3.0])
+    assert s["mean_ms"] == pytest.approx(1.5)
+    assert s["median_ms"] == pytest.approx(1.0)
+    assert s["std_ms"] == pytest.approx(0.8660254)
+    assert 2.9 < s["p99_ms"] <= 3.0
+    for bad in ([], [1.0, 0.0], [float("nan")]):
+        with pytest.raises(HarnessError):
+            summarize_ms(bad)
+
+
+@pytest.mark.parametrize("partition", ["whole", "mps50", "mig-1g.10gb-emulated"])
+def test_profile_round_trips_through_load_profile(tmp_path, partition):
+    part = parse_partition(partition)
+    prov = {"gpu_name": "NVIDIA H100 80GB HBM3", "driver": "580.159.04", "partition": partition,
+            "emulated_partition": part.emulated, "mps_percentage": part.mps_percentage}
+    doc = profile_document("h100", part, prov, fake_measurements())
+    path = output_path(str(tmp_path / "{gpu_type}" / "{partition}.json"), "h100", partition)
+    write_profile(path, doc)
+    assert path == tmp_path / "h100" / f"{partition}.json"
+
+    profile = load_profile(path)
+    assert (profile.gpu_type, profile.partition) == ("h100", partition)
+    assert profile.emulated_partition == part.emulated
+    assert profile.provenance["driver"] == "580.159.04"
+    curve = profile.curves["resnet50"]
+    assert curve.max_batch == 8
+    expected_mean = (1 + 0.1 * 4) * 1.05           # nine at x, one at 1.5x
+    assert curve.mean[4] == pytest.approx(expected_mean / 1000, rel=1e-3)
+    assert curve.p99[4] > curve.mean[4] > 0 and curve.std[4] > 0
+    assert curve.mean[3] == pytest.approx((curve.mean[2] + curve.mean[4]) / 2)   # interpolated
+    raw = json.loads(path.read_text())["models"]["vit_b_16"]
+    assert raw["batch"] == [1, 2, 4, 8] and len(raw["median_ms"]) == 4
+
+
+def test_arguments_are_checked():
+    args = parse_args(["--models", "resnet50,densenet121", "--batch", "8,1,2", "--partition", "whole"])
+    assert args.models == ["resnet50", "densenet121"] and args.batch == [1, 2, 8]
+    with pytest.raises(HarnessError, match="include 1"):
+        parse_args(["--batch", "2,4"])
+    with pytest.raises(HarnessError, match="unknown models"):
+        parse_args(["--models", "resnet18"])
+
+
+def test_several_partitions_need_a_partition_placeholder(capsys):
+    assert main(["--partition", "whole,mps50", "--out", "x.json"]) == 2
+    assert "{partition}" in capsys.readouterr().err
+
+
+def test_in_process_refuses_an_mps_partition_outside_mps(monkeypatch, capsys):
+    monkeypatch.delenv("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", raising=False)
+    assert main(["--in-process", "--partition", "mps50", "--models", "resnet50", "--batch", "1"]) == 2
+    assert "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=50" in capsys.readouterr().err
