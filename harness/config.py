@@ -45,9 +45,19 @@ class ClusterConfig:
 
 @dataclass
 class RuntimeConfig:
-    name: str = "sim"                   # sim: discrete-event, virtual time
+    """Both runtimes' settings; the live-only ones are ignored by the sim."""
+
+    name: str = "live"                  # live: real HTTP, real time, worker processes | sim: virtual time
     noise: bool = False                 # draw batch latencies around the profile mean with its std
     drain_s: float = 5.0                # after the last arrival, wait this long for requests in flight
+    host: str = "127.0.0.1"             # where the frontend listens; another interface only on purpose
+    executor: str = "emulated"          # emulated | gpu (real GPUs; `cluster=auto` chooses)
+    workers: List[str] = field(default_factory=list)   # tcp://host:port of remote workers; empty: spawn local
+    worker_timeout_s: float = 5.0       # a worker silent this long is declared lost
+    max_body_bytes: int = 1048576       # larger request bodies get 413
+    spin_us: float = 500.0              # the event loop busy-waits this close to a timer
+    locust_workers: int = 0             # 0: one Locust process; N: a master and N workers
+    start_lead_s: float = 4.0           # the schedule starts this long after the load generator is launched
 
 
 @dataclass

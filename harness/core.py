@@ -128,7 +128,10 @@ class Cluster(Protocol):
         """The latency profile of `model` on slot `gpu`."""
 
     def preempt(self, gpu: int) -> list[Request]:
-        """Abort the batch running on `gpu` (Shepherd); its requests return to the caller, still pending."""
+        """Abort the batch running on `gpu` (Shepherd); its requests return to the caller, still pending.
+
+        Live, it returns at once and the worker stops the batch as soon as its executor can
+        (the emulated executor at once; a CUDA graph runs to its end)."""
 
 
 @dataclass
@@ -164,7 +167,8 @@ class Policy:
 
     def on_gpu_lost(self, gpu: int) -> None:
         """The slot left the cluster (its worker died or hung, or the autoscaler released it);
-        `cluster.gpus[gpu].alive` is now False."""
+        `cluster.gpus[gpu].alive` is now False. Batches in flight on a lost worker fail (their
+        requests are recorded as errors) without on_batch_done."""
 
     def on_gpu_added(self, gpu: int) -> None:
         """The slot joined the cluster (the autoscaler provisioned it); it is idle and alive."""

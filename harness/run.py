@@ -80,8 +80,12 @@ def execute(cfg: Config, out_dir: Path, overrides: list[str]) -> dict:
 
     if cfg.runtime.name == "sim":
         outcome = simulate(cfg, models, gpus, curves, schedule, lambda cluster: make_policy(cfg, cluster, models))
+    elif cfg.runtime.name == "live":
+        from harness.runtimes.live import run_live
+
+        outcome = run_live(cfg, out_dir, schedule, len(gpus))
     else:
-        raise HarnessError(f"unknown runtime '{cfg.runtime.name}'; choose runtime=sim")
+        raise HarnessError(f"unknown runtime '{cfg.runtime.name}'; choose runtime=live or runtime=sim")
     return record(cfg, out_dir, outcome, models, gpus, curves[0], overrides)
 
 

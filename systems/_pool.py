@@ -50,6 +50,8 @@ class GpuPool:
 
     def release(self, rank: int, now: float) -> None:
         """The slot has nothing left to run (its last batch finished)."""
+        if self.free_at[rank] != self.free_at[rank]:
+            return                            # removed (NaN): only add() brings it back
         if not self._idle[rank]:
             self.free_at[rank] = now
             self._idle[rank] = True
@@ -62,6 +64,7 @@ class GpuPool:
 
     def add(self, rank: int, now: float) -> None:
         """The slot (back) in the cluster, idle."""
+        self.free_at[rank] = now
         self._idle[rank] = False
         self.release(rank, now)
 

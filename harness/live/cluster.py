@@ -115,10 +115,10 @@ class LiveCluster:
         fut.add_done_callback(lambda f, batch=batch: self._on_reply(batch, f.result()))
         return batch
 
-    def drop(self, reqs: Sequence[Request], reason: str) -> None:
+    def drop(self, reqs: Sequence[Request], reason: str, status: str = DROPPED) -> None:
         now = self.clock.now()
         for r in reqs:
-            r.status = DROPPED
+            r.status = status
             r.reason = reason
             r.t_done = now
         self.pending -= len(reqs)

@@ -44,6 +44,7 @@ import msgpack
 import numpy as np
 import zmq
 
+from harness.errors import HarnessError
 from harness.profiles import LatencyCurve
 
 EXECUTORS = ("emulated", "gpu")
@@ -133,6 +134,8 @@ class Worker:
         self._ctx = context or zmq.Context.instance()
         self._router = self._ctx.socket(zmq.ROUTER)
         self._router.setsockopt(zmq.LINGER, 0)
+        self._router.setsockopt(zmq.SNDHWM, 0)         # never drop a reply, however far the client lags
+        self._router.setsockopt(zmq.RCVHWM, 0)
         if bind.startswith("tcp://") and bind.endswith(":0"):
             bind = bind[:-1] + "*"
         self._router.bind(bind)
@@ -141,6 +144,8 @@ class Worker:
         self._replies_in = self._ctx.socket(zmq.PULL)
         self._replies_in.bind(inproc)
         self._replies_out = self._ctx.socket(zmq.PUSH)   # used by the executor thread only
+        self._replies_out.setsockopt(zmq.SNDHWM, 0)
+        self._replies_out.setsockopt(zmq.LINGER, 0)
         self._replies_out.connect(inproc)
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._jobs: dict[tuple[bytes, int], _Job] = {}  # queued or running, for aborts
@@ -206,19 +211,40 @@ class Worker:
                     next_check = now + PARENT_CHECK_S
                     if self.parent_pid is not None and os.getppid() != self.parent_pid:
                         return "parent process died"
-        finally:
-            self._queue.put(None)
-            for sock in (self._router, self._replies_in):
-                sock.close(linger=0)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self, timeout: float = 1.0) -> None:
+        """Stop the executor (aborting its batch if it can), flush the last replies, release the sockets.
+
+        Bounded by about 2x `timeout` even if the executor cannot abort its batch.
+        """
+        for job in list(self._jobs.values()):
+            job.abort.set()
+        self._queue.put(None)
+        self._thread.join(timeout)
+        self._replies_in.close(linger=0)
+        self._router.close(linger=int(timeout * 1000))   # e.g. the "stopped" answer still queued
+        term = threading.Thread(target=self._ctx.term, daemon=True)
+        term.start()
+        term.join(timeout)
 
     def _execute_loop(self) -> None:
-        pack, send = msgpack.packb, self._replies_out.send_multipart
+        pack, sock = msgpack.packb, self._replies_out
+
+        def send(frames):
+            try:
+                sock.send_multipart(frames, zmq.NOBLOCK)
+            except zmq.Again:       # the receiver is gone (stopping): nobody to answer
+                pass
+
         run, perf = self.executor.run, time.perf_counter
         abortable = self.executor.abortable
         while True:
             job = self._queue.get()
             if job is None:
-                self._replies_out.close(linger=0)
+                sock.close(linger=0)
                 return
             start = perf()
             wait = start - job.t_arrival
@@ -241,12 +267,12 @@ class Worker:
 
 def build_executor(kind: str, config_path: str, slot: int) -> Executor:
     """The executor of `slot` as the run's resolved config describes it."""
-    if kind != "emulated":
-        raise SystemExit(f"error: executor '{kind}' is not implemented yet; use --executor emulated")
     from omegaconf import OmegaConf
 
     from harness.profiles import curves_for
 
+    if kind != "emulated":
+        raise HarnessError(f"executor '{kind}' is not implemented yet; use --executor emulated")
     cfg = OmegaConf.load(config_path)
     c = cfg.cluster
     sleep = OmegaConf.to_container(c.sleep) if "sleep" in c else None
@@ -266,11 +292,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="keep running when the parent process dies (for workers started by hand on other hosts)")
     args = ap.parse_args(argv)
     parent = None if args.orphan_ok else os.getppid()
-    from harness.errors import HarnessError
     try:
         executor = build_executor(args.executor, args.config, args.slot)
         worker = Worker(args.slot, executor, args.bind, parent_pid=parent)
-    except HarnessError as exc:
+    except (HarnessError, OSError, ValueError, KeyError, AttributeError) as exc:
         print(f"error: slot {args.slot}: {exc}", file=sys.stderr)
         return 2
     except zmq.ZMQError as exc:
@@ -278,9 +303,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(json.dumps({"ready": True, "address": worker.address, "slot": args.slot, "pid": os.getpid()}), flush=True)
     why = worker.serve()
+    worker.close()
     print(f"worker slot {args.slot}: exiting ({why})", file=sys.stderr, flush=True)
-    # The executor thread may be inside a batch: leave at once rather than wait for it
-    # (nothing here needs flushing; the replies it would send have no reader any more).
+    # An executor that could not abort its batch may still hold a thread: do not wait for it.
     os._exit(0)
 
 

@@ -1,0 +1,167 @@
+"""Scheduler-only real-time stress test of the live runtime (like Symphony's own stress test).
+
+    PYTHONPATH=. python benchmarks/live_stress.py [--system symphony] [--rates 1000,2000,5000] [--seconds 3]
+
+The policy runs inside LiveCluster on the precise event loop exactly as in
+the frontend, but without HTTP or workers: requests are generated in-process
+(Poisson, spread evenly over the models) and a fake pool runs each slot's
+batches in order for their profiled time (loop timers), or instantly with
+--instant. For each offered rate it reports the scheduling lag:
+
+- timer lag: when each policy timer fired minus when it was planned;
+- arrival lag: when each arrival was handed to the policy minus its
+  scheduled time (the loop falling behind shows here first).
+
+and the highest rate whose p99 of both stays within --bound-ms (2 ms, the
+tolerance Symphony's own stress test uses).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import systems  # noqa: E402
+from harness.core import GpuSlot, ModelSpec  # noqa: E402
+from harness.live import loop as precise  # noqa: E402
+from harness.live.cluster import LiveCluster  # noqa: E402
+from harness.profiles import LatencyCurve  # noqa: E402
+
+
+class FakePool:
+    """Each slot runs its batches in order for their profiled time; nothing leaves the process."""
+
+    def __init__(self, n_slots: int, instant: bool):
+        self.loop = asyncio.get_running_loop()
+        self.instant = instant
+        self.free_at = [0.0] * n_slots
+        self.on_lost = None
+
+    def submit(self, slot, batch_id, model, size, start_within, payload=None, expected=0.0):
+        fut = self.loop.create_future()
+        now = self.loop.time()
+        start = max(now, self.free_at[slot])
+        if start_within is not None and start - now > start_within:
+            reply, end = {"batch": batch_id, "status": "late", "exec": 0.0, "wait": start - now, "error": ""}, start
+        else:
+            run = 0.0 if self.instant else expected
+            end = self.free_at[slot] = start + run
+            reply = {"batch": batch_id, "status": "ok", "exec": run, "wait": start - now, "error": ""}
+        if end <= now:
+            fut.set_result(reply)
+        else:
+            self.loop.call_at(end, fut.set_result, reply)
+        return fut
+
+    def abort(self, slot, batch_id):
+        pass
+
+
+async def one_rate(system: str, rate: float, seconds: float, n_slots: int, n_models: int, slo_ms: float,
+                   curve: LatencyCurve, instant: bool, seed: int) -> dict:
+    loop = asyncio.get_running_loop()
+    rng = np.random.default_rng(seed)
+    n = max(1, int(rate * seconds))
+    times = np.cumsum(rng.exponential(1.0 / rate, n)).tolist()
+    which = rng.integers(0, n_models, n).tolist()
+    lag = np.empty(n)
+    precise.quiet_gc()                                   # the previous rate's garbage goes now, not mid-run
+    models = {f"m{i}": ModelSpec(f"m{i}", slo_ms / 1000) for i in range(n_models)}
+    names = list(models)
+    gpus = [GpuSlot(i, f"s{i}", "sleep", "whole", frozenset(models)) for i in range(n_slots)]
+    clock = precise.Clock(time.time() + 0.1)             # run time 0 is 0.1 s from now
+    cluster = LiveCluster(gpus, [{m: curve for m in models}] * n_slots, FakePool(n_slots, instant), clock, models)
+    policy_cls = systems.policy_class(system)
+    policy = policy_cls(cluster, models, policy_cls.Config())
+    done = loop.create_future()
+    i = 0
+
+    def drive():
+        nonlocal i
+        now = clock.now
+        while i < n and times[i] <= now():
+            lag[i] = now() - times[i]
+            cluster.arrive(names[which[i]], i)
+            i += 1
+        if i < n:
+            loop.call_at(clock.to_monotonic(times[i]), drive)
+        else:
+            done.set_result(None)
+
+    cluster.start(policy)
+    loop.call_at(clock.to_monotonic(times[0]), drive)
+    selector = loop._selector                           # a PreciseSelector: it counts its waiting time
+    await asyncio.sleep(max(0.0, times[0] - clock.now()))
+    waited0, t0 = selector.waited, time.monotonic()
+    await done
+    busy = 1 - (selector.waited - waited0) / (time.monotonic() - t0)
+    await asyncio.sleep(min(0.3, 2 * slo_ms / 1000))    # let the last batches finish
+    cluster.finish()
+    timer = np.frombuffer(cluster.timer_lag, dtype=float) * 1e3
+    arrival = lag * 1e3
+    status = [r.status for r in cluster.requests]
+    ok = [b.size for b in cluster.batches if b.status == "ok"]
+    pct = lambda x, q: float(np.percentile(x, q)) if len(x) else 0.0  # noqa: E731
+    return {"rate": rate, "requests": n, "slots": n_slots, "timers": len(timer),
+            "timer_p50": pct(timer, 50), "timer_p99": pct(timer, 99), "timer_max": pct(timer, 100),
+            "arrival_p50": pct(arrival, 50), "arrival_p99": pct(arrival, 99),
+            "ok": status.count("ok") / n, "batch": float(np.mean(ok)) if ok else 0.0,
+            "busy": busy, "timer_lag_ms": timer, "arrival_lag_ms": arrival}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--system", default="symphony")
+    ap.add_argument("--rates", default="2000,5000,10000,20000,40000,60000,80000,100000,120000",
+                    help="offered rates, requests/s, in increasing order")
+    ap.add_argument("--seconds", type=float, default=3.0, help="arrivals per rate, in seconds")
+    ap.add_argument("--gpus", type=int, default=0,
+                    help="slots (0: enough for each rate, 1.3x the load at the Nexus-rule batch size)")
+    ap.add_argument("--models", type=int, default=10)
+    ap.add_argument("--slo-ms", type=float, default=100.0)
+    ap.add_argument("--a-ms", type=float, default=1.082, help="sleep model l(b) = a*b + c")
+    ap.add_argument("--c-ms", type=float, default=5.204)
+    ap.add_argument("--instant", action="store_true", help="batches complete at once instead of after l(b)")
+    ap.add_argument("--bound-ms", type=float, default=2.0)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    curve = LatencyCurve.linear(args.a_ms, args.c_ms, 64)
+    b = max(1, curve.largest_batch_within(args.slo_ms / 2000))
+    per_slot = b / curve.mean[b]
+    slots = (lambda rate: args.gpus) if args.gpus else (lambda rate: max(1, math.ceil(1.3 * rate / per_slot)))
+    print(f"{args.system} on {args.gpus or 'enough'} emulated slots, {args.models} models, SLO {args.slo_ms:g} ms, "
+          f"l(b) = {args.a_ms:g}*b + {args.c_ms:g} ms{' (instant batches)' if args.instant else ''}")
+    head = (f"{'rate/s':>8} {'requests':>8} {'timers':>7} {'timer p50':>9} {'p99':>7} {'max':>7} "
+            f"{'arrival p50':>11} {'p99':>7} {'slots':>5} {'ok':>6} {'batch':>6} {'busy':>5}")
+    print(head + "\n" + "-" * len(head))
+    best = None
+    for rate in (float(r) for r in args.rates.split(",")):
+        r = precise.run(one_rate(args.system, rate, args.seconds, slots(rate), args.models, args.slo_ms, curve,
+                                 args.instant, args.seed))
+        print(f"{r['rate']:>8.0f} {r['requests']:>8} {r['timers']:>7} {r['timer_p50']:>9.3f} {r['timer_p99']:>7.3f} "
+              f"{r['timer_max']:>7.2f} {r['arrival_p50']:>11.3f} {r['arrival_p99']:>7.3f} {r['slots']:>5} "
+              f"{r['ok']:>6.1%} "
+              f"{r['batch']:>6.1f} {r['busy']:>5.0%}", flush=True)
+        within = max(r["timer_p99"], r["arrival_p99"]) <= args.bound_ms
+        if within:
+            best = rate
+        elif max(r["timer_p99"], r["arrival_p99"]) > 50 * args.bound_ms:
+            print("(saturated: higher rates skipped)")
+            break
+    print("lag in ms; ok: requests served; batch: mean size; busy: the loop's time not spent waiting for events "
+          "or timers (100%: saturated)")
+    print(f"highest rate with p99 scheduling lag <= {args.bound_ms:g} ms: "
+          + (f"{best:.0f} requests/s" if best else "none of those tried"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

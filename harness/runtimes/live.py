@@ -1,0 +1,94 @@
+"""The live runtime, seen from the orchestrator: start the system under test, replay the load, collect.
+
+    frontend process (policy + worker processes)  or  real tritonserver (system=triton)
+          ^ KServe v2 HTTP
+    Locust (one process, or a master and workers) replaying schedule.parquet open loop
+
+Every process measures time as seconds since one `epoch`, chosen a few
+seconds ahead so Locust is ready when the schedule starts. Whatever ends the
+run -- the last answer, Ctrl-C, SIGTERM, a lost worker -- the system under
+test is stopped, writes what it measured, and the records are assembled;
+requests never sent are recorded as errors ("not sent").
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from harness.core import ERROR
+from harness.load import read_records, replay
+from harness.live.server import start_frontend
+from harness.runtimes import Outcome
+
+
+@contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM ends a run the way Ctrl-C does: records written, processes stopped."""
+    def raise_interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_live(cfg, out_dir: Path, schedule: pd.DataFrame, n_slots: int) -> Outcome:
+    rt = cfg.runtime
+    epoch = time.time() + rt.start_lead_s
+    timeout_s = max(30.0, 10 * max(m.slo_ms for m in cfg.models.values()) / 1000)
+    client, interrupted = None, False
+    started = time.perf_counter()
+    with _sigterm_as_interrupt():
+        try:
+            if cfg.system.name == "triton":
+                from harness.live.triton_system import serve_triton as serve
+            else:
+                serve = _serve_frontend
+            with serve(cfg, out_dir, epoch) as url:
+                client = replay(out_dir / "schedule.parquet", url, epoch, out_dir / "client",
+                                workers=rt.locust_workers, timeout_s=timeout_s)
+        except KeyboardInterrupt:
+            interrupted = True
+    wall = time.perf_counter() - started
+    if client is None:                              # interrupted: what Locust flushed so far
+        client = read_records(out_dir / "client") if (out_dir / "client").exists() else None
+    server = json.loads((out_dir / "server.json").read_text()) if (out_dir / "server.json").exists() else {}
+    return Outcome(client=_client_view(schedule, client, out_dir), batches=pd.read_parquet(out_dir / "batches.parquet"),
+                   timeline=pd.DataFrame([(0.0, n_slots)], columns=["t", "slots"]),
+                   lost_slots=sorted(int(x["slot"]) for x in server.get("lost_slots", [])),
+                   interrupted=interrupted, wall_seconds=wall, notes=server.get("notes", []))
+
+
+@contextmanager
+def _serve_frontend(cfg, out_dir: Path, epoch: float):
+    with start_frontend(out_dir / "config.yaml", epoch, out_dir, host=cfg.runtime.host) as frontend:
+        yield frontend.url
+
+
+def _client_view(schedule: pd.DataFrame, client: pd.DataFrame | None, out_dir: Path) -> pd.DataFrame:
+    """The client's records for every scheduled request, with the server's arrival time added."""
+    columns = ["id", "model", "t_sched", "t_sent", "t_done", "status", "reason", "batch_id"]
+    if client is None or client.empty:
+        client = pd.DataFrame({c: pd.Series(dtype=float) for c in columns})
+    view = schedule[["id", "model", "t_sched"]].merge(client.drop(columns=["model", "t_sched"], errors="ignore"),
+                                                      on="id", how="left")
+    unsent = view["status"].isna()
+    view.loc[unsent, "status"] = ERROR
+    view.loc[unsent, "reason"] = "not sent (run ended first)"
+    view["batch_id"] = view["batch_id"].fillna(-1).astype(np.int64)
+    arrivals = out_dir / "server_requests.parquet"
+    if arrivals.exists():
+        server = pd.read_parquet(arrivals, columns=["id", "t_arrival"]).drop_duplicates("id")
+        view = view.merge(server, on="id", how="left")
+    else:
+        view["t_arrival"] = np.nan
+    return view

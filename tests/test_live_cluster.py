@@ -1,0 +1,219 @@
+"""LiveCluster's bookkeeping, with a fake worker pool on the real (precise) event loop."""
+
+import asyncio
+import time
+
+import pytest
+
+from harness.core import GpuSlot, ModelSpec, Policy
+from harness.live import loop as precise
+from harness.live.cluster import LiveCluster
+from harness.profiles import LatencyCurve
+from systems.eager import Eager, EagerConfig
+
+CURVE = LatencyCurve.linear(1.0, 5.0, 16)       # l(b) = b + 5 ms
+
+
+class FakePool:
+    """Replies as a worker would, after `exec` seconds, with the status the test chooses."""
+
+    def __init__(self, exec_time: float = 0.01):
+        self.exec_time = exec_time
+        self.on_lost = None
+        self.sent = []                   # (slot, batch, size, start_within)
+        self.aborted = []
+        self.status = "ok"
+        self.hold = False                # True: keep the futures for the test to resolve
+        self.futures = {}
+
+    def submit(self, slot, batch_id, model, size, start_within, payload=None, expected=0.0):
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self.sent.append((slot, batch_id, size, start_within))
+        self.futures[batch_id] = fut
+        if not self.hold:
+            reply = {"batch": batch_id, "status": self.status, "exec": self.exec_time, "wait": 0.0, "error": "boom"}
+            loop.call_later(self.exec_time, fut.set_result, reply)
+        return fut
+
+    def abort(self, slot, batch_id):
+        self.aborted.append((slot, batch_id))
+
+
+class Recorder(Eager):
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.done, self.lost = [], []
+
+    def on_batch_done(self, batch):
+        self.done.append(batch)
+        super().on_batch_done(batch)
+
+    def on_gpu_lost(self, gpu):
+        self.lost.append(gpu)
+        super().on_gpu_lost(gpu)
+
+
+def setup(n_gpus=2, pool=None, slo_ms=100.0):
+    models = {"m": ModelSpec("m", slo_ms / 1000)}
+    gpus = [GpuSlot(i, f"g{i}", "test", "whole", frozenset(models)) for i in range(n_gpus)]
+    pool = pool or FakePool()
+    cluster = LiveCluster(gpus, [{"m": CURVE}] * n_gpus, pool, precise.Clock(time.time()), models)
+    policy = Recorder(cluster, models, EagerConfig())
+    cluster.start(policy)
+    return cluster, policy, pool
+
+
+def run(coro):
+    return precise.run(coro)
+
+
+def test_requests_complete_with_their_batch_and_wake_their_waiters():
+    async def main():
+        cluster, policy, pool = setup()
+        (r1, f1), (r2, f2) = cluster.arrive("m", 1), cluster.arrive("m", 2)
+        assert cluster.gpus[0].outstanding == 1 and cluster.gpus[1].outstanding == 1
+        assert cluster.gpus[0].busy_until == pytest.approx(cluster.batches[0].t_dispatch + CURVE.mean[1])
+        assert await asyncio.wait_for(f1, 1) == "ok" and await asyncio.wait_for(f2, 1) == "ok"
+        return cluster, policy, r1, r2
+
+    cluster, policy, r1, r2 = run(main())
+    b0, b1 = cluster.batches
+    assert (r1.status, r1.batch_id, r2.batch_id) == ("ok", 0, 1)
+    assert b0.status == "ok" and b0.t_end - b0.t_start == pytest.approx(0.01)
+    assert r1.t_done == b0.t_end and b0.t_end - b0.t_dispatch >= 0.01
+    assert [b.id for b in policy.done] == [0, 1]
+    assert all(g.outstanding == 0 for g in cluster.gpus) and cluster.pending == 0
+
+
+def test_late_batch_drops_its_requests_and_error_batch_fails_them():
+    async def main(status):
+        cluster, policy, pool = setup(1)
+        pool.status = status
+        req, fut = cluster.arrive("m", 1)
+        await asyncio.wait_for(fut, 1)
+        return cluster, policy, req
+
+    cluster, policy, req = run(main("late"))
+    assert (req.status, req.reason, req.batch_id) == ("dropped", "late", 0)
+    assert cluster.batches[0].status == "late" and len(policy.done) == 1
+    cluster, policy, req = run(main("error"))
+    assert (req.status, req.reason) == ("error", "boom")
+    assert cluster.batches[0].status == "error" and len(policy.done) == 1
+
+
+class Holder(Policy):
+    """Keeps every arrival; the test dispatches by hand."""
+
+    def on_arrival(self, req):
+        self.held = getattr(self, "held", []) + [req]
+
+
+def test_dispatch_sends_the_action_window_as_seconds_from_now():
+    async def main():
+        models = {"m": ModelSpec("m", 0.1)}
+        gpus = [GpuSlot(0, "g0", "test", "whole", frozenset(models))]
+        pool = FakePool()
+        cluster = LiveCluster(gpus, [{"m": CURVE}], pool, precise.Clock(time.time()), models)
+        policy = Holder(cluster, models, None)
+        cluster.start(policy)
+        for i in range(3):
+            cluster.arrive("m", i)
+        cluster.dispatch(0, "m", policy.held[:2], latest_start=cluster.now() + 0.02)
+        cluster.dispatch(0, "m", policy.held[2:])
+        with pytest.raises(ValueError):
+            cluster.dispatch(0, "m", [])
+        return pool.sent
+
+    (slot, batch, size, within), (_, _, _, no_window) = run(main())
+    assert (slot, batch, size) == (0, 0, 2)
+    assert within == pytest.approx(0.02, abs=0.002) and no_window is None
+
+
+def test_lost_slot_fails_its_requests_tells_the_policy_once_and_others_go_on():
+    async def main():
+        pool = FakePool()
+        pool.hold = True
+        cluster, policy, pool = setup(2, pool)
+        victim, vf = cluster.arrive("m", 1)               # eager puts it on slot 0
+        pool.on_lost(0, "worker process exited with code -9")
+        pool.on_lost(0, "again")                           # told once only
+        pool.futures[0].set_result({"batch": 0, "status": "error", "exec": 0, "wait": 0, "error": "lost"})
+        await asyncio.wait_for(vf, 1)
+        pool.hold = False
+        survivor, sf = cluster.arrive("m", 2)
+        await asyncio.wait_for(sf, 1)
+        await asyncio.sleep(0.05)
+        return cluster, policy, victim, survivor
+
+    cluster, policy, victim, survivor = run(main())
+    assert victim.status == "error" and "slot 0 lost: worker process exited" in victim.reason
+    assert policy.lost == [0] and not cluster.gpus[0].alive and cluster.gpus[0].outstanding == 0
+    assert [b.id for b in policy.done] == [1]               # no on_batch_done for the lost slot's batch
+    assert survivor.status == "ok" and cluster.batches[survivor.batch_id].gpu == 1
+    assert cluster.lost[0]["slot"] == 0
+
+
+def test_preempt_returns_the_running_batch_and_asks_the_worker_to_stop():
+    async def main():
+        pool = FakePool()
+        pool.hold = True
+        cluster, policy, pool = setup(1, pool)
+        req, fut = cluster.arrive("m", 1)
+        back = cluster.preempt(0)
+        with pytest.raises(ValueError):
+            cluster.preempt(0)
+        pool.futures[0].set_result({"batch": 0, "status": "preempted", "exec": 0.002, "wait": 0, "error": ""})
+        await asyncio.sleep(0.01)
+        return cluster, policy, pool, req, fut, back
+
+    cluster, policy, pool, req, fut, back = run(main())
+    assert back == [req] and req.status is None and not fut.done()
+    assert pool.aborted == [(0, 0)]
+    b = cluster.batches[0]
+    assert b.status == "preempted" and b.t_end - b.t_start == pytest.approx(0.002)
+    assert cluster.gpus[0].outstanding == 0 and policy.done == []
+
+
+def test_finish_times_out_pending_requests_and_silences_the_policy():
+    async def main():
+        pool = FakePool()
+        pool.hold = True
+        cluster, policy, pool = setup(1, pool)
+        req, fut = cluster.arrive("m", 1)
+        fired = []
+        cluster.call_at(cluster.now() + 0.005, lambda: fired.append(1))
+        cluster.finish()
+        assert await asyncio.wait_for(fut, 1) == "timeout"
+        pool.futures[0].set_result({"batch": 0, "status": "ok", "exec": 0.001, "wait": 0, "error": ""})
+        await asyncio.sleep(0.02)
+        return req, policy, fired
+
+    req, policy, fired = run(main())
+    assert (req.status, req.reason) == ("timeout", "unresolved at shutdown")
+    assert policy.done == [] and fired == []
+
+
+def test_timers_fire_at_their_time_and_record_their_lag():
+    class Ticker(Policy):
+        def start(self):
+            self.times = []
+            t0 = self.cluster.now()
+            for k in range(1, 21):
+                self.cluster.call_at(t0 + k * 0.002, lambda: self.times.append(self.cluster.now()))
+
+        def on_arrival(self, req):
+            pass
+
+    async def main():
+        models = {"m": ModelSpec("m", 0.1)}
+        gpus = [GpuSlot(0, "g0", "test", "whole", frozenset(models))]
+        cluster = LiveCluster(gpus, [{"m": CURVE}], FakePool(), precise.Clock(time.time()), models)
+        policy = Ticker(cluster, models, None)
+        cluster.start(policy)
+        await asyncio.sleep(0.06)
+        return cluster, policy
+
+    cluster, policy = run(main())
+    assert len(policy.times) == 20 and len(cluster.timer_lag) == 20
+    assert min(cluster.timer_lag) >= 0 and max(cluster.timer_lag) < 0.005

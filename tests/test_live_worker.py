@@ -1,0 +1,206 @@
+"""Worker processes (harness.live.worker) and the pool that runs them (harness.live.workers)."""
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+
+from harness.errors import HarnessError
+from harness.live import loop as precise
+from harness.live.worker import EmulatedExecutor
+from harness.live.workers import WorkerPool
+from harness.profiles import LatencyCurve
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def write_config(path: Path, c_ms: float = 5.0, a_ms: float = 1.0, models=("m0", "m1")) -> Path:
+    """The parts of a resolved run config a worker reads."""
+    lines = ["cluster:", "  gpu_type: sleep", "  partition: whole", "  count: 2",
+             f"  sleep: {{a_ms: {a_ms}, c_ms: {c_ms}, max_batch: 8}}", "models:"]
+    lines += [f"  {m}: {{slo_ms: 1000}}" for m in models]
+    lines += ["runtime: {noise: false}", "seeds: {runtime: 3}"]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_emulated_executor_reproduces_the_profiled_latency():
+    curve = LatencyCurve.linear(0.5, 1.0, 8)           # 1.5 .. 5 ms
+    ex = EmulatedExecutor({"m": curve})
+    errors = []
+    for size in [1, 2, 4, 8] * 10:
+        t = time.perf_counter()
+        ex.run("m", size, None)
+        errors.append(time.perf_counter() - t - curve.mean[size])
+    err_ms = np.array(errors) * 1e3
+    print(f"\nemulated executor error: mean {err_ms.mean():.4f} ms  p50 {np.median(err_ms):.4f} ms  "
+          f"p99 {np.percentile(err_ms, 99):.4f} ms  (target 1.5-5 ms)")
+    assert err_ms.min() >= 0                          # never shorter than the profile
+    assert err_ms.mean() < 0.3
+
+
+def test_emulated_executor_noise_stays_above_half_the_mean():
+    curve = LatencyCurve.from_points([1, 2], [2.0, 3.0], std_ms=[1.5, 1.5])
+    ex = EmulatedExecutor({"m": curve}, noise=True, seed=1)
+    d = np.array([ex.duration("m", 1) for _ in range(2000)])
+    assert d.min() >= 0.001 - 1e-12 and d.std() > 0.0008
+    assert abs(np.mean(d) - 0.0021) < 0.0003                  # ~mean, nudged up by the clip
+    with pytest.raises(ValueError):
+        ex.duration("other", 1)
+    with pytest.raises(ValueError):
+        ex.duration("m", 3)
+
+
+def spawn_worker(tmp_path: Path, c_ms: float = 5.0):
+    """A worker process (l(b) = b + c_ms ms, models m0 and m1); returns it, its ready line, a DEALER and call()."""
+    cfg = write_config(tmp_path / "config.yaml", c_ms=c_ms)
+    proc = subprocess.Popen([sys.executable, "-m", "harness.live.worker", "--slot", "1", "--config", str(cfg)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+    ready = json.loads(proc.stdout.readline())
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, 5000)
+    sock.connect(ready["address"])
+
+    def call(msg, replies=1):
+        sock.send(msgpack.packb(msg))
+        return [msgpack.unpackb(sock.recv()) for _ in range(replies)]
+
+    def cleanup():
+        sock.close()
+        ctx.term()
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+
+    return proc, ready, sock, call, cleanup
+
+
+@pytest.fixture
+def worker(tmp_path):
+    *handles, cleanup = spawn_worker(tmp_path)
+    yield handles
+    cleanup()
+
+
+def test_worker_runs_batches_in_order_and_reports_late_and_bad_ones(worker):
+    proc, ready, sock, call = worker
+    assert ready["ready"] and ready["address"].startswith("tcp://127.0.0.1:")
+    assert call({"op": "ping"}) == [{"pong": 1}]
+    (ok,) = call({"op": "run", "batch": 7, "model": "m0", "size": 3, "start_within": None, "payload": None})
+    assert ok["batch"] == 7 and ok["status"] == "ok" and ok["exec"] == pytest.approx(0.008, abs=0.002)
+    # A 40 ms batch, then one that must start within 5 ms of its arrival: it waits ~40 ms, so it is late.
+    sock.send(msgpack.packb({"op": "run", "batch": 8, "model": "m1", "size": 8, "start_within": None}))
+    sock.send(msgpack.packb({"op": "run", "batch": 9, "model": "m1", "size": 1, "start_within": 0.005}))
+    first, second = msgpack.unpackb(sock.recv()), msgpack.unpackb(sock.recv())
+    assert (first["batch"], first["status"]) == (8, "ok")
+    assert (second["batch"], second["status"], second["exec"]) == (9, "late", 0.0)
+    assert second["wait"] > 0.005
+    (bad,) = call({"op": "run", "batch": 10, "model": "nope", "size": 1, "start_within": None})
+    assert bad["status"] == "error" and "nope" in bad["error"]
+    (garbled,) = call({"op": "run"})
+    assert garbled["status"] == "error"
+    assert call({"op": "ping"}) == [{"pong": 1}]        # still serving
+
+
+def test_worker_aborts_a_running_batch_and_stops_on_request(tmp_path):
+    proc, ready, sock, call, cleanup = spawn_worker(tmp_path, c_ms=500.0)
+    try:
+        sock.send(msgpack.packb({"op": "run", "batch": 1, "model": "m0", "size": 8, "start_within": None}))
+        time.sleep(0.02)
+        t = time.perf_counter()
+        (aborted,) = call({"op": "abort", "batch": 1})
+        assert aborted["status"] == "preempted"
+        assert aborted["exec"] < 0.25 and time.perf_counter() - t < 0.25      # not the full 508 ms
+        assert call({"op": "stop"}) == [{"stopped": 1}]
+        assert proc.wait(5) == 0
+    finally:
+        cleanup()
+
+
+def test_worker_exits_when_its_parent_dies(tmp_path):
+    cfg = write_config(tmp_path / "config.yaml")
+    # A parent that starts a worker, reports its pid, then hangs until killed.
+    parent_code = ("import subprocess, sys; p = subprocess.Popen([sys.executable, '-m', 'harness.live.worker', "
+                   f"'--slot', '0', '--config', {str(cfg)!r}], stdout=subprocess.PIPE); "
+                   "print(p.pid, p.stdout.readline().decode().strip(), flush=True); import time; time.sleep(60)")
+    parent = subprocess.Popen([sys.executable, "-c", parent_code], stdout=subprocess.PIPE, env=ENV)
+    pid = int(parent.stdout.readline().split()[0])
+    parent.kill()
+    parent.wait()
+    parent.stdout.close()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and _running(pid):
+        time.sleep(0.05)
+    assert not _running(pid), "worker outlived its parent"
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_gpu_executor_is_refused_clearly(tmp_path):
+    cfg = write_config(tmp_path / "config.yaml")
+    out = subprocess.run([sys.executable, "-m", "harness.live.worker", "--slot", "0", "--config", str(cfg),
+                          "--executor", "gpu"], capture_output=True, text=True, env=ENV, timeout=30)
+    assert out.returncode == 2 and "executor 'gpu' is not implemented yet" in out.stderr
+
+
+def test_pool_names_the_slot_whose_worker_fails_to_start(tmp_path):
+    async def main():
+        pool = WorkerPool(2, tmp_path / "missing.yaml", start_timeout_s=20)
+        await pool.start()
+
+    with pytest.raises(HarnessError, match=r"worker for slot \d exited with code 2 before it was ready"):
+        precise.run(main())
+
+
+def test_pool_declares_killed_and_hung_slots_lost_and_keeps_serving_the_rest(tmp_path):
+    cfg = write_config(tmp_path / "config.yaml", c_ms=300.0)       # batches of ~300 ms
+
+    async def main():
+        lost = []
+        pool = WorkerPool(3, cfg, worker_timeout_s=1.0, ping_interval_s=0.2, log_dir=tmp_path,
+                          on_lost=lambda slot, why: lost.append((slot, why)))
+        await pool.start()
+        pids = [s.proc.pid for s in pool._slots]
+        try:
+            t = time.monotonic()
+            killed = pool.submit(0, 1, "m0", 1, None, expected=0.3)
+            await asyncio.sleep(0.05)
+            os.kill(pids[0], signal.SIGKILL)
+            reply = await asyncio.wait_for(killed, 3)
+            assert reply["status"] == "error" and "slot 0 lost: worker process exited with code -9" in reply["error"]
+            assert time.monotonic() - t < 1.5
+            os.kill(pids[1], signal.SIGSTOP)                       # hung: answers nothing
+            hung = pool.submit(1, 2, "m0", 1, None, expected=0.3)
+            reply = await asyncio.wait_for(hung, 5)
+            assert reply["status"] == "error" and "no answer" in reply["error"]
+            late = await pool.submit(0, 3, "m0", 1, None)
+            assert late["status"] == "error" and "lost" in late["error"]
+            ok = await asyncio.wait_for(pool.submit(2, 4, "m1", 1, None), 3)
+            assert ok["status"] == "ok"
+            assert [s for s, _ in lost] == [0, 1] and not pool.alive(0) and pool.alive(2)
+        finally:
+            await pool.close()
+        return pids
+
+    pids = precise.run(main())
+    assert not any(_running(p) for p in pids)
