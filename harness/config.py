@@ -50,6 +50,8 @@ class RuntimeConfig:
     name: str = "live"                  # live: real HTTP, real time, worker processes | sim: virtual time
     noise: bool = False                 # draw batch latencies around the profile mean with its std
     drain_s: float = 5.0                # after the last arrival, wait this long for requests in flight
+    request_delay_ms: float = 0.0       # sim only: client-to-scheduler transport, a fixed delay
+    response_delay_ms: float = 0.0      # sim only: scheduler-to-client transport (live measures the real ones)
     host: str = "127.0.0.1"             # where the frontend listens; another interface only on purpose
     executor: str = "emulated"          # emulated | gpu (real GPUs; `cluster=auto` chooses)
     workers: List[str] = field(default_factory=list)   # tcp://host:port of remote workers; empty: spawn local

@@ -81,9 +81,11 @@ def requests_frame(client: pd.DataFrame, batches: pd.DataFrame, slo: Mapping[str
     return out[REQUEST_COLUMNS]
 
 
-def sim_client_view(server: pd.DataFrame) -> pd.DataFrame:
-    """In simulation the client is ideal: each request sent at its scheduled time, no network."""
-    return server.assign(t_sched=server["t_arrival"], t_sent=server["t_arrival"])
+def sim_client_view(server: pd.DataFrame, request_delay: float = 0.0, response_delay: float = 0.0) -> pd.DataFrame:
+    """In simulation the client sends each request exactly at its scheduled time; the network
+    is a fixed delay each way (zero by default)."""
+    sent = server["t_arrival"] - request_delay
+    return server.assign(t_sched=sent, t_sent=sent, t_done=server["t_done"] + response_delay)
 
 
 def empty_gpus_frame() -> pd.DataFrame:

@@ -198,11 +198,12 @@ def simulate(cfg, models: Mapping[str, ModelSpec], gpus: Sequence[GpuSlot],
     """Run the schedule in virtual time; the client is ideal (each request sent at its scheduled time)."""
     cluster = SimCluster(gpus, curves, noise=cfg.runtime.noise, seed=cfg.seeds.runtime)
     policy = make_policy(cluster)
+    d_in, d_out = cfg.runtime.request_delay_ms / 1000, cfg.runtime.response_delay_ms / 1000
     wall = time.perf_counter()
     reqs = cluster.run(policy, schedule["id"].to_numpy(), schedule["model"].tolist(),
-                       schedule["t_sched"].to_numpy(), models, drain=cfg.runtime.drain_s)
+                       schedule["t_sched"].to_numpy() + d_in, models, drain=cfg.runtime.drain_s)
     wall = time.perf_counter() - wall
     timeline = getattr(policy, "timeline", None) or [(0.0, len(gpus))]
-    return Outcome(client=sim_client_view(server_frame(reqs)), batches=batches_frame(cluster.batches, gpus),
+    return Outcome(client=sim_client_view(server_frame(reqs), d_in, d_out), batches=batches_frame(cluster.batches, gpus),
                    timeline=pd.DataFrame(timeline, columns=["t", "slots"]), wall_seconds=wall,
                    notes=[f"simulated {len(reqs) / wall:,.0f} requests per wall second"] if wall > 0 else [])
