@@ -56,6 +56,8 @@ def main(cfg) -> float:
         sys.exit(2)
     print(summary_table(summary))
     print(f"results: {hydra_cfg.runtime.output_dir}")
+    if summary["validity"].get("interrupted"):
+        sys.exit(130)                           # records written; the shell still learns it was interrupted
     return summary["goodput"]
 
 

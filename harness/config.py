@@ -57,6 +57,7 @@ class RuntimeConfig:
     workers: List[str] = field(default_factory=list)   # tcp://host:port of remote workers; empty: spawn local
     worker_timeout_s: float = 5.0       # a worker silent this long is declared lost
     max_body_bytes: int = 1048576       # larger request bodies get 413
+    max_pending: int = 20000            # admission cap: beyond it new requests are rejected (429)
     spin_us: float = 500.0              # the event loop busy-waits this close to a timer
     locust_workers: int = 0             # 0: one Locust process; N: a master and N workers
     start_lead_s: float = 4.0           # the schedule starts this long after the load generator is launched

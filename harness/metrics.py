@@ -171,7 +171,7 @@ def validity(summary: dict, *, duration: float, min_duration: float, min_request
         reasons.append(f"worker(s) lost during the run: slots {crashed_slots}")
     if interrupted:
         reasons.append("run interrupted before the end")
-    return {"valid": not reasons, "reasons": reasons}
+    return {"valid": not reasons, "reasons": reasons, "interrupted": interrupted}
 
 
 def send_lag_p99_ms(requests: pd.DataFrame) -> float:

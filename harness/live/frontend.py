@@ -52,6 +52,9 @@ from harness.live.protocol import (HTTP_CODE, BadRequest, error_body, infer_resp
 from harness.live.workers import WorkerPool
 
 MAX_BODY_BYTES = 1 << 20
+# Admission cap: beyond this many requests waiting in the policy, new ones are rejected (429) at once,
+# so a 10x overload costs bounded memory and the server stays responsive.
+MAX_PENDING = 20000
 SERVER_NAME = "dnn-serving-harness"
 
 
@@ -62,10 +65,12 @@ def _error(code: int, message: str) -> web.Response:
 class Frontend:
     """The aiohttp application serving the v2 routes over a LiveCluster."""
 
-    def __init__(self, cluster: LiveCluster, models: Mapping[str, ModelSpec], max_body_bytes: int = MAX_BODY_BYTES):
+    def __init__(self, cluster: LiveCluster, models: Mapping[str, ModelSpec], max_body_bytes: int = MAX_BODY_BYTES,
+                 max_pending: int = MAX_PENDING):
         self.cluster = cluster
         self.models = models
         self.max_body_bytes = max_body_bytes
+        self.max_pending = max_pending
         self.closing = False
         self._auto_ids = itertools.count(-1, -1)     # ids for requests that bring none: negative, never a client's
 
@@ -120,6 +125,9 @@ class Frontend:
             return _error(400, str(exc))
         if self.closing:
             return web.json_response(error_body("error", "server shutting down"), status=503)
+        if self.cluster.pending >= self.max_pending:
+            return web.json_response(error_body("rejected", f"overloaded: {self.cluster.pending} requests pending"),
+                                     status=HTTP_CODE["rejected"])
         if rid is None:
             rid = next(self._auto_ids)
             rid_text = str(rid)
@@ -204,13 +212,14 @@ async def serve(args: argparse.Namespace) -> int:
                       worker_timeout_s=float(_setting(args.worker_timeout, cfg, "worker_timeout_s", 5.0)),
                       log_dir=out)
     max_body = int(_setting(args.max_body_bytes, cfg, "max_body_bytes", MAX_BODY_BYTES))
+    max_pending = int(_setting(None, cfg, "max_pending", MAX_PENDING))
     cluster = frontend = runner = watcher = None
     code = 0
     try:
         await pool.start()
         cluster = LiveCluster(gpus, curves, pool, precise.Clock(args.epoch), models)
         policy: Policy = policy_cls(cluster, models, system_cfg)
-        frontend = Frontend(cluster, models, max_body)
+        frontend = Frontend(cluster, models, max_body, max_pending)
         runner = web.AppRunner(frontend.app(), access_log=None, shutdown_timeout=2.0)
         await runner.setup()
         site = web.TCPSite(runner, args.host, args.port)

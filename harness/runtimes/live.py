@@ -89,6 +89,6 @@ def _client_view(schedule: pd.DataFrame, client: pd.DataFrame | None, out_dir: P
     if arrivals.exists():
         server = pd.read_parquet(arrivals, columns=["id", "t_arrival"]).drop_duplicates("id")
         view = view.merge(server, on="id", how="left")
-    else:
-        view["t_arrival"] = np.nan
+    else:                                           # Triton does not report arrivals: the send time stands in
+        view["t_arrival"] = view["t_sent"]
     return view

@@ -1,0 +1,212 @@
+"""Load generation: Locust replays a request schedule against a serving endpoint, open loop.
+
+    client = replay("run/schedule.parquet", "http://127.0.0.1:8000", epoch, "run/client", workers=2)
+
+`replay` runs harness/live/locustfile.py headless -- one process, or a
+master and `workers` worker processes each replaying every workers-th row --
+waits until every request has its answer or timed out, and returns the
+client records (id, model, t_sched, t_sent, t_done, status, reason,
+batch_id; seconds since `epoch`) sorted by id. Choose `epoch` a few seconds
+ahead (Locust needs about 1-2 s to start, more for workers to join); a
+request due before its process was ready is sent late, and its send lag
+says so. Every Locust process is gone when replay returns or raises, also
+on Ctrl-C; their logs are <out_dir>/locust-*.log.
+
+Across hosts: on the host that owns the run, `replay(..., workers=N,
+expect_workers=N + M)` starts a master reachable on all interfaces at
+`master_port`; on another host, `replay(..., workers=M, master_host=<that
+host>, master_port=<its port>)` starts M workers only (the schedule must be
+at the same path there; the master's options rule but for out_dir). Each
+host's records stay in its own out_dir, and each call returns its own host's
+records; read_records() reads a directory of them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.feather as feather
+
+from harness.errors import HarnessError
+
+LOCUSTFILE = Path(__file__).resolve().parent / "live" / "locustfile.py"
+CLIENT_COLUMNS = ["id", "model", "t_sched", "t_sent", "t_done", "status", "reason", "batch_id"]
+STARTUP_S = 60.0          # how long workers may take to join, and a process to start
+SHUTDOWN_S = 15.0         # after the last request's timeout: Locust writes its records and quits
+
+
+def replay(schedule_path: str | os.PathLike, url: str, epoch: float, out_dir: str | os.PathLike, workers: int = 0,
+           timeout_s: float = 30.0, master_host: str | None = None, master_port: int = 0,
+           expect_workers: int | None = None, max_connections: int = 0) -> pd.DataFrame:
+    """Replay the schedule against `url` with Locust; the client records, sorted by id.
+
+    workers=0: one local process. workers=N: a local master and N local workers, or, with
+    `master_host`, N workers joining that host's master. timeout_s: per request, from its send.
+    Raises HarnessError (with the tail of Locust's log) if Locust fails or does not finish in time.
+    """
+    schedule_path, out_dir = Path(schedule_path).resolve(), Path(out_dir).resolve()
+    if workers < 0:
+        raise HarnessError(f"workers must be >= 0 (got {workers})")
+    if not timeout_s > 0:
+        raise HarnessError(f"the request timeout must be > 0 s (got {timeout_s})")
+    try:
+        schedule = pd.read_parquet(schedule_path, columns=["id", "model", "t_sched"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise HarnessError(f"cannot read the schedule {schedule_path} ({exc}); it needs columns id, model, "
+                           "t_sched") from None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if any(out_dir.glob("client-*.parquet")):
+        raise HarnessError(f"{out_dir} already holds client records; replay into an empty directory")
+
+    remote_master = master_host is not None
+    if remote_master and workers < 1:
+        raise HarnessError("joining a remote master needs workers >= 1")
+    n_workers = expect_workers or workers
+    if expect_workers is not None and expect_workers < workers:
+        raise HarnessError(f"expect_workers ({expect_workers}) must be >= the local workers ({workers})")
+    replay_args = ["--host", url, "--schedule", str(schedule_path), "--epoch", repr(float(epoch)),
+                   "--out-dir", str(out_dir), "--request-timeout", repr(float(timeout_s)),
+                   "--max-connections", str(max_connections)]
+    headless = ["--headless", "--only-summary", "--exit-code-on-error", "0"]
+
+    commands: list[tuple[str, list[str]]] = []
+    if workers == 0:
+        commands.append(("locust", [*headless, "-u", "1", "-r", "1", *replay_args]))
+    else:
+        port = master_port or _free_port()
+        if not remote_master:
+            bind = "*" if n_workers > workers else "127.0.0.1"
+            commands.append(("locust-master", [
+                *headless, "--master", "--master-bind-host", bind, "--master-bind-port", str(port),
+                "--expect-workers", str(n_workers), "--expect-workers-max-wait", str(int(STARTUP_S)),
+                "-u", str(n_workers), "-r", str(n_workers), *replay_args]))
+        host = master_host or "127.0.0.1"
+        for k in range(workers):
+            commands.append((f"locust-worker-{k}", ["--worker", "--master-host", host, "--master-port", str(port),
+                                                    "--out-dir", str(out_dir)]))
+
+    t_last = float(schedule["t_sched"].max()) if len(schedule) else 0.0
+    deadline = max(time.time(), epoch) + t_last + timeout_s + STARTUP_S + SHUTDOWN_S
+    procs = _Processes(out_dir)
+    try:
+        for name, args in commands:
+            procs.start(name, args)
+        procs.wait(deadline)
+    finally:
+        procs.stop()
+
+    records = read_records(out_dir)
+    if not remote_master and expect_workers in (None, workers):
+        _check_complete(records, schedule, out_dir)
+    return records
+
+
+def read_records(out_dir: str | os.PathLike) -> pd.DataFrame:
+    """The client records under `out_dir`: each process's final file, or its part files if it was cut short."""
+    out_dir = Path(out_dir)
+    finals = sorted(out_dir.glob("client-[0-9][0-9][0-9].parquet"))
+    done = {p.name.split(".")[0] for p in finals}
+    frames = [pd.read_parquet(p) for p in finals]
+    frames += [feather.read_table(p).to_pandas() for p in sorted(out_dir.glob("client-*.part-*.arrow"))
+               if p.name.split(".")[0] not in done]
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(
+            CLIENT_COLUMNS, ["int64", str, float, float, float, str, str, "int64"])})
+    records = pd.concat(frames, ignore_index=True)[CLIENT_COLUMNS]
+    records = records.astype({"model": str, "status": str, "reason": str})      # parts hold them as dictionaries
+    return records.sort_values("id", kind="stable").reset_index(drop=True)
+
+
+def _check_complete(records: pd.DataFrame, schedule: pd.DataFrame, out_dir: Path) -> None:
+    dup = records["id"].duplicated()
+    if dup.any():
+        raise HarnessError(f"{int(dup.sum())} requests were recorded twice (ids {records['id'][dup].head(5).tolist()}"
+                           f"...); were shards replayed twice? see {out_dir}/locust-*.log")
+    missing = len(schedule) - len(records)
+    if missing:
+        raise HarnessError(f"Locust recorded {len(records)} of {len(schedule)} requests; see {out_dir}/locust-*.log")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _Processes:
+    """The Locust processes of one replay, each in its own session, logging to <out_dir>/<name>.log."""
+
+    def __init__(self, out_dir: Path):
+        self.out_dir = out_dir
+        self.running: list[tuple[str, subprocess.Popen, object]] = []
+
+    def start(self, name: str, args: list[str]) -> None:
+        log = open(self.out_dir / f"{name}.log", "w+b")
+        cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), *args]
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        try:
+            # cwd: Locust reads locust.conf and pyproject.toml from its working directory; ours holds neither.
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    cwd=self.out_dir, env=env, start_new_session=True)
+        except OSError as exc:
+            log.close()
+            raise HarnessError(f"cannot start Locust ({exc})") from None
+        self.running.append((name, proc, log))
+
+    def wait(self, deadline: float) -> None:
+        """Until every process exits; HarnessError as soon as one fails, or at the deadline."""
+        while True:
+            codes = [(name, proc.poll(), log) for name, proc, log in self.running]
+            for name, code, log in codes:
+                if code not in (None, 0):
+                    raise HarnessError(f"{name} exited with code {code}{_tail(log)}")
+            if all(code == 0 for _, code, _ in codes):
+                return
+            if time.time() > deadline:
+                name, _, log = next(c for c in codes if c[1] is None)
+                raise HarnessError(f"the replay had not finished by its deadline ({name} still running){_tail(log)}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        """SIGTERM (Locust then writes what it measured), SIGKILL whatever is left after a few seconds."""
+        for _, proc, _ in self.running:
+            if proc.poll() is None:
+                _signal_group(proc, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for _, proc, log in self.running:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _signal_group(proc, signal.SIGKILL)
+                proc.wait(10)
+            finally:
+                log.close()
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        try:
+            proc.send_signal(sig)
+        except ProcessLookupError:
+            pass
+
+
+def _tail(log, lines: int = 6) -> str:
+    try:
+        log.flush()
+        size = os.fstat(log.fileno()).st_size
+        text = os.pread(log.fileno(), 4000, max(0, size - 4000)).decode(errors="replace")
+    except (OSError, ValueError):
+        return ""
+    kept = [ln.strip() for ln in text.strip().splitlines() if ln.strip()][-lines:]
+    return "; its log ends: " + " | ".join(kept) if kept else ""
