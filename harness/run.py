@@ -55,12 +55,51 @@ def check_run_config(cfg: Config) -> None:
         raise HarnessError(f"runtime.drain_s must be >= 0 (got {cfg.runtime.drain_s})")
 
 
+def detect_gpus() -> list[str]:
+    """Names of the NVIDIA GPUs NVML sees (none without a driver)."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:  # no nvidia-ml-py, no driver, no GPU: all mean "none here"
+        return []
+    try:
+        names = [pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(i))
+                 for i in range(pynvml.nvmlDeviceGetCount())]
+        return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def resolve_auto_cluster(cfg: Config) -> str:
+    """`cluster=auto`: the GPUs present when the live runtime can use them, else emulated H200s.
+
+    Returns the sentence the summary records about the choice ("" when not auto).
+    """
+    c = cfg.cluster
+    if c.gpu_type != "auto":
+        return ""
+    found = detect_gpus()
+    if found and cfg.runtime.name == "live":
+        from harness.gpu.partitions import gpu_type_from_name
+
+        c.gpu_type = gpu_type_from_name(found[0])
+        cfg.runtime.executor = "gpu"
+        if c.partition == "whole":
+            c.count = len(found)
+        return f"auto: {len(found)} x {found[0]} found; serving on real GPUs ({c.count} slots, {c.partition})"
+    c.gpu_type = "h200"
+    why = "no NVIDIA GPU found" if not found else "the sim runtime always emulates"
+    return f"auto: {why}; {c.count} emulated h200 slots ({c.partition}) from profiles/h200/{c.partition}.json"
+
+
 def build_cluster(cfg: Config, models: dict[str, ModelSpec]) -> tuple[list[GpuSlot], list[dict[str, LatencyCurve]]]:
-    """Emulated slots: every slot holds every model, all of one GPU type and partition."""
+    """The slots: every slot holds every model, all of one GPU type and partition."""
     c = cfg.cluster
     curves = curves_for(c.gpu_type, c.partition, list(models), OmegaConf.to_container(c.sleep))
     held = frozenset(models)
-    gpus = [GpuSlot(i, f"{c.gpu_type}-{c.partition}-{i}", c.gpu_type, c.partition, held, emulated=True)
+    emulated = cfg.runtime.name == "sim" or cfg.runtime.executor != "gpu"
+    gpus = [GpuSlot(i, f"{c.gpu_type}-{c.partition}-{i}", c.gpu_type, c.partition, held, emulated=emulated)
             for i in range(c.count)]
     return gpus, [curves] * c.count
 
@@ -70,6 +109,7 @@ def execute(cfg: Config, out_dir: Path, overrides: list[str]) -> dict:
     if (out_dir / "summary.json").exists():
         raise HarnessError(f"run directory '{out_dir}' already holds a run; choose another hydra.run.dir")
     check_run_config(cfg)
+    resolution = resolve_auto_cluster(cfg)
     models = model_specs(cfg)
     systems.policy_class(cfg.system.name)          # an unknown system fails before any work
     gpus, curves = build_cluster(cfg, models)
@@ -86,6 +126,8 @@ def execute(cfg: Config, out_dir: Path, overrides: list[str]) -> dict:
         outcome = run_live(cfg, out_dir, schedule, len(gpus))
     else:
         raise HarnessError(f"unknown runtime '{cfg.runtime.name}'; choose runtime=live or runtime=sim")
+    if resolution:
+        outcome.notes.insert(0, resolution)
     return record(cfg, out_dir, outcome, models, gpus, curves[0], overrides)
 
 

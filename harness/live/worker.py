@@ -271,10 +271,20 @@ def build_executor(kind: str, config_path: str, slot: int) -> Executor:
 
     from harness.profiles import curves_for
 
-    if kind != "emulated":
-        raise HarnessError(f"executor '{kind}' is not implemented yet; use --executor emulated")
     cfg = OmegaConf.load(config_path)
     c = cfg.cluster
+    if kind == "gpu":
+        from harness.gpu.executor import GpuExecutor
+        from harness.profiles import load_profile, profile_path
+
+        # The slot's GPU is device 0 of what CUDA_VISIBLE_DEVICES shows it (the pool sets that per slot).
+        profile = load_profile(profile_path(c.gpu_type, c.partition))
+        first = profile.curves[next(iter(cfg.models))]
+        sizes = [b for b in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if b <= first.max_batch]
+        return GpuExecutor(list(cfg.models), device=0, batch_sizes=sizes,
+                           channels_last=profile.provenance.get("channels_last"))
+    if kind != "emulated":
+        raise HarnessError(f"unknown executor '{kind}'; use --executor emulated or gpu")
     sleep = OmegaConf.to_container(c.sleep) if "sleep" in c else None
     curves = curves_for(c.gpu_type, c.partition, list(cfg.models), sleep)
     noise = bool(OmegaConf.select(cfg, "runtime.noise", default=False))
@@ -295,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         executor = build_executor(args.executor, args.config, args.slot)
         worker = Worker(args.slot, executor, args.bind, parent_pid=parent)
-    except (HarnessError, OSError, ValueError, KeyError, AttributeError) as exc:
+    except (HarnessError, OSError, ValueError, KeyError, AttributeError, RuntimeError, ImportError) as exc:
         print(f"error: slot {args.slot}: {exc}", file=sys.stderr)
         return 2
     except zmq.ZMQError as exc:

@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable
 
@@ -91,6 +92,8 @@ class WorkerPool:
         self._ctx: zmq.asyncio.Context | None = None
         self._watchdog: asyncio.Task | None = None
         self._closed = False
+        self._resources = ExitStack()         # the private MPS daemon of GPU partitions, while it is needed
+        self._mps = None
 
     # -- public API ---------------------------------------------------------------
     async def start(self) -> None:
@@ -183,21 +186,44 @@ class WorkerPool:
                 s.proc.stdout.close()
         if self._ctx is not None:
             self._ctx.term()
+        self._resources.close()               # the MPS daemon goes once its clients are gone
 
     # -- starting local workers ---------------------------------------------------------
+    def _gpu_env(self, slot: int) -> dict[str, str]:
+        """What a GPU worker's environment needs for its partition: its GPU, its MPS share, its MIG slice.
+
+        Whole GPUs: slot i runs on GPU i. MPS shares and emulated MIG slices: every slot on GPU 0,
+        each with its share of the SMs under one private MPS daemon (started here, stopped by close()).
+        Real MIG: the existing instance of the profile, by UUID. GPU settings are never changed.
+        """
+        from omegaconf import OmegaConf
+
+        from harness.gpu.mps import mps_daemon
+        from harness.gpu.partitions import find_mig_instance, parse_partition
+
+        part = parse_partition(str(OmegaConf.load(self.config_path).cluster.partition))
+        if part.kind == "whole":
+            return {"CUDA_VISIBLE_DEVICES": str(slot)}
+        if part.kind == "mig":
+            return {"CUDA_VISIBLE_DEVICES": find_mig_instance(part.mig_profile)[0]}
+        if self._mps is None:
+            self._mps = self._resources.enter_context(mps_daemon())
+        return {"CUDA_VISIBLE_DEVICES": "0", **self._mps.client_env(part.mps_percentage, base={})}
+
     def _spawn(self) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
         for s in self._slots:
+            slot_env = {**env, **self._gpu_env(s.index)} if self.executor == "gpu" else env
             cmd = [sys.executable, "-m", "harness.live.worker", "--bind", f"tcp://{self.host}:0",
                    "--slot", str(s.index), "--config", self.config_path, "--executor", self.executor]
             s.log = (open(self.log_dir / f"worker-{s.index}.log", "w+b") if self.log_dir is not None
                      else tempfile.TemporaryFile("w+b"))
             # Own session: a terminal's Ctrl-C reaches the orchestrator only, which stops us in order.
             s.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=s.log,
-                                      env=env, start_new_session=True)
+                                      env=slot_env, start_new_session=True)
 
     def _wait_ready(self) -> list[str]:
         """Read each worker's ready line (blocking; runs in a thread)."""

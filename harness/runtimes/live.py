@@ -23,6 +23,8 @@ import numpy as np
 import pandas as pd
 
 from harness.core import ERROR
+from harness.gpu.telemetry import NvmlSampler
+from harness.records import empty_gpus_frame
 from harness.load import read_records, replay
 from harness.live.server import start_frontend
 from harness.runtimes import Outcome
@@ -47,6 +49,9 @@ def run_live(cfg, out_dir: Path, schedule: pd.DataFrame, n_slots: int) -> Outcom
     timeout_s = max(30.0, 10 * max(m.slo_ms for m in cfg.models.values()) / 1000)
     client, interrupted = None, False
     started = time.perf_counter()
+    telemetry = NvmlSampler(epoch=epoch, clock=time.time) if rt.executor == "gpu" else None
+    if telemetry is not None:
+        telemetry.start()
     with _sigterm_as_interrupt():
         try:
             if cfg.system.name == "triton":
@@ -59,13 +64,19 @@ def run_live(cfg, out_dir: Path, schedule: pd.DataFrame, n_slots: int) -> Outcom
         except KeyboardInterrupt:
             interrupted = True
     wall = time.perf_counter() - started
+    gpus = empty_gpus_frame()
+    notes = ["gpus: emulated slots, no NVML telemetry"]
+    if telemetry is not None:
+        gpus = telemetry.stop()
+        notes = [f"gpus: NVML sampled every {telemetry.interval_s} s" if telemetry.available
+                 else f"gpus: no NVML telemetry ({telemetry.reason})"]
     if client is None:                              # interrupted: what Locust flushed so far
         client = read_records(out_dir / "client") if (out_dir / "client").exists() else None
     server = json.loads((out_dir / "server.json").read_text()) if (out_dir / "server.json").exists() else {}
     return Outcome(client=_client_view(schedule, client, out_dir), batches=pd.read_parquet(out_dir / "batches.parquet"),
                    timeline=pd.DataFrame([(0.0, n_slots)], columns=["t", "slots"]),
                    lost_slots=sorted(int(x["slot"]) for x in server.get("lost_slots", [])),
-                   interrupted=interrupted, wall_seconds=wall, notes=server.get("notes", []))
+                   gpus=gpus, interrupted=interrupted, wall_seconds=wall, notes=notes + server.get("notes", []))
 
 
 @contextmanager
