@@ -274,7 +274,11 @@ def build_executor(kind: str, config_path: str, slot: int) -> Executor:
     cfg = OmegaConf.load(config_path)
     c = cfg.cluster
     if kind == "gpu":
-        from harness.gpu.executor import GpuExecutor
+        try:
+            from harness.gpu.executor import GpuExecutor
+        except ImportError as exc:
+            raise HarnessError(f"executor 'gpu' needs torch and torchvision ({exc}); "
+                               "pip install -e '.[gpu]' on a machine with a CUDA GPU") from None
         from harness.profiles import load_profile, profile_path
 
         # The slot's GPU is device 0 of what CUDA_VISIBLE_DEVICES shows it (the pool sets that per slot).
