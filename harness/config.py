@@ -56,6 +56,7 @@ class RuntimeConfig:
     executor: str = "emulated"          # emulated | gpu (real GPUs; `cluster=auto` chooses)
     workers: List[str] = field(default_factory=list)   # tcp://host:port of remote workers; empty: spawn local
     worker_timeout_s: float = 5.0       # a worker silent this long is declared lost
+    worker_start_timeout_s: float = 300.0   # loading models and capturing CUDA graphs takes a while
     max_body_bytes: int = 1048576       # larger request bodies get 413
     max_pending: int = 20000            # admission cap: beyond it new requests are rejected (429)
     spin_us: float = 500.0              # the event loop busy-waits this close to a timer

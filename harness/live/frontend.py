@@ -210,6 +210,7 @@ async def serve(args: argparse.Namespace) -> int:
     pool = WorkerPool(len(gpus), args.config, addresses=list(workers) if workers else None,
                       executor=_setting(args.executor, cfg, "executor", "emulated"),
                       worker_timeout_s=float(_setting(args.worker_timeout, cfg, "worker_timeout_s", 5.0)),
+                      start_timeout_s=float(_setting(None, cfg, "worker_start_timeout_s", 300.0)),
                       log_dir=out)
     max_body = int(_setting(args.max_body_bytes, cfg, "max_body_bytes", MAX_BODY_BYTES))
     max_pending = int(_setting(None, cfg, "max_pending", MAX_PENDING))

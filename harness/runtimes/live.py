@@ -4,8 +4,9 @@
           ^ KServe v2 HTTP
     Locust (one process, or a master and workers) replaying schedule.parquet open loop
 
-Every process measures time as seconds since one `epoch`, chosen a few
-seconds ahead so Locust is ready when the schedule starts. Whatever ends the
+The schedule starts a few seconds after the system under test is ready
+(`runtime.start_lead_s`), so Locust is ready too; every record is in
+seconds from that start. Whatever ends the
 run -- the last answer, Ctrl-C, SIGTERM, a lost worker -- the system under
 test is stopped, writes what it measured, and the records are assembled;
 requests never sent are recorded as errors ("not sent").
@@ -24,7 +25,7 @@ import pandas as pd
 
 from harness.core import ERROR
 from harness.gpu.telemetry import NvmlSampler
-from harness.records import empty_gpus_frame
+from harness.records import BATCH_COLUMNS, empty_gpus_frame
 from harness.load import read_records, replay
 from harness.live.server import start_frontend
 from harness.runtimes import Outcome
@@ -45,20 +46,24 @@ def _sigterm_as_interrupt():
 
 def run_live(cfg, out_dir: Path, schedule: pd.DataFrame, n_slots: int) -> Outcome:
     rt = cfg.runtime
-    epoch = time.time() + rt.start_lead_s
+    # The system under test keeps time from `clock_zero`; the schedule starts at `epoch`, a few seconds
+    # after it is ready (loading models on real GPUs takes a while). Server times are shifted to `epoch`.
+    clock_zero = time.time()
+    epoch = None
     timeout_s = max(30.0, 10 * max(m.slo_ms for m in cfg.models.values()) / 1000)
-    client, interrupted = None, False
+    client, interrupted, telemetry = None, False, None
     started = time.perf_counter()
-    telemetry = NvmlSampler(epoch=epoch, clock=time.time) if rt.executor == "gpu" else None
-    if telemetry is not None:
-        telemetry.start()
     with _sigterm_as_interrupt():
         try:
             if cfg.system.name == "triton":
                 from harness.live.triton_system import serve_triton as serve
             else:
                 serve = _serve_frontend
-            with serve(cfg, out_dir, epoch) as url:
+            with serve(cfg, out_dir, clock_zero) as url:
+                epoch = time.time() + rt.start_lead_s
+                if rt.executor == "gpu":
+                    telemetry = NvmlSampler(epoch=epoch, clock=time.time)
+                    telemetry.start()
                 client = replay(out_dir / "schedule.parquet", url, epoch, out_dir / "client",
                                 workers=rt.locust_workers, timeout_s=timeout_s)
         except KeyboardInterrupt:
@@ -72,8 +77,13 @@ def run_live(cfg, out_dir: Path, schedule: pd.DataFrame, n_slots: int) -> Outcom
                  else f"gpus: no NVML telemetry ({telemetry.reason})"]
     if client is None:                              # interrupted: what Locust flushed so far
         client = read_records(out_dir / "client") if (out_dir / "client").exists() else None
+    shift = (epoch if epoch is not None else clock_zero) - clock_zero
     server = json.loads((out_dir / "server.json").read_text()) if (out_dir / "server.json").exists() else {}
-    return Outcome(client=_client_view(schedule, client, out_dir), batches=pd.read_parquet(out_dir / "batches.parquet"),
+    batches = pd.read_parquet(out_dir / "batches.parquet") if (out_dir / "batches.parquet").exists() else None
+    if batches is None:
+        batches = pd.DataFrame({c: pd.Series(dtype=float) for c in BATCH_COLUMNS})
+    batches[["t_dispatch", "t_start", "t_end"]] -= shift
+    return Outcome(client=_client_view(schedule, client, out_dir, shift), batches=batches,
                    timeline=pd.DataFrame([(0.0, n_slots)], columns=["t", "slots"]),
                    lost_slots=sorted(int(x["slot"]) for x in server.get("lost_slots", [])),
                    gpus=gpus, interrupted=interrupted, wall_seconds=wall, notes=notes + server.get("notes", []))
@@ -81,11 +91,12 @@ def run_live(cfg, out_dir: Path, schedule: pd.DataFrame, n_slots: int) -> Outcom
 
 @contextmanager
 def _serve_frontend(cfg, out_dir: Path, epoch: float):
-    with start_frontend(out_dir / "config.yaml", epoch, out_dir, host=cfg.runtime.host) as frontend:
+    with start_frontend(out_dir / "config.yaml", epoch, out_dir, host=cfg.runtime.host,
+                        ready_timeout_s=cfg.runtime.worker_start_timeout_s + 30) as frontend:
         yield frontend.url
 
 
-def _client_view(schedule: pd.DataFrame, client: pd.DataFrame | None, out_dir: Path) -> pd.DataFrame:
+def _client_view(schedule: pd.DataFrame, client: pd.DataFrame | None, out_dir: Path, shift: float) -> pd.DataFrame:
     """The client's records for every scheduled request, with the server's arrival time added."""
     columns = ["id", "model", "t_sched", "t_sent", "t_done", "status", "reason", "batch_id"]
     if client is None or client.empty:
@@ -99,7 +110,7 @@ def _client_view(schedule: pd.DataFrame, client: pd.DataFrame | None, out_dir: P
     arrivals = out_dir / "server_requests.parquet"
     if arrivals.exists():
         server = pd.read_parquet(arrivals, columns=["id", "t_arrival"]).drop_duplicates("id")
-        view = view.merge(server, on="id", how="left")
+        view = view.merge(server.assign(t_arrival=server["t_arrival"] - shift), on="id", how="left")
     else:                                           # Triton does not report arrivals: the send time stands in
         view["t_arrival"] = view["t_sent"]
     return view
