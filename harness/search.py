@@ -1,0 +1,362 @@
+"""Capacity and fewest-GPU searches: real runs, probed until the answer is bracketed.
+
+    python -m harness.search capacity    [overrides...] [--out DIR] [--target 0.99] [--tolerance 0.02]
+    python -m harness.search fewest_gpus [overrides...] [--out DIR] [--target 0.99] [--max-gpus N]
+
+    python -m harness.search capacity runtime=sim system=eager,symphony cluster=h200x1 duration_s=12
+    python -m harness.search fewest_gpus runtime=sim system=symphony workload.rate=20000 --jobs 2
+
+capacity: the highest offered rate at which SLO attainment >= target, found
+the way MLPerf LoadGen's FindPeakPerformance finds peak performance: from the
+configured rate, double while the probe passes (halve while it fails) until
+one passes and one fails, then bisect until the bracket is within the
+relative tolerance. The knob is workload.rate, or workload.rate_scale for
+trace workloads.
+
+fewest_gpus: the smallest cluster.count that keeps attainment >= target at
+the configured workload: from the configured count, halve while it passes
+(double while it fails), then bisect between the largest failing and the
+smallest passing count.
+
+Doubling stops at 64x the start rate or 16x the start count (--max-rate,
+--max-gpus): past that the answer is reported as a bound (status
+lower_bound / none_passed), since a sim probe's cost grows with its rate and
+GPUs. Both assume attainment does not fall as rate falls or GPUs grow; search.json
+keeps every probe, so a breach of that assumption shows. Overrides are the
+main job's (`runtime=sim system=symphony workload=bursty ...`; the runtime is
+the main job's default unless set, and runtime=live probes real serving); sweep
+overrides (`system=eager,symphony`, `system=glob(*)`) and the sweeper params
+of an `experiment=` config run one search per combination, each in its own
+directory <out>/<n>_<values>. Every probe is a complete run directory under
+<search>/probes/, kept; <search>/search.json is the path of probes and
+<search>/search_path.{png,pdf} its plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import re
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+from harness.errors import HarnessError
+from workloads.config import TRACE_PROCESSES
+
+TARGET = 0.99
+KINDS = ("capacity", "fewest_gpus")
+MAX_RATE = 1e8              # the workload's own ceiling on workload.rate
+MAX_HALVINGS = 12           # below start / 4096 a capacity search gives up: nothing passes
+# Default reach of a search above its start: a sim probe costs time in proportion to its rate (and its
+# GPUs), so the search reports "at least" or "more than" past these rather than run for hours.
+RATE_REACH = 64
+GPU_REACH = 16
+SEARCH_TAG = "search:"      # an experiment tagged `search:<kind>` runs this search instead of a sweep
+
+
+@dataclass
+class Probe:
+    value: float                    # the rate or GPU count tried
+    attainment: float
+    goodput: float = math.nan
+    offered_rate: float = math.nan
+    valid: bool = True
+    run: str | None = None          # the probe's run directory, relative to the search's
+    passed: bool = False
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+ProbeFn = Callable[[float], Probe]
+
+
+class _ProbeLimit(Exception):
+    pass
+
+
+class _Trail:
+    """Calls the probe function, judges each probe against the target and keeps the path."""
+
+    def __init__(self, probe: ProbeFn, target: float, max_probes: int):
+        self.probe, self.target, self.max_probes = probe, target, max_probes
+        self.probes: list[Probe] = []
+
+    def __call__(self, value: float) -> bool:
+        if len(self.probes) >= self.max_probes:
+            raise _ProbeLimit
+        p = self.probe(value)
+        p.passed = bool(p.attainment >= self.target)        # NaN (no request in the window) fails
+        self.probes.append(p)
+        return p.passed
+
+
+def find_capacity(probe: ProbeFn, start: float, target: float = TARGET, tolerance: float = 0.02,
+                  max_probes: int = 40, max_rate: float | None = None) -> dict:
+    """Highest passing rate: exponential bracket from `start`, then bisection to `tolerance` (relative).
+
+    Doubling stops at `max_rate` (default RATE_REACH x start).
+    """
+    if not (start > 0 and tolerance > 0):
+        raise HarnessError(f"a capacity search needs a start rate > 0 and a tolerance > 0 (got {start}, {tolerance})")
+    max_rate = min(max_rate or start * RATE_REACH, MAX_RATE)
+    trail = _Trail(probe, target, max_probes)
+    lo = hi = None                      # highest passing, lowest failing
+    try:
+        if trail(start):
+            lo = rate = start
+            while hi is None and rate * 2 <= max_rate:
+                rate *= 2
+                lo, hi = (rate, hi) if trail(rate) else (lo, rate)
+        else:
+            hi = rate = start
+            while lo is None and rate / 2 >= start / 2 ** MAX_HALVINGS:
+                rate /= 2
+                lo, hi = (rate, hi) if trail(rate) else (lo, rate)
+        while lo is not None and hi is not None and hi - lo > tolerance * lo:
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if trail(mid) else (lo, mid)
+    except _ProbeLimit:
+        pass
+    if lo is None:
+        status = "none_passed"
+    elif hi is None:
+        status = "lower_bound"          # never failed up to max_rate (or the probe limit)
+    else:
+        status = "found" if hi - lo <= tolerance * lo else "probe_limit"
+    return {"kind": "capacity", "target": target, "tolerance": tolerance, "status": status,
+            "answer": lo, "failed_at": hi, "probes": [p.to_json() for p in trail.probes]}
+
+
+def find_fewest_gpus(probe: ProbeFn, start: int, target: float = TARGET, max_gpus: int | None = None,
+                     max_probes: int = 40) -> dict:
+    """Smallest passing GPU count: halve or double from `start` to a bracket, then binary search.
+
+    Doubling stops at `max_gpus` (default GPU_REACH x start).
+    """
+    start = int(start)
+    max_gpus = max_gpus or start * GPU_REACH
+    if not 1 <= start <= max_gpus:
+        raise HarnessError(f"a fewest-GPU search needs 1 <= start <= max GPUs (got start {start}, max {max_gpus}); "
+                           "set cluster.count=<start> or --max-gpus")
+    trail = _Trail(probe, target, max_probes)
+    lo = hi = None                      # largest failing, smallest passing
+    try:
+        if trail(start):
+            hi = count = start
+            while lo is None and count > 1:
+                count //= 2
+                lo, hi = (lo, count) if trail(count) else (count, hi)
+        else:
+            lo = count = start
+            while hi is None and count < max_gpus:
+                count = min(count * 2, max_gpus)
+                lo, hi = (lo, count) if trail(count) else (count, hi)
+        while lo is not None and hi is not None and hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if trail(mid) else (mid, hi)
+    except _ProbeLimit:
+        pass
+    if hi is None:
+        status = "none_passed"
+    else:
+        status = "found" if hi == 1 or (lo is not None and hi - lo == 1) else "probe_limit"
+    return {"kind": "fewest_gpus", "target": target, "status": status, "answer": hi, "failed_at": lo,
+            "probes": [p.to_json() for p in trail.probes]}
+
+
+# --- real probes: compose the config like the main job, run it, read its summary -------------------------
+
+def compose(overrides: list[str], hydra_node: bool = False):
+    """The main job's config for `overrides` (Hydra's compose API); a bad override is a HarnessError."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from harness.__main__ import CONF, one_line
+
+    try:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            return hydra_compose("config", overrides=overrides, return_hydra_config=hydra_node)
+    except Exception as exc:  # any composition failure is the user's to fix
+        raise HarnessError(one_line("\n".join(str(e) for e in (exc, exc.__cause__) if e is not None))) from None
+
+
+def plain_overrides(overrides: list[str]) -> list[str]:
+    """The overrides that set one value: neither sweeps (a,b / glob(*) / range()) nor hydra.* settings."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    overrides = [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception as exc:
+        raise HarnessError(f"cannot parse the overrides: {str(exc).splitlines()[0]}") from None
+    return [o.input_line for o in parsed if not o.is_sweep_override()]
+
+
+def expand(overrides: list[str]) -> list[tuple[list[str], dict]]:
+    """One (overrides, swept values) per combination of the sweep overrides and the experiment's sweeper params.
+
+    hydra.* overrides are dropped: a search is not a Hydra app (its output goes to --out).
+    """
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from harness.__main__ import CONF
+
+    overrides = [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
+    params = compose(plain_overrides(overrides), hydra_node=True).hydra.sweeper.params or {}
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+        try:
+            every = parser.parse_overrides([f"{k}={v}" for k, v in params.items()] + overrides)
+        except Exception as exc:
+            raise HarnessError(f"cannot parse the overrides: {str(exc).splitlines()[0]}") from None
+        choices: dict[str, list[str]] = {}          # key -> its values; a later override replaces an earlier one
+        for o in every:
+            key = o.get_key_element()
+            choices[key] = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+    swept = [k for k, v in choices.items() if len(v) > 1]
+    out = []
+    for values in itertools.product(*choices.values()):
+        combo = dict(zip(choices, values))
+        out.append(([f"{k}={v}" for k, v in combo.items()], {k: combo[k] for k in swept}))
+    return out
+
+
+def knob_for(kind: str, cfg) -> str:
+    if kind == "fewest_gpus":
+        return "cluster.count"
+    return "workload.rate_scale" if cfg.workload.process in TRACE_PROCESSES else "workload.rate"
+
+
+def real_probe(kind: str, overrides: list[str], out: Path, knob: str) -> ProbeFn:
+    """Each call runs one probe through harness.run.execute into <out>/probes/<n>_<knob>=<value>/."""
+    from harness.run import execute
+
+    counter = itertools.count()
+
+    def probe(value: float) -> Probe:
+        text = str(int(value)) if kind == "fewest_gpus" else f"{value:.8g}"
+        run_overrides = [*overrides, f"{knob}={text}"]
+        run_dir = out / "probes" / f"{next(counter):02d}_{knob.rsplit('.', 1)[-1]}={text}"
+        summary = execute(compose(run_overrides), run_dir, run_overrides)
+        p = Probe(float(text), summary["slo_attainment"], summary["goodput"], summary["offered_rate"],
+                  summary["validity"]["valid"], run_dir.relative_to(out).as_posix())
+        print(f"  {out.name}: {knob}={text} -> attainment {p.attainment:.2%}, goodput {p.goodput:,.1f} req/s",
+              flush=True)
+        return p
+
+    return probe
+
+
+def search(kind: str, overrides: list[str], out: Path, target: float = TARGET, tolerance: float = 0.02,
+           start: float | None = None, max_rate: float | None = None, max_gpus: int | None = None,
+           max_probes: int = 40) -> dict:
+    """One search with real runs; writes <out>/search.json and the plot of its path."""
+    from harness.config import register
+
+    register()
+    cfg = compose(overrides)
+    knob = knob_for(kind, cfg)
+    # The configured value of the knob is where the search starts; the probes set it themselves.
+    overrides = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != knob]
+    out.mkdir(parents=True, exist_ok=True)
+    probe = real_probe(kind, overrides, out, knob)
+    if kind == "capacity":
+        first = start or (cfg.workload.rate_scale if knob.endswith("rate_scale") else cfg.workload.rate)
+        result = find_capacity(probe, float(first), target, tolerance, max_probes, max_rate)
+    else:
+        result = find_fewest_gpus(probe, int(start or cfg.cluster.count), target, max_gpus, max_probes)
+    result = {"knob": knob, "system": cfg.system.name, "workload": cfg.workload.name, "cluster": cfg.cluster.name,
+              "gpus": cfg.cluster.count, "runtime": cfg.runtime.name, "overrides": overrides, **result}
+    write_search(result, out)
+    return result
+
+
+def write_search(result: dict, out: Path) -> None:
+    from harness import figures
+    from harness.records import write_json
+
+    write_json(result, out / "search.json")
+    fig = figures.search_paths([result], figures.styles([result["system"]]))
+    figures.save(fig, out, "search_path")
+
+
+def _label(values: dict) -> str:
+    text = "_".join(str(v) for v in values.values()) or "search"
+    return re.sub(r"[^A-Za-z0-9.=-]+", "-", text)[:80]
+
+
+def _search_one(job: tuple) -> dict:
+    kind, overrides, out, kwargs = job
+    try:
+        return search(kind, overrides, out, **kwargs)
+    except Exception as exc:  # one failing search (a bad system, a crash) must not stop the others
+        result = {"kind": kind, "overrides": overrides, "status": "error", "error": f"{type(exc).__name__}: {exc}",
+                  "answer": None, "probes": []}
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "search.json").write_text(json.dumps(result, indent=2) + "\n")
+        print(f"error: search in {out.name} failed: {result['error']}", file=sys.stderr, flush=True)
+        return result
+
+
+def search_all(kind: str, overrides: list[str], out: Path, jobs: int = 1, **kwargs) -> list[dict]:
+    """One search per combination of the sweeps in `overrides` (and the experiment's sweeper params)."""
+    if kind not in KINDS:
+        raise HarnessError(f"unknown search '{kind}'; choose one of: {', '.join(KINDS)}")
+    combos = expand(overrides)
+    if len(combos) == 1:
+        dirs = [out]
+    else:
+        dirs = [out / f"{i}_{_label(values)}" for i, (_, values) in enumerate(combos)]
+    jobs_args = [(kind, combo, d, kwargs) for (combo, _), d in zip(combos, dirs)]
+    if jobs > 1 and len(jobs_args) > 1:
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            return list(pool.map(_search_one, jobs_args))
+    if len(jobs_args) == 1:
+        return [search(*jobs_args[0][:3], **kwargs)]       # a single search reports its own errors
+    return [_search_one(j) for j in jobs_args]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m harness.search", description=__doc__.splitlines()[0])
+    ap.add_argument("kind", choices=KINDS)
+    ap.add_argument("overrides", nargs="*", help="the main job's Hydra overrides, e.g. system=symphony workload=bursty")
+    ap.add_argument("--out", type=Path, help="output directory (default results/searches/<time>_<kind>)")
+    ap.add_argument("--target", type=float, default=TARGET, help="SLO attainment a probe must reach (default 0.99)")
+    ap.add_argument("--tolerance", type=float, default=0.02, help="capacity: relative width of the final bracket")
+    ap.add_argument("--start", type=float, help="first rate or GPU count (default: the configured one)")
+    ap.add_argument("--max-rate", type=float, help=f"capacity: highest rate to try (default {RATE_REACH} x start)")
+    ap.add_argument("--max-gpus", type=int, help=f"fewest_gpus: largest count to try (default {GPU_REACH} x start)")
+    ap.add_argument("--max-probes", type=int, default=40, help="probes per search at most")
+    ap.add_argument("--jobs", type=int, default=1, help="searches run in parallel (one per sweep combination)")
+    args = ap.parse_args(argv)
+    out = args.out or Path("results") / "searches" / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{args.kind}"
+    try:
+        if (out / "search.json").exists():
+            raise HarnessError(f"'{out}' already holds a search; choose another --out")
+        results = search_all(args.kind, args.overrides, out, jobs=args.jobs, target=args.target,
+                             tolerance=args.tolerance, start=args.start, max_rate=args.max_rate,
+                             max_gpus=args.max_gpus,
+                             max_probes=args.max_probes)
+    except HarnessError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    unit = "req/s" if args.kind == "capacity" else "GPUs"
+    for r in results:
+        answer = "-" if r.get("answer") is None else f"{r['answer']:,.6g} {unit}"
+        what = f"{r['system']} / {r['workload']} / {r['cluster']}" if "system" in r else " ".join(r["overrides"])
+        print(f"{what}: {args.kind} {answer} ({r['status']}, {len(r['probes'])} probes)")
+    print(f"results: {out}")
+    return 1 if any(r["status"] == "error" for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Capacity and fewest-GPU searches: known answers on synthetic curves, and one tiny real search in the sim."""
+
+import json
+
+import pytest
+
+from harness import search
+from harness.search import Probe, find_capacity, find_fewest_gpus
+
+
+def curve(capacity: float):
+    """A monotone system: every probe at or below `capacity` passes, above it fails."""
+    calls = []
+
+    def probe(value):
+        calls.append(value)
+        return Probe(value, 1.0 if value <= capacity else 0.9)
+
+    probe.calls = calls
+    return probe
+
+
+@pytest.mark.parametrize("start", [100.0, 12345.0, 1e6])
+def test_capacity_brackets_the_known_answer_within_tolerance(start):
+    result = find_capacity(curve(12345.0), start, tolerance=0.02, max_rate=1e7)
+    assert result["status"] == "found"
+    assert result["answer"] <= 12345.0 < result["failed_at"] <= result["answer"] * 1.02
+    assert all(p["passed"] == (p["value"] <= 12345.0) for p in result["probes"])
+    assert len(result["probes"]) <= 20
+
+
+def test_capacity_doubles_first_then_bisects():
+    probe = curve(3000.0)
+    find_capacity(probe, 1000.0, tolerance=0.1)
+    assert probe.calls[:3] == [1000.0, 2000.0, 4000.0]      # doubling until a failure
+    assert probe.calls[3] == 3000.0                          # then the middle of [2000, 4000]
+
+
+def test_capacity_bounds_and_limits():
+    assert find_capacity(curve(1e12), 1000.0, max_rate=10_000)["status"] == "lower_bound"
+    assert max(p["value"] for p in find_capacity(curve(1e12), 1000.0)["probes"]) == 64_000    # default reach
+    nothing = find_capacity(curve(0.0), 1000.0)
+    assert nothing["status"] == "none_passed" and nothing["answer"] is None
+    limited = find_capacity(curve(12345.0), 100.0, tolerance=1e-9, max_probes=8, max_rate=1e6)
+    assert limited["status"] == "probe_limit" and len(limited["probes"]) == 8
+
+
+@pytest.mark.parametrize("start", [1, 4, 37, 64, 100])
+def test_fewest_gpus_finds_the_known_count_from_any_start(start):
+    result = find_fewest_gpus(lambda n: Probe(n, 0.995 if n >= 37 else 0.5), start, max_gpus=1024)
+    assert (result["status"], result["answer"], result["failed_at"]) == ("found", 37, 36)
+    assert len(result["probes"]) <= 12
+
+
+def test_fewest_gpus_edges():
+    one = find_fewest_gpus(lambda n: Probe(n, 1.0), 8)
+    assert (one["status"], one["answer"]) == ("found", 1)
+    never = find_fewest_gpus(lambda n: Probe(n, 0.5), 4, max_gpus=50)
+    assert never["status"] == "none_passed" and [p["value"] for p in never["probes"]] == [4, 8, 16, 32, 50]
+    assert find_fewest_gpus(lambda n: Probe(n, 0.5), 4)["probes"][-1]["value"] == 64           # default reach
+
+
+def test_sweep_overrides_expand_to_one_search_each():
+    combos = search.expand(["system=eager,symphony", "cluster=h200x1", "hydra.run.dir=x"])
+    assert [values for _, values in combos] == [{"system": "eager"}, {"system": "symphony"}]
+    assert all("cluster=h200x1" in overrides and not any(o.startswith("hydra") for o in overrides)
+               for overrides, _ in combos)
+
+
+def test_real_fewest_gpu_search_in_sim(tmp_path):
+    # Eager serves about 8,000 req/s of the vision mix per emulated H200: 12,000 req/s needs 2.
+    rc = search.main(["fewest_gpus", "runtime=sim", "system=eager", "cluster=h200x1", "workload=poisson",
+                      "workload.rate=12000", "duration_s=12", "--out", str(tmp_path)])
+    assert rc == 0
+    result = json.loads((tmp_path / "search.json").read_text())
+    assert (result["status"], result["answer"], result["knob"]) == ("found", 2, "cluster.count")
+    assert [(p["value"], p["passed"]) for p in result["probes"]] == [(1, False), (2, True)]
+    for p in result["probes"]:
+        summary = json.loads((tmp_path / p["run"] / "summary.json").read_text())
+        assert summary["gpus_total"] == p["value"] and summary["slo_attainment"] == p["attainment"]
+    assert (tmp_path / "search_path.png").stat().st_size > 1000
+
+
+def test_bad_override_is_one_line_error(tmp_path, capsys):
+    assert search.main(["capacity", "system=no_such_system", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
