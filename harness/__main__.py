@@ -7,6 +7,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 
 from harness.config import register
 from harness.errors import HarnessError
@@ -53,6 +54,8 @@ def main(cfg) -> float:
         summary = execute(cfg, Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task))
     except HarnessError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            return float("nan")                 # one bad run of a sweep does not stop the others
         sys.exit(2)
     print(summary_table(summary))
     print(f"results: {hydra_cfg.runtime.output_dir}")
