@@ -11,13 +11,15 @@ t_sched) and the achieved send rate. The highest rate whose p99 send lag
 stays within --bound-ms (2 ms: the validity bound of a run, and the
 tolerance Symphony's own stress test uses) is the load one host can offer
 with that setup; rates above a failing one are not tried. The server shares
-the machine's cores with Locust, as it would in a one-host run.
+the machine's cores with Locust, as it would in a one-host run; other load
+on the machine shows directly as send lag, so the load average is printed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -91,6 +93,8 @@ def main() -> int:
     try:
         url = f"http://127.0.0.1:{json.loads(server.stdout.readline())['port']}"
         with tempfile.TemporaryDirectory(prefix="load-rate-") as tmp:
+            # Send lag is what a busy CPU shows first: say how busy the machine was.
+            print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} before")
             print(f"{'setup':>12} {'rate/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'achieved/s':>11} {'ok':>6}")
             for workers in (int(w) for w in args.workers.split(",")):
                 setup = f"{workers} workers" if workers else "1 process"
@@ -109,6 +113,7 @@ def main() -> int:
     finally:
         server.terminate()
         server.wait(10)
+    print(f"load average {os.getloadavg()[0]:.2f} after")
     for setup, rate in best.items():
         print(f"{setup}: highest rate with p99 send lag <= {args.bound_ms:g} ms: {rate:.0f}/s")
     return 0

@@ -1,0 +1,141 @@
+"""The real tritonserver (from the nvidia-pytriton wheel) batching dynamically, driven by the harness's Locust replay."""
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.request
+import venv
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from harness import load
+from harness.errors import HarnessError
+from harness.live import triton
+from harness.live.protocol import infer_request, infer_response
+
+pytest.importorskip("pytriton", reason="nvidia-pytriton is not installed (pip install nvidia-pytriton==0.5.7)")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def stub_env():
+    """With numpy 2 the Python backend stub needs its numpy<2 environment (made once, then reused)."""
+    if triton.stub_env_needed():
+        try:
+            triton.setup_stub_env()
+        except HarnessError as exc:      # only where no numpy 1.x can be had at all
+            pytest.skip(f"tritonserver cannot run here: {exc}")
+
+
+CONFIG = {"max_batch_size": 16, "max_queue_delay_microseconds": 2000}
+
+
+class SleepModel:
+    """forward(): sleeps l(b) = 1.082 ms * b + 5.204 ms (Symphony's sleep model) and records each batch."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.batches: list[tuple[str, int]] = []
+
+    def __call__(self, model: str, size: int) -> int:
+        time.sleep((1.082 * size + 5.204) / 1000)
+        with self.lock:
+            self.batches.append((model, size))
+            return len(self.batches) - 1
+
+
+def started_under(path) -> str:
+    """The processes whose command line names `path` (pgrep -af), one a line."""
+    return subprocess.run(["pgrep", "-af", str(path)], capture_output=True, text=True).stdout
+
+
+def shared_memory_left() -> list[Path]:
+    """The Python backend's shared-memory regions of servers started by this process (pytriton names them so)."""
+    return list(Path("/dev/shm").glob(f"pytrtion{os.getpid()}-*"))
+
+
+def test_dynamic_batching_of_concurrent_requests(tmp_path):
+    forward = SleepModel()
+    n = 100
+    pd.DataFrame({"id": np.arange(n), "model": ["a", "b"] * (n // 2),
+                  "t_sched": np.linspace(0.0, 0.01, n)}).to_parquet(tmp_path / "schedule.parquet", index=False)
+    with triton.start_triton({"a": {}, "b": {}}, CONFIG, forward) as server:
+        assert started_under(server.workspace).count("\n") >= 3      # tritonserver and a stub per model
+        # Triton's answer is the harness frontend's JSON (plus model_version), so one client reads both.
+        req = urllib.request.Request(f"{server.url}/v2/models/a/infer", data=json.dumps(infer_request(7)).encode())
+        with urllib.request.urlopen(req, timeout=30) as answer:
+            assert json.loads(answer.read()) == {**infer_response("a", "7", 0, 0), "model_version": "1"}
+        forward.batches.clear()
+        client = load.replay(tmp_path / "schedule.parquet", server.url, time.time() + 2.5, tmp_path / "client",
+                             timeout_s=10.0)
+    assert (client["status"] == "ok").all(), client["reason"].unique()
+    assert (client["batch_id"] >= 0).all()
+    # Each batch Triton formed was one call of forward, and its requests carry that call's batch id.
+    sizes = client.groupby("batch_id").agg(model=("model", "first"), size=("id", "size"), models=("model", "nunique"))
+    assert (sizes["models"] == 1).all()
+    assert sorted(zip(sizes["model"], sizes["size"])) == sorted(forward.batches)
+    assert max(s for _, s in forward.batches) <= CONFIG["max_batch_size"]
+    assert n / len(forward.batches) > 4                # dynamic batching happened (one by one would be 1)
+    assert started_under(server.workspace) == "" and shared_memory_left() == []
+    assert all(triton.bind_error(server.host, p) is None for p in server.ports.values())
+
+
+def test_a_server_whose_models_cannot_load_is_one_clear_error_at_once(tmp_path, monkeypatch):
+    # A stub environment without numpy: tritonserver starts, its models fail to load.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))       # the server's workspace, to look for leftovers
+    broken = tmp_path / "stub"
+    venv.EnvBuilder(with_pip=False, symlinks=True).create(broken)
+    (broken / triton._MARKER).write_text(json.dumps({"python": platform.python_version(),
+                                                     "host_paths": triton._host_paths()}))
+    monkeypatch.setenv(triton.STUB_ENV_VAR, str(broken))
+    monkeypatch.setattr(triton, "stub_env_needed", lambda: True)
+    t0 = time.monotonic()
+    with pytest.raises(HarnessError, match=r"tritonserver did not start \(.*No module named 'numpy'.*\): the Python "
+                                           r"backend stub cannot import numpy; remake its environment"):
+        triton.start_triton({"a": {}}, CONFIG, SleepModel())
+    assert time.monotonic() - t0 < 60                  # not pytriton's two-minute wait
+    assert started_under(tmp_path) == "" and shared_memory_left() == []
+
+
+def test_config_problems_are_named():
+    with pytest.raises(HarnessError, match="preferred_batch_size"):
+        triton.start_triton({"a": {}}, {"max_batch_size": 8, "preferred_batch_size": [16]}, SleepModel())
+    with pytest.raises(HarnessError, match="no batch size limit"):
+        triton.start_triton({"a": {}}, {}, SleepModel())
+    with pytest.raises(HarnessError, match="timeout_action"):
+        triton.start_triton({"a": {}}, {"max_batch_size": 8, "timeout_action": "DROP"}, SleepModel())
+
+
+def test_a_server_that_cannot_load_its_libraries_is_named(tmp_path, monkeypatch):
+    # tritonserver dies at once; pytriton alone would wait two minutes for it.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(triton, "_server_env_hook", lambda env, stub: dict(env, LD_LIBRARY_PATH=""))
+    with pytest.raises(HarnessError, match=r"tritonserver exited with code \d+ while starting: tritonserver cannot "
+                                           r"load libcudart\S*; add the directory holding it to LD_LIBRARY_PATH"):
+        triton.start_triton({"a": {}}, CONFIG, SleepModel())
+    assert started_under(tmp_path) == "" and shared_memory_left() == []
+
+
+def test_each_instance_tells_forward_who_it_is(tmp_path):
+    # instances=2, as the live runtime binds them to slots: forward(model, size, instance).
+    seen, lock = set(), threading.Lock()
+
+    def forward(model: str, size: int, instance: int) -> int:
+        time.sleep(0.05)                               # long enough that the batches overlap
+        with lock:
+            seen.add(instance)
+        return instance
+
+    n = 32
+    pd.DataFrame({"id": np.arange(n), "model": "a", "t_sched": np.linspace(0.0, 0.02, n)}).to_parquet(
+        tmp_path / "schedule.parquet", index=False)
+    with triton.start_triton({"a": {}}, {"max_batch_size": 4}, forward, instances=2) as server:
+        client = load.replay(tmp_path / "schedule.parquet", server.url, time.time() + 2.5, tmp_path / "client")
+    assert (client["status"] == "ok").all()
+    assert seen == {0, 1} and set(client["batch_id"]) == seen
