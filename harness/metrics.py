@@ -157,7 +157,7 @@ def oracle_goodput(offered: Mapping[str, float], slo: Mapping[str, float],
 
 def validity(summary: dict, *, duration: float, min_duration: float, min_requests: int,
              max_send_lag_p99_ms: float, send_lag_p99_ms: float, crashed_slots: list,
-             interrupted: bool) -> dict:
+             interrupted: bool, failures: list = ()) -> dict:
     """LoadGen-style verdict: a run is valid only if every check passes; reasons say which failed."""
     reasons = []
     if duration < min_duration:
@@ -171,6 +171,7 @@ def validity(summary: dict, *, duration: float, min_duration: float, min_request
         reasons.append(f"worker(s) lost during the run: slots {crashed_slots}")
     if interrupted:
         reasons.append("run interrupted before the end")
+    reasons.extend(failures)
     return {"valid": not reasons, "reasons": reasons, "interrupted": interrupted}
 
 

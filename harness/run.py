@@ -150,7 +150,7 @@ def record(cfg: Config, out_dir: Path, outcome: Outcome, models: dict[str, Model
     write_table(metrics.gpus_used(outcome.batches, window), out_dir / "gpus_used.parquet")
     write_table(outcome.timeline, out_dir / "scaling.parquet")
     summary = summarize(cfg, requests, outcome.batches, window, gpus, curves, slo, overrides, outcome.timeline,
-                        outcome.lost_slots, outcome.interrupted)
+                        outcome.lost_slots, outcome.interrupted, outcome.failures)
     summary["wall_seconds"] = outcome.wall_seconds
     summary["notes"] = outcome.notes
     write_json(summary, out_dir / "summary.json")
@@ -160,7 +160,7 @@ def record(cfg: Config, out_dir: Path, outcome: Outcome, models: dict[str, Model
 def summarize(cfg: Config, requests: pd.DataFrame, batches: pd.DataFrame, window: metrics.Window,
               gpus: list[GpuSlot], curves: dict[str, LatencyCurve], slo: dict[str, float],
               overrides: list[str], timeline: pd.DataFrame, crashed: list | None = None,
-              interrupted: bool = False) -> dict:
+              interrupted: bool = False, failures: list | None = None) -> dict:
     req = metrics.request_metrics(requests, window)
     per_model = metrics.per_model_metrics(requests, window)
     offered = {m: v["offered_rate"] for m, v in per_model.items()}
@@ -188,7 +188,7 @@ def summarize(cfg: Config, requests: pd.DataFrame, batches: pd.DataFrame, window
     summary["validity"] = metrics.validity(
         summary, duration=cfg.duration_s, min_duration=cfg.validity.min_duration_s,
         min_requests=cfg.validity.min_requests, max_send_lag_p99_ms=cfg.validity.max_send_lag_p99_ms,
-        send_lag_p99_ms=lag, crashed_slots=crashed or [], interrupted=interrupted)
+        send_lag_p99_ms=lag, crashed_slots=crashed or [], interrupted=interrupted, failures=failures or [])
     summary["provenance"] = provenance(cfg, overrides)
     return summary
 

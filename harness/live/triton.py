@@ -392,6 +392,13 @@ class TritonHandle:
             raise HarnessError(f"tritonserver did not start ({first}): {_diagnosis(error + chr(10) + self.logs())}") \
                 from None
 
+    @property
+    def died(self) -> int | None:
+        """The exit code if tritonserver exited by itself (before stop() was asked); else None."""
+        if self._exited.is_set() and not self._stop_requested.is_set():
+            return self._exit_code
+        return None
+
     def logs(self) -> str:
         server = getattr(self._triton, "_triton_server", None)
         return server.logs() if server is not None else ""

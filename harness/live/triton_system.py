@@ -13,6 +13,7 @@ records use the client's send time as the arrival (noted in the summary).
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from harness.live.loop import Clock
-from harness.live.triton import start_triton
+from harness.live.triton import _stub_env_problem, setup_stub_env, start_triton, stub_env_dir, stub_env_needed
 from harness.live.workers import WorkerPool
 from harness.records import BATCH_COLUMNS, write_json, write_table
 
@@ -36,6 +37,7 @@ class TritonBackend:
         self.partition = partition
         self.out_dir = out_dir
         self._rows: list[tuple] = []
+        self.failures: list[str] = []
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="worker-pool", daemon=True)
@@ -79,7 +81,7 @@ class TritonBackend:
                 {"id": np.int64, "gpu": np.int64, "size": np.int64})
             write_table(batches, self.out_dir / "batches.parquet")
             lost = [{"slot": s, "reason": why} for s, why in self.pool.lost.items()]
-            write_json({"lost_slots": lost, "batches": len(rows),
+            write_json({"lost_slots": lost, "batches": len(rows), "failures": self.failures,
                         "notes": ["triton: arrival times are the client's send times (Triton does not report them)"]},
                        self.out_dir / "server.json")
 
@@ -91,6 +93,10 @@ def serve_triton(cfg, out_dir: Path, epoch: float):
 
     from harness.profiles import curves_for
 
+    if stub_env_needed() and _stub_env_problem(stub_env_dir()):
+        print("system=triton: preparing tritonserver's numpy<2 stub environment (once per environment)...",
+              file=sys.stderr, flush=True)
+        setup_stub_env()
     c = cfg.cluster
     curves = curves_for(c.gpu_type, c.partition, list(cfg.models), OmegaConf.to_container(c.sleep))
     system = OmegaConf.to_container(cfg.system)
@@ -100,6 +106,10 @@ def serve_triton(cfg, out_dir: Path, epoch: float):
         models = {m: {"max_batch_size": curves[m].max_batch} for m in cfg.models}
         with start_triton(models, system, backend.forward, host=cfg.runtime.host,
                           instances=c.count * backend.instance_count) as triton:
-            yield triton.url
+            try:
+                yield triton.url
+            finally:
+                if triton.died is not None:
+                    backend.failures.append(f"tritonserver died during the run (exit code {triton.died})")
     finally:
         backend.close()

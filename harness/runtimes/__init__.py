@@ -21,6 +21,7 @@ class Outcome:
     timeline: pd.DataFrame      # t, slots: slots provisioned from t on
     gpus: pd.DataFrame = field(default_factory=empty_gpus_frame)   # NVML samples; empty when emulated
     lost_slots: list = field(default_factory=list)
+    failures: list = field(default_factory=list)    # what else went wrong (e.g. the server died): invalidates
     interrupted: bool = False
     wall_seconds: float = float("nan")
     notes: list = field(default_factory=list)

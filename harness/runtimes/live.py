@@ -86,6 +86,7 @@ def run_live(cfg, out_dir: Path, schedule: pd.DataFrame, n_slots: int) -> Outcom
     return Outcome(client=_client_view(schedule, client, out_dir, shift), batches=batches,
                    timeline=pd.DataFrame([(0.0, n_slots)], columns=["t", "slots"]),
                    lost_slots=sorted(int(x["slot"]) for x in server.get("lost_slots", [])),
+                   failures=server.get("failures", []),
                    gpus=gpus, interrupted=interrupted, wall_seconds=wall, notes=notes + server.get("notes", []))
 
 
