@@ -34,17 +34,12 @@ def harness(run_dir: Path, *overrides: str) -> dict:
 
 
 def transport_delays_ms(run_dir: Path) -> tuple[float, float]:
+    """Median client -> scheduler and batch end -> client delays of a live run's served requests."""
     r = pd.read_parquet(run_dir / "requests.parquet")
-    server = run_dir / "server_requests.parquet"
-    ok = r[r["status"] == "ok"]
-    if server.exists():
-        ok = ok.merge(pd.read_parquet(server, columns=["id", "t_arrival"]), on="id")
-        request = (ok["t_arrival"] - ok["t_sent"]).median()
-        response = (ok["t_done"] - ok["t_arrival"] - ok["queue_time"] - ok["exec_time"]).median()
-    else:                                             # triton: no arrival times; all of it on the way back
-        request = 0.0
-        response = (ok["t_done"] - ok["t_sent"] - ok["queue_time"] - ok["exec_time"]).median()
-    return max(0.0, request * 1e3), max(0.0, response * 1e3)
+    b = pd.read_parquet(run_dir / "batches.parquet", columns=["id", "t_start", "t_end"])
+    ok = r[r["status"] == "ok"].merge(b.rename(columns={"id": "batch_id"}), on="batch_id")
+    arrival = ok["t_start"] - ok["queue_time"]          # the scheduler's arrival time (client send time for triton)
+    return max(0.0, (arrival - ok["t_sent"]).median() * 1e3), max(0.0, (ok["t_done"] - ok["t_end"]).median() * 1e3)
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ Times are float seconds on the runtime's clock; latencies are float seconds.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, ClassVar, Mapping, Protocol, Sequence
 
 from harness.profiles import LatencyCurve

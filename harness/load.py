@@ -35,6 +35,7 @@ import pandas as pd
 import pyarrow.feather as feather
 
 from harness.errors import HarnessError
+from harness.processes import log_tail, signal_group
 
 LOCUSTFILE = Path(__file__).resolve().parent / "live" / "locustfile.py"
 CLIENT_COLUMNS = ["id", "model", "t_sched", "t_sent", "t_done", "status", "reason", "batch_id"]
@@ -179,34 +180,19 @@ class _Processes:
         """SIGTERM (Locust then writes what it measured), SIGKILL whatever is left after a few seconds."""
         for _, proc, _ in self.running:
             if proc.poll() is None:
-                _signal_group(proc, signal.SIGTERM)
+                signal_group(proc, signal.SIGTERM)
         deadline = time.monotonic() + 10
         for _, proc, log in self.running:
             try:
                 proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                _signal_group(proc, signal.SIGKILL)
+                signal_group(proc, signal.SIGKILL)
                 proc.wait(10)
             finally:
                 log.close()
 
 
-def _signal_group(proc: subprocess.Popen, sig: int) -> None:
-    try:
-        os.killpg(proc.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        try:
-            proc.send_signal(sig)
-        except ProcessLookupError:
-            pass
-
-
 def _tail(log, lines: int = 6) -> str:
-    try:
-        log.flush()
-        size = os.fstat(log.fileno()).st_size
-        text = os.pread(log.fileno(), 4000, max(0, size - 4000)).decode(errors="replace")
-    except (OSError, ValueError):
-        return ""
+    text = log_tail(log, 4000)
     kept = [ln.strip() for ln in text.strip().splitlines() if ln.strip()][-lines:]
     return "; its log ends: " + " | ".join(kept) if kept else ""

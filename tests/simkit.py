@@ -32,3 +32,13 @@ def replay(policy_cls, config, slos_ms: dict[str, float], n_gpus: int, curve: La
     times = np.array([t for t, _ in arrivals], dtype=float)
     reqs = sim.run(policy, np.arange(len(arrivals)), [m for _, m in arrivals], times, models, drain=drain)
     return reqs, sim, policy
+
+
+def poisson(rates: dict[str, float], duration: float, seed: int) -> list[tuple[float, str]]:
+    """Seeded Poisson arrivals [(t, model), ...] at `rates` (req/s per model) for `duration` seconds."""
+    rng = np.random.default_rng(seed)
+    arrivals = []
+    for m, rate in rates.items():
+        gaps = rng.exponential(1.0 / rate, int(rate * duration * 1.5) + 10)
+        arrivals += [(t, m) for t in np.cumsum(gaps) if t < duration]
+    return sorted(arrivals)

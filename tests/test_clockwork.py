@@ -1,23 +1,15 @@
 """Clockwork's controller rules, with hand-computed expectations (l(b) = 1 ms*b + 5 ms)."""
 
-import numpy as np
 import pytest
 
 from harness.core import Batch, Request
 from harness.profiles import LatencyCurve
 from systems.clockwork import Clockwork, ClockworkConfig, p99
-from tests.simkit import linear_curve, replay
+from tests.simkit import linear_curve, replay, poisson
 
 CURVE = linear_curve(1.0, 5.0, 64)          # l(1) = 6 ms, l(b) = b + 5 ms; p99 = mean
 
 
-def poisson(rates: dict[str, float], duration: float, seed: int) -> list[tuple[float, str]]:
-    rng = np.random.default_rng(seed)
-    arrivals = []
-    for m, rate in rates.items():
-        gaps = rng.exponential(1.0 / rate, int(rate * duration * 1.5) + 10)
-        arrivals += [(t, m) for t in np.cumsum(gaps) if t < duration]
-    return sorted(arrivals)
 
 
 def test_at_most_schedule_ahead_of_work_is_queued_on_a_slot():

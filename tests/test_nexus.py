@@ -3,25 +3,17 @@
 Profile: mean b + 5 ms and std 1 ms, so Nexus's l(b) = mean + std = b + 6 ms.
 """
 
-import numpy as np
 import pytest
 
 from harness.profiles import LatencyCurve
 from systems.nexus import Nexus, NexusConfig
-from tests.simkit import replay
+from tests.simkit import replay, poisson
 
 SIZES = list(range(1, 65))
 CURVE = LatencyCurve.from_points(SIZES, [b + 5.0 for b in SIZES], std_ms=[1.0] * len(SIZES))
 CFG = NexusConfig()
 
 
-def poisson(rates: dict[str, float], duration: float, seed: int) -> list[tuple[float, str]]:
-    rng = np.random.default_rng(seed)
-    arrivals = []
-    for m, rate in rates.items():
-        gaps = rng.exponential(1.0 / rate, int(rate * duration * 1.5) + 10)
-        arrivals += [(t, m) for t in np.cumsum(gaps) if t < duration]
-    return sorted(arrivals)
 
 
 def policy(slos_ms: dict[str, float], n_gpus: int = 4) -> Nexus:

@@ -1,22 +1,14 @@
 """Shepherd Flex's rules, with hand-computed expectations (l(b) = 1 ms*b + 5 ms)."""
 
-import numpy as np
 import pytest
 
 from systems.shepherd import Shepherd, ShepherdConfig
-from tests.simkit import linear_curve, replay
+from tests.simkit import linear_curve, replay, poisson
 
 CURVE = linear_curve(1.0, 5.0, 64)          # l(1) = 6 ms, l(b) = b + 5 ms
 NO_PREEMPT = ShepherdConfig(preempt_lambda=1000.0)
 
 
-def poisson(rates: dict[str, float], duration: float, seed: int) -> list[tuple[float, str]]:
-    rng = np.random.default_rng(seed)
-    arrivals = []
-    for m, rate in rates.items():
-        gaps = rng.exponential(1.0 / rate, int(rate * duration * 1.5) + 10)
-        arrivals += [(t, m) for t in np.cumsum(gaps) if t < duration]
-    return sorted(arrivals)
 
 
 def test_idle_slot_runs_the_model_with_the_largest_batch():

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from harness.errors import HarnessError
+from harness.processes import log_tail, signal_group
 from harness.live.workers import ROOT
 
 
@@ -46,7 +47,7 @@ class FrontendProcess:
                 try:
                     self.proc.wait(timeout)
                 except subprocess.TimeoutExpired:
-                    _kill_group(self.proc)
+                    signal_group(self.proc, signal.SIGKILL)
                     self.proc.wait(10)
         finally:
             if self.proc.stdout is not None:
@@ -76,7 +77,7 @@ def start_frontend(config_path: str | os.PathLike, epoch: float, out_dir: str | 
                             start_new_session=True)
     def abandon() -> str:
         # Nothing started may outlive a failed start (nor a Ctrl-C while waiting for it).
-        _kill_group(proc)
+        signal_group(proc, signal.SIGKILL)
         proc.wait(10)
         proc.stdout.close()
         tail = _tail(log)
@@ -124,22 +125,6 @@ def _read_line(proc: subprocess.Popen, timeout: float) -> str:
     return buf.split(b"\n", 1)[0].decode(errors="replace")
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILL the frontend and its process group (its workers, in their own sessions, exit with it)."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        try:
-            proc.kill()
-        except ProcessLookupError:
-            pass
-
-
-def _tail(log, limit: int = 3000) -> str:
-    try:
-        log.flush()
-        size = os.fstat(log.fileno()).st_size
-        text = os.pread(log.fileno(), limit, max(0, size - limit)).decode(errors="replace").strip()
-    except (OSError, ValueError):
-        return ""
+def _tail(log) -> str:
+    text = log_tail(log)
     return f"; its log ends with:\n{text}" if text else ""

@@ -43,6 +43,7 @@ import zmq
 import zmq.asyncio
 
 from harness.errors import HarnessError
+from harness.processes import log_tail, signal_group
 
 ROOT = Path(__file__).resolve().parents[2]     # the directory holding the harness package
 HUNG_BATCH_FACTOR = 10.0
@@ -167,7 +168,7 @@ class WorkerPool:
                 break
             if sig is not None:
                 for p in running:
-                    _signal_group(p, sig)
+                    signal_group(p, sig)
                 deadline = time.monotonic() + (grace_s if sig == signal.SIGTERM else 5.0)
             while time.monotonic() < deadline and any(p.poll() is None for p in running):
                 await asyncio.sleep(0.02)
@@ -332,7 +333,7 @@ class WorkerPool:
         self.lost[s.index] = reason
         print(f"worker pool: slot {s.index} lost: {reason}", file=sys.stderr, flush=True)
         if s.proc is not None and s.proc.poll() is None:
-            _signal_group(s.proc, signal.SIGKILL)      # hung: make sure it never answers again
+            signal_group(s.proc, signal.SIGKILL)      # hung: make sure it never answers again
         if s.reader is not None:
             s.reader.cancel()
         if self.on_lost is not None:
@@ -350,24 +351,6 @@ def _error_reply(batch: int, error: str) -> dict:
     return {"batch": batch, "status": "error", "exec": 0.0, "wait": 0.0, "error": error}
 
 
-def _signal_group(proc: subprocess.Popen, sig: int) -> None:
-    """Signal the worker's process group (its own session), so nothing it started survives."""
-    try:
-        os.killpg(proc.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        try:
-            proc.send_signal(sig)
-        except ProcessLookupError:
-            pass
-
-
-def _tail(log, limit: int = 2000) -> str:
-    if log is None:
-        return ""
-    try:
-        log.flush()
-        size = os.fstat(log.fileno()).st_size
-        text = os.pread(log.fileno(), limit, max(0, size - limit)).decode(errors="replace").strip()
-    except (OSError, ValueError):
-        return ""
+def _tail(log) -> str:
+    text = log_tail(log, 2000)
     return f"; its stderr ends with:\n{text}" if text else ""
