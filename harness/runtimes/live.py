@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -29,6 +32,33 @@ from harness.records import BATCH_COLUMNS, empty_gpus_frame
 from harness.load import read_records, replay
 from harness.live.server import start_frontend
 from harness.runtimes import Outcome
+
+
+@contextmanager
+def _progress(out_dir: Path, epoch_of: Callable[[], float | None], duration: float, slo: dict[str, float],
+              every_s: float = 5.0):
+    """Every few seconds on stderr: schedule time elapsed, requests answered, goodput so far (Locust's flushes)."""
+    stop = threading.Event()
+
+    def report():
+        while not stop.wait(every_s):
+            epoch = epoch_of()
+            if epoch is None or time.time() < epoch:
+                continue
+            elapsed = min(time.time() - epoch, duration)
+            done = read_records(out_dir / "client") if (out_dir / "client").exists() else None
+            answered = 0 if done is None else len(done)
+            good = 0 if done is None else int(((done["status"] == "ok")
+                                               & (done["t_done"] - done["t_sched"] <= done["model"].map(slo))).sum())
+            print(f"[live] {elapsed:5.1f}/{duration:g} s  {answered} answered  "
+                  f"goodput {good / max(elapsed, 1e-9):,.1f} req/s", file=sys.stderr, flush=True)
+
+    thread = threading.Thread(target=report, name="progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
 
 
 @contextmanager
@@ -53,7 +83,8 @@ def run_live(cfg, out_dir: Path, schedule: pd.DataFrame, n_slots: int) -> Outcom
     timeout_s = max(30.0, 10 * max(m.slo_ms for m in cfg.models.values()) / 1000)
     client, interrupted, telemetry = None, False, None
     started = time.perf_counter()
-    with _sigterm_as_interrupt():
+    slo = {m: spec.slo_ms / 1000 for m, spec in cfg.models.items()}
+    with _sigterm_as_interrupt(), _progress(out_dir, lambda: epoch, cfg.duration_s, slo):
         try:
             if cfg.system.name == "triton":
                 from harness.live.triton_system import serve_triton as serve

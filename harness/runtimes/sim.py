@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import sys
 import time
 from typing import Callable, Mapping, Sequence
 
@@ -163,7 +164,14 @@ class SimCluster:
         policy.start()
         times_list = times.tolist()
         ids_list = ids.tolist()
+        wall0 = last_report = time.perf_counter()
         for i, t in enumerate(times_list):
+            if not i & 0xFFFF and i:                      # a cheap check every 65,536 arrivals
+                now_wall = time.perf_counter()
+                if now_wall - last_report >= 5.0:         # long runs say how far they are
+                    last_report = now_wall
+                    print(f"[sim] {t:,.1f}/{times_list[-1]:,.1f} s virtual, {i:,} requests, "
+                          f"{i / (now_wall - wall0):,.0f} per wall second", file=sys.stderr, flush=True)
             while heap and heap[0][0] <= t:
                 self._fire(pop(heap))
             self._now = t
