@@ -175,6 +175,21 @@ class Policy:
         raise NotImplementedError(f"{type(self).__name__} does not support slots joining (autoscaling)")
 
 
+def checked_curve(slot: GpuSlot, model: str, reqs: Sequence[Request],
+                  curves: Mapping[str, LatencyCurve]) -> LatencyCurve:
+    """The runtimes' checks on a dispatch, before anything is recorded; a failure is a bug in the policy."""
+    if not reqs:
+        raise ValueError("dispatch of an empty batch")
+    if model not in slot.models:
+        raise ValueError(f"slot {slot.index} does not hold model {model!r}")
+    if not slot.alive:
+        raise ValueError(f"dispatch to slot {slot.index}, which has left the cluster")
+    curve = curves[model]
+    if len(reqs) > curve.max_batch:
+        raise ValueError(f"batch of {len(reqs)} exceeds the profiled maximum {curve.max_batch} for {model}")
+    return curve
+
+
 def slots_holding(gpus: Sequence[GpuSlot], model: str) -> list[int]:
     return [g.index for g in gpus if model in g.models]
 

@@ -33,7 +33,7 @@ import traceback
 from array import array
 from typing import Callable, Mapping, Sequence
 
-from harness.core import DROPPED, ERROR, OK, TIMEOUT, Batch, GpuSlot, ModelSpec, Policy, Request
+from harness.core import DROPPED, ERROR, OK, TIMEOUT, Batch, GpuSlot, ModelSpec, Policy, Request, checked_curve
 from harness.live.loop import Clock
 from harness.profiles import LatencyCurve
 
@@ -95,14 +95,8 @@ class LiveCluster:
 
     def dispatch(self, gpu: int, model: str, reqs: list[Request], latest_start: float | None = None) -> Batch:
         slot = self.gpus[gpu]
-        if not reqs:
-            raise ValueError("dispatch of an empty batch")
-        if model not in slot.models:
-            raise ValueError(f"slot {gpu} does not hold model {model!r}")
-        curve = self._curves[gpu][model]
+        curve = checked_curve(slot, model, reqs, self._curves[gpu])
         size = len(reqs)
-        if size > curve.max_batch:
-            raise ValueError(f"batch of {size} exceeds the profiled maximum {curve.max_batch} for {model}")
         now = self.clock.now()
         batch = Batch(len(self.batches), gpu, model, reqs, now, latest_start)
         self.batches.append(batch)

@@ -18,7 +18,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from harness.core import DROPPED, OK, TIMEOUT, Batch, GpuSlot, ModelSpec, Policy, Request
+from harness.core import DROPPED, OK, TIMEOUT, Batch, GpuSlot, ModelSpec, Policy, Request, checked_curve
 from harness.errors import HarnessError
 from harness.profiles import LatencyCurve
 from harness.records import batches_frame, server_frame, sim_client_view
@@ -66,12 +66,7 @@ class SimCluster:
 
     def dispatch(self, gpu: int, model: str, reqs: list[Request], latest_start: float | None = None) -> Batch:
         slot = self.gpus[gpu]
-        if not reqs:
-            raise ValueError("dispatch of an empty batch")
-        if model not in slot.models:
-            raise ValueError(f"slot {gpu} does not hold model {model!r}")
-        if not slot.alive:
-            raise ValueError(f"dispatch to slot {gpu}, which has left the cluster")
+        curve = checked_curve(slot, model, reqs, self._curves[gpu])
         now = self._now
         batch = Batch(len(self.batches), gpu, model, reqs, now, latest_start)
         self.batches.append(batch)
@@ -82,10 +77,7 @@ class SimCluster:
             batch.t_start = batch.t_end = start
             self._push(start, self._discard, batch)
             return batch
-        curve = self._curves[gpu][model]
         b = len(reqs)
-        if b > curve.max_batch:
-            raise ValueError(f"batch of {b} exceeds the profiled maximum {curve.max_batch} for {model}")
         exec_time = curve.mean[b]
         if self._noise and curve.std[b] > 0:
             exec_time = max(0.5 * exec_time, exec_time + curve.std[b] * self._normal())
