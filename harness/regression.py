@@ -12,6 +12,9 @@ tolerance, in either direction, fails the suite and is named: an improvement
 is refreshed into the baseline deliberately, with the change that made it.
 The harness's own speed (simulated requests per wall second) is recorded in
 the same table for information only: machines are too noisy to gate on it.
+Its live smoke is tests/test_live_systems.py: every system on emulated GPUs
+through real Locust, HTTP, workers and tritonserver, checked for validity and
+a loose goodput band (the live path's own speed: benchmarks/live_rate.py).
 """
 
 from __future__ import annotations

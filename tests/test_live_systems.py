@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_system_serves_live(tmp_path, system):
     run = subprocess.run([sys.executable, "-m", "harness", "runtime=live", f"system={system}", "cluster=h200x1",
                           "cluster.count=2", "workload=poisson", "workload.rate=100", "duration_s=5", "warmup_s=1",
-                          "cooldown_s=1", "runtime.start_lead_s=2", f"hydra.run.dir={tmp_path}"],
+                          "cooldown_s=1", "runtime.start_lead_s=2", "validity.min_duration_s=5",
+                          f"hydra.run.dir={tmp_path}"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     requests = pd.read_parquet(tmp_path / "requests.parquet")
@@ -32,4 +33,6 @@ def test_system_serves_live(tmp_path, system):
     assert (ok["t_sent"] >= ok["t_sched"] - 1e-3).all()
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["runtime"] == "live" and summary["system"] == system and summary["emulated"]
-    assert 0 < summary["slo_attainment"] <= 1
+    # Valid but for send lag, which depends on how many cores the load generator gets on this machine.
+    assert [r for r in summary["validity"]["reasons"] if "send lag" not in r] == []
+    assert 0.5 * summary["offered_rate"] <= summary["goodput"] <= 1.05 * summary["offered_rate"]
