@@ -120,10 +120,3 @@ def _atomic(path: Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def read_run(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    run_dir = Path(run_dir)
-    return (pd.read_parquet(run_dir / "requests.parquet"), pd.read_parquet(run_dir / "batches.parquet"),
-            json.loads((run_dir / "summary.json").read_text()))
-
