@@ -224,13 +224,7 @@ class LiveCluster:
         slot.busy_until = now
 
     def _fail(self, reqs: Sequence[Request], reason: str) -> None:
-        now = self.clock.now()
-        for r in reqs:
-            r.status = ERROR
-            r.reason = reason
-            r.t_done = now
-        self.pending -= len(reqs)
-        self._wake(reqs)
+        self.drop(reqs, reason, status=ERROR)
 
     def _wake(self, reqs) -> None:
         waiters = self._waiters
