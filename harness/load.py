@@ -41,6 +41,7 @@ LOCUSTFILE = Path(__file__).resolve().parent / "live" / "locustfile.py"
 CLIENT_COLUMNS = ["id", "model", "t_sched", "t_sent", "t_done", "status", "reason", "batch_id"]
 STARTUP_S = 60.0          # how long workers may take to join, and a process to start
 SHUTDOWN_S = 15.0         # after the last request's timeout: Locust writes its records and quits
+READ_RETRIES = 5          # re-reads when a shard folds its parts into its final file mid-read
 
 
 def replay(schedule_path: str | os.PathLike, url: str, epoch: float, out_dir: str | os.PathLike, workers: int = 0,
@@ -110,8 +111,20 @@ def replay(schedule_path: str | os.PathLike, url: str, epoch: float, out_dir: st
 
 
 def read_records(out_dir: str | os.PathLike) -> pd.DataFrame:
-    """The client records under `out_dir`: each process's final file, or its part files if it was cut short."""
-    out_dir = Path(out_dir)
+    """The client records under `out_dir`: each process's final file, or its part files if it was cut short.
+
+    Safe while the run goes on: a shard that finishes mid-read folds its parts into its final file and
+    deletes them, so a vanished part means reading again.
+    """
+    for _ in range(READ_RETRIES):
+        try:
+            return _read_records_once(Path(out_dir))
+        except FileNotFoundError:
+            continue
+    return _read_records_once(Path(out_dir))
+
+
+def _read_records_once(out_dir: Path) -> pd.DataFrame:
     finals = sorted(out_dir.glob("client-[0-9][0-9][0-9].parquet"))
     done = {p.name.split(".")[0] for p in finals}
     frames = [pd.read_parquet(p) for p in finals]

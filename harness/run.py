@@ -7,6 +7,7 @@ gpus_used.parquet, config.yaml (resolved) and summary.json.
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import time
@@ -30,6 +31,7 @@ from harness.runtimes.sim import simulate
 from workloads import build_schedule
 
 ROOT = Path(__file__).resolve().parent.parent
+GIT_COMMIT_ENV = "HARNESS_GIT_COMMIT"     # names the commit where the checkout has no git history
 
 
 def model_specs(cfg: Config) -> dict[str, ModelSpec]:
@@ -201,12 +203,14 @@ def provenance(cfg: Config, overrides: list[str]) -> dict:
             return None
 
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                                timeout=5).stdout.strip() or None
+        commit = subprocess.run(["git", "rev-parse", "--verify", "--quiet", "HEAD"], cwd=ROOT, capture_output=True,
+                                text=True, timeout=5).stdout.strip() or None
         dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                                    capture_output=True, text=True, timeout=5).stdout.strip())
+                                    capture_output=True, text=True, timeout=5).stdout.strip()) if commit else None
     except (OSError, subprocess.SubprocessError):
         commit, dirty = None, None
+    if commit is None:       # a copy without git history (e.g. on a GPU server): the commit it was made from
+        commit = os.environ.get(GIT_COMMIT_ENV) or None
     profile = {}
     if cfg.cluster.gpu_type != SLEEP:
         p = load_profile(profile_path(cfg.cluster.gpu_type, cfg.cluster.partition))

@@ -91,3 +91,17 @@ def test_profile_missing_batch_size_is_refused(tmp_path):
     bad.write_text(json.dumps({"models": {"resnet50": {"batch": [1, 8, 16], "mean_ms": [1.0, 1.5]}}}))
     with pytest.raises(HarnessError, match="2 values for 3 batch sizes"):
         load_profile(bad)
+
+
+def test_provenance_names_the_commit_also_in_a_copy_without_git_history(tmp_path, monkeypatch):
+    from harness import run, search
+
+    cfg = search.compose(["runtime=sim", "cluster=sleep1000"])
+    here = run.provenance(cfg, [])
+    assert len(here["git_commit"] or "") == 40 and here["git_dirty"] in (True, False)
+    monkeypatch.setattr(run, "ROOT", tmp_path)                      # no .git there
+    monkeypatch.delenv(run.GIT_COMMIT_ENV, raising=False)
+    assert run.provenance(cfg, [])["git_commit"] is None
+    monkeypatch.setenv(run.GIT_COMMIT_ENV, "0123abc")
+    copied = run.provenance(cfg, [])
+    assert copied["git_commit"] == "0123abc" and copied["git_dirty"] is None

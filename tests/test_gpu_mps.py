@@ -121,9 +121,54 @@ def test_profiler_runs_each_partition_in_a_child_and_always_stops_the_daemon(fak
     monkeypatch.setattr(profiler, "_child_command", lambda p, args: [sys.executable, "-c", child, p.name, str(seen)])
     monkeypatch.setattr(profiler, "mps_daemon", partial(mps_daemon, control=control))
     monkeypatch.setenv("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", "77")        # must not leak into `whole`
-    args = profiler.parse_args(["--partition", "mps50,whole,mps25,mig-1g.10gb-emulated"])
+    args = profiler.parse_args(["--partition", "mps50,whole,mps25,mig-1g.10gb-emulated", "--siblings", "0"])
     failed = profiler.profile_partitions(parse_partitions(args.partition), args)
     assert failed == ["mps25"]
     assert seen.read_text().splitlines() == [           # whole first, before the daemon exists
         "whole - False", "mps50 50 True", "mps25 25 True", "mig-1g.10gb-emulated 13 True"]
     assert calls(record) == ["start", "get_server_list", "quit"]
+
+
+def test_busy_siblings_run_while_a_share_is_measured_and_are_always_ended(fake_control, tmp_path, monkeypatch):
+    # Siblings are replaced by processes that say they run; the measuring child counts the live ones.
+    import os
+    from functools import partial
+
+    from harness.gpu import profiler
+    from harness.gpu.partitions import parse_partitions
+
+    control, _record = fake_control
+    pids, seen = tmp_path / "pids", tmp_path / "seen"
+    pids.mkdir()
+    sibling = ("import os, sys, time, pathlib; pathlib.Path(sys.argv[2], str(os.getpid())).touch(); "
+               "pathlib.Path(sys.argv[1]).touch(); time.sleep(60)")
+    child = ("import os, sys; live = 0\n"
+             "for p in os.listdir(sys.argv[2]):\n"
+             "    try: os.kill(int(p), 0); live += 1\n"
+             "    except OSError: pass\n"
+             "open(sys.argv[3], 'a').write(f'{sys.argv[1]} {live}\\n'); sys.exit(sys.argv[1] == 'mps25')")
+    monkeypatch.setattr(profiler, "_sibling_command",
+                        lambda p, args, ready: [sys.executable, "-c", sibling, str(ready), str(pids)])
+    monkeypatch.setattr(profiler, "_child_command",
+                        lambda p, args: [sys.executable, "-c", child, p.name, str(pids), str(seen)])
+    monkeypatch.setattr(profiler, "mps_daemon", partial(mps_daemon, control=control))
+    args = profiler.parse_args(["--partition", "whole,mps50,mps25"])
+    assert profiler.profile_partitions(parse_partitions(args.partition), args) == ["mps25"]
+    # Alone on the whole GPU; beside 1 busy share at 50%, 3 at 25% (earlier siblings already ended).
+    assert seen.read_text().splitlines() == ["whole 0", "mps50 1", "mps25 3"]
+    left = []
+    for p in os.listdir(pids):
+        try:
+            os.kill(int(p), 0)
+            left.append(p)
+        except OSError:
+            pass
+    assert left == [], "every sibling must be ended, also after a failed child"
+
+
+@pytest.mark.parametrize("bad", [["--siblings", "some"], ["--siblings", "-1"], ["--sibling-batch", "0"]])
+def test_bad_sibling_options_are_one_clear_error(bad):
+    from harness.gpu import profiler
+
+    with pytest.raises(HarnessError, match="--sibling"):
+        profiler.parse_args(bad)

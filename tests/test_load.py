@@ -208,3 +208,25 @@ def test_locust_failing_to_start_is_one_clear_error(server_url, tmp_path, monkey
 
 if __name__ == "__main__":
     serve()
+
+
+def test_reading_while_a_shard_folds_its_parts_into_its_final_file(tmp_path, monkeypatch):
+    # The progress reader lists a part; before it opens it, the shard finishes: parts deleted, final written.
+    import pyarrow as pa
+    import pyarrow.feather as feather
+
+    rows = pd.DataFrame({"id": [0, 1], "model": ["m", "m"], "t_sched": [0.0, 0.1], "t_sent": [0.0, 0.1],
+                         "t_done": [0.01, 0.11], "status": ["ok", "ok"], "reason": ["", ""], "batch_id": [0, 0]})
+    part = tmp_path / "client-000.part-00000.arrow"
+    feather.write_feather(pa.Table.from_pandas(rows.iloc[:1], preserve_index=False), part)
+    real_read = feather.read_table
+
+    def shard_finishes_first(path, *a, **k):
+        if Path(path) == part and part.exists():
+            rows.to_parquet(tmp_path / "client-000.parquet", index=False)
+            part.unlink()
+        return real_read(path, *a, **k)
+
+    monkeypatch.setattr(load.feather, "read_table", shard_finishes_first)
+    records = load.read_records(tmp_path)
+    assert records["id"].tolist() == [0, 1]

@@ -139,3 +139,14 @@ def test_each_instance_tells_forward_who_it_is(tmp_path):
         client = load.replay(tmp_path / "schedule.parquet", server.url, time.time() + 2.5, tmp_path / "client")
     assert (client["status"] == "ok").all()
     assert seen == {0, 1} and set(client["batch_id"]) == seen
+
+
+def test_setup_hands_every_option_after_it_to_pip(tmp_path, monkeypatch, capsys):
+    # `setup --no-index --find-links DIR` is the documented offline setup; argparse must not take pip's options.
+    monkeypatch.setattr(triton, "stub_env_needed", lambda: True)
+    monkeypatch.setenv(triton.STUB_ENV_VAR, str(tmp_path / "stub"))
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    assert triton.main(["setup", "--no-index", "--find-links", str(wheels)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: pip could not install") and err.count("\n") == 1

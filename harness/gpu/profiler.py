@@ -15,6 +15,15 @@ and `mig-<profile>-emulated` partition, each child limited by
 CUDA_MPS_ACTIVE_THREAD_PERCENTAGE, and the daemon is stopped at the end, also
 on failure or interruption.
 
+A share is measured beside busy siblings. MPS shares split the SMs, not the
+memory bandwidth or the L2: on an H100, a 25% share runs resnet50 batch 8 in
+2.3 ms alone and 3.4 ms while the three other shares work
+(benchmarks/gpu_served_latency.py), and a served GPU's shares do work at the
+same time. So, by default (--siblings auto), the shares that fill the GPU
+beside the measured one (100 // percent - 1 of them) each replay the profiled
+models round robin at --sibling-batch, non-stop, while the share is measured;
+the profile's provenance says so. --siblings 0 measures a share alone.
+
 --out is a path template with {gpu_type} and {partition}; the default files
 profiles/<gpu_type>/<partition>.json, gpu_type from the GPU's name by
 harness.gpu.partitions.gpu_type_from_name ('NVIDIA H100 80GB HBM3' -> h100).
@@ -29,6 +38,7 @@ import platform
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -103,6 +113,33 @@ def time_replays(graph, iters: int, warmup_s: float, min_warmup: int = 5):
     return np.array([b.elapsed_time(e) for b, e in zip(begins, ends)])
 
 
+def sibling_count(partition: Partition, requested: str) -> int:
+    """How many busy sibling shares to run beside `partition`: 'auto' fills the GPU with shares of its size."""
+    if not partition.uses_mps:
+        return 0                         # a whole GPU has none; real MIG instances are isolated in hardware
+    if requested == "auto":
+        return max(0, 100 // partition.mps_percentage - 1)
+    return int(requested)
+
+
+def sibling_load(models: list[str], batch: int, ready: Path, args) -> None:
+    """Replay each model's graph at `batch`, round robin, until killed or orphaned; touch `ready` once running."""
+    import torch
+
+    from harness.gpu.executor import GpuExecutor
+
+    executor = GpuExecutor(models, device=args.device, dtype=args.dtype, batch_sizes=[batch],
+                           channels_last=args.channels_last)
+    graphs = [executor.graph(m, batch) for m in models]
+    stream = torch.cuda.current_stream()
+    parent = os.getppid()
+    ready.touch()
+    while os.getppid() == parent:        # never outlive the profiler: an orphan would load the GPU for ever
+        for graph in graphs:
+            graph.replay()
+        stream.synchronize()             # a few graphs ahead at most
+
+
 def provenance(partition: Partition, args, mig_uuid: str | None) -> dict:
     import torch
     import torchvision
@@ -112,7 +149,8 @@ def provenance(partition: Partition, args, mig_uuid: str | None) -> dict:
     return {
         "source": (f"harness.gpu.profiler: {args.dtype}, random weights, eval, one CUDA graph per batch size; "
                    f"per point {args.iters} back-to-back replays timed by CUDA events after >= {args.warmup_s} s "
-                   "of warm-up replays"),
+                   "of warm-up replays" + (f", beside {args.siblings_busy} busy sibling shares"
+                                           if args.siblings_busy else "")),
         "gpu_name": torch.cuda.get_device_name(args.device),
         "driver": nvml.get("driver"),
         "cuda_driver": nvml.get("cuda_driver"),
@@ -134,6 +172,9 @@ def provenance(partition: Partition, args, mig_uuid: str | None) -> dict:
         "cudnn_benchmark": args.cudnn_benchmark,
         "channels_last": sorted(set(args.models) & set(args.channels_last)),
         "iters": args.iters,
+        "siblings_busy": args.siblings_busy,
+        "sibling_load": (f"{', '.join(args.models)} round robin at batch {args.sibling_batch}, non-stop, "
+                         f"each in a share of {partition.mps_percentage}%") if args.siblings_busy else None,
     }
 
 
@@ -194,29 +235,71 @@ def measure_partition(partition: Partition, args) -> Path:
 
 # --- orchestration: one child process per partition ---------------------------------------------
 
+def _common_options(partition: Partition, args) -> list[str]:
+    return ["--models", ",".join(args.models), "--sibling-batch", str(args.sibling_batch),
+            "--device", "0" if partition.kind == "mig" else str(args.device),   # the MIG instance is the one visible
+            "--dtype", args.dtype, "--channels-last", ",".join(args.channels_last) or "none"]
+
+
 def _child_command(partition: Partition, args) -> list[str]:
     return [sys.executable, "-m", "harness.gpu.profiler", "--in-process", "--partition", partition.name,
-            "--models", ",".join(args.models), "--batch", ",".join(map(str, args.batch)),
-            "--iters", str(args.iters), "--warmup-s", str(args.warmup_s),
-            "--device", "0" if partition.kind == "mig" else str(args.device),   # the MIG instance is the one visible
-            "--dtype", args.dtype, "--out", args.out, "--channels-last", ",".join(args.channels_last) or "none",
-            ] + (["--cudnn-benchmark"] if args.cudnn_benchmark else [])
+            "--batch", ",".join(map(str, args.batch)), "--iters", str(args.iters), "--warmup-s", str(args.warmup_s),
+            "--out", args.out, "--siblings", str(sibling_count(partition, args.siblings)),
+            *_common_options(partition, args)] + (["--cudnn-benchmark"] if args.cudnn_benchmark else [])
+
+
+def _sibling_command(partition: Partition, args, ready: Path) -> list[str]:
+    return [sys.executable, "-m", "harness.gpu.profiler", "--sibling-load", str(ready), "--partition", partition.name,
+            *_common_options(partition, args)]
+
+
+def _end(process: subprocess.Popen, timeout: float = 30.0) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _start_siblings(partition: Partition, args, env: dict[str, str], count: int, scratch: Path,
+                    timeout_s: float = 300.0) -> list[subprocess.Popen]:
+    """`count` busy sibling shares, each replaying once its models are loaded; [] and ended on failure."""
+    readies = [scratch / f"sibling-{i}.ready" for i in range(count)]
+    siblings = [subprocess.Popen(_sibling_command(partition, args, r), env=env) for r in readies]
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not all(r.exists() for r in readies):
+            if any(s.poll() is not None for s in siblings) or time.monotonic() > deadline:
+                raise HarnessError(f"[{partition.name}] a busy sibling share did not start")
+            time.sleep(0.2)
+    except BaseException:
+        for s in siblings:
+            _end(s)
+        raise
+    print(f"[{partition.name}] {count} busy sibling shares running", flush=True)
+    return siblings
 
 
 def _run_child(partition: Partition, args, env: dict[str, str]) -> bool:
     print(f"[{partition.name}] profiling in a child process", flush=True)
     started = time.perf_counter()
-    child = subprocess.Popen(_child_command(partition, args), env=env)
-    try:
-        rc = child.wait()
-    finally:
-        if child.poll() is None:         # interrupted: end our child before the daemon goes
-            child.terminate()
-            try:
-                child.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+    siblings: list[subprocess.Popen] = []
+    child = None
+    with tempfile.TemporaryDirectory(prefix="harness-profiler-") as scratch:
+        try:
+            count = sibling_count(partition, args.siblings)
+            if count:
+                siblings = _start_siblings(partition, args, env, count, Path(scratch))
+            child = subprocess.Popen(_child_command(partition, args), env=env)
+            rc = child.wait()
+        except HarnessError as exc:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            rc = 1
+        finally:
+            for process in ([child] if child is not None else []) + siblings:   # before the daemon goes
+                _end(process)
     took = time.perf_counter() - started
     if rc != 0:
         print(f"[{partition.name}] FAILED (exit {rc}) after {took:.0f} s", file=sys.stderr, flush=True)
@@ -264,9 +347,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN time its algorithms at capture")
     ap.add_argument("--channels-last", default="default",
                     help="models run channels_last: comma-separated names, 'none', or 'default' (the CNNs)")
+    ap.add_argument("--siblings", default="auto",
+                    help="busy sibling shares beside an MPS share while it is measured: 'auto' (fill the GPU "
+                         "with shares of its size) or a count (0: alone)")
+    ap.add_argument("--sibling-batch", type=int, default=16, help="the batch size the busy siblings replay")
     ap.add_argument("--in-process", action="store_true",
                     help="measure the one partition given in this process, in the environment it has")
+    ap.add_argument("--sibling-load", metavar="READY_FILE", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.siblings != "auto" and not (args.siblings.isdigit()):
+        raise HarnessError(f"--siblings must be 'auto' or a count >= 0 (got '{args.siblings}')")
+    if args.sibling_batch < 1:
+        raise HarnessError(f"--sibling-batch must be >= 1 (got {args.sibling_batch})")
     args.models = [m for m in args.models.split(",") if m]
     try:
         args.batch = sorted({int(b) for b in args.batch.split(",") if b})
@@ -294,9 +386,13 @@ def main(argv: list[str] | None = None) -> int:
         partitions = parse_partitions(args.partition)
         if len(partitions) > 1 and "{partition}" not in args.out:
             raise HarnessError("several partitions need --out with a {partition} placeholder")
+        if args.sibling_load:
+            sibling_load(args.models, args.sibling_batch, Path(args.sibling_load), args)
+            return 0
         if args.in_process:
             if len(partitions) != 1:
                 raise HarnessError("--in-process measures exactly one partition")
+            args.siblings_busy = int(args.siblings) if args.siblings != "auto" else 0
             measure_partition(partitions[0], args)
             return 0
         failed = profile_partitions(partitions, args)

@@ -532,18 +532,21 @@ def _check() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(prog="python -m harness.live.triton", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    setup = sub.add_parser("setup", help="create the Python backend stub's numpy<2 environment (needed with numpy 2)")
-    setup.add_argument("pip_args", nargs=argparse.REMAINDER, help="extra pip options, e.g. --no-index --find-links DIR")
+    sub.add_parser("setup", help="create the Python backend stub's numpy<2 environment (needed with numpy 2); "
+                                 "what follows goes to pip, e.g. setup --no-index --find-links DIR")
     sub.add_parser("check", help="start tritonserver with one model and send it one request")
-    args = parser.parse_args(argv)
+    # Everything after `setup` is pip's (argparse would take --no-index for an option of its own).
+    pip_args = argv[1:] if argv[:1] == ["setup"] else []
+    args = parser.parse_args(argv[:1] if argv[:1] == ["setup"] else argv)
     try:
         if args.command == "setup":
             if not stub_env_needed():
                 print(f"numpy {np.__version__}: the stub runs in this environment; nothing to set up")
                 return 0
-            print(f"Triton stub environment ready at {setup_stub_env(args.pip_args)}")
+            print(f"Triton stub environment ready at {setup_stub_env(pip_args)}")
             return 0
         return _check()
     except HarnessError as exc:

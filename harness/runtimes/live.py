@@ -46,7 +46,11 @@ def _progress(out_dir: Path, epoch_of: Callable[[], float | None], duration: flo
             if epoch is None or time.time() < epoch:
                 continue
             elapsed = min(time.time() - epoch, duration)
-            done = read_records(out_dir / "client") if (out_dir / "client").exists() else None
+            try:
+                done = read_records(out_dir / "client") if (out_dir / "client").exists() else None
+            except Exception as exc:     # noqa: BLE001 - a progress line is not worth a run: say so, go on
+                print(f"[live] {elapsed:5.1f}/{duration:g} s  (progress unavailable: {exc})", file=sys.stderr)
+                continue
             answered = 0 if done is None else len(done)
             good = 0 if done is None else int(((done["status"] == "ok")
                                                & (done["t_done"] - done["t_sched"] <= done["model"].map(slo))).sum())
