@@ -175,6 +175,8 @@ def validity(summary: dict, *, duration: float, min_duration: float, min_request
     return {"valid": not reasons, "reasons": reasons, "interrupted": interrupted}
 
 
-def send_lag_p99_ms(requests: pd.DataFrame) -> float:
-    lag = (requests["t_sent"] - requests["t_sched"]).dropna()
+def send_lag_p99_ms(requests: pd.DataFrame, window: Window) -> float:
+    """p99 of sent minus scheduled time over the window (the warm-up, when connections open, is excluded)."""
+    r = in_window(requests, window)
+    lag = (r["t_sent"] - r["t_sched"]).dropna()
     return float(np.percentile(lag, 99) * 1e3) if len(lag) else 0.0

@@ -167,7 +167,7 @@ def summarize(cfg: Config, requests: pd.DataFrame, batches: pd.DataFrame, window
     per_model = metrics.per_model_metrics(requests, window)
     offered = {m: v["offered_rate"] for m, v in per_model.items()}
     oracle = metrics.oracle_goodput(offered, slo, curves, len(gpus))
-    lag = metrics.send_lag_p99_ms(requests)
+    lag = metrics.send_lag_p99_ms(requests, window)
     summary = {
         "system": cfg.system.name,
         "workload": cfg.workload.name,

@@ -118,7 +118,8 @@ def test_profiler_runs_each_partition_in_a_child_and_always_stops_the_daemon(fak
     child = ("import os, sys; name = sys.argv[1]; open(sys.argv[2], 'a').write(' '.join([name, "
              "os.environ.get('CUDA_MPS_ACTIVE_THREAD_PERCENTAGE', '-'), "
              "str('CUDA_MPS_PIPE_DIRECTORY' in os.environ)]) + '\\n'); sys.exit(name == 'mps25')")
-    monkeypatch.setattr(profiler, "_child_command", lambda p, args: [sys.executable, "-c", child, p.name, str(seen)])
+    monkeypatch.setattr(profiler, "_child_command",
+                        lambda p, args, *_: [sys.executable, "-c", child, p.name, str(seen)])
     monkeypatch.setattr(profiler, "mps_daemon", partial(mps_daemon, control=control))
     monkeypatch.setenv("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", "77")        # must not leak into `whole`
     args = profiler.parse_args(["--partition", "mps50,whole,mps25,mig-1g.10gb-emulated", "--siblings", "0"])
@@ -146,16 +147,18 @@ def test_busy_siblings_run_while_a_share_is_measured_and_are_always_ended(fake_c
              "for p in os.listdir(sys.argv[2]):\n"
              "    try: os.kill(int(p), 0); live += 1\n"
              "    except OSError: pass\n"
-             "open(sys.argv[3], 'a').write(f'{sys.argv[1]} {live}\\n'); sys.exit(sys.argv[1] == 'mps25')")
+             "open(sys.argv[3], 'a').write(f'{sys.argv[1]} {sys.argv[4]} {live}\\n')\n"
+             "sys.exit(sys.argv[1] == 'mps25' and sys.argv[4] != '0')")
     monkeypatch.setattr(profiler, "_sibling_command",
                         lambda p, args, ready: [sys.executable, "-c", sibling, str(ready), str(pids)])
     monkeypatch.setattr(profiler, "_child_command",
-                        lambda p, args: [sys.executable, "-c", child, p.name, str(pids), str(seen)])
+                        lambda p, args, siblings, out, alone: [sys.executable, "-c", child, p.name, str(pids),
+                                                               str(seen), str(siblings)])
     monkeypatch.setattr(profiler, "mps_daemon", partial(mps_daemon, control=control))
     args = profiler.parse_args(["--partition", "whole,mps50,mps25"])
     assert profiler.profile_partitions(parse_partitions(args.partition), args) == ["mps25"]
-    # Alone on the whole GPU; beside 1 busy share at 50%, 3 at 25% (earlier siblings already ended).
-    assert seen.read_text().splitlines() == ["whole 0", "mps50 1", "mps25 3"]
+    # Alone on the whole GPU; a share first alone, then beside 1 busy share at 50%, 3 at 25%.
+    assert seen.read_text().splitlines() == ["whole 0 0", "mps50 0 0", "mps50 1 1", "mps25 0 0", "mps25 3 3"]
     left = []
     for p in os.listdir(pids):
         try:

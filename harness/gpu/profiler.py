@@ -19,10 +19,12 @@ A share is measured beside busy siblings. MPS shares split the SMs, not the
 memory bandwidth or the L2: on an H100, a 25% share runs resnet50 batch 8 in
 2.3 ms alone and 3.4 ms while the three other shares work
 (benchmarks/gpu_served_latency.py), and a served GPU's shares do work at the
-same time. So, by default (--siblings auto), the shares that fill the GPU
-beside the measured one (100 // percent - 1 of them) each replay the profiled
-models round robin at --sibling-batch, non-stop, while the share is measured;
-the profile's provenance says so. --siblings 0 measures a share alone.
+same time. So, by default (--siblings auto), a share is measured twice:
+alone, then while the shares that fill the GPU beside it (100 // percent - 1
+of them) each replay the profiled models round robin at --sibling-batch,
+non-stop. The profile's mean is the latter (what policies plan with), its
+alone_mean_ms the former; emulated GPUs run between the two by how many
+siblings are busy (LatencyCurve.execution_mean). --siblings 0 measures alone.
 
 --out is a path template with {gpu_type} and {partition}; the default files
 profiles/<gpu_type>/<partition>.json, gpu_type from the GPU's name by
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import signal
@@ -68,13 +71,22 @@ def summarize_ms(samples_ms) -> dict[str, float]:
 
 
 def profile_document(gpu_type: str, partition: Partition, provenance: dict,
-                     measured: dict[str, dict[int, dict[str, float]]]) -> dict:
-    """The profile JSON (harness/profiles.py format) from {model: {batch: summarize_ms(...)}}."""
+                     measured: dict[str, dict[int, dict[str, float]]], alone: dict | None = None) -> dict:
+    """The profile JSON (harness/profiles.py format) from {model: {batch: summarize_ms(...)}}.
+
+    `alone`: the profile document of the same partition measured without busy siblings; its means
+    become each model's alone_mean_ms.
+    """
     models = {}
     for model, per_batch in measured.items():
         batch = sorted(per_batch)
         models[model] = {"batch": batch, **{key: [round(per_batch[b][key], 4) for b in batch]
                                             for key in ("mean_ms", "std_ms", "p99_ms", "median_ms")}}
+        if alone is not None:
+            points = alone["models"][model]
+            if points["batch"] != batch:
+                raise HarnessError(f"the alone profile of {model} has batch sizes {points['batch']}, not {batch}")
+            models[model]["alone_mean_ms"] = points["mean_ms"]
     return {"gpu_type": gpu_type, "partition": partition.name, "emulated_partition": partition.emulated,
             "provenance": provenance, "models": models}
 
@@ -226,7 +238,8 @@ def measure_partition(partition: Partition, args) -> Path:
               f"mean ms by batch  {row}", flush=True)
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
     mig_uuid = visible if visible.startswith("MIG-") else None
-    doc = profile_document(gpu_type, partition, provenance(partition, args, mig_uuid), measured)
+    alone = json.loads(Path(args.alone_profile).read_text()) if args.alone_profile else None
+    doc = profile_document(gpu_type, partition, provenance(partition, args, mig_uuid), measured, alone)
     path = output_path(args.out, gpu_type, partition.name)
     write_profile(path, doc)
     print(f"[{partition.name}] wrote {path}", flush=True)
@@ -241,11 +254,11 @@ def _common_options(partition: Partition, args) -> list[str]:
             "--dtype", args.dtype, "--channels-last", ",".join(args.channels_last) or "none"]
 
 
-def _child_command(partition: Partition, args) -> list[str]:
+def _child_command(partition: Partition, args, siblings: int, out: str, alone: str | None) -> list[str]:
     return [sys.executable, "-m", "harness.gpu.profiler", "--in-process", "--partition", partition.name,
             "--batch", ",".join(map(str, args.batch)), "--iters", str(args.iters), "--warmup-s", str(args.warmup_s),
-            "--out", args.out, "--siblings", str(sibling_count(partition, args.siblings)),
-            *_common_options(partition, args)] + (["--cudnn-benchmark"] if args.cudnn_benchmark else [])
+            "--out", out, "--siblings", str(siblings), *_common_options(partition, args)] + \
+        (["--alone-profile", alone] if alone else []) + (["--cudnn-benchmark"] if args.cudnn_benchmark else [])
 
 
 def _sibling_command(partition: Partition, args, ready: Path) -> list[str]:
@@ -290,9 +303,16 @@ def _run_child(partition: Partition, args, env: dict[str, str]) -> bool:
     with tempfile.TemporaryDirectory(prefix="harness-profiler-") as scratch:
         try:
             count = sibling_count(partition, args.siblings)
-            if count:
+            alone = None
+            if count:                    # first alone, then beside busy siblings
+                alone = str(Path(scratch) / "alone.json")
+                print(f"[{partition.name}] alone", flush=True)
+                child = subprocess.Popen(_child_command(partition, args, 0, alone, None), env=env)
+                rc = child.wait()
+                if rc != 0:
+                    raise HarnessError(f"[{partition.name}] measuring alone failed (exit {rc})")
                 siblings = _start_siblings(partition, args, env, count, Path(scratch))
-            child = subprocess.Popen(_child_command(partition, args), env=env)
+            child = subprocess.Popen(_child_command(partition, args, count, args.out, alone), env=env)
             rc = child.wait()
         except HarnessError as exc:
             print(f"error: {exc}", file=sys.stderr, flush=True)
@@ -354,6 +374,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--in-process", action="store_true",
                     help="measure the one partition given in this process, in the environment it has")
     ap.add_argument("--sibling-load", metavar="READY_FILE", help=argparse.SUPPRESS)
+    ap.add_argument("--alone-profile", help=argparse.SUPPRESS)    # the alone measurement, for alone_mean_ms
     args = ap.parse_args(argv)
     if args.siblings != "auto" and not (args.siblings.isdigit()):
         raise HarnessError(f"--siblings must be 'auto' or a count >= 0 (got '{args.siblings}')")

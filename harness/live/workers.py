@@ -43,6 +43,7 @@ import zmq
 import zmq.asyncio
 
 from harness.errors import HarnessError
+from harness.gpu.partitions import siblings_of
 from harness.processes import log_tail, signal_group
 
 ROOT = Path(__file__).resolve().parents[2]     # the directory holding the harness package
@@ -90,6 +91,8 @@ class WorkerPool:
         self.on_lost = on_lost
         self.lost: dict[int, str] = {}        # slot -> why it was lost
         self._slots = [_Slot(i) for i in range(slots)]
+        # Per slot, the other shares of its GPU: a batch is sent with how many of them have work (set by start()).
+        self._siblings: list[tuple[int, ...]] = [()] * slots
         self._ctx: zmq.asyncio.Context | None = None
         self._watchdog: asyncio.Task | None = None
         self._closed = False
@@ -106,6 +109,8 @@ class WorkerPool:
                 addresses = await loop.run_in_executor(None, self._wait_ready)
             else:
                 addresses = list(self.addresses)
+            if self.config_path is not None:
+                self._siblings = self._find_siblings()
             self._ctx = zmq.asyncio.Context()
             for s, address in zip(self._slots, addresses):
                 s.address = address
@@ -138,8 +143,9 @@ class WorkerPool:
             fut.set_result(_error_reply(batch_id, f"slot {slot} lost: {s.lost}" if s.lost else "worker pool closed"))
             return fut
         s.outstanding[batch_id] = (fut, time.monotonic(), expected)
+        busy = sum(1 for o in self._siblings[slot] if self._slots[o].outstanding)
         s.sock.send(msgpack.packb({"op": "run", "batch": batch_id, "model": model, "size": size,
-                                   "start_within": start_within, "payload": payload}))
+                                   "start_within": start_within, "payload": payload, "siblings": busy}))
         return fut
 
     def abort(self, slot: int, batch_id: int) -> None:
@@ -193,23 +199,34 @@ class WorkerPool:
     def _gpu_env(self, slot: int) -> dict[str, str]:
         """What a GPU worker's environment needs for its partition: its GPU, its MPS share, its MIG slice.
 
-        Whole GPUs: slot i runs on GPU i. MPS shares and emulated MIG slices: every slot on GPU 0,
-        each with its share of the SMs under one private MPS daemon (started here, stopped by close()).
+        Whole GPUs: slot i runs on GPU i. MPS shares and emulated MIG slices fill GPUs in slot order
+        (four mps25 slots to a GPU), each with its share of the SMs under one private MPS daemon
+        (started here, stopped by close()).
         Real MIG: the existing instance of the profile, by UUID. GPU settings are never changed.
         """
-        from omegaconf import OmegaConf
-
         from harness.gpu.mps import mps_daemon
         from harness.gpu.partitions import find_mig_instance, parse_partition
 
-        part = parse_partition(str(OmegaConf.load(self.config_path).cluster.partition))
+        part = parse_partition(self._partition())
         if part.kind == "whole":
             return {"CUDA_VISIBLE_DEVICES": str(slot)}
         if part.kind == "mig":
             return {"CUDA_VISIBLE_DEVICES": find_mig_instance(part.mig_profile)[0]}
         if self._mps is None:
             self._mps = self._resources.enter_context(mps_daemon())
-        return {"CUDA_VISIBLE_DEVICES": "0", **self._mps.client_env(part.mps_percentage, base={})}
+        gpu = slot // part.shares_per_gpu          # shares fill GPUs in slot order (as siblings_of groups them)
+        return {"CUDA_VISIBLE_DEVICES": str(gpu), **self._mps.client_env(part.mps_percentage, base={})}
+
+    def _partition(self) -> str:
+        from omegaconf import OmegaConf
+
+        return str(OmegaConf.load(self.config_path).cluster.partition)
+
+    def _find_siblings(self) -> list[tuple[int, ...]]:
+        try:
+            return siblings_of([self._partition()] * self.n)
+        except Exception:                    # noqa: BLE001 - an unreadable config is the workers' error to report
+            return [()] * self.n
 
     def _spawn(self) -> None:
         env = dict(os.environ)
