@@ -12,6 +12,10 @@ when only means were measured (std 0, p99 = mean). Between measured batch
 sizes latency is interpolated linearly; the largest measured size is the
 model's largest batch on that slot. `gpu_type: sleep` is the linear model
 l(b) = a*b + c for scheduler-only studies (no file).
+
+An MPS share's latencies are measured beside busy sibling shares (provenance
+`siblings_busy`); its `alone_mean_ms`, measured with the siblings idle, is
+kept for reference and read by nothing (see harness.gpu.profiler).
 """
 
 from __future__ import annotations
@@ -35,17 +39,6 @@ class LatencyCurve:
     mean: list[float]
     std: list[float]
     p99: list[float]
-    # An MPS share's profile is measured beside `siblings` busy shares (the mean above, what policies plan
-    # with) and alone (`alone`): the emulated GPUs run a batch between the two, by how many siblings are busy.
-    alone: list[float] | None = None
-    siblings: int = 0
-
-    def execution_mean(self, b: int, busy_siblings: int | None) -> float:
-        """Mean run time of a batch of b with `busy_siblings` busy shares beside it (None: as profiled)."""
-        if self.alone is None or busy_siblings is None or self.siblings <= 0:
-            return self.mean[b]
-        share = min(busy_siblings, self.siblings) / self.siblings
-        return self.alone[b] + (self.mean[b] - self.alone[b]) * share
 
     @property
     def max_batch(self) -> int:
@@ -60,24 +53,22 @@ class LatencyCurve:
         return best
 
     @classmethod
-    def from_points(cls, batch, mean_ms, std_ms=None, p99_ms=None, where: str = "", alone_ms=None,
-                    siblings: int = 0) -> "LatencyCurve":
+    def from_points(cls, batch, mean_ms, std_ms=None, p99_ms=None, where: str = "") -> "LatencyCurve":
         batch = [int(b) for b in batch]
         if not batch or batch[0] != 1:
             raise HarnessError(f"{where}: batch sizes must start at 1 (got {batch[:3]}...); "
                                "measure batch 1 or rerun the profiler")
         if any(b2 <= b1 for b1, b2 in zip(batch, batch[1:])):
             raise HarnessError(f"{where}: batch sizes must strictly increase (got {batch}); fix the profile file")
-        columns = {"mean_ms": mean_ms, "std_ms": std_ms, "p99_ms": p99_ms, "alone_mean_ms": alone_ms}
+        columns = {"mean_ms": mean_ms, "std_ms": std_ms, "p99_ms": p99_ms}
         for name, values in columns.items():
             if values is not None and len(values) != len(batch):
                 raise HarnessError(f"{where}: {name} has {len(values)} values for {len(batch)} batch sizes; "
                                    "give one value per batch size")
             if values is not None and any(not np.isfinite(v) or v < 0 for v in values):
                 raise HarnessError(f"{where}: {name} holds a negative or non-finite latency; fix the profile file")
-        if any(v <= 0 for v in [*mean_ms, *(alone_ms or [])]):
-            raise HarnessError(f"{where}: mean_ms and alone_mean_ms must be > 0 for every batch size; "
-                               "fix the profile file")
+        if any(v <= 0 for v in mean_ms):
+            raise HarnessError(f"{where}: mean_ms must be > 0 for every batch size; fix the profile file")
         sizes = np.arange(1, batch[-1] + 1)
 
         def dense(values):
@@ -87,8 +78,7 @@ class LatencyCurve:
         mean = dense(mean_ms)
         std = dense(std_ms) if std_ms is not None else [0.0] * len(mean)
         p99 = dense(p99_ms) if p99_ms is not None else list(mean)
-        alone = dense(alone_ms) if alone_ms is not None and siblings > 0 else None
-        return cls(mean, std, p99, alone, siblings if alone is not None else 0)
+        return cls(mean, std, p99)
 
     @classmethod
     def linear(cls, a_ms: float, c_ms: float, max_batch: int) -> "LatencyCurve":
@@ -128,16 +118,14 @@ def load_profile(path: str | Path) -> Profile:
     if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
         raise HarnessError(f"latency profile '{path}' has no 'models' mapping; see harness/profiles.py for the format")
     curves = {}
-    provenance = data.get("provenance") or {}
-    siblings = int(provenance.get("siblings_busy") or 0)
     for model, points in data["models"].items():
         where = f"profile '{path.name}' model '{model}'"
         if not isinstance(points, dict) or "batch" not in points or "mean_ms" not in points:
             raise HarnessError(f"{where}: needs 'batch' and 'mean_ms' lists; fix the profile file")
         curves[model] = LatencyCurve.from_points(points["batch"], points["mean_ms"], points.get("std_ms"),
-                                                 points.get("p99_ms"), where, points.get("alone_mean_ms"), siblings)
+                                                 points.get("p99_ms"), where)
     return Profile(data.get("gpu_type", path.parent.name), data.get("partition", path.stem),
-                   bool(data.get("emulated_partition", False)), provenance, curves, str(path))
+                   bool(data.get("emulated_partition", False)), data.get("provenance", {}), curves, str(path))
 
 
 def curves_for(gpu_type: str, partition: str, models: list[str], sleep: dict | None = None) -> dict[str, LatencyCurve]:

@@ -71,21 +71,18 @@ def test_in_process_refuses_an_mps_partition_outside_mps(monkeypatch, capsys):
     assert "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=50" in capsys.readouterr().err
 
 
-def test_a_share_measured_alone_and_beside_busy_siblings_interpolates_between_the_two(tmp_path):
+
+def test_a_share_measured_beside_busy_siblings_keeps_its_alone_means(tmp_path):
     part = parse_partition("mps25")
     busy = fake_measurements()
     alone = profile_document("h100", part, {}, {m: {b: summarize_ms([v["mean_ms"] / 2] * 3) for b, v in per.items()}
                                                 for m, per in busy.items()})
     doc = profile_document("h100", part, {"siblings_busy": 3}, busy, alone)
+    raw = doc["models"]["resnet50"]
+    assert raw["alone_mean_ms"] == [round(m / 2, 4) for m in raw["mean_ms"]]
     write_profile(tmp_path / "mps25.json", doc)
     curve = load_profile(tmp_path / "mps25.json").curves["resnet50"]
-    assert curve.siblings == 3
-    b = 4
-    assert curve.execution_mean(b, 0) == pytest.approx(curve.mean[b] / 2, rel=1e-3)     # alone
-    assert curve.execution_mean(b, 3) == curve.execution_mean(b, 7) == curve.mean[b]    # all siblings busy
-    assert curve.execution_mean(b, 1) == pytest.approx(curve.mean[b] * (0.5 + 0.5 / 3), rel=1e-3)
-    assert curve.execution_mean(b, None) == curve.mean[b]                               # as profiled
-    # Without an alone curve a profile runs as measured, whatever the siblings do.
-    plain = profile_document("h100", part, {}, busy)
-    write_profile(tmp_path / "plain.json", plain)
-    assert load_profile(tmp_path / "plain.json").curves["resnet50"].execution_mean(b, 0) == curve.mean[b]
+    assert curve.mean[4] == pytest.approx(raw["mean_ms"][2] / 1000)       # policies and emulation: beside busy
+    alone["models"]["resnet50"]["batch"] = [1, 2]
+    with pytest.raises(HarnessError, match="alone profile of resnet50"):
+        profile_document("h100", part, {}, busy, alone)

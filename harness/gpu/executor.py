@@ -146,7 +146,7 @@ class GpuExecutor:
         out, size = self._last
         return out[:size]
 
-    def run(self, model: str, size: int, payload: bytes | None, abort=None, busy_siblings=None) -> None:
+    def run(self, model: str, size: int, payload: bytes | None, abort=None) -> None:
         # The hot path of every batch: a handful of host calls around one graph launch.
         loaded = self._models.get(model) or self._loaded(model)
         padded = self.padded_size(size)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from harness.errors import HarnessError
@@ -61,27 +60,6 @@ class Partition:
     def shares_per_gpu(self) -> int:
         """How many slots of this partition one GPU holds (MPS shares fill it; a whole GPU or MIG slot: 1)."""
         return max(1, 100 // self.mps_percentage) if self.uses_mps else 1
-
-
-def siblings_of(partitions: Sequence[str]) -> list[tuple[int, ...]]:
-    """For each slot (by its partition name, in slot order), the other slots on the same GPU.
-
-    MPS shares and emulated MIG slices fill GPUs in slot order, `shares_per_gpu` to a GPU: slots 0-3
-    of mps25 share GPU 0, slots 4-7 GPU 1. Whole GPUs, real MIG instances (isolated in hardware) and
-    names that are no partition (a sleep model's) have none.
-    """
-    groups: dict[tuple[str, int], list[int]] = {}
-    keys = []
-    for slot, name in enumerate(partitions):
-        try:
-            part = parse_partition(name)
-        except HarnessError:
-            part = None
-        per = part.shares_per_gpu if part is not None and part.kind in ("mps", "mig-emulated") else 1
-        key = (name, slot // per) if per > 1 else (name, -1 - slot)
-        groups.setdefault(key, []).append(slot)
-        keys.append(key)
-    return [tuple(s for s in groups[key] if s != slot) for slot, key in enumerate(keys)]
 
 
 def mig_emulation_percentage(sms: int, total_sms: int = H100_SMS) -> int:

@@ -65,9 +65,7 @@ class Executor:
     abortable: ClassVar[bool] = False
 
     def run(self, model: str, size: int, payload: bytes | None,
-            abort: threading.Event | None = None, busy_siblings: int | None = None) -> None:
-        """`busy_siblings`: how many other shares of this slot's GPU had work when the batch was sent
-        (emulated GPUs slow down by it; a real GPU has its real siblings)."""
+            abort: threading.Event | None = None) -> None:
         raise NotImplementedError
 
 
@@ -75,9 +73,7 @@ class EmulatedExecutor(Executor):
     """Reproduces the profiled latency: sleeps, then busy-waits the last `spin` seconds.
 
     With `noise`, each batch takes the profile's mean plus Gaussian noise of
-    its std, clipped at half the mean (as the sim runtime draws it). On an MPS
-    share whose profile has an alone curve, the mean lies between alone and
-    beside busy siblings, by `busy_siblings` (LatencyCurve.execution_mean).
+    its std, clipped at half the mean (as the sim runtime draws it).
     """
 
     abortable = True
@@ -88,19 +84,19 @@ class EmulatedExecutor(Executor):
         self.noise = noise
         self._rng = np.random.default_rng(seed)
 
-    def duration(self, model: str, size: int, busy_siblings: int | None = None) -> float:
+    def duration(self, model: str, size: int) -> float:
         curve = self.curves.get(model)
         if curve is None:
             raise ValueError(f"model {model!r} is not held here (held: {', '.join(sorted(self.curves))})")
         if not 1 <= size <= curve.max_batch:
             raise ValueError(f"batch of {size} outside the profiled sizes 1..{curve.max_batch} of {model}")
-        mean = curve.execution_mean(size, busy_siblings)
+        mean = curve.mean[size]
         if self.noise and curve.std[size] > 0:
             return max(0.5 * mean, mean + curve.std[size] * float(self._rng.standard_normal()))
         return mean
 
-    def run(self, model, size, payload, abort=None, busy_siblings=None):
-        end = time.perf_counter() + self.duration(model, size, busy_siblings)
+    def run(self, model, size, payload, abort=None):
+        end = time.perf_counter() + self.duration(model, size)
         block = end - self.spin - time.perf_counter()
         if block > 0:
             if abort is not None:
@@ -114,7 +110,7 @@ class EmulatedExecutor(Executor):
 
 
 class _Job:
-    __slots__ = ("client", "batch", "model", "size", "start_within", "payload", "siblings", "t_arrival", "abort")
+    __slots__ = ("client", "batch", "model", "size", "start_within", "payload", "t_arrival", "abort")
 
     def __init__(self, client: bytes, msg: dict, t_arrival: float):
         self.client = client
@@ -123,7 +119,6 @@ class _Job:
         self.size = msg["size"]
         self.start_within = msg.get("start_within")
         self.payload = msg.get("payload")
-        self.siblings = msg.get("siblings")
         self.t_arrival = t_arrival
         self.abort = threading.Event()
 
@@ -260,7 +255,7 @@ class Worker:
                 reply["status"] = "late"
             else:
                 try:
-                    run(job.model, job.size, job.payload, job.abort if abortable else None, job.siblings)
+                    run(job.model, job.size, job.payload, job.abort if abortable else None)
                 except Aborted:
                     reply["status"] = "preempted"
                 except Exception as exc:  # a failing batch is reported, the slot goes on

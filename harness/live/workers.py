@@ -43,7 +43,6 @@ import zmq
 import zmq.asyncio
 
 from harness.errors import HarnessError
-from harness.gpu.partitions import siblings_of
 from harness.processes import log_tail, signal_group
 
 ROOT = Path(__file__).resolve().parents[2]     # the directory holding the harness package
@@ -91,8 +90,6 @@ class WorkerPool:
         self.on_lost = on_lost
         self.lost: dict[int, str] = {}        # slot -> why it was lost
         self._slots = [_Slot(i) for i in range(slots)]
-        # Per slot, the other shares of its GPU: a batch is sent with how many of them have work (set by start()).
-        self._siblings: list[tuple[int, ...]] = [()] * slots
         self._ctx: zmq.asyncio.Context | None = None
         self._watchdog: asyncio.Task | None = None
         self._closed = False
@@ -109,8 +106,6 @@ class WorkerPool:
                 addresses = await loop.run_in_executor(None, self._wait_ready)
             else:
                 addresses = list(self.addresses)
-            if self.config_path is not None:
-                self._siblings = self._find_siblings()
             self._ctx = zmq.asyncio.Context()
             for s, address in zip(self._slots, addresses):
                 s.address = address
@@ -143,9 +138,8 @@ class WorkerPool:
             fut.set_result(_error_reply(batch_id, f"slot {slot} lost: {s.lost}" if s.lost else "worker pool closed"))
             return fut
         s.outstanding[batch_id] = (fut, time.monotonic(), expected)
-        busy = sum(1 for o in self._siblings[slot] if self._slots[o].outstanding)
         s.sock.send(msgpack.packb({"op": "run", "batch": batch_id, "model": model, "size": size,
-                                   "start_within": start_within, "payload": payload, "siblings": busy}))
+                                   "start_within": start_within, "payload": payload}))
         return fut
 
     def abort(self, slot: int, batch_id: int) -> None:
@@ -204,29 +198,20 @@ class WorkerPool:
         (started here, stopped by close()).
         Real MIG: the existing instance of the profile, by UUID. GPU settings are never changed.
         """
+        from omegaconf import OmegaConf
+
         from harness.gpu.mps import mps_daemon
         from harness.gpu.partitions import find_mig_instance, parse_partition
 
-        part = parse_partition(self._partition())
+        part = parse_partition(str(OmegaConf.load(self.config_path).cluster.partition))
         if part.kind == "whole":
             return {"CUDA_VISIBLE_DEVICES": str(slot)}
         if part.kind == "mig":
             return {"CUDA_VISIBLE_DEVICES": find_mig_instance(part.mig_profile)[0]}
         if self._mps is None:
             self._mps = self._resources.enter_context(mps_daemon())
-        gpu = slot // part.shares_per_gpu          # shares fill GPUs in slot order (as siblings_of groups them)
+        gpu = slot // part.shares_per_gpu          # shares fill GPUs in slot order: four mps25 slots to a GPU
         return {"CUDA_VISIBLE_DEVICES": str(gpu), **self._mps.client_env(part.mps_percentage, base={})}
-
-    def _partition(self) -> str:
-        from omegaconf import OmegaConf
-
-        return str(OmegaConf.load(self.config_path).cluster.partition)
-
-    def _find_siblings(self) -> list[tuple[int, ...]]:
-        try:
-            return siblings_of([self._partition()] * self.n)
-        except Exception:                    # noqa: BLE001 - an unreadable config is the workers' error to report
-            return [()] * self.n
 
     def _spawn(self) -> None:
         env = dict(os.environ)

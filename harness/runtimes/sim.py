@@ -20,7 +20,6 @@ import pandas as pd
 
 from harness.core import DROPPED, OK, TIMEOUT, Batch, GpuSlot, ModelSpec, Policy, Request, checked_curve
 from harness.errors import HarnessError
-from harness.gpu.partitions import siblings_of
 from harness.profiles import LatencyCurve
 from harness.records import batches_frame, server_frame, sim_client_view
 from harness.runtimes import Outcome
@@ -50,10 +49,6 @@ class SimCluster:
         self._rng = np.random.default_rng(seed)
         self._z: list[float] = []
         self._running: dict[int, list] = {}   # slot -> completion entry of its last batch
-        # Shares of one GPU slow each other down: per slot, the siblings whose work counts (profiles with
-        # an alone curve only; see LatencyCurve.execution_mean).
-        interfere = any(c.alone is not None for per_slot in curves for c in per_slot.values())
-        self._siblings = siblings_of([g.partition for g in self.gpus]) if interfere else None
         self.batches: list[Batch] = []
         self.pending = 0                      # arrived requests not yet finished or dropped
 
@@ -83,12 +78,7 @@ class SimCluster:
             self._push(start, self._discard, batch)
             return batch
         b = len(reqs)
-        if self._siblings is None or curve.alone is None:
-            exec_time = curve.mean[b]
-        else:
-            gpus = self.gpus
-            busy = sum(1 for s in self._siblings[gpu] if gpus[s].busy_until > start and gpus[s].alive)
-            exec_time = curve.execution_mean(b, busy)
+        exec_time = curve.mean[b]
         if self._noise and curve.std[b] > 0:
             exec_time = max(0.5 * exec_time, exec_time + curve.std[b] * self._normal())
         batch.t_start = start
