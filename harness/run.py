@@ -31,7 +31,7 @@ from harness.runtimes.sim import simulate
 from workloads import build_schedule
 
 ROOT = Path(__file__).resolve().parent.parent
-GIT_COMMIT_ENV = "HARNESS_GIT_COMMIT"     # names the commit where the checkout has no git history
+GIT_COMMIT_ENV = "HARNESS_GIT_COMMIT"     # names the commit a copied checkout was made from
 
 
 def model_specs(cfg: Config) -> dict[str, ModelSpec]:
@@ -209,8 +209,8 @@ def provenance(cfg: Config, overrides: list[str]) -> dict:
                                     capture_output=True, text=True, timeout=5).stdout.strip()) if commit else None
     except (OSError, subprocess.SubprocessError):
         commit, dirty = None, None
-    if commit is None:       # a copy without git history (e.g. on a GPU server): the commit it was made from
-        commit = os.environ.get(GIT_COMMIT_ENV) or None
+    if os.environ.get(GIT_COMMIT_ENV):     # a copied checkout (e.g. on a GPU server): the commit it was made from
+        commit, dirty = os.environ[GIT_COMMIT_ENV], None
     profile = {}
     if cfg.cluster.gpu_type != SLEEP:
         p = load_profile(profile_path(cfg.cluster.gpu_type, cfg.cluster.partition))

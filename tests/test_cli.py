@@ -93,7 +93,7 @@ def test_profile_missing_batch_size_is_refused(tmp_path):
         load_profile(bad)
 
 
-def test_provenance_names_the_commit_also_in_a_copy_without_git_history(tmp_path, monkeypatch):
+def test_provenance_names_the_commit_also_in_a_copied_checkout(tmp_path, monkeypatch):
     from harness import run, search
 
     cfg = search.compose(["runtime=sim", "cluster=sleep1000"])
@@ -105,3 +105,5 @@ def test_provenance_names_the_commit_also_in_a_copy_without_git_history(tmp_path
     monkeypatch.setenv(run.GIT_COMMIT_ENV, "0123abc")
     copied = run.provenance(cfg, [])
     assert copied["git_commit"] == "0123abc" and copied["git_dirty"] is None
+    monkeypatch.setattr(run, "ROOT", ROOT)                          # named, it wins over what git says
+    assert run.provenance(cfg, [])["git_commit"] == "0123abc"
