@@ -231,7 +231,7 @@ def gpus_over_time(focus: Sequence[FocusRun], st: dict[str, Style]) -> Figure:
     focus = [f for f in focus if f.gpus_used is not None and len(f.gpus_used)]
     if not focus:
         raise Skip("no gpus_used.parquet in the chosen runs")
-    scaled = False
+    scaled = loaded = False
     with _theme():
         cols = 1 if len(focus) <= 6 else 2
         fig, axes = _figure(math.ceil(len(focus) / cols), cols, panel=(9.0, 2.6), sharex=True, sharey=True)
@@ -249,6 +249,9 @@ def gpus_over_time(focus: Sequence[FocusRun], st: dict[str, Style]) -> Figure:
                 load.yaxis.set_major_formatter(PER_SECOND)
                 load.set_ylabel("offered (req/s)", color="0.4")
                 load.grid(False)
+                loaded = True
+            else:                                # no schedule.parquet kept: no load to draw, no empty axis
+                load.set_axis_off()
             ax.set_zorder(load.get_zorder() + 1)
             ax.patch.set_visible(False)
             s = st[f.system]
@@ -271,11 +274,13 @@ def gpus_over_time(focus: Sequence[FocusRun], st: dict[str, Style]) -> Figure:
         for ax in axes[-1]:
             ax.set_xlabel("time since the start of the run (s)")
         _hide_unused(axes, len(focus))
-        fig.suptitle(f"GPUs used over time against the offered load, {_common_label(focus)}")
+        against = " against the offered load" if loaded else ""
+        fig.suptitle(f"GPUs used over time{against}, {_common_label(focus)}")
         handles = [
             Line2D([], [], color="0.2", linewidth=2.0, label=f"GPUs used (ran a batch in the {bucket:g}-s bucket)"),
-            Line2D([], [], color="black", linewidth=1.2, linestyle="--", label="busy GPUs (busy GPU-s per s)"),
-            Patch(facecolor="0.85", edgecolor="0.6", hatch="..", label="offered load (req/s, right axis)")]
+            Line2D([], [], color="black", linewidth=1.2, linestyle="--", label="busy GPUs (busy GPU-s per s)")]
+        if loaded:
+            handles.append(Patch(facecolor="0.85", edgecolor="0.6", hatch="..", label="offered load (req/s, right axis)"))
         if scaled:
             handles.insert(2, Line2D([], [], color="0.3", linewidth=1.6, linestyle=":",
                                      label="GPUs provisioned (autoscaler)"))
