@@ -230,3 +230,14 @@ def test_reading_while_a_shard_folds_its_parts_into_its_final_file(tmp_path, mon
     monkeypatch.setattr(load.feather, "read_table", shard_finishes_first)
     records = load.read_records(tmp_path)
     assert records["id"].tolist() == [0, 1]
+
+
+def test_live_progress_line_before_any_answer(tmp_path, capsys):
+    # Locust's client directory exists but holds no records yet: the line says 0, it does not die.
+    from harness.runtimes.live import _progress
+
+    (tmp_path / "client").mkdir()
+    with _progress(tmp_path, lambda: time.time() - 1.0, 20.0, {"m": 0.1}, every_s=0.05):
+        time.sleep(0.3)
+    err = capsys.readouterr().err
+    assert "0 answered  goodput 0.0 req/s" in err and "Traceback" not in err and "unavailable" not in err

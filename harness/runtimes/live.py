@@ -48,12 +48,13 @@ def _progress(out_dir: Path, epoch_of: Callable[[], float | None], duration: flo
             elapsed = min(time.time() - epoch, duration)
             try:
                 done = read_records(out_dir / "client") if (out_dir / "client").exists() else None
+                answered = 0 if done is None else len(done)
+                good = 0 if done is None else int((
+                    (done["status"] == "ok")
+                    & (done["t_done"] - done["t_sched"] <= done["model"].map(slo).astype(float))).sum())
             except Exception as exc:     # noqa: BLE001 - a progress line is not worth a run: say so, go on
                 print(f"[live] {elapsed:5.1f}/{duration:g} s  (progress unavailable: {exc})", file=sys.stderr)
                 continue
-            answered = 0 if done is None else len(done)
-            good = 0 if done is None else int(((done["status"] == "ok")
-                                               & (done["t_done"] - done["t_sched"] <= done["model"].map(slo))).sum())
             print(f"[live] {elapsed:5.1f}/{duration:g} s  {answered} answered  "
                   f"goodput {good / max(elapsed, 1e-9):,.1f} req/s", file=sys.stderr, flush=True)
 
