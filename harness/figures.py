@@ -240,8 +240,8 @@ def gpus_over_time(focus: Sequence[FocusRun], st: dict[str, Style]) -> Figure:
             t = g["t"].to_numpy()
             bucket = float(np.median(np.diff(t))) if len(t) > 1 else f.window[1] - f.window[0]
             edges = np.append(t, t[-1] + bucket)
-            load = ax.twinx()
-            if f.schedule is not None and len(f.schedule):
+            if f.schedule is not None and len(f.schedule):    # else no schedule.parquet kept: no load to draw
+                load = ax.twinx()
                 counts, _ = np.histogram(f.schedule["t_sched"], bins=edges)
                 load.fill_between(edges, np.append(counts, counts[-1]) / bucket, step="post", color="0.85",
                                   edgecolor="0.6", linewidth=0.8, hatch="..")
@@ -249,11 +249,9 @@ def gpus_over_time(focus: Sequence[FocusRun], st: dict[str, Style]) -> Figure:
                 load.yaxis.set_major_formatter(PER_SECOND)
                 load.set_ylabel("offered (req/s)", color="0.4")
                 load.grid(False)
+                ax.set_zorder(load.get_zorder() + 1)
+                ax.patch.set_visible(False)
                 loaded = True
-            else:                                # no schedule.parquet kept: no load to draw, no empty axis
-                load.set_axis_off()
-            ax.set_zorder(load.get_zorder() + 1)
-            ax.patch.set_visible(False)
             s = st[f.system]
             ax.step(edges, np.append(g["gpus_used"], g["gpus_used"].iloc[-1]), where="post", color=s.color,
                     linewidth=2.0, linestyle="-")

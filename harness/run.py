@@ -202,15 +202,15 @@ def provenance(cfg: Config, overrides: list[str]) -> dict:
         except metadata.PackageNotFoundError:
             return None
 
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--verify", "--quiet", "HEAD"], cwd=ROOT, capture_output=True,
-                                text=True, timeout=5).stdout.strip() or None
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                                    capture_output=True, text=True, timeout=5).stdout.strip()) if commit else None
-    except (OSError, subprocess.SubprocessError):
-        commit, dirty = None, None
-    if os.environ.get(GIT_COMMIT_ENV):     # a copied checkout (e.g. on a GPU server): the commit it was made from
-        commit, dirty = os.environ[GIT_COMMIT_ENV], None
+    commit, dirty = os.environ.get(GIT_COMMIT_ENV) or None, None   # a copied checkout: the commit it came from
+    if commit is None:
+        try:
+            commit = subprocess.run(["git", "rev-parse", "--verify", "--quiet", "HEAD"], cwd=ROOT,
+                                    capture_output=True, text=True, timeout=5).stdout.strip() or None
+            dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                                        capture_output=True, text=True, timeout=5).stdout.strip()) if commit else None
+        except (OSError, subprocess.SubprocessError):
+            commit, dirty = None, None
     profile = {}
     if cfg.cluster.gpu_type != SLEEP:
         p = load_profile(profile_path(cfg.cluster.gpu_type, cfg.cluster.partition))

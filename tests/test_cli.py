@@ -96,11 +96,11 @@ def test_profile_missing_batch_size_is_refused(tmp_path):
 def test_provenance_names_the_commit_also_in_a_copied_checkout(tmp_path, monkeypatch):
     from harness import run, search
 
+    monkeypatch.delenv(run.GIT_COMMIT_ENV, raising=False)
     cfg = search.compose(["runtime=sim", "cluster=sleep1000"])
     here = run.provenance(cfg, [])
     assert len(here["git_commit"] or "") == 40 and here["git_dirty"] in (True, False)
     monkeypatch.setattr(run, "ROOT", tmp_path)                      # no .git there
-    monkeypatch.delenv(run.GIT_COMMIT_ENV, raising=False)
     assert run.provenance(cfg, [])["git_commit"] is None
     monkeypatch.setenv(run.GIT_COMMIT_ENV, "0123abc")
     copied = run.provenance(cfg, [])

@@ -300,8 +300,12 @@ def _start_siblings(partition: Partition, args, env: dict[str, str], count: int,
 def _run_child(partition: Partition, args, env: dict[str, str]) -> bool:
     print(f"[{partition.name}] profiling in a child process", flush=True)
     started = time.perf_counter()
-    siblings: list[subprocess.Popen] = []
-    child = None
+    processes: list[subprocess.Popen] = []      # the measuring children and the busy siblings, all ended below
+
+    def measure(siblings_busy: int, out: str, alone: str | None) -> int:
+        processes.append(subprocess.Popen(_child_command(partition, args, siblings_busy, out, alone), env=env))
+        return processes[-1].wait()
+
     with tempfile.TemporaryDirectory(prefix="harness-profiler-") as scratch:
         try:
             count = sibling_count(partition, args.siblings)
@@ -309,18 +313,16 @@ def _run_child(partition: Partition, args, env: dict[str, str]) -> bool:
             if count:                    # first alone, then beside busy siblings
                 alone = str(Path(scratch) / "alone.json")
                 print(f"[{partition.name}] alone", flush=True)
-                child = subprocess.Popen(_child_command(partition, args, 0, alone, None), env=env)
-                rc = child.wait()
+                rc = measure(0, alone, None)
                 if rc != 0:
                     raise HarnessError(f"[{partition.name}] measuring alone failed (exit {rc})")
-                siblings = _start_siblings(partition, args, env, count, Path(scratch))
-            child = subprocess.Popen(_child_command(partition, args, count, args.out, alone), env=env)
-            rc = child.wait()
+                processes += _start_siblings(partition, args, env, count, Path(scratch))
+            rc = measure(count, args.out, alone)
         except HarnessError as exc:
             print(f"error: {exc}", file=sys.stderr, flush=True)
             rc = 1
         finally:
-            for process in ([child] if child is not None else []) + siblings:   # before the daemon goes
+            for process in processes:    # before the daemon goes
                 _end(process)
     took = time.perf_counter() - started
     if rc != 0:
