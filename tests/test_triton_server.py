@@ -3,6 +3,7 @@
 import json
 import os
 import platform
+import socket
 import subprocess
 import tempfile
 import threading
@@ -122,8 +123,8 @@ def test_a_server_that_cannot_load_its_libraries_is_named(tmp_path, monkeypatch)
     assert started_under(tmp_path) == "" and shared_memory_left() == []
 
 
-def test_each_instance_tells_forward_who_it_is(tmp_path):
-    # instances=2, as the live runtime binds them to slots: forward(model, size, instance).
+def serve_on_two_instances(tmp_path) -> set[int]:
+    """The instances that ran batches, with instances=2 as the live runtime binds them to slots."""
     seen, lock = set(), threading.Lock()
 
     def forward(model: str, size: int, instance: int) -> int:
@@ -137,8 +138,40 @@ def test_each_instance_tells_forward_who_it_is(tmp_path):
         tmp_path / "schedule.parquet", index=False)
     with triton.start_triton({"a": {}}, {"max_batch_size": 4}, forward, instances=2) as server:
         client = load.replay(tmp_path / "schedule.parquet", server.url, time.time() + 2.5, tmp_path / "client")
-    assert (client["status"] == "ok").all()
-    assert seen == {0, 1} and set(client["batch_id"]) == seen
+    assert (client["status"] == "ok").all() and set(client["batch_id"]) == seen
+    return seen
+
+
+def test_each_instance_tells_forward_who_it_is(tmp_path):
+    assert serve_on_two_instances(tmp_path) == {0, 1}
+
+
+def test_instances_that_lose_the_start_up_handshake_race_load_again(tmp_path, monkeypatch):
+    # PyTriton's non-first instances fetch their config from the first one's socket while tritonserver
+    # initialises them in parallel. A socket that is bound and not listening is what they meet when
+    # they win that race on a loaded host; left in the workspace, it makes them lose it every time.
+    build = triton.TritonHandle._build
+
+    def build_with_a_deaf_handshake_socket(self):
+        server = build(self)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as deaf:
+            deaf.bind(str(self.workspace / "a-config.sock"))
+        return server
+
+    monkeypatch.setattr(triton.TritonHandle, "_build", build_with_a_deaf_handshake_socket)
+    assert serve_on_two_instances(tmp_path) == {0, 1}
+
+
+def test_only_the_handshake_race_is_loaded_again():
+    race = ("[400] load failed for model 'a': version 1 is at UNAVAILABLE state: Internal: TritonModelException: "
+            "Model initialize error: Traceback (most recent call last):\n  File \"model.py\", line 420, in "
+            "initialize\nConnectionRefusedError: [Errno 111] Connection refused")
+    assert triton.lost_handshake_race(race)
+    assert triton.lost_handshake_race(race.replace("ConnectionRefusedError: [Errno 111] Connection refused",
+                                                   "TimeoutError: Timeout occurred while waiting for config file x"))
+    assert not triton.lost_handshake_race(race.replace("ConnectionRefusedError: [Errno 111] Connection refused",
+                                                       "ModuleNotFoundError: No module named 'numpy'"))
+    assert not triton.lost_handshake_race("ConnectionRefusedError: [Errno 111] Connection refused")
 
 
 def test_setup_hands_every_option_after_it_to_pip(tmp_path, monkeypatch, capsys):

@@ -84,6 +84,7 @@ STUB_NUMPY = "numpy>=1.21,<2"
 _MARKER = "harness-triton-stub.json"
 TIMEOUT_ACTIONS = ("REJECT", "DELAY")
 EXIT_TIMEOUT_S = 10                             # tritonserver's wait for in-flight requests and model unloading on stop
+LOAD_ATTEMPTS = 3                               # loads of one model, when its instances lose PyTriton's handshake race
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -273,6 +274,18 @@ def _server_env_hook(base: dict, stub_env: Path | None) -> dict:
     return env
 
 
+# PyTriton (0.5.x) lets a model's first instance serve the others their config on a unix socket,
+# while tritonserver initialises a Python model's instances in parallel: on a loaded host another
+# instance may find the socket absent for its 1 s wait, or bound and not yet listening. A later load
+# of the same model then succeeds; any other load failure is real and is raised at once.
+_HANDSHAKE_RACE = re.compile(r"Model initialize error.*(ConnectionRefusedError|waiting for config file)", re.S)
+
+
+def lost_handshake_race(error: str) -> bool:
+    """Whether a model load failed only because its instances raced PyTriton's start-up handshake."""
+    return _HANDSHAKE_RACE.search(error) is not None
+
+
 _KNOWN_FAILURES = [
     (re.compile(r"error while loading shared libraries: ([^:\s]+)"),
      "tritonserver cannot load {0}; add the directory holding it to LD_LIBRARY_PATH"),
@@ -334,6 +347,7 @@ class TritonHandle:
     def _build(self):
         from pytriton.model_config import DynamicBatcher, ModelConfig, QueuePolicy, Tensor, TimeoutAction
         from pytriton.triton import Triton, TritonConfig
+        import tritonclient.http
 
         handle = self
 
@@ -351,6 +365,28 @@ class TritonHandle:
                               grpc_port=self.ports["grpc"], metrics_address=self.host,
                               metrics_port=self.ports["metrics"], exit_timeout_secs=EXIT_TIMEOUT_S, log_verbose=0)
         triton = _Triton(config=config, workspace=self.workspace)
+        manager = triton._model_manager
+        load_once = manager._load_model
+
+        def load(model, *args, **kwargs):
+            for attempt in range(1, LOAD_ATTEMPTS + 1):
+                try:
+                    if attempt == 1:
+                        return load_once(model, *args, **kwargs)
+                    # Not through pytriton again: it first waits for a ready server, and the failed
+                    # model keeps the server unready until it loads.
+                    with contextlib.closing(tritonclient.http.InferenceServerClient(
+                            f"{self.host}:{self.ports['http']}")) as client:
+                        return client.load_model(model.model_name, config=json.dumps(model.get_model_config()),
+                                                 files=model.get_proxy_model_files())
+                except Exception as exc:   # noqa: BLE001 -- tritonclient's error types vary by protocol
+                    if attempt == LOAD_ATTEMPTS or not lost_handshake_race(str(exc)):
+                        raise
+                # The failed load's sockets would be found stale by the next load's other instances.
+                for name in (f"{model.model_name}-config.sock", f"{model.model_name}-data.sock"):
+                    (self.workspace / name).unlink(missing_ok=True)
+
+        manager._load_model = load
         policy = None
         if cfg["max_queue_size"] or cfg["default_timeout_microseconds"]:
             policy = QueuePolicy(timeout_action=TimeoutAction(cfg["timeout_action"]),
