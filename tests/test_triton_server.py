@@ -5,6 +5,7 @@ import os
 import platform
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -121,6 +122,22 @@ def test_a_server_that_cannot_load_its_libraries_is_named(tmp_path, monkeypatch)
                                            r"load libcudart\S*; add the directory holding it to LD_LIBRARY_PATH"):
         triton.start_triton({"a": {}}, CONFIG, SleepModel())
     assert started_under(tmp_path) == "" and shared_memory_left() == []
+
+
+def test_a_failed_start_does_not_hold_up_the_interpreter_exit(tmp_path):
+    # pytriton's own wait for a ready server lasts two minutes, also after the server has exited, and
+    # holds the lock its exit hook needs: the harness would print the error, then hang.
+    script = ("from harness.errors import HarnessError\n"
+              "from harness.live import triton\n"
+              "triton._server_env_hook = lambda env, stub: dict(env, LD_LIBRARY_PATH='')\n"
+              "try:\n"
+              "    triton.start_triton({'a': {}}, {'max_batch_size': 4}, lambda model, size: 0)\n"
+              "except HarnessError as exc:\n"
+              "    print('failed:', exc)\n")
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0 and "cannot load libcudart" in done.stdout, done.stdout + done.stderr
+    assert started_under(tmp_path) == ""
 
 
 def serve_on_two_instances(tmp_path) -> set[int]:

@@ -347,7 +347,6 @@ class TritonHandle:
     def _build(self):
         from pytriton.model_config import DynamicBatcher, ModelConfig, QueuePolicy, Tensor, TimeoutAction
         from pytriton.triton import Triton, TritonConfig
-        import tritonclient.http
 
         handle = self
 
@@ -359,6 +358,10 @@ class TritonHandle:
                 base_env = server._get_env
                 server._get_env = lambda: _server_env_hook(base_env(), handle._stub_env)
                 server.register_on_exit(handle._on_server_exit)
+
+            def _wait_for_server(self) -> None:
+                handle._wait_until_ready()
+                super()._wait_for_server()       # the server is ready: pytriton's own checks pass at once
 
         cfg = self._cfg
         config = TritonConfig(http_address=self.host, http_port=self.ports["http"], grpc_address=self.host,
@@ -375,13 +378,14 @@ class TritonHandle:
                         return load_once(model, *args, **kwargs)
                     # Not through pytriton again: it first waits for a ready server, and the failed
                     # model keeps the server unready until it loads.
-                    with contextlib.closing(tritonclient.http.InferenceServerClient(
-                            f"{self.host}:{self.ports['http']}")) as client:
+                    with self._client() as client:
                         return client.load_model(model.model_name, config=json.dumps(model.get_model_config()),
                                                  files=model.get_proxy_model_files())
                 except Exception as exc:   # noqa: BLE001 -- tritonclient's error types vary by protocol
                     if attempt == LOAD_ATTEMPTS or not lost_handshake_race(str(exc)):
                         raise
+                print(f"tritonserver: the instances of model {model.model_name} raced PyTriton's start-up handshake; "
+                      f"loading it again ({attempt + 1}/{LOAD_ATTEMPTS})", file=sys.stderr, flush=True)
                 # The failed load's sockets would be found stale by the next load's other instances.
                 for name in (f"{model.model_name}-config.sock", f"{model.model_name}-data.sock"):
                     (self.workspace / name).unlink(missing_ok=True)
@@ -406,6 +410,21 @@ class TritonHandle:
                         config=ModelConfig(max_batch_size=plan.max_batch_size, batcher=batcher))
         return triton
 
+    def _client(self):
+        import tritonclient.http
+        return contextlib.closing(tritonclient.http.InferenceServerClient(f"{self.host}:{self.ports['http']}"))
+
+    def _wait_until_ready(self) -> None:
+        # pytriton's own wait lasts two minutes, also for a server that has exited, and holds the lock
+        # that its stop() needs, which runs at interpreter exit: a failed start would delay exit by as much.
+        with self._client() as client:
+            while not (self._exited.is_set() or self._stop_requested.is_set()):
+                with contextlib.suppress(Exception):   # refused or not yet answering: ask again
+                    if client.is_server_ready():
+                        return
+                time.sleep(0.05)
+        raise HarnessError("tritonserver exited or was stopped before it was ready")
+
     def _on_server_exit(self, success: bool, exit_code: int) -> None:
         self._exit_code = exit_code
         self._exited.set()
@@ -415,13 +434,13 @@ class TritonHandle:
         self._keeper = threading.Thread(target=self._keep, name="tritonserver-keeper", daemon=True)
         self._keeper.start()
         deadline = time.monotonic() + startup_timeout_s
-        while not self._ready.wait(0.1):
-            if self._exited.is_set():
-                raise HarnessError(f"tritonserver exited with code {self._exit_code} while starting: "
-                                   f"{_diagnosis(self.logs())}")
+        while not self._ready.wait(0.1) and not self._exited.is_set():
             if time.monotonic() > deadline:
                 raise HarnessError(f"tritonserver was not ready within {startup_timeout_s:g} s: "
                                    f"{_diagnosis(self.logs())}")
+        if self._exited.is_set():
+            raise HarnessError(f"tritonserver exited with code {self._exit_code} while starting: "
+                               f"{_diagnosis(self.logs())}")
         if self._start_error is not None:
             error = str(self._start_error).strip()
             first = error.splitlines()[0][:300] if error else type(self._start_error).__name__

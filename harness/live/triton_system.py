@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness.errors import HarnessError
 from harness.live.loop import Clock
 from harness.live.triton import _stub_env_problem, setup_stub_env, start_triton, stub_env_dir, stub_env_needed
 from harness.live.workers import WorkerPool
@@ -87,25 +86,6 @@ class TritonBackend:
                        self.out_dir / "server.json")
 
 
-def _start(models, system, backend: TritonBackend, host: str, instances: int, attempts: int = 3):
-    """start_triton, tried again when pytriton's model instances race at start.
-
-    pytriton 0.5.7's proxy model: every instance but the first fetches its
-    config from the first one's handshake socket, and Triton initialises the
-    instances concurrently, so now and then one asks before that socket
-    exists and the model fails to load ("Model initialize error"). A fresh
-    start succeeds; any other failure is reported at once.
-    """
-    for attempt in range(1, attempts + 1):
-        try:
-            return start_triton(models, system, backend.forward, host=host, instances=instances)
-        except HarnessError as exc:
-            if "Model initialize error" not in str(exc) or attempt == attempts:
-                raise
-            print(f"system=triton: a model instance raced pytriton's handshake at start; retrying ({attempt})",
-                  file=sys.stderr, flush=True)
-
-
 @contextmanager
 def serve_triton(cfg, out_dir: Path, epoch: float):
     """Workers, then tritonserver in front of them; yields its URL. Everything stops on exit."""
@@ -124,7 +104,8 @@ def serve_triton(cfg, out_dir: Path, epoch: float):
                             epoch, out_dir, cfg.runtime)
     try:
         models = {m: {"max_batch_size": curves[m].max_batch} for m in cfg.models}
-        with _start(models, system, backend, cfg.runtime.host, c.count * backend.instance_count) as triton:
+        with start_triton(models, system, backend.forward, host=cfg.runtime.host,
+                          instances=c.count * backend.instance_count) as triton:
             try:
                 yield triton.url
             finally:
