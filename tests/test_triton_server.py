@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 
 from harness import load
@@ -69,6 +70,11 @@ def test_dynamic_batching_of_concurrent_requests(tmp_path):
                   "t_sched": np.linspace(0.0, 0.01, n)}).to_parquet(tmp_path / "schedule.parquet", index=False)
     with triton.start_triton({"a": {}, "b": {}}, CONFIG, forward) as server:
         assert started_under(server.workspace).count("\n") >= 3      # tritonserver and a stub per model
+        # Tensors cross inline: pytriton's shared-memory tensor store would add a process per model.
+        tritonserver = next(psutil.Process(pid) for pid in triton.processes_under(str(server.workspace))
+                            if psutil.Process(pid).name() == "tritonserver")
+        assert {Path(p.cmdline()[0]).name for p in tritonserver.children(recursive=True)} == \
+            {"triton_python_backend_stub"}
         # Triton's answer is the harness frontend's JSON (plus model_version), so one client reads both.
         req = urllib.request.Request(f"{server.url}/v2/models/a/infer", data=json.dumps(infer_request(7)).encode())
         with urllib.request.urlopen(req, timeout=30) as answer:
