@@ -178,6 +178,19 @@ class FocusRun:
     schedule: pd.DataFrame | None = None
     scaling: pd.DataFrame | None = None     # (t, slots) provisioned by an autoscaler; constant without one
 
+    def has(self, records: str) -> bool:
+        """Whether the run kept `records` (a field above) and they are not empty."""
+        table = getattr(self, records)
+        return table is not None and len(table) > 0
+
+
+def _runs_with(focus: Sequence[FocusRun], records: str, missing: str) -> list[FocusRun]:
+    """The runs that kept `records`; Skip, naming the `missing` file, when none did."""
+    kept = [f for f in focus if f.has(records)]
+    if not kept:
+        raise Skip(f"no {missing} in the chosen runs")
+    return kept
+
 
 def _common_label(focus: Sequence[FocusRun]) -> str:
     labels = sorted({f.label for f in focus})
@@ -185,9 +198,7 @@ def _common_label(focus: Sequence[FocusRun]) -> str:
 
 
 def latency_cdf(focus: Sequence[FocusRun], st: dict[str, Style]) -> Figure:
-    focus = [f for f in focus if f.requests is not None and len(f.requests)]
-    if not focus:
-        raise Skip("no requests.parquet in the chosen runs")
+    focus = _runs_with(focus, "requests", "requests.parquet")
     with _theme():
         fig, axes = _figure(1, 2)
         left, right = axes[0]
@@ -228,9 +239,7 @@ def _ecdf(values: np.ndarray, total: int, points: int = 2000) -> tuple[np.ndarra
 
 
 def gpus_over_time(focus: Sequence[FocusRun], st: dict[str, Style]) -> Figure:
-    focus = [f for f in focus if f.gpus_used is not None and len(f.gpus_used)]
-    if not focus:
-        raise Skip("no gpus_used.parquet in the chosen runs")
+    focus = _runs_with(focus, "gpus_used", "gpus_used.parquet")
     scaled = loaded = False
     with _theme():
         cols = 1 if len(focus) <= 6 else 2
@@ -240,7 +249,7 @@ def gpus_over_time(focus: Sequence[FocusRun], st: dict[str, Style]) -> Figure:
             t = g["t"].to_numpy()
             bucket = float(np.median(np.diff(t))) if len(t) > 1 else f.window[1] - f.window[0]
             edges = np.append(t, t[-1] + bucket)
-            if f.schedule is not None and len(f.schedule):    # else no schedule.parquet kept: no load to draw
+            if f.has("schedule"):    # else no schedule.parquet kept: no load to draw
                 load = ax.twinx()
                 counts, _ = np.histogram(f.schedule["t_sched"], bins=edges)
                 load.fill_between(edges, np.append(counts, counts[-1]) / bucket, step="post", color="0.85",
@@ -330,9 +339,7 @@ def fewest_gpus(fewest: pd.DataFrame, st: dict[str, Style], target: float) -> Fi
 
 
 def batch_sizes(focus: Sequence[FocusRun], st: dict[str, Style]) -> Figure:
-    focus = [f for f in focus if f.batches is not None and len(f.batches)]
-    if not focus:
-        raise Skip("no batches in the chosen runs")
+    focus = _runs_with(focus, "batches", "batches")
     with _theme():
         fig, axes = _figure(1, 2)
         left, right = axes[0]
@@ -373,7 +380,7 @@ def _ran_in_window(batches: pd.DataFrame, window: tuple[float, float]) -> pd.Dat
 def timeline_window(focus: Sequence[FocusRun], batches_per_slot: int = 25) -> tuple[float, float]:
     """A window in the middle of the measurement window, long enough for ~`batches_per_slot` batches per slot."""
     durations = [(_ran_in_window(f.batches, f.window).eval("t_end - t_start")).median()
-                 for f in focus if f.batches is not None and len(f.batches)]
+                 for f in focus if f.has("batches")]
     durations = [d for d in durations if pd.notna(d)]
     length = float(np.clip(np.median(durations) * batches_per_slot, 0.005, 5.0)) if durations else 0.1
     start, end = focus[0].window
@@ -387,9 +394,7 @@ def batch_timeline(focus: Sequence[FocusRun], window: tuple[float, float] | None
 
     About `max_rows` slot rows in all: each system shows its first max_rows / systems slots (4 to 16).
     """
-    focus = [f for f in focus if f.batches is not None and len(f.batches)]
-    if not focus:
-        raise Skip("no batches in the chosen runs")
+    focus = _runs_with(focus, "batches", "batches")
     max_slots = int(np.clip(max_rows // len(focus), 4, 16))
     t0, t1 = window or timeline_window(focus)
     models = sorted(set().union(*(set(f.batches["model"].unique()) for f in focus)))

@@ -21,8 +21,6 @@ import pandas as pd
 
 from harness.profiles import LatencyCurve
 
-FAILED = ("dropped", "rejected", "timeout", "error")
-
 
 @dataclass(frozen=True)
 class Window:

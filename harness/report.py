@@ -263,40 +263,40 @@ def focus_setting(table: pd.DataFrame, workload: str, rate: float | None = None,
                       "shown")
 
 
+def _against_reference(frame: pd.DataFrame, keys: list[str], reference: str):
+    """(key, the reference's row, another system's row) for each setting `keys` names where the reference ran."""
+    for key, g in frame.groupby(keys):
+        ref = g[g["system"] == reference]
+        if not len(ref):
+            continue
+        for _, base in g[g["system"] != reference].iterrows():
+            yield key, ref.iloc[0], base
+
+
 def headline(table: pd.DataFrame, cap: pd.DataFrame, few: pd.DataFrame, reference: str | None,
              target: float = TARGET) -> list[str]:
     """Sentences comparing `reference` with every other system, from capacities, fewest GPUs and equal loads."""
     if not reference or reference not in set(table["system"]):
         return []
     out = []
-    for (workload, cluster, gpus), g in cap.groupby(["workload", "cluster", "gpus"]):
-        ref = g[g["system"] == reference]
-        for _, base in g[g["system"] != reference].iterrows():
-            if not len(ref):
-                continue
-            r = ref.iloc[0]
-            measured = "<" not in (r["bound"], base["bound"]) and base["capacity"] > 0
-            ratio = r["capacity"] / base["capacity"] if measured else math.nan
-            qualifier = "" if r["bound"] == base["bound"] == "=" else " (a capacity lies outside the rates tried)"
-            out.append(f"{workload} on {cluster} ({gpus} GPUs): {reference} capacity {r['bound']} "
-                       f"{r['capacity']:,.0f} req/s vs {base['system']} {base['bound']} {base['capacity']:,.0f} "
-                       f"req/s at >= {target:.0%} attainment: {_ratio(ratio)}{qualifier}; peak goodput "
-                       f"{_ratio(r['peak_goodput'] / base['peak_goodput'] if base['peak_goodput'] else math.nan)}.")
-    for (workload, cluster, load), g in few.groupby(["workload", "cluster", "load"]):
-        ref = g[g["system"] == reference]
-        for _, base in g[g["system"] != reference].iterrows():
-            if not len(ref):
-                continue
-            r = ref.iloc[0]
-            n_ref, n_base = r["fewest_gpus"], base["fewest_gpus"]
-            text_ref = f"{n_ref:g}" if pd.notna(n_ref) else f"more than {r['max_tried']}"
-            text_base = f"{n_base:g}" if pd.notna(n_base) else f"more than {base['max_tried']}"
-            saving = ""
-            if pd.notna(n_ref) and pd.notna(n_base) and n_ref != n_base:
-                change = 1 - n_ref / n_base
-                saving = f" ({abs(change):.0%} {'fewer' if change > 0 else 'more'})"
-            out.append(f"{workload} at {r['offered_rate']:,.0f} req/s on {cluster}: {reference} needs {text_ref} "
-                       f"GPUs vs {text_base} for {base['system']}{saving}.")
+    for (workload, cluster, gpus), r, base in _against_reference(cap, ["workload", "cluster", "gpus"], reference):
+        measured = "<" not in (r["bound"], base["bound"]) and base["capacity"] > 0
+        ratio = r["capacity"] / base["capacity"] if measured else math.nan
+        qualifier = "" if r["bound"] == base["bound"] == "=" else " (a capacity lies outside the rates tried)"
+        out.append(f"{workload} on {cluster} ({gpus} GPUs): {reference} capacity {r['bound']} "
+                   f"{r['capacity']:,.0f} req/s vs {base['system']} {base['bound']} {base['capacity']:,.0f} "
+                   f"req/s at >= {target:.0%} attainment: {_ratio(ratio)}{qualifier}; peak goodput "
+                   f"{_ratio(r['peak_goodput'] / base['peak_goodput'] if base['peak_goodput'] else math.nan)}.")
+    for (workload, cluster, load), r, base in _against_reference(few, ["workload", "cluster", "load"], reference):
+        n_ref, n_base = r["fewest_gpus"], base["fewest_gpus"]
+        text_ref = f"{n_ref:g}" if pd.notna(n_ref) else f"more than {r['max_tried']}"
+        text_base = f"{n_base:g}" if pd.notna(n_base) else f"more than {base['max_tried']}"
+        saving = ""
+        if pd.notna(n_ref) and pd.notna(n_base) and n_ref != n_base:
+            change = 1 - n_ref / n_base
+            saving = f" ({abs(change):.0%} {'fewer' if change > 0 else 'more'})"
+        out.append(f"{workload} at {r['offered_rate']:,.0f} req/s on {cluster}: {reference} needs {text_ref} "
+                   f"GPUs vs {text_base} for {base['system']}{saving}.")
     # Equal loads: every load at which both the reference and the baseline attain the target.
     for (workload, cluster, gpus), g in table.groupby(["workload", "cluster", "gpus"]):
         ref = g[g["system"] == reference].drop_duplicates("load", keep="last")

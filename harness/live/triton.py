@@ -374,19 +374,15 @@ class TritonHandle:
                               grpc_port=self.ports["grpc"], metrics_address=self.host,
                               metrics_port=self.ports["metrics"], exit_timeout_secs=EXIT_TIMEOUT_S, log_verbose=0)
         triton = _Triton(config=config, workspace=self.workspace)
-        manager = triton._model_manager
-        load_once = manager._load_model
 
-        def load(model, *args, **kwargs):
+        # pytriton's own load, made again with a retry; through our client, since pytriton's first
+        # waits for a ready server, and a model that failed to load keeps the server unready.
+        def load(model, *_) -> None:
+            config, files = json.dumps(model.get_model_config()), model.get_proxy_model_files()
             for attempt in range(1, LOAD_ATTEMPTS + 1):
                 try:
-                    if attempt == 1:
-                        return load_once(model, *args, **kwargs)
-                    # Not through pytriton again: it first waits for a ready server, and the failed
-                    # model keeps the server unready until it loads.
                     with self._client() as client:
-                        return client.load_model(model.model_name, config=json.dumps(model.get_model_config()),
-                                                 files=model.get_proxy_model_files())
+                        return client.load_model(model.model_name, config=config, files=files)
                 except Exception as exc:   # noqa: BLE001 -- tritonclient's error types vary by protocol
                     if attempt == LOAD_ATTEMPTS or not lost_handshake_race(str(exc)):
                         raise
@@ -396,7 +392,7 @@ class TritonHandle:
                 for name in (f"{model.model_name}-config.sock", f"{model.model_name}-data.sock"):
                     (self.workspace / name).unlink(missing_ok=True)
 
-        manager._load_model = load
+        triton._model_manager._load_model = load
         policy = None
         if cfg["max_queue_size"] or cfg["default_timeout_microseconds"]:
             policy = QueuePolicy(timeout_action=TimeoutAction(cfg["timeout_action"]),
