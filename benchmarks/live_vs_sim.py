@@ -1,12 +1,12 @@
 """Live-versus-sim fidelity: the same config in both runtimes, goodput side by side.
 
-For each system, the live run comes first; the median transport delays it
-measured (client send -> frontend arrival, batch end -> client answer) are
-then given to the sim as fixed delays, so the comparison isolates the
-scheduler and the executors. `triton` is real tritonserver live and the
-dynamic-batcher model in the sim.
+The host's live path is calibrated first (python -m harness.calibrate, or
+--calibration FILE made earlier); each system then runs live and in the sim
+with that calibration, so the sim charges the delays this host's live path
+measured -- one source of truth, not delays tuned per system. `triton` is
+real tritonserver live and the dynamic-batcher model in the sim.
 
-    python benchmarks/live_vs_sim.py [--systems eager,symphony,...] [overrides...]
+    python benchmarks/live_vs_sim.py [--systems eager,symphony,...] [--calibration FILE] [overrides...]
 """
 
 from __future__ import annotations
@@ -33,35 +33,33 @@ def harness(run_dir: Path, *overrides: str) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
 
 
-def transport_delays_ms(run_dir: Path) -> tuple[float, float]:
-    """Median client -> scheduler and batch end -> client delays of a live run's served requests."""
-    r = pd.read_parquet(run_dir / "requests.parquet")
-    b = pd.read_parquet(run_dir / "batches.parquet", columns=["id", "t_start", "t_end"])
-    ok = r[r["status"] == "ok"].merge(b.rename(columns={"id": "batch_id"}), on="batch_id")
-    arrival = ok["t_start"] - ok["queue_time"]          # the scheduler's arrival time (client send time for triton)
-    return max(0.0, (arrival - ok["t_sent"]).median() * 1e3), max(0.0, (ok["t_done"] - ok["t_end"]).median() * 1e3)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--systems", default="eager,symphony,nexus,clockwork,shepherd,triton")
+    ap.add_argument("--calibration", type=Path, help="a calibration file of this host (default: make one first)")
     args, overrides = ap.parse_known_args()
     overrides = overrides or DEFAULT
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        calibration = args.calibration or Path(tmp) / "calibration.json"
+        if args.calibration is None:
+            made = subprocess.run([sys.executable, "-m", "harness.calibrate", "--out", str(calibration)], cwd=ROOT,
+                                  capture_output=True, text=True, timeout=600)
+            if made.returncode != 0:
+                raise SystemExit(f"calibration failed: {made.stderr.strip()[-500:]}")
+            print(made.stdout.strip())
         for system in args.systems.split(","):
             live_dir, sim_dir = Path(tmp) / f"{system}-live", Path(tmp) / f"{system}-sim"
             live = harness(live_dir, "runtime=live", f"system={system}", *overrides)
-            d_in, d_out = transport_delays_ms(live_dir)
             sim = harness(sim_dir, "runtime=sim", f"system={system}", *overrides,
-                          f"runtime.request_delay_ms={d_in:.3f}", f"runtime.response_delay_ms={d_out:.3f}")
+                          f"runtime.calibration={calibration}")
             rows.append({"system": system, "live goodput": live["goodput"], "sim goodput": sim["goodput"],
                          "live/sim": live["goodput"] / sim["goodput"] if sim["goodput"] else float("nan"),
                          "live attain.": live["slo_attainment"], "sim attain.": sim["slo_attainment"],
-                         "d_in ms": d_in, "d_out ms": d_out, "live valid": live["validity"]["valid"]})
+                         "live valid": live["validity"]["valid"]})
             print(f"  {system}: live {live['goodput']:.1f} / sim {sim['goodput']:.1f} req/s", flush=True)
     table = pd.DataFrame(rows)
-    print(f"\nconfig: {' '.join(overrides)}")
+    print(f"\nconfig: {' '.join(overrides)}; sim calibrated to this host's live path")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
 

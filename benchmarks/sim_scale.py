@@ -17,12 +17,11 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
-import systems
+from harness.assembly import assemble
 from harness.config import register
-from harness.records import batches_frame, server_frame
-from harness.run import build_cluster, model_specs
-from harness.runtimes.sim import SimCluster
-from workloads import build_schedule
+from harness.records import ledger_tables, server_frame
+from harness.run import make_schedule
+from harness.runtimes.sim import sim_cluster
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 
@@ -38,21 +37,22 @@ def main() -> None:
     register()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=[f"system={args.system}", "cluster=sleep1000",
-                                           f"cluster.count={args.gpus}", "models=sleep10", "workload=poisson",
-                                           f"workload.rate={args.rate}", f"duration_s={args.seconds}"])
-    models = model_specs(cfg)
+                                           f"cluster.count={args.gpus}", "models=sleep10", "workload=poisson", "runtime=sim",
+                                           f"workload.rate={args.rate}", f"duration_s={args.seconds}",
+                                           "warmup_s=0", "cooldown_s=0"])
+    assembly = assemble(cfg)
     t = time.perf_counter()
-    schedule = build_schedule(cfg.workload, list(models), cfg.duration_s, 0, 1)
+    schedule = make_schedule(assembly)
     t_schedule = time.perf_counter() - t
-    gpus, curves = build_cluster(cfg, models)
-    sim = SimCluster(gpus, curves)
-    policy = systems.policy_class(args.system)(sim, models, systems.policy_class(args.system).Config())
+    sim = sim_cluster(assembly)
+    policy = assembly.make_policy(sim)
     ids, names, times = schedule["id"].to_numpy(), schedule["model"].tolist(), schedule["t_sched"].to_numpy()
+    slo = {m: s.slo for m, s in assembly.models.items()}
     t = time.perf_counter()
-    reqs = sim.run(policy, ids, names, times, models, drain=1.0)
+    reqs = sim.run(policy, ids, names, times, slo, drain=1.0)
     t_loop = time.perf_counter() - t
     t = time.perf_counter()
-    server_frame(reqs), batches_frame(sim.batches, gpus)
+    ledger_tables(sim.ledger), server_frame(reqs)
     t_records = time.perf_counter() - t
     ok = sum(r.status == "ok" for r in reqs)
     print(f"machine: {platform.processor() or platform.machine()}, python {platform.python_version()}")

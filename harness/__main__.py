@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -29,41 +30,97 @@ def one_line(message: str) -> str:
     return "; ".join(lines)
 
 
-def check_overrides(argv: list[str]) -> None:
-    """Compose the config once before Hydra runs it, so a bad override ends in one clear line."""
-    if any(a.startswith("-") for a in argv):
-        return                                  # sweeps and Hydra's own flags: Hydra reports those
-    from hydra import compose, initialize_config_dir
+def check_overrides(argv: list[str]) -> tuple[list[str], Path | None]:
+    """Before Hydra runs: compose the config once, so a bad override ends in one clear line, and claim the run
+    (or sweep) directory, so that Hydra writes nothing into one that holds a run or is in use.
 
-    overrides = [a for a in argv if not a.startswith(("hydra.", "hydra/", "+hydra"))]
+    Returns the arguments for Hydra, the claimed directory pinned (its default name holds the time), and
+    the sweep's directory (None for a single run).
+    """
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from harness import rundir
+    from harness.search import hydra_overrides, plain_overrides
+
+    flags = [a for a in argv if a.startswith("-")]
+    if set(flags) - {"-m", "--multirun"}:
+        return argv, None                       # Hydra's own flags (--help, --cfg, ...): Hydra answers those
+    sweep = bool(flags)
+    kind, key = (rundir.SWEEP, "hydra.sweep.dir") if sweep else (rundir.RUN, "hydra.run.dir")
     try:
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            compose("config", overrides=overrides)
-    except Exception as exc:  # any composition failure is the user's to fix
-        detail = "\n".join(str(e) for e in (exc, exc.__cause__) if e is not None)
-        print(f"error: {one_line(detail)}", file=sys.stderr)
+        overrides = hydra_overrides([a for a in argv if a not in flags])
+        try:
+            with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+                cfg = compose("config", overrides=plain_overrides(overrides, keep_hydra=True) if sweep else overrides,
+                              return_hydra_config=True)
+        except Exception as exc:  # any composition failure is the user's to fix
+            if sweep:                           # a key may exist for some swept values only: Hydra judges each run
+                return flags + overrides, None
+            raise HarnessError(one_line("\n".join(str(e) for e in (exc, exc.__cause__) if e is not None))) from None
+        if not sweep and not OmegaConf.select(cfg, "models", default=None):
+            raise HarnessError("no models configured; choose a models group, e.g. models=vision")
+        try:
+            directory = OmegaConf.select(cfg, key)
+        except OmegaConfBaseException:          # a name only Hydra can give (${hydra:...}): the run claims it itself
+            return flags + overrides, None
+        rundir.claim(kind, Path(directory))
+    except HarnessError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    quoted = directory.replace("'", "\\'")
+    pinned = [*flags, *(o for o in overrides if not o.startswith(f"{key}=")), f"{key}='{quoted}'"]
+    return pinned, Path(directory) if sweep else None
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg) -> float:
+    from harness import rundir
     from harness.run import execute, summary_table
 
+    signal.signal(signal.SIGTERM, signal.default_int_handler)   # SIGTERM ends a run as Ctrl-C does, the sim's too
     hydra_cfg = HydraConfig.get()
+    out_dir = Path(hydra_cfg.runtime.output_dir)
+    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     try:
-        summary = execute(cfg, Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task))
+        summary = execute(cfg, out_dir, list(hydra_cfg.overrides.task))
     except HarnessError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        if hydra_cfg.mode == RunMode.MULTIRUN:
-            return float("nan")                 # one bad run of a sweep does not stop the others
+        if in_sweep:
+            return float("nan")                 # one bad run of a sweep does not stop the others; its status says
         sys.exit(2)
+    except KeyboardInterrupt:                   # the sim, or a live run before it served: no half-written run stays
+        print(f"interrupted: {rundir.abandon(out_dir)}", file=sys.stderr)
+        sys.exit(rundir.INTERRUPTED)
     print(summary_table(summary))
-    print(f"results: {hydra_cfg.runtime.output_dir}")
-    if summary["validity"].get("interrupted"):
-        sys.exit(130)                           # records written; the shell still learns it was interrupted
+    print(f"results: {out_dir}")
+    if summary["validity"]["interrupted"]:
+        sys.exit(rundir.INTERRUPTED)            # records written; the shell still learns it was interrupted
+    if rundir.failures(summary) and not in_sweep:
+        print(f"error: something broke during the run (see 'valid' above); what it measured is in {out_dir}",
+              file=sys.stderr)
+        sys.exit(rundir.BROKE)
     return summary["goodput"]
 
 
 if __name__ == "__main__":
-    check_overrides(sys.argv[1:])
-    main()
+    if sys.argv[1:2] == ["list"] or {"--help", "-h"} & set(sys.argv[1:]):     # answered without composing
+        from harness import catalog
+
+        sys.exit(catalog.main(sys.argv[1:]))
+    if {"-m", "--multirun"} & set(sys.argv[1:]):          # a sweep ends with a table comparing its runs
+        sys.argv.append("+hydra.callbacks.comparison._target_=harness.report.terminal.SweepTable")
+    try:
+        sys.argv[1:], sweep_dir = check_overrides(sys.argv[1:])
+        main()
+    except KeyboardInterrupt:                   # outside any run (starting, between a sweep's runs): nothing to keep
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    if sweep_dir is not None:                   # a single run has exited by now unless it ran to its end
+        from harness.rundir import sweep_status
+
+        status, line = sweep_status(sweep_dir)
+        if line:
+            print(line, file=sys.stderr)
+        sys.exit(status)

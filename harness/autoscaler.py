@@ -1,124 +1,114 @@
 """A cluster autoscaler that wraps any policy, so load-proportional GPU use can be measured.
 
 Like the policies it is pure and event-driven with time injected, so it runs
-the same in every runtime. Every `interval_s` it measures the utilisation of
-the provisioned slots (busy seconds of the batches that finished in the
-interval over slot-seconds). When utilisation has stayed above
-`scale_up_utilisation` for `scale_up_after_s`, it asks for the lowest-ranked
-unprovisioned slot, which joins after `provision_delay_s`. A provisioned slot
-that has run nothing for `scale_down_idle_s` is released, highest rank first,
-never below `min_slots`. A policy that keeps low-ranked slots busy and
-high-ranked ones idle (Symphony) lets it release more.
+the same in every runtime, and it changes the cluster only through the
+handle's `reconfigure`: the provisioned slots are always the first k slots
+of the configured cluster (`full`), k between `min_slots` and all of them.
 
-The wrapped policy sees slots leave through on_gpu_lost and join through
-on_gpu_added; `timeline` records (time, provisioned slots) at every change.
-Slots join lowest rank first and leave highest rank first.
+Every `interval_s` it measures the utilisation of the slots alive (busy
+seconds of the batches that finished in the interval over slot-seconds).
+When utilisation has stayed above `scale_up_utilisation` for
+`scale_up_after_s`, it asks for one more slot (the runtime starts it: live a
+worker process, in the sim after `runtime.slot_start_s`). The highest-ranked
+slot, once it has run nothing for `scale_down_idle_s`, is released, never
+below `min_slots`. A policy that keeps low-ranked slots busy and high-ranked
+ones idle (Symphony) lets it release more.
+
+The wrapped policy sees slots leave through on_slot_lost and join through
+on_slot_added; the run's records (slot events, reconfigurations) say when.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness.core import Batch, Policy, Request
+from harness.core import OK, Batch, Policy, Task
 from harness.errors import HarnessError
+from harness.placement import Placement
 
 
 @dataclass
 class AutoscalerConfig:
     enabled: bool = False
-    initial_slots: int = 1              # provisioned at start (the rest of cluster.count may join)
+    initial_slots: int = 1              # provisioned at start (the rest of the cluster may join)
     min_slots: int = 1
     interval_s: float = 1.0             # utilisation is measured over this period
     scale_up_utilisation: float = 0.7
     scale_up_after_s: float = 3.0       # ... sustained this long before a slot is requested
     scale_down_idle_s: float = 10.0     # cool-down: a slot idle this long is released
-    provision_delay_s: float = 5.0      # from request to a usable slot
+
+
+def check(config: AutoscalerConfig, slots: int) -> None:
+    if not 1 <= config.min_slots <= config.initial_slots <= slots:
+        raise HarnessError(f"autoscaler needs 1 <= min_slots ({config.min_slots}) <= initial_slots "
+                           f"({config.initial_slots}) <= the cluster's slots ({slots}); fix autoscaler.*")
+    if not config.interval_s > 0 or config.scale_up_after_s < 0 or config.scale_down_idle_s < 0:
+        raise HarnessError("autoscaler.interval_s must be > 0 and its delays >= 0; fix autoscaler.*")
 
 
 class Autoscaled(Policy):
-    """`policy` with slots provisioned and released by an autoscaler."""
+    """`policy` on the first k slots of `full`, k grown and shrunk with the load."""
 
-    def __init__(self, policy: Policy, config: AutoscalerConfig):
+    def __init__(self, policy: Policy, config: AutoscalerConfig, full: Placement):
         super().__init__(policy.cluster, policy.models, policy.config)
-        n = len(self.cluster.gpus)
-        if not 1 <= config.min_slots <= config.initial_slots <= n:
-            raise HarnessError(f"autoscaler needs 1 <= min_slots ({config.min_slots}) <= initial_slots "
-                               f"({config.initial_slots}) <= cluster.count ({n}); fix autoscaler.*")
-        if config.interval_s <= 0 or config.provision_delay_s < 0 or config.scale_down_idle_s < 0:
-            raise HarnessError("autoscaler.interval_s must be > 0 and its delays >= 0; fix autoscaler.*")
+        check(config, len(full))
         self.inner = policy
         self.cfg = config
+        self.full = full
+        self.target = len(self.cluster.placement)    # slots provisioned or on their way
         self.busy = 0.0                  # busy seconds of batches finished this interval
-        self.last_busy = [0.0] * n       # when each slot last finished a batch
+        self.last_busy: dict[int, float] = {}       # slot -> when it last finished a batch (or joined)
         self.hot_since: float | None = None
-        self.pending = 0                 # slots requested and not yet joined
-        self.timeline: list[tuple[float, int]] = []
-
-    @property
-    def provisioned(self) -> list[int]:
-        return [g.index for g in self.cluster.gpus if g.alive]
 
     def start(self) -> None:
-        for g in self.cluster.gpus[self.cfg.initial_slots:]:
-            g.alive = False
-            self.inner.on_gpu_lost(g.index)
-        self.timeline.append((self.cluster.now(), self.cfg.initial_slots))
         self.inner.start()
         self.cluster.call_at(self.cluster.now() + self.cfg.interval_s, self._tick)
 
-    def on_arrival(self, req: Request) -> None:
-        self.inner.on_arrival(req)
+    def on_arrival(self, task: Task) -> None:
+        self.inner.on_arrival(task)
 
     def on_batch_done(self, batch: Batch) -> None:
-        if batch.status == "ok":
+        if batch.status == OK:
             self.busy += batch.t_end - batch.t_start
-            self.last_busy[batch.gpu] = batch.t_end
+            self.last_busy[batch.slot] = batch.t_end
         self.inner.on_batch_done(batch)
 
-    def on_gpu_lost(self, gpu: int) -> None:
-        self.inner.on_gpu_lost(gpu)
-        self._record()
+    def on_slot_lost(self, slot: int) -> None:
+        self.inner.on_slot_lost(slot)
+
+    def on_slot_added(self, slot: int) -> None:
+        self.last_busy[slot] = self.cluster.now()      # a fresh slot gets a full cool-down
+        self.inner.on_slot_added(slot)
 
     def _tick(self) -> None:
         now, cfg = self.cluster.now(), self.cfg
-        alive = self.provisioned
+        alive = [s for s in self.cluster.slots if s.alive]
         utilisation = self.busy / (len(alive) * cfg.interval_s) if alive else 1.0
         self.busy = 0.0
         if utilisation > cfg.scale_up_utilisation:
             self.hot_since = now if self.hot_since is None else self.hot_since
-            if now - self.hot_since >= cfg.scale_up_after_s and self._request_slot():
+            if now - self.hot_since >= cfg.scale_up_after_s and self.target < len(self.full):
                 self.hot_since = None
+                self._move_to(self.target + 1)
         else:
             self.hot_since = None
             self._release_idle(now, alive)
         self.cluster.call_at(now + cfg.interval_s, self._tick)
 
-    def _request_slot(self) -> bool:
-        spare = [g.index for g in self.cluster.gpus if not g.alive]
-        if len(spare) <= self.pending:
-            return False                                 # every slot is provisioned or on its way
-        gpu = spare[self.pending]
-        self.pending += 1
-        self.cluster.call_at(self.cluster.now() + self.cfg.provision_delay_s, lambda: self._join(gpu))
-        return True
+    def _release_idle(self, now: float, alive: list) -> None:
+        # Only ever the highest-ranked slot, and only once nothing is on its way, so the provisioned
+        # slots stay the lowest ranks.
+        if self.target != len(alive):
+            return
+        n = self.target
+        while n > self.cfg.min_slots:
+            top = alive[n - 1]
+            if top.outstanding or now - self.last_busy.get(top.index, 0.0) < self.cfg.scale_down_idle_s:
+                break
+            n -= 1
+        if n < self.target:
+            self._move_to(n)
 
-    def _join(self, gpu: int) -> None:
-        self.pending -= 1
-        slot = self.cluster.gpus[gpu]
-        slot.alive, slot.busy_until = True, self.cluster.now()
-        self.last_busy[gpu] = self.cluster.now()        # a fresh slot gets a full cool-down
-        self.inner.on_gpu_added(gpu)
-        self._record()
-
-    def _release_idle(self, now: float, alive: list[int]) -> None:
-        # Only ever the highest-ranked slot, so the provisioned slots stay the lowest ranks.
-        while len(alive) > self.cfg.min_slots:
-            slot = self.cluster.gpus[alive[-1]]
-            if slot.outstanding or now - self.last_busy[slot.index] < self.cfg.scale_down_idle_s:
-                return
-            slot.alive = False
-            self.inner.on_gpu_lost(alive.pop())
-            self._record()
-
-    def _record(self) -> None:
-        self.timeline.append((self.cluster.now(), len(self.provisioned)))
+    def _move_to(self, n: int) -> None:
+        self.target = n
+        self.cluster.reconfigure(self.full.prefix(n))

@@ -1,35 +1,61 @@
 """The narrow interface between scheduling policies and runtimes.
 
-A policy (systems/*.py) is a plain object that reacts to three events --
-start, a request's arrival, a batch's completion -- and acts only through the
-`Cluster` handle it was built with: read the clock, dispatch a batch to a GPU
-slot, drop requests, set a timer, look up a latency profile. It never sleeps,
-opens a socket or reads a wall clock, so the very same object runs under the
-discrete-event runtime (virtual time) and the live runtime (real time). This
-is the sans-I/O style of h11 and the narrow SystemUnderTest of MLPerf LoadGen.
+A policy (systems/*.py) is a plain object that reacts to events -- start, a
+task's arrival, a batch's completion, a slot leaving or joining -- and acts
+only through the `Cluster` handle it was built with: read the clock,
+dispatch a batch of tasks to a slot, drop tasks, set a timer, look up a
+latency profile, move to another placement. It never sleeps, opens a socket
+or reads a wall clock, so the very same object runs under the discrete-event
+runtime (virtual time) and the live runtime (real time). This is the
+sans-I/O style of h11 and the narrow SystemUnderTest of MLPerf LoadGen.
+
+Vocabulary:
+
+- A *request* is what a client waits for: one model, or an app whose task
+  graph runs several models (harness.apps). It resolves once.
+- A *task* is what a slot runs: one model for one request. A plain request
+  is its own single task, so the common case costs one object.
+- A *slot* is a schedulable unit on one physical GPU (a *device*): the
+  whole GPU, an MPS share or a MIG instance; its `share` is the fraction of
+  the device it holds.
+- A *placement* (harness.placement) says which slots exist on which device
+  and which models each holds.
 
 Times are float seconds on the runtime's clock; latencies are float seconds.
+The runtime writes every outcome through one ledger (harness.ledger); the
+policy reads tasks, batches and slots and never writes them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, ClassVar, Mapping, Protocol, Sequence
 
 from harness.profiles import LatencyCurve
 
-# Request outcomes, as written to the records (DESIGN.md section 5).
+if TYPE_CHECKING:
+    from harness.calibrate import Overheads
+    from harness.placement import Placement
+
+# Outcomes of requests and tasks, as written to the records.
 OK, DROPPED, REJECTED, TIMEOUT, ERROR = "ok", "dropped", "rejected", "timeout", "error"
+# Outcomes of batches beside ok and error: discarded unstarted past its latest start, or stopped early.
+LATE, PREEMPTED = "late", "preempted"
 
 
-class Request:
-    """One inference request as the scheduler sees it.
+class Task:
+    """One unit of work as the scheduler sees it: run `model` for one request by `deadline`.
 
-    The runtime creates it on arrival and fills in the outcome fields; the
-    policy reads `model`, `t_arrival` and `deadline` and never writes.
+    The ledger creates it and fills in the outcome fields; the policy reads
+    `model`, `t_arrival` (when the task became ready) and `deadline`.
+    `request` is None for a plain request, which is its own task; a task of
+    an app's graph (GraphTask) points to its `Request` and names its `node`.
     """
 
     __slots__ = ("id", "model", "t_arrival", "deadline", "status", "reason", "t_done", "batch_id")
+    request: "Request | None" = None     # class defaults: a plain task stores none of these (the sim makes
+    node = 0                             # millions); GraphTask and QueryTask do
+    size = 1                             # items: a query that arrives already batched has more (QueryTask)
 
     def __init__(self, id: int, model: str, t_arrival: float, deadline: float):
         self.id = id
@@ -39,33 +65,89 @@ class Request:
         self.status: str | None = None   # None while pending
         self.reason = ""
         self.t_done = float("nan")
-        self.batch_id = -1               # the batch that served it; GPU and times come from that batch
+        self.batch_id = -1               # the batch that served it; slot and times come from that batch
 
     def __repr__(self) -> str:
-        return f"Request({self.id}, {self.model!r}, t={self.t_arrival:.6f}, D={self.deadline:.6f})"
+        return f"Task({self.id}, {self.model!r}, t={self.t_arrival:.6f}, D={self.deadline:.6f})"
+
+
+class QueryTask(Task):
+    """A query that arrives already batched: `size` items that run together, in one batch (PARIS/ELSA's
+    workload). A batch's size counts items, so its latency is the profile's at that many."""
+
+    __slots__ = ("size",)
+
+    def __init__(self, id: int, model: str, t_arrival: float, deadline: float, size: int):
+        super().__init__(id, model, t_arrival, deadline)
+        self.size = size
+
+
+class GraphTask(Task):
+    """A task of an app request's graph: its request's id, the request, the graph node it runs."""
+
+    __slots__ = ("request", "node")
+
+    def __init__(self, id: int, model: str, t_arrival: float, deadline: float, request: "Request", node: int):
+        super().__init__(id, model, t_arrival, deadline)
+        self.request = request
+        self.node = node
+
+
+class Request:
+    """An app request: what a client waits for when it asks for a task graph (harness.apps).
+
+    It resolves when every task of its graph has run (ok: t_done is the last
+    task's), or at the first task that fails (that task's status and
+    reason). Same outcome fields as a Task, so the records treat both alike.
+    """
+
+    __slots__ = ("id", "model", "t_arrival", "deadline", "status", "reason", "t_done", "batch_id",
+                 "graph", "copies", "tasks", "left", "waiting", "open_nodes")
+
+    def __init__(self, id: int, app: str, t_arrival: float, deadline: float, graph, copies: Sequence[int]):
+        self.id = id
+        self.model = app                 # the app's name, where a plain request names its model
+        self.t_arrival = t_arrival
+        self.deadline = deadline
+        self.status: str | None = None
+        self.reason = ""
+        self.t_done = float("nan")
+        self.batch_id = -1
+        self.graph = graph               # harness.apps.App, which keeps the progress fields below
+        self.copies = list(copies)       # tasks per graph node for this request (a detection's objects)
+        self.tasks: list[Task] = []      # every task released so far
+        self.left: list[int] = []        # per node: tasks not yet finished ok
+        self.waiting: list[int] = []     # per node: nodes it comes after that have not finished
+        self.open_nodes = 0
+
+    def __repr__(self) -> str:
+        return f"Request({self.id}, app {self.model!r}, t={self.t_arrival:.6f}, D={self.deadline:.6f})"
 
 
 class Batch:
-    """A batch handed to one GPU slot. The runtime fills in the times."""
+    """Tasks handed to one slot as one execution. The runtime fills in the times and status."""
 
-    __slots__ = ("id", "gpu", "model", "requests", "t_dispatch", "t_start", "t_end",
-                 "latest_start", "status")
+    __slots__ = ("id", "slot", "model", "tasks", "t_dispatch", "t_start", "t_end", "latest_start", "status",
+                 "size", "stage", "final")
 
-    def __init__(self, id: int, gpu: int, model: str, requests: list[Request],
-                 t_dispatch: float, latest_start: float | None):
+    def __init__(self, id: int, slot: int, model: str, tasks: list[Task], t_dispatch: float,
+                 latest_start: float | None, size: int | None = None, stage: int | None = None,
+                 final: bool = True):
+        """`size` counts items: the tasks' sizes added up (given, for queries; else one per task).
+        `stage`: the stage of the model it runs (None: the whole model); `final`: its tasks are done
+        when it ends (the whole model, or its last stage)."""
         self.id = id
-        self.gpu = gpu
+        self.slot = slot
         self.model = model
-        self.requests = requests
+        self.tasks = tasks
         self.t_dispatch = t_dispatch
         self.latest_start = latest_start
         self.t_start = float("nan")
         self.t_end = float("nan")
         self.status = ""                 # ok | late (started after latest_start) | error | preempted
-
-    @property
-    def size(self) -> int:
-        return len(self.requests)
+        self.size = len(tasks) if size is None else size   # Triton's batches carry no task objects
+        self.stage = stage
+        self.final = final
 
     @property
     def exec_time(self) -> float:
@@ -73,13 +155,13 @@ class Batch:
 
 
 @dataclass
-class GpuSlot:
-    """One schedulable unit: a whole GPU, an MPS share, a MIG instance or an emulated GPU.
+class Slot:
+    """One schedulable unit on one device: a whole GPU, an MPS share, a MIG instance (or emulated).
 
     `busy_until` is the runtime's prediction of when the slot drains its
     queue (exact in simulation, an estimate live); `outstanding` counts
-    batches dispatched and not yet finished; `alive` turns False when the
-    slot's worker is lost.
+    batches dispatched and not yet finished; `alive` is False before the
+    slot joins and after it leaves or is lost. The runtime writes these.
     """
 
     index: int
@@ -87,6 +169,8 @@ class GpuSlot:
     gpu_type: str
     partition: str
     models: frozenset[str]
+    device: int = 0                      # physical GPU within the cluster
+    share: float = 1.0                   # fraction of the device this slot holds
     emulated: bool = True
     busy_until: float = 0.0
     outstanding: int = 0
@@ -106,32 +190,52 @@ class TimerHandle(Protocol):
 class Cluster(Protocol):
     """What a runtime offers a policy. Implemented by the sim and live runtimes."""
 
-    gpus: Sequence[GpuSlot]
+    slots: Sequence[Slot]
+    overheads: "Overheads | None"   # the serving path's measured delays (harness.calibrate), when known
 
     def now(self) -> float: ...
 
-    def dispatch(self, gpu: int, model: str, reqs: list[Request],
-                 latest_start: float | None = None) -> Batch:
-        """Queue `reqs` as one batch on slot `gpu` (slots run their batches in order).
+    def dispatch(self, slot: int, model: str, tasks: list[Task], latest_start: float | None = None,
+                 stage: int | None = None) -> Batch:
+        """Queue `tasks` as one batch of `model` on `slot` (a slot runs its batches in order).
 
         With `latest_start`, the slot discards the batch if it cannot start
         by then (Clockwork's action window; Symphony's batch validity): its
-        requests are recorded as dropped and on_batch_done still fires.
+        tasks are recorded as dropped and on_batch_done still fires.
+        With `stage` k, the batch runs stage k of the model only (its latency
+        is curve(model, slot).stages[k]); the tasks stay pending until a batch
+        runs their last stage. The policy keeps track of where each task is.
         """
 
-    def drop(self, reqs: Sequence[Request], reason: str, status: str = DROPPED) -> None:
-        """Resolve `reqs` unserved: status dropped (the policy gave up) or rejected (admission refused)."""
+    def drop(self, tasks: Sequence[Task], reason: str, status: str = DROPPED) -> None:
+        """Resolve `tasks` unserved: status dropped (the policy gave up) or rejected (admission refused)."""
 
     def call_at(self, t: float, fn: Callable[[], None]) -> TimerHandle: ...
 
-    def curve(self, model: str, gpu: int) -> LatencyCurve:
-        """The latency profile of `model` on slot `gpu`."""
+    def curve(self, model: str, slot: int) -> LatencyCurve:
+        """The latency profile of `model` on `slot`."""
 
-    def preempt(self, gpu: int) -> list[Request]:
-        """Abort the batch running on `gpu` (Shepherd); its requests return to the caller, still pending.
+    def preempt(self, slot: int) -> list[Task]:
+        """Abort the batch running on `slot` (Shepherd); its tasks return to the caller, still pending.
 
         Live, it returns at once and the worker stops the batch as soon as its executor can
         (the emulated executor at once; a CUDA graph runs to its end)."""
+
+    @property
+    def placement(self) -> "Placement":
+        """The slots provisioned now (alive or joining) as a placement value."""
+
+    def reconfigure(self, placement: "Placement") -> None:
+        """Move to `placement` (harness.placement).
+
+        Slots of the current placement that are not in the new one leave at
+        once (on_slot_lost; what they already hold runs to its end). Slots
+        new in it join through on_slot_added once started -- after the slots
+        leaving their device have drained, plus the start cost (live: the
+        worker restarted with its share, models loaded; sim: the measured
+        cost). A slot that leaves and later comes back with the same spec
+        keeps its index. Every call is a row of the reconfigurations table.
+        """
 
 
 @dataclass
@@ -146,10 +250,13 @@ class Policy:
 
     Subclasses set `Config` to their SystemConfig dataclass; the module
     systems/<name>.py, the config group entry conf/system/<name>.yaml and
-    `Config.name` share one name.
+    `Config.name` share one name. A request of n items (a client's input of
+    shape [n, ...]) reaches a policy as n tasks of one request, or, when
+    its class sets `takes_queries`, as one QueryTask of size n.
     """
 
     Config: ClassVar[type[SystemConfig]] = SystemConfig
+    takes_queries: ClassVar[bool] = False
 
     def __init__(self, cluster: Cluster, models: Mapping[str, ModelSpec], config: SystemConfig):
         self.cluster = cluster
@@ -159,37 +266,23 @@ class Policy:
     def start(self) -> None:
         """Called once at time 0, before the first arrival (periodic timers go here)."""
 
-    def on_arrival(self, req: Request) -> None:
+    def on_arrival(self, task: Task) -> None:
         raise NotImplementedError
 
     def on_batch_done(self, batch: Batch) -> None:
-        """A batch finished (status ok), was discarded (late) or failed (error)."""
+        """A batch finished (ok), was discarded (late) or failed (error), on a slot still alive."""
 
-    def on_gpu_lost(self, gpu: int) -> None:
-        """The slot left the cluster (its worker died or hung, or the autoscaler released it);
-        `cluster.gpus[gpu].alive` is now False. Batches in flight on a lost worker fail (their
-        requests are recorded as errors) without on_batch_done."""
+    def on_slot_lost(self, slot: int) -> None:
+        """The slot left the cluster (its worker died or hung, or a reconfiguration removed it);
+        `cluster.slots[slot].alive` is now False. Batches in flight on a lost worker fail (their
+        tasks are recorded as errors); on a slot removed by a reconfiguration they run to their end.
+        Either way on_batch_done no longer fires for it."""
 
-    def on_gpu_added(self, gpu: int) -> None:
-        """The slot joined the cluster (the autoscaler provisioned it); it is idle and alive."""
-        raise NotImplementedError(f"{type(self).__name__} does not support slots joining (autoscaling)")
-
-
-def checked_curve(slot: GpuSlot, model: str, reqs: Sequence[Request],
-                  curves: Mapping[str, LatencyCurve]) -> LatencyCurve:
-    """The runtimes' checks on a dispatch, before anything is recorded; a failure is a bug in the policy."""
-    if not reqs:
-        raise ValueError("dispatch of an empty batch")
-    if model not in slot.models:
-        raise ValueError(f"slot {slot.index} does not hold model {model!r}")
-    if not slot.alive:
-        raise ValueError(f"dispatch to slot {slot.index}, which has left the cluster")
-    curve = curves[model]
-    if len(reqs) > curve.max_batch:
-        raise ValueError(f"batch of {len(reqs)} exceeds the profiled maximum {curve.max_batch} for {model}")
-    return curve
+    def on_slot_added(self, slot: int) -> None:
+        """The slot joined the cluster (a reconfiguration started it); it is idle and alive.
+        Its index may be new (cluster.slots grew) or that of a slot that left with the same spec."""
+        raise NotImplementedError(f"{type(self).__name__} does not support slots joining (reconfiguration)")
 
 
-def slots_holding(gpus: Sequence[GpuSlot], model: str) -> list[int]:
-    return [g.index for g in gpus if model in g.models]
-
+def slots_holding(slots: Sequence[Slot], model: str) -> list[int]:
+    return [s.index for s in slots if model in s.models]

@@ -7,6 +7,10 @@ A profile file is JSON at profiles/<gpu_type>/<partition>.json:
      "models": {"resnet50": {"batch": [1, 8, 32], "mean_ms": [...],
                              "std_ms": [...], "p99_ms": [...]}}}
 
+A model measured in stages also has `"stages": [{"name": "stem", "batch": [...],
+"mean_ms": [...], ...}, ...]`, one curve per stage in order, each with the
+same fields.
+
 `batch` must start at 1 and increase; `std_ms` and `p99_ms` may be omitted
 when only means were measured (std 0, p99 = mean). Between measured batch
 sizes latency is interpolated linearly; the largest measured size is the
@@ -34,11 +38,16 @@ SLEEP = "sleep"
 
 @dataclass(frozen=True)
 class LatencyCurve:
-    """Latency in seconds per batch size; index b of each list is batch size b (index 0 unused)."""
+    """Latency in seconds per batch size; index b of each list is batch size b (index 0 unused).
+
+    A model served in stages (run one stage at a time, LazyBatching) also has a curve per stage, in
+    order (`stages`, named `stage_names`); a whole-model curve has none."""
 
     mean: list[float]
     std: list[float]
     p99: list[float]
+    stages: tuple["LatencyCurve", ...] = ()
+    stage_names: tuple[str, ...] = ()
 
     @property
     def max_batch(self) -> int:
@@ -81,13 +90,22 @@ class LatencyCurve:
         return cls(mean, std, p99)
 
     @classmethod
-    def linear(cls, a_ms: float, c_ms: float, max_batch: int) -> "LatencyCurve":
-        """The sleep model l(b) = a*b + c (Symphony's example: a=1.082 ms, c=5.204 ms)."""
-        if a_ms < 0 or c_ms <= 0 or max_batch < 1:
-            raise HarnessError(f"sleep model needs a_ms >= 0, c_ms > 0, max_batch >= 1 "
-                               f"(got a_ms={a_ms}, c_ms={c_ms}, max_batch={max_batch}); fix cluster.sleep")
+    def linear(cls, a_ms: float, c_ms: float, max_batch: int, stages: int = 0) -> "LatencyCurve":
+        """The sleep model l(b) = a*b + c (Symphony's example: a=1.082 ms, c=5.204 ms); with `stages`,
+        split into that many equal stages."""
+        if a_ms < 0 or c_ms <= 0 or max_batch < 1 or stages < 0:
+            raise HarnessError(f"sleep model needs a_ms >= 0, c_ms > 0, max_batch >= 1, stages >= 0 "
+                               f"(got a_ms={a_ms}, c_ms={c_ms}, max_batch={max_batch}, stages={stages}); "
+                               "fix cluster.sleep")
         sizes = list(range(1, max_batch + 1))
-        return cls.from_points(sizes, [a_ms * b + c_ms for b in sizes], where="sleep model")
+        whole = cls.from_points(sizes, [a_ms * b + c_ms for b in sizes], where="sleep model")
+        if not stages:
+            return whole
+        part = cls.linear(a_ms / stages, c_ms / stages, max_batch)
+        return cls(whole.mean, whole.std, whole.p99, (part,) * stages, tuple(f"stage{k}" for k in range(stages)))
+
+    def with_stages(self, stages: list["LatencyCurve"], names: list[str]) -> "LatencyCurve":
+        return LatencyCurve(self.mean, self.std, self.p99, tuple(stages), tuple(names))
 
 
 @dataclass(frozen=True)
@@ -124,6 +142,11 @@ def load_profile(path: str | Path) -> Profile:
             raise HarnessError(f"{where}: needs 'batch' and 'mean_ms' lists; fix the profile file")
         curves[model] = LatencyCurve.from_points(points["batch"], points["mean_ms"], points.get("std_ms"),
                                                  points.get("p99_ms"), where)
+        stages = points.get("stages") or []
+        if stages:
+            parts = [LatencyCurve.from_points(s.get("batch", []), s.get("mean_ms", []), s.get("std_ms"),
+                                              s.get("p99_ms"), f"{where} stage {k}") for k, s in enumerate(stages)]
+            curves[model] = curves[model].with_stages(parts, [str(s.get("name", k)) for k, s in enumerate(stages)])
     return Profile(data.get("gpu_type", path.parent.name), data.get("partition", path.stem),
                    bool(data.get("emulated_partition", False)), data.get("provenance", {}), curves, str(path))
 
@@ -133,7 +156,7 @@ def curves_for(gpu_type: str, partition: str, models: list[str], sleep: dict | N
     if gpu_type == SLEEP:
         sleep = sleep or {}
         curve = LatencyCurve.linear(float(sleep.get("a_ms", 1.082)), float(sleep.get("c_ms", 5.204)),
-                                    int(sleep.get("max_batch", 64)))
+                                    int(sleep.get("max_batch", 64)), int(sleep.get("stages", 0)))
         return {m: curve for m in models}
     profile = load_profile(profile_path(gpu_type, partition))
     missing = [m for m in models if m not in profile.curves]

@@ -30,6 +30,12 @@ of an `experiment=` config run one search per combination, each in its own
 directory <out>/<n>_<values>. Every probe is a complete run directory under
 <search>/probes/, kept; <search>/search.json is the path of probes and
 <search>/search_path.{png,pdf} its plot.
+
+A probe that is no verdict stops its search: one cut short by Ctrl-C
+(status interrupted, exit status 130) or one whose run broke -- a process
+of the harness died, records were lost (status broken, exit status 3).
+search.json then keeps what was found so far and names that probe in
+`stopped_at`. A search's directory is its own while it runs (harness.rundir).
 """
 
 from __future__ import annotations
@@ -38,14 +44,17 @@ import argparse
 import itertools
 import json
 import math
+import os
 import re
+import signal
 import sys
-import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
+from harness import rundir
 from harness.errors import HarnessError
 from workloads.config import TRACE_PROCESSES
 
@@ -81,6 +90,18 @@ class _ProbeLimit(Exception):
     pass
 
 
+class ProbeStopped(Exception):
+    """A probe that is no verdict stops the search: it was interrupted (Ctrl-C), or something broke in its
+    run. `status` (interrupted | broken) becomes the search's; `run` is its kept run directory, if any."""
+
+    def __init__(self, status: str, value: float, reason: str, run: str | None = None):
+        super().__init__(reason)
+        self.status, self.value, self.reason, self.run = status, value, reason, run
+
+    def to_json(self) -> dict:
+        return {"value": self.value, "reason": self.reason, "run": self.run}
+
+
 class _Trail:
     """Calls the probe function, judges each probe against the target and keeps the path."""
 
@@ -108,6 +129,7 @@ def find_capacity(probe: ProbeFn, start: float, target: float = TARGET, toleranc
     max_rate = min(max_rate or start * RATE_REACH, MAX_RATE)
     trail = _Trail(probe, target, max_probes)
     lo = hi = None                      # highest passing, lowest failing
+    stopped = None
     try:
         if trail(start):
             lo = rate = start
@@ -124,14 +146,16 @@ def find_capacity(probe: ProbeFn, start: float, target: float = TARGET, toleranc
             lo, hi = (mid, hi) if trail(mid) else (lo, mid)
     except _ProbeLimit:
         pass
+    except ProbeStopped as exc:
+        stopped = exc
     if lo is None:
         status = "none_passed"
     elif hi is None:
         status = "lower_bound"          # never failed up to max_rate (or the probe limit)
     else:
         status = "found" if hi - lo <= tolerance * lo else "probe_limit"
-    return {"kind": "capacity", "target": target, "tolerance": tolerance, "status": status,
-            "answer": lo, "failed_at": hi, "probes": [p.to_json() for p in trail.probes]}
+    return _stopped({"kind": "capacity", "target": target, "tolerance": tolerance, "status": status,
+                     "answer": lo, "failed_at": hi, "probes": [p.to_json() for p in trail.probes]}, stopped)
 
 
 def find_fewest_gpus(probe: ProbeFn, start: int, target: float = TARGET, max_gpus: int | None = None,
@@ -147,6 +171,7 @@ def find_fewest_gpus(probe: ProbeFn, start: int, target: float = TARGET, max_gpu
                            "set cluster.count=<start> or --max-gpus")
     trail = _Trail(probe, target, max_probes)
     lo = hi = None                      # largest failing, smallest passing
+    stopped = None
     try:
         if trail(start):
             hi = count = start
@@ -163,12 +188,21 @@ def find_fewest_gpus(probe: ProbeFn, start: int, target: float = TARGET, max_gpu
             lo, hi = (lo, mid) if trail(mid) else (mid, hi)
     except _ProbeLimit:
         pass
+    except ProbeStopped as exc:
+        stopped = exc
     if hi is None:
         status = "none_passed"
     else:
         status = "found" if hi == 1 or (lo is not None and hi - lo == 1) else "probe_limit"
-    return {"kind": "fewest_gpus", "target": target, "status": status, "answer": hi, "failed_at": lo,
-            "probes": [p.to_json() for p in trail.probes]}
+    return _stopped({"kind": "fewest_gpus", "target": target, "status": status, "answer": hi, "failed_at": lo,
+                     "probes": [p.to_json() for p in trail.probes]}, stopped)
+
+
+def _stopped(result: dict, stopped: ProbeStopped | None) -> dict:
+    """A search stopped by a probe that is no verdict: what it found so far, the bracket unfinished."""
+    if stopped is not None:
+        result.update(status=stopped.status, stopped_at=stopped.to_json())
+    return result
 
 
 # --- real probes: compose the config like the main job, run it, read its summary -------------------------
@@ -187,11 +221,31 @@ def compose(overrides: list[str], hydra_node: bool = False):
         raise HarnessError(one_line("\n".join(str(e) for e in (exc, exc.__cause__) if e is not None))) from None
 
 
-def plain_overrides(overrides: list[str]) -> list[str]:
-    """The overrides that set one value: neither sweeps (a,b / glob(*) / range()) nor hydra.* settings."""
+def hydra_overrides(overrides: list[str]) -> list[str]:
+    """The overrides as Hydra applies them; HarnessError for one that would silently change nothing.
+
+    Hydra merges a dictionary given on the command line into the configured one, and closes every
+    dictionary of the composed config to new keys: so `models={}` would keep every model, and
+    `workload.mix={resnet50: 3}` would take a leading + to add models to the (empty) mix. A mix is
+    written whole, so its plain form gets the +.
+    """
+    out = []
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if re.fullmatch(r"\{\s*\}", value.strip()) and not key.startswith("~"):
+            name = key.lstrip("+")
+            raise HarnessError(f"{o} would change nothing: Hydra merges it into the configured {name}; "
+                               f"remove entries with ~{name}.<key>")
+        out.append("+" + o if key == "workload.mix" and value.lstrip().startswith("{") else o)
+    return out
+
+
+def plain_overrides(overrides: list[str], keep_hydra: bool = False) -> list[str]:
+    """The overrides that set one value: not sweeps (a,b / glob(*) / range()), nor hydra.* settings unless kept."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    overrides = [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
+    if not keep_hydra:
+        overrides = [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except Exception as exc:
@@ -246,9 +300,18 @@ def real_probe(kind: str, overrides: list[str], out: Path, knob: str) -> ProbeFn
         text = str(int(value)) if kind == "fewest_gpus" else f"{value:.8g}"
         run_overrides = [*overrides, f"{knob}={text}"]
         run_dir = out / "probes" / f"{next(counter):02d}_{knob.rsplit('.', 1)[-1]}={text}"
-        summary = execute(compose(run_overrides), run_dir, run_overrides)
+        try:
+            summary = execute(compose(run_overrides), run_dir, run_overrides)
+        except KeyboardInterrupt:               # the sim, or a live run before it served
+            raise ProbeStopped("interrupted", float(text), rundir.abandon(run_dir)) from None
+        run = run_dir.relative_to(out).as_posix()
+        if summary["validity"]["interrupted"]:  # a live run cut short: its attainment is no verdict
+            raise ProbeStopped("interrupted", float(text), "interrupted; its records are kept", run)
+        broke = rundir.failures(summary)
+        if broke:
+            raise ProbeStopped("broken", float(text), "; ".join(broke), run)
         p = Probe(float(text), summary["slo_attainment"], summary["goodput"], summary["offered_rate"],
-                  summary["validity"]["valid"], run_dir.relative_to(out).as_posix())
+                  summary["validity"]["valid"], run)
         print(f"  {out.name}: {knob}={text} -> attainment {p.attainment:.2%}, goodput {p.goodput:,.1f} req/s",
               flush=True)
         return p
@@ -267,7 +330,7 @@ def search(kind: str, overrides: list[str], out: Path, target: float = TARGET, t
     knob = knob_for(kind, cfg)
     # The configured value of the knob is where the search starts; the probes set it themselves.
     overrides = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != knob]
-    out.mkdir(parents=True, exist_ok=True)
+    rundir.claim(rundir.SEARCH, out)
     probe = real_probe(kind, overrides, out, knob)
     if kind == "capacity":
         first = start or (cfg.workload.rate_scale if knob.endswith("rate_scale") else cfg.workload.rate)
@@ -281,12 +344,13 @@ def search(kind: str, overrides: list[str], out: Path, target: float = TARGET, t
 
 
 def write_search(result: dict, out: Path) -> None:
-    from harness import figures
+    from harness.report import figures
     from harness.records import write_json
 
     write_json(result, out / "search.json")
-    fig = figures.search_paths([result], figures.styles([result["system"]]))
-    figures.save(fig, out, "search_path")
+    if result["probes"]:                    # a search stopped at its first probe has no path to draw
+        fig = figures.search_paths([result], figures.styles([result["system"]]))
+        figures.save(fig, out, "search_path")
 
 
 def _label(values: dict) -> str:
@@ -307,10 +371,28 @@ def _search_one(job: tuple) -> dict:
         return result
 
 
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _pooled_search(job: tuple) -> dict:
+    """_search_one in a pool's worker, which hears Ctrl-C only while it searches (idle, it would die of it)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return _search_one(job)
+    finally:
+        _ignore_sigint()
+
+
 def search_all(kind: str, overrides: list[str], out: Path, jobs: int = 1, **kwargs) -> list[dict]:
-    """One search per combination of the sweeps in `overrides` (and the experiment's sweeper params)."""
+    """One search per combination of the sweeps in `overrides` (and the experiment's sweeper params).
+
+    An interrupted search stops those after it (KeyboardInterrupt when they run in parallel: each one
+    running stops and writes what it found)."""
     if kind not in KINDS:
         raise HarnessError(f"unknown search '{kind}'; choose one of: {', '.join(KINDS)}")
+    overrides = hydra_overrides(overrides)
+    rundir.claim(rundir.SEARCH, out)
     combos = expand(overrides)
     if len(combos) == 1:
         dirs = [out]
@@ -318,18 +400,29 @@ def search_all(kind: str, overrides: list[str], out: Path, jobs: int = 1, **kwar
         dirs = [out / f"{i}_{_label(values)}" for i, (_, values) in enumerate(combos)]
     jobs_args = [(kind, combo, d, kwargs) for (combo, _), d in zip(combos, dirs)]
     if jobs > 1 and len(jobs_args) > 1:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
-            return list(pool.map(_search_one, jobs_args))
+        with ProcessPoolExecutor(max_workers=jobs, initializer=_ignore_sigint) as pool:
+            futures = [pool.submit(_pooled_search, j) for j in jobs_args]
+            try:
+                return [f.result() for f in futures]
+            except KeyboardInterrupt:
+                pool.shutdown(cancel_futures=True)
+                raise
     if len(jobs_args) == 1:
         return [search(*jobs_args[0][:3], **kwargs)]       # a single search reports its own errors
-    return [_search_one(j) for j in jobs_args]
+    results = []
+    for job in jobs_args:
+        results.append(_search_one(job))
+        if results[-1]["status"] == "interrupted":
+            break
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m harness.search", description=__doc__.splitlines()[0])
     ap.add_argument("kind", choices=KINDS)
     ap.add_argument("overrides", nargs="*", help="the main job's Hydra overrides, e.g. system=symphony workload=bursty")
-    ap.add_argument("--out", type=Path, help="output directory (default results/searches/<time>_<kind>)")
+    ap.add_argument("--out", type=Path,
+                    help="output directory, new or empty (default results/searches/<time>_<pid>_<kind>)")
     ap.add_argument("--target", type=float, default=TARGET, help="SLO attainment a probe must reach (default 0.99)")
     ap.add_argument("--tolerance", type=float, default=0.02, help="capacity: relative width of the final bracket")
     ap.add_argument("--start", type=float, help="first rate or GPU count (default: the configured one)")
@@ -338,10 +431,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-probes", type=int, default=40, help="probes per search at most")
     ap.add_argument("--jobs", type=int, default=1, help="searches run in parallel (one per sweep combination)")
     args = ap.parse_args(argv)
-    out = args.out or Path("results") / "searches" / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{args.kind}"
+    signal.signal(signal.SIGTERM, signal.default_int_handler)   # SIGTERM stops a search as Ctrl-C does
+    stamp = f"{datetime.now():%Y-%m-%d_%H-%M-%S-%f}_{os.getpid()}"     # searches started at once never share it
+    out = args.out or Path("results") / "searches" / f"{stamp}_{args.kind}"
     try:
-        if (out / "search.json").exists():
-            raise HarnessError(f"'{out}' already holds a search; choose another --out")
         results = search_all(args.kind, args.overrides, out, jobs=args.jobs, target=args.target,
                              tolerance=args.tolerance, start=args.start, max_rate=args.max_rate,
                              max_gpus=args.max_gpus,
@@ -349,13 +442,27 @@ def main(argv: list[str] | None = None) -> int:
     except HarnessError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:                   # between probes, or searches running in parallel
+        print(f"interrupted; what was found so far is under {out}", file=sys.stderr)
+        return rundir.INTERRUPTED
     unit = "req/s" if args.kind == "capacity" else "GPUs"
     for r in results:
         answer = "-" if r.get("answer") is None else f"{r['answer']:,.6g} {unit}"
         what = f"{r['system']} / {r['workload']} / {r['cluster']}" if "system" in r else " ".join(r["overrides"])
         print(f"{what}: {args.kind} {answer} ({r['status']}, {len(r['probes'])} probes)")
+        if "stopped_at" in r:
+            print(f"  stopped at {r['knob']}={r['stopped_at']['value']:g}: {r['stopped_at']['reason']}")
     print(f"results: {out}")
-    return 1 if any(r["status"] == "error" for r in results) else 0
+    statuses = {r["status"] for r in results}
+    if "interrupted" in statuses:
+        print(f"interrupted: the search stopped; what it found so far is in {out} (status interrupted)",
+              file=sys.stderr)
+        return rundir.INTERRUPTED
+    if "broken" in statuses:
+        print("error: a probe's run broke, so its search stopped (status broken); see its stopped_at",
+              file=sys.stderr)
+        return rundir.BROKE
+    return 1 if "error" in statuses else 0
 
 
 if __name__ == "__main__":

@@ -19,6 +19,17 @@ def names() -> list[str]:
 
 
 def policy_class(name: str) -> type[Policy]:
+    """The policy of `system=name`; a name `package.module:Class` names a policy defined elsewhere (a test's,
+    or one under development) whose config the run's config.yaml gives in full."""
+    if ":" in name:
+        module_name, _, attr = name.partition(":")
+        try:
+            found = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise HarnessError(f"cannot load the policy '{name}' ({exc}); give module:Class of a Policy") from None
+        if not (isinstance(found, type) and issubclass(found, Policy)):
+            raise HarnessError(f"'{name}' is not a Policy subclass")
+        return found
     if name not in names():
         raise HarnessError(f"unknown system '{name}'; choose one of: {', '.join(names())}")
     module = importlib.import_module(f"{__name__}.{name}")

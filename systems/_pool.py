@@ -23,6 +23,15 @@ class GpuPool:
     def __len__(self) -> int:
         return len(self.ranks)
 
+    def copy(self) -> "GpuPool":
+        other = GpuPool([])
+        other.ranks = list(self.ranks)
+        other.free_at = dict(self.free_at)
+        other._idle = dict(self._idle)
+        other._idle_heap = list(self._idle_heap)
+        other._busy_heap = list(self._busy_heap)
+        return other
+
     def peek(self, now: float) -> tuple[int, float]:
         """(rank, time it frees) of the slot to use next; the time is `now` for an idle slot."""
         busy, idle, free_at, is_idle = self._busy_heap, self._idle_heap, self.free_at, self._idle
@@ -63,10 +72,22 @@ class GpuPool:
         self.free_at[rank] = float("nan")     # matches no heap entry, so it is never returned
 
     def add(self, rank: int, now: float) -> None:
-        """The slot (back) in the cluster, idle."""
+        """The slot (back, or new) in the cluster, idle."""
+        if rank not in self.free_at:
+            self.ranks.append(rank)
         self.free_at[rank] = now
         self._idle[rank] = False
         self.release(rank, now)
+
+    def adopt(self, rank: int, source: "GpuPool") -> None:
+        """Take slot `rank` in as it stands in `source`: idle or busy, with its predicted free time."""
+        self.ranks.append(rank)
+        if source._idle[rank]:
+            self.free_at[rank] = source.free_at[rank]
+            self._idle[rank] = True
+            heapq.heappush(self._idle_heap, rank)
+        else:
+            self.book(rank, source.free_at[rank])
 
 
 class Pools:
@@ -74,16 +95,73 @@ class Pools:
 
     When every slot holds every model (the usual cluster) this is a single
     pool; with partial placement, booking a slot updates every pool it is in.
+    A policy may narrow each model's pool further (restrict): Symphony's
+    sub-clusters.
     """
 
-    def __init__(self, gpus):
+    def __init__(self, slots):
         holders: dict[str, list[int]] = {}
-        for g in gpus:
-            for m in g.models:
-                holders.setdefault(m, []).append(g.index)
+        for s in slots:
+            if s.alive:
+                for m in s.models:
+                    holders.setdefault(m, []).append(s.index)
         by_set: dict[tuple[int, ...], GpuPool] = {}
         self._of_model = {m: by_set.setdefault(tuple(sorted(r)), GpuPool(r)) for m, r in holders.items()}
         self._of_rank: dict[int, list[GpuPool]] = {}
+        for pool in by_set.values():
+            for r in pool.ranks:
+                self._of_rank.setdefault(r, []).append(pool)
+        self._slots = slots
+
+    def add(self, rank: int, now: float) -> None:
+        """A slot joined: into the pool of every model it holds. A new slot that holds only some of
+        the models sharing a pool splits that pool, so no model is routed to a slot without it."""
+        if rank not in self._of_rank:
+            held = self._slots[rank].models
+            pools: list[GpuPool] = []
+            for m in sorted(held):
+                pool = self._of_model.get(m)
+                if pool is None:
+                    pool = self._of_model[m] = GpuPool([])
+                elif any(self._of_model.get(o) is pool for o in self._of_model if o not in held):
+                    split = pool.copy()
+                    for o in held:
+                        if self._of_model.get(o) is pool:
+                            self._of_model[o] = split
+                    for r in split.ranks:
+                        self._of_rank[r].append(split)
+                    pool = split
+                if pool not in pools:
+                    pools.append(pool)
+            self._of_rank[rank] = pools
+        for pool in self._of_rank[rank]:
+            pool.add(rank, now)
+
+    def restrict(self, allotted: dict[str, list[int]]) -> None:
+        """Serve every model only from the slots `allotted` to it (Symphony's sub-clusters); name every model.
+
+        Each slot keeps its predicted free time and idle state, so a batch
+        booked before the change still holds its slot after it; a slot
+        allotted to no model keeps them too, for a later restriction. Slots
+        that have left are skipped; one that joins later goes into the pool of
+        every model it holds (add) until the next restriction.
+        """
+        current = {r: pools[0] for r, pools in self._of_rank.items()
+                   if pools and pools[0].free_at[r] == pools[0].free_at[r]}    # alive: a removed slot's is NaN
+        by_set: dict[tuple[int, ...], GpuPool] = {}
+
+        def pool_of(ranks) -> GpuPool:
+            key = tuple(sorted(r for r in ranks if r in current))
+            if key not in by_set:
+                by_set[key] = pool = GpuPool([])
+                for r in key:
+                    pool.adopt(r, current[r])
+            return by_set[key]
+
+        self._of_model = {m: pool_of(ranks) for m, ranks in allotted.items()}
+        used = {r for pool in by_set.values() for r in pool.ranks}
+        pool_of(r for r in current if r not in used)
+        self._of_rank = {}
         for pool in by_set.values():
             for r in pool.ranks:
                 self._of_rank.setdefault(r, []).append(pool)
@@ -103,6 +181,3 @@ class Pools:
         for pool in self._of_rank[rank]:
             pool.remove(rank)
 
-    def add(self, rank: int, now: float) -> None:
-        for pool in self._of_rank[rank]:
-            pool.add(rank, now)

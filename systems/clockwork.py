@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from harness.core import Batch, Policy, Request, SystemConfig, slots_holding
+from harness.core import Batch, Policy, Task, SystemConfig, slots_holding
 from systems._pool import Pools
 
 MS = 1e-3
@@ -62,7 +62,7 @@ class _ModelState:
     def __init__(self, name, order, profile_p99, max_batch, window, pool):
         self.name = name
         self.order = order
-        self.queue: deque[Request] = deque()
+        self.queue: deque[Task] = deque()
         self.est = list(profile_p99)                   # est[b]: estimated execution time of a batch of b
         self.measured = [deque(maxlen=window) for _ in self.est]
         self.max_batch = max_batch
@@ -75,15 +75,15 @@ class Clockwork(Policy):
     def __init__(self, cluster, models, config: ClockworkConfig):
         super().__init__(cluster, models, config)
         self.ahead = config.schedule_ahead_ms * MS
-        self.pools = Pools(cluster.gpus)
+        self.pools = Pools(cluster.slots)
         self.state: dict[str, _ModelState] = {}
         for i, (m, spec) in enumerate(models.items()):
-            curve = cluster.curve(m, slots_holding(cluster.gpus, m)[0])
+            curve = cluster.curve(m, slots_holding(cluster.slots, m)[0])
             fit = max(b for b in range(1, curve.max_batch + 1) if b == 1 or curve.p99[b] <= spec.slo)
             cap = max(1, min(config.max_batch or fit, curve.max_batch))
             self.state[m] = _ModelState(m, i, curve.p99, cap, max(1, config.window), self.pools.of(m))
-        n = len(cluster.gpus)
-        self.held = [frozenset(m for m in models if m in g.models) for g in cluster.gpus]
+        n = len(cluster.slots)
+        self.held = [frozenset(m for m in models if m in g.models) for g in cluster.slots]
         self.pools_of_slot = [list({id(self.state[m].pool): self.state[m].pool for m in held}.values())
                               for held in self.held]
         self.active: dict[str, _ModelState] = {}    # models with queued requests: what each decision scans
@@ -95,21 +95,21 @@ class Clockwork(Policy):
         self.timer_at = [float("inf")] * n
 
     # -- events -----------------------------------------------------------------
-    def on_arrival(self, req: Request) -> None:
-        st = self.state[req.model]
-        st.queue.append(req)
+    def on_arrival(self, task: Task) -> None:
+        st = self.state[task.model]
+        st.queue.append(task)
         self.active[st.name] = st
         self._serve_pool(st.pool)
 
     def on_batch_done(self, batch: Batch) -> None:
-        gpu, now = batch.gpu, self.cluster.now()
+        gpu, now = batch.slot, self.cluster.now()
         if batch.status == "ok":
             st = self.state[batch.model]
             b = batch.size
             st.measured[b].append(batch.t_end - batch.t_start)
             st.est[b] = p99(st.measured[b])
         self.work[gpu] = max(0.0, self.work[gpu] - self.sent.pop(batch.id, 0.0))
-        if self.cluster.gpus[gpu].outstanding == 0:
+        if self.cluster.slots[gpu].outstanding == 0:
             self.work[gpu] = 0.0                     # no rounding residue once the slot is empty
         # What is still outstanding starts now, one batch after another.
         self.free_at[gpu] = now + self.work[gpu]
@@ -117,17 +117,27 @@ class Clockwork(Policy):
         for pool in self.pools_of_slot[gpu]:
             self._serve_pool(pool)
 
-    def on_gpu_lost(self, gpu: int) -> None:
+    def on_slot_lost(self, gpu: int) -> None:
         self.pools.remove(gpu)
         if self.timers[gpu] is not None:
             self.timers[gpu].cancel()
             self.timers[gpu] = None
 
-    def on_gpu_added(self, gpu: int) -> None:
+    def on_slot_added(self, slot: int) -> None:
         now = self.cluster.now()
-        self.free_at[gpu], self.work[gpu] = now, 0.0
-        self.pools.add(gpu, now)
-        for pool in self.pools_of_slot[gpu]:
+        while len(self.free_at) <= slot:                # a slot new to the cluster
+            for per_slot in (self.free_at, self.work, self.timer_at):
+                per_slot.append(float("inf") if per_slot is self.timer_at else 0.0)
+            self.timers.append(None)
+            self.held.append(frozenset())
+            self.pools_of_slot.append([])
+        self.free_at[slot], self.work[slot] = now, 0.0
+        self.held[slot] = frozenset(m for m in self.models if m in self.cluster.slots[slot].models)
+        self.uniform = self.uniform and len(self.held[slot]) == len(self.models)
+        self.pools.add(slot, now)
+        self.pools_of_slot[slot] = list({id(self.state[m].pool): self.state[m].pool
+                                         for m in self.held[slot]}.values())
+        for pool in self.pools_of_slot[slot]:
             self._serve_pool(pool)
 
     def estimate(self, model: str, b: int) -> float:
@@ -185,10 +195,10 @@ class Clockwork(Policy):
                     best, best_b, best_latest = st, b, latest
             if best is None:
                 return False
-            reqs = [best.queue.popleft() for _ in range(best_b)]
+            tasks = [best.queue.popleft() for _ in range(best_b)]
             if not best.queue:
                 del self.active[best.name]
-            batch = self.cluster.dispatch(gpu, best.name, reqs, latest_start=best_latest)
+            batch = self.cluster.dispatch(gpu, best.name, tasks, latest_start=best_latest)
             est = best.est[best_b]
             self.sent[batch.id] = est
             self.work[gpu] += est

@@ -24,7 +24,7 @@ needs more slots than are alive, every rate is scaled down by the same factor
 until it fits (the overload is then shed by early drop).
 
 Epochs: every `rate_window_s` the arrivals of the last window give each
-model's rate (at least 0.1 req/s, Nexus's floor, so every model keeps a
+model's rate (at least 0.1 task/s, Nexus's floor, so every model keeps a
 session); the allocation is redone every `epoch_s`, or sooner when a rate
 leaves [rate_low, rate_high] x the model's allocated throughput. There is no
 rate at t = 0: until the first sample every slot holds every model at b_max
@@ -52,10 +52,10 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
-from harness.core import Batch, Policy, Request, SystemConfig
+from harness.core import Batch, Policy, Task, SystemConfig
 from harness.errors import HarnessError
 
-MIN_RATE = 0.1          # req/s: Nexus's floor on an estimated rate
+MIN_RATE = 0.1          # task/s: Nexus's floor on an estimated rate
 EPS = 1e-9            # s: tolerance when comparing sums of latencies with a duty cycle
 
 
@@ -118,7 +118,7 @@ class _Slot:
         self.sessions: list[tuple[_Model, int]] = []     # (model, batch cap) in round-robin order
         self.rr = 0
         self.busy = False
-        self.queues: dict[str, deque[Request]] = {}
+        self.queues: dict[str, deque[Task]] = {}
 
 
 class _Router:
@@ -150,7 +150,7 @@ class Nexus(Policy):
     def __init__(self, cluster, models, config: NexusConfig):
         super().__init__(cluster, models, config)
         names = frozenset(models)
-        if any(not names <= g.models for g in cluster.gpus):
+        if any(not names <= g.models for g in cluster.slots):
             raise HarnessError("nexus places models on slots itself, so every slot must hold every model; "
                                "use a cluster whose slots hold all configured models")
         self.info: dict[str, _Model] = {}
@@ -160,7 +160,7 @@ class Nexus(Policy):
             cap = min(config.max_batch or curve.max_batch, curve.max_batch)
             l = [mu + sd for mu, sd in zip(curve.mean, curve.std)]
             self.info[m] = _Model(m, i, spec.slo, l, cap)
-        self.slots = [_Slot(g.index) for g in cluster.gpus]
+        self.slots = [_Slot(g.index) for g in cluster.slots]
         self.routers: dict[str, _Router] = {}
         self.arrivals = {m: 0 for m in models}
         self.rates: dict[str, float] | None = None      # the rates of the current allocation
@@ -172,22 +172,26 @@ class Nexus(Policy):
     def start(self) -> None:
         self.cluster.call_at(self.config.rate_window_s, self._sample)
 
-    def on_arrival(self, req: Request) -> None:
-        self.arrivals[req.model] += 1
-        slot = self.slots[self.routers[req.model].pick()]
-        slot.queues[req.model].append(req)
+    def on_arrival(self, task: Task) -> None:
+        self.arrivals[task.model] += 1
+        slot = self.slots[self.routers[task.model].pick()]
+        slot.queues[task.model].append(task)
         if not slot.busy:
             self._run(slot)
 
     def on_batch_done(self, batch: Batch) -> None:
-        slot = self.slots[batch.gpu]
+        slot = self.slots[batch.slot]
         slot.busy = False
         self._run(slot)
 
-    def on_gpu_lost(self, gpu: int) -> None:
+    def on_slot_lost(self, gpu: int) -> None:
         self._reallocate()
 
-    def on_gpu_added(self, gpu: int) -> None:
+    def on_slot_added(self, slot: int) -> None:
+        if not self.cluster.slots[slot].models >= self.info.keys():
+            raise HarnessError(f"nexus: slot {slot} joined without every model; nexus needs slots that hold all")
+        while len(self.slots) <= slot:                  # a slot new to the cluster
+            self.slots.append(_Slot(len(self.slots)))
         self._reallocate()
 
     def _reallocate(self) -> None:
@@ -240,7 +244,7 @@ class Nexus(Policy):
 
     def _fit(self, rates: dict[str, float]) -> list[tuple[int, list[tuple[_Model, int, float]]]]:
         """The plan for `rates` on the alive slots, scaled down proportionally if it needs more."""
-        alive = [g.index for g in self.cluster.gpus if g.alive]
+        alive = [g.index for g in self.cluster.slots if g.alive]
         bins = self.plan(rates)
         scale = 1.0
         for _ in range(50):
@@ -256,11 +260,11 @@ class Nexus(Policy):
     def _everywhere(self) -> list[tuple[int, list[tuple[_Model, int, float]]]]:
         """Every alive slot holds every model at b_max (before the first rate sample)."""
         everything = [(info, info.b_max, info.t_max) for info in self.info.values()]
-        return [(g.index, everything) for g in self.cluster.gpus if g.alive]
+        return [(g.index, everything) for g in self.cluster.slots if g.alive]
 
     def _install(self, assignment) -> None:
         """Switch to a new allocation; requests already queued are routed again under it."""
-        pending: dict[str, list[Request]] = {m: [] for m in self.info}
+        pending: dict[str, list[Task]] = {m: [] for m in self.info}
         for slot in self.slots:
             for m, q in slot.queues.items():
                 pending[m].extend(q)
@@ -275,13 +279,13 @@ class Nexus(Policy):
         self.routers = {m: _Router(w) for m, w in weighted.items()}
         self.throughput = {m: sum(tp for _, tp in w) for m, w in weighted.items()}
         self.allocated_at = self.cluster.now()
-        for m, reqs in pending.items():
-            reqs.sort(key=lambda r: r.deadline)
+        for m, tasks in pending.items():
+            tasks.sort(key=lambda r: r.deadline)
             router = self.routers[m]
-            for r in reqs:
+            for r in tasks:
                 self.slots[router.pick()].queues[m].append(r)
         for slot in self.slots:
-            if not slot.busy and slot.sessions and self.cluster.gpus[slot.index].alive:
+            if not slot.busy and slot.sessions and self.cluster.slots[slot.index].alive:
                 self._run(slot)
 
     def _sample(self) -> None:

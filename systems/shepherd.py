@@ -31,7 +31,7 @@ from collections import deque
 from dataclasses import dataclass
 from itertools import accumulate
 
-from harness.core import Batch, Policy, Request, SystemConfig, slots_holding
+from harness.core import Batch, Policy, Task, SystemConfig, slots_holding
 from systems._pool import Pools
 
 
@@ -48,7 +48,7 @@ class _ModelState:
     def __init__(self, name, order, l, max_batch, pool):
         self.name = name
         self.order = order                           # tie-break: position in the models config
-        self.queue: deque[Request] = deque()
+        self.queue: deque[Task] = deque()
         self.l = l                                   # l[b]: profiled mean latency of a batch of b
         # Running maximum of l, so that bisect finds the largest batch that fits even on a
         # profile that is not quite monotone (exact on a monotone one).
@@ -62,14 +62,14 @@ class Shepherd(Policy):
 
     def __init__(self, cluster, models, config: ShepherdConfig):
         super().__init__(cluster, models, config)
-        self.pools = Pools(cluster.gpus)
+        self.pools = Pools(cluster.slots)
         self.state: dict[str, _ModelState] = {}
         for i, m in enumerate(models):
             # Slots holding a model are assumed alike; the first one's profile stands for all.
-            curve = cluster.curve(m, slots_holding(cluster.gpus, m)[0])
+            curve = cluster.curve(m, slots_holding(cluster.slots, m)[0])
             cap = min(config.max_batch or curve.max_batch, curve.max_batch)
             self.state[m] = _ModelState(m, i, curve.mean, cap, self.pools.of(m))
-        self.held = {g.index: [self.state[m] for m in models if m in g.models] for g in cluster.gpus}
+        self.held = {g.index: [self.state[m] for m in models if m in g.models] for g in cluster.slots}
         self.running: dict[int, Batch] = {}         # slot -> its running batch
         # Per pool, a heap of (size, slot, batch id) of running batches; stale entries are skipped.
         self.running_heap: dict[int, list] = {id(st.pool): [] for st in self.state.values()}
@@ -77,9 +77,9 @@ class Shepherd(Policy):
                               for g, held in self.held.items()}
 
     # -- events -----------------------------------------------------------------
-    def on_arrival(self, req: Request) -> None:
-        st = self.state[req.model]
-        st.queue.append(req)
+    def on_arrival(self, task: Task) -> None:
+        st = self.state[task.model]
+        st.queue.append(task)
         now = self.cluster.now()
         rank, free = st.pool.peek(now)
         if rank < 0:
@@ -92,19 +92,24 @@ class Shepherd(Policy):
     def on_batch_done(self, batch: Batch) -> None:
         if batch.status == "preempted":
             return                            # handled when it was preempted; its slot runs the new batch
-        gpu = batch.gpu
+        gpu = batch.slot
         if self.running.get(gpu) is batch:
             del self.running[gpu]
         self.pools.release(gpu, self.cluster.now())
         self._serve(gpu)
 
-    def on_gpu_lost(self, gpu: int) -> None:
+    def on_slot_lost(self, gpu: int) -> None:
         self.running.pop(gpu, None)
         self.pools.remove(gpu)
 
-    def on_gpu_added(self, gpu: int) -> None:
-        self.pools.add(gpu, self.cluster.now())
-        self._serve(gpu)
+    def on_slot_added(self, slot: int) -> None:
+        held = self.cluster.slots[slot].models
+        self.held[slot] = [st for m, st in self.state.items() if m in held]
+        self.pools.add(slot, self.cluster.now())
+        self.pools_of_slot[slot] = list({id(st.pool): st.pool for st in self.held[slot]}.values())
+        for pool in self.pools_of_slot[slot]:
+            self.running_heap.setdefault(id(pool), [])
+        self._serve(slot)
 
     # -- decisions --------------------------------------------------------------
     def candidate(self, st: _ModelState, now: float) -> int:
@@ -160,7 +165,7 @@ class Shepherd(Policy):
         victim = self._smallest_running(st)
         if victim is None or b < self.config.preempt_lambda * victim.size:
             return
-        gpu = victim.gpu
+        gpu = victim.slot
         del self.running[gpu]
         back = self.cluster.preempt(gpu)
         # They were the head of their model's queue when dispatched, so they precede what is queued now.

@@ -23,10 +23,22 @@ only when the batcher runs, i.e. while an instance is free. REJECT drops it;
 DELAY moves it to a second queue served after the fresh requests (Triton's
 delayed queue). Triton has no SLO: nothing is dropped for deadlines.
 
-Instances: `instance_count` per slot holding the model; a batch goes to a
-free instance on the lowest slot index. Instances on one slot, and models
-sharing a slot, run their batches one after another (the slot serialises
-them), where real Triton would overlap them on CUDA streams.
+Instances: `instance_count` per slot the model has instances on -- every
+slot holding it, or `instance_gpus` of them spread over the cluster round
+robin by model (Triton's instance_group `gpus`); a batch goes to a free
+instance on the lowest slot index. Instances on one slot, and models sharing
+a slot, run their batches one after another (the slot serialises them),
+where real Triton would overlap them on CUDA streams.
+
+Why it falls apart with many models where eager does not: each model's
+instance on a slot sends its own batch as soon as it is free, so a slot
+shared by M models queues up to M batches (eager gives an idle slot one
+batch, of the most urgent model), and nothing is ever dropped for its
+deadline, so a request waits for a turn through every model's batch. With
+100 models on 32 slots every slot queues up to 100 batches. That is what
+Triton does when every model has an instance on every GPU; a deployment of
+many models gives each a few GPUs (`instance_gpus`) and a queue timeout
+(`default_timeout_microseconds`).
 
 Left out: priority levels and per-priority policies, allow_timeout_override,
 preserve_ordering, the response cache, the rate limiter, and growing a
@@ -41,7 +53,7 @@ from bisect import bisect_right
 from collections import deque
 from dataclasses import dataclass, field
 
-from harness.core import REJECTED, Batch, Policy, Request, SystemConfig, slots_holding
+from harness.core import REJECTED, Batch, Policy, Task, SystemConfig, slots_holding
 from harness.errors import HarnessError
 
 US = 1e-6
@@ -58,6 +70,19 @@ class TritonConfig(SystemConfig):
     max_queue_size: int = 0                                      # 0: unbounded
     default_timeout_microseconds: int = 0                        # 0: no queue timeout
     timeout_action: str = "REJECT"                               # REJECT or DELAY
+    instance_gpus: int = 0                                       # slots each model has instances on; 0: all
+
+
+def instance_slots(models: list[str], slots, instance_gpus: int) -> dict[str, list[int]]:
+    """The slots each model has instances on: all that hold it, or `instance_gpus` of them, model i's
+    starting at slot i * instance_gpus (round robin), so the models spread evenly over the cluster."""
+    placed = {}
+    for i, m in enumerate(models):
+        holders = slots_holding(slots, m)
+        k = instance_gpus
+        placed[m] = holders if not k or k >= len(holders) else sorted(
+            holders[(i * k + j) % len(holders)] for j in range(k))
+    return placed
 
 
 class _Batcher:
@@ -65,8 +90,8 @@ class _Batcher:
 
     def __init__(self, name: str, free: list[int], max_batch: int, preferred: list[int]):
         self.name = name
-        self.queue: deque[Request] = deque()
-        self.delayed: deque[Request] = deque()   # timed out under DELAY: served after `queue`
+        self.queue: deque[Task] = deque()
+        self.delayed: deque[Task] = deque()   # timed out under DELAY: served after `queue`
         self.free = free                         # heap of slot indices, one entry per free instance
         self.max_batch = max_batch
         self.preferred = preferred               # sorted ascending
@@ -85,12 +110,16 @@ class Triton(Policy):
         if config.instance_count < 1:
             raise HarnessError(f"triton: instance_count must be >= 1 (got {config.instance_count}); "
                                "fix system.instance_count")
+        if config.instance_gpus < 0:
+            raise HarnessError(f"triton: instance_gpus must be >= 0 (got {config.instance_gpus}); "
+                               "fix system.instance_gpus")
         self.delay = config.max_queue_delay_microseconds * US
         self.timeout = config.default_timeout_microseconds * US
         self.reject_on_timeout = config.timeout_action == "REJECT"
         self.batchers: dict[str, _Batcher] = {}
+        placed = instance_slots(list(models), cluster.slots, config.instance_gpus)
         for m in models:
-            slots = slots_holding(cluster.gpus, m)
+            slots = placed[m]
             largest = cluster.curve(m, slots[0]).max_batch
             max_batch = config.max_batch_size or largest
             if max_batch > largest:
@@ -105,24 +134,24 @@ class Triton(Policy):
             self.batchers[m] = _Batcher(m, free, max_batch, preferred)
 
     # -- events -----------------------------------------------------------------
-    def on_arrival(self, req: Request) -> None:
-        b = self.batchers[req.model]
+    def on_arrival(self, task: Task) -> None:
+        b = self.batchers[task.model]
         limit = self.config.max_queue_size
         if limit and len(b.queue) + len(b.delayed) >= limit:
             # Triton answers UNAVAILABLE "Exceeds maximum queue size"; records want status 'rejected'.
-            self.cluster.drop([req], "queue full", status=REJECTED)
+            self.cluster.drop([task], "queue full", status=REJECTED)
             return
-        b.queue.append(req)
+        b.queue.append(task)
         self._run(b)
 
     def on_batch_done(self, batch: Batch) -> None:
         b = self.batchers[batch.model]
-        if self.cluster.gpus[batch.gpu].alive:
-            heapq.heappush(b.free, batch.gpu)
+        if self.cluster.slots[batch.slot].alive:
+            heapq.heappush(b.free, batch.slot)
         self._run(b)
 
-    def on_gpu_added(self, gpu: int) -> None:
-        for model in self.cluster.gpus[gpu].models & self.batchers.keys():
+    def on_slot_added(self, gpu: int) -> None:
+        for model in self.cluster.slots[gpu].models & self.batchers.keys():
             b = self.batchers[model]
             # Instances of a released slot may still sit in the free heap (skipped while it was dead).
             for _ in range(self.config.instance_count - b.free.count(gpu)):
@@ -134,9 +163,9 @@ class Triton(Policy):
         """What Triton's batcher thread does each time it wakes with a free instance."""
         cluster = self.cluster
         now = cluster.now()
-        gpus = cluster.gpus
+        slots = cluster.slots
         while b.free:
-            if not gpus[b.free[0]].alive:
+            if not slots[b.free[0]].alive:
                 heapq.heappop(b.free)
                 continue
             if self.timeout > 0:
@@ -190,13 +219,13 @@ class Triton(Policy):
         else:
             b.delayed.extend(expired)
 
-    def _take(self, b: _Batcher, size: int) -> list[Request]:
+    def _take(self, b: _Batcher, size: int) -> list[Task]:
         q = b.queue
-        reqs = [q.popleft() for _ in range(min(size, len(q)))]
+        tasks = [q.popleft() for _ in range(min(size, len(q)))]
         d = b.delayed
-        while len(reqs) < size:
-            reqs.append(d.popleft())
-        return reqs
+        while len(tasks) < size:
+            tasks.append(d.popleft())
+        return tasks
 
     def _wake_at(self, b: _Batcher, t: float) -> None:
         if b.timer_at != t:

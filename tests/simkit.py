@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from harness.core import GpuSlot, ModelSpec
+from harness.core import ModelSpec, Slot
+from harness.ledger import Ledger
 from harness.profiles import LatencyCurve
 from harness.runtimes.sim import SimCluster
 
@@ -13,25 +14,33 @@ def linear_curve(a_ms: float, c_ms: float, max_batch: int = 64) -> LatencyCurve:
     return LatencyCurve.linear(a_ms, c_ms, max_batch)
 
 
-def cluster(slos_ms: dict[str, float], n_gpus: int, curve: LatencyCurve, noise: bool = False) -> SimCluster:
-    models = frozenset(slos_ms)
-    gpus = [GpuSlot(i, f"g{i}", "test", "whole", models) for i in range(n_gpus)]
-    return SimCluster(gpus, [{m: curve for m in models}] * n_gpus, noise=noise)
+def slots(models, n_gpus: int, partition: str = "whole") -> list[Slot]:
+    return [Slot(i, f"g{i}", "test", partition, frozenset(models), device=i) for i in range(n_gpus)]
+
+
+def cluster(slos_ms: dict[str, float], n_gpus: int, curve: LatencyCurve, noise: bool = False,
+            slot_start_s: float = 0.0) -> SimCluster:
+    ledger = Ledger(slots(slos_ms, n_gpus), [{m: curve for m in slos_ms}] * n_gpus,
+                    curves_of=lambda spec: {m: curve for m in spec.models})
+    return SimCluster(ledger, noise=noise, slot_start_s=slot_start_s)
 
 
 def specs(slos_ms: dict[str, float]) -> dict[str, ModelSpec]:
     return {m: ModelSpec(m, s / 1000.0) for m, s in slos_ms.items()}
 
 
+def slo_of(slos_ms: dict[str, float]) -> dict[str, float]:
+    return {m: s / 1000.0 for m, s in slos_ms.items()}
+
+
 def replay(policy_cls, config, slos_ms: dict[str, float], n_gpus: int, curve: LatencyCurve,
            arrivals: list[tuple[float, str]], drain: float = 1.0):
-    """Run `arrivals` [(t, model), ...] through a fresh policy; returns (requests, sim cluster, policy)."""
+    """Run `arrivals` [(t, model), ...] through a fresh policy; returns (tasks, sim cluster, policy)."""
     sim = cluster(slos_ms, n_gpus, curve)
-    models = specs(slos_ms)
-    policy = policy_cls(sim, models, config)
+    policy = policy_cls(sim, specs(slos_ms), config)
     times = np.array([t for t, _ in arrivals], dtype=float)
-    reqs = sim.run(policy, np.arange(len(arrivals)), [m for _, m in arrivals], times, models, drain=drain)
-    return reqs, sim, policy
+    tasks = sim.run(policy, np.arange(len(arrivals)), [m for _, m in arrivals], times, slo_of(slos_ms), drain=drain)
+    return tasks, sim, policy
 
 
 def poisson(rates: dict[str, float], duration: float, seed: int) -> list[tuple[float, str]]:

@@ -50,12 +50,29 @@ def test_sim_run_writes_records_and_summary(tmp_path):
     assert pd.read_parquet(tmp_path / "again" / "requests.parquet").equals(requests)
 
 
+def snapshot(directory: Path) -> dict:
+    return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
 def test_existing_run_directory_is_never_overwritten(tmp_path):
     assert harness("runtime=sim", "duration_s=12", run_dir=tmp_path).returncode == 0
-    before = (tmp_path / "summary.json").read_text()
-    second = harness("runtime=sim", "duration_s=12", run_dir=tmp_path)
+    before = snapshot(tmp_path)
+    assert tmp_path / ".hydra" / "overrides.yaml" in before
+    second = harness("runtime=sim", "duration_s=12", "seeds.schedule=7", run_dir=tmp_path)
     assert second.returncode == 2 and "already holds a run" in second.stderr
-    assert (tmp_path / "summary.json").read_text() == before
+    assert len(second.stderr.strip().splitlines()) == 1
+    assert snapshot(tmp_path) == before                             # not a byte written, Hydra's files included
+
+
+def test_a_directory_holding_part_of_a_run_is_refused_untouched(tmp_path):
+    (tmp_path / "schedule.parquet").write_bytes(b"from a run that never finished")
+    before = snapshot(tmp_path)
+    run = harness("runtime=sim", "duration_s=12", run_dir=tmp_path)
+    assert run.returncode == 2, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and "holds part of a run" in lines[0] and "schedule.parquet" in lines[0]
+    assert "remove it or choose another hydra.run.dir" in lines[0]
+    assert snapshot(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["schedule.parquet"]
 
 
 @pytest.mark.parametrize("overrides, expected", [
@@ -66,6 +83,13 @@ def test_existing_run_directory_is_never_overwritten(tmp_path):
     (["workload.nope=1"], "Key 'nope' not in 'WorkloadConfig'"),
     (["workload=maf_trace", "workload.trace=no/such/trace.csv"], "not found"),
     (["cluster.gpu_type=h999"], "latency profile 'h999/whole.json' not found"),
+    (["seeds.runtime=-1"], "seeds.runtime must be an integer >= 0"),
+    (["~models"], "no models configured; choose a models group, e.g. models=vision"),
+    (["models={}"], "models={} would change nothing"),
+    (["runtime.max_pending=0"], "runtime.max_pending must be >= 1"),
+    (["runtime.worker_timeout_s=0"], "runtime.worker_timeout_s must be > 0"),
+    (["workload.mix={nope: 1}"], "remove it from workload.mix (~workload.mix.nope)"),
+    (["workload=timestamp_trace", "workload.trace_unit=minutes"], "workload.trace_unit 'minutes' is unknown"),
 ])
 def test_bad_input_fails_with_one_line(tmp_path, overrides, expected):
     run = harness("runtime=sim", *overrides, run_dir=tmp_path)
@@ -73,6 +97,49 @@ def test_bad_input_fails_with_one_line(tmp_path, overrides, expected):
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], run.stderr
     assert not (tmp_path / "summary.json").exists()
+
+
+def test_the_readme_mix_syntax_sets_the_mix(tmp_path):
+    run = harness("runtime=sim", "system=eager", "duration_s=12", "workload=constant", "workload.rate=400",
+                  "workload.mix={resnet50: 3, vit_b_16: 1}", run_dir=tmp_path)
+    assert run.returncode == 0, run.stderr
+    offered = {m: v["offered_rate"] for m, v in json.loads((tmp_path / "summary.json").read_text())["per_model"].items()
+               if v["offered_rate"] > 0}
+    assert offered == pytest.approx({"resnet50": 300.0, "vit_b_16": 100.0}, rel=0.02)
+    # The fix a wrong mix's error suggests works.
+    fixed = harness("runtime=sim", "system=eager", "duration_s=12", "workload.mix={resnet50: 3, nope: 1}",
+                    "~workload.mix.nope", run_dir=tmp_path / "fixed")
+    assert fixed.returncode == 0, fixed.stderr
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "a_file"])
+def test_run_directory_that_cannot_be_made_is_one_line(tmp_path, where):
+    (tmp_path / "file").write_text("")
+    run_dir = tmp_path / "file" / "run" if where == "under_a_file" else tmp_path / "file"
+    run = harness("runtime=sim", "duration_s=12", run_dir=run_dir)
+    assert run.returncode == 2
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "hydra.run.dir" in lines[0], run.stderr
+
+
+def test_report_into_a_file_is_one_line(tmp_path):
+    assert harness("runtime=sim", "duration_s=12", run_dir=tmp_path / "run").returncode == 0
+    (tmp_path / "report.md").write_text("mine")
+    report = subprocess.run([sys.executable, "-m", "harness.report", str(tmp_path / "run"), "--out",
+                             str(tmp_path / "report.md")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert report.returncode == 2
+    lines = report.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "--out" in lines[0], report.stderr
+    assert (tmp_path / "report.md").read_text() == "mine"
+
+
+def test_profiler_without_torch_is_one_line():
+    code = ("import sys; sys.modules['torch'] = None; sys.argv[0] = 'profiler'; "      # as if torch were not installed
+            "from harness.gpu.profiler import main; sys.exit(main([]))")
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "torch" in lines[0] and "pip install" in lines[0]
 
 
 def test_malformed_trace_names_file_and_line(tmp_path):
@@ -95,9 +162,10 @@ def test_profile_missing_batch_size_is_refused(tmp_path):
 
 def test_provenance_names_the_commit_also_in_a_copied_checkout(tmp_path, monkeypatch):
     from harness import run, search
+    from harness.assembly import assemble
 
     monkeypatch.delenv(run.GIT_COMMIT_ENV, raising=False)
-    cfg = search.compose(["runtime=sim", "cluster=sleep1000"])
+    cfg = assemble(search.compose(["runtime=sim", "cluster=sleep1000"]))
     here = run.provenance(cfg, [])
     assert len(here["git_commit"] or "") == 40 and here["git_dirty"] in (True, False)
     monkeypatch.setattr(run, "ROOT", tmp_path)                      # no .git there

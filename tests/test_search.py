@@ -5,7 +5,8 @@ import json
 import pytest
 
 from harness import search
-from harness.search import Probe, find_capacity, find_fewest_gpus
+from harness.errors import HarnessError
+from harness.search import Probe, ProbeStopped, find_capacity, find_fewest_gpus
 
 
 def curve(capacity: float):
@@ -58,6 +59,79 @@ def test_fewest_gpus_edges():
     never = find_fewest_gpus(lambda n: Probe(n, 0.5), 4, max_gpus=50)
     assert never["status"] == "none_passed" and [p["value"] for p in never["probes"]] == [4, 8, 16, 32, 50]
     assert find_fewest_gpus(lambda n: Probe(n, 0.5), 4)["probes"][-1]["value"] == 64           # default reach
+
+
+def test_a_probe_that_is_no_verdict_stops_the_search_with_what_was_found():
+    def interrupted_at_4000(value):
+        if value >= 4000:
+            raise ProbeStopped("interrupted", value, "interrupted; its records are kept", "probes/02_rate=4000")
+        return Probe(value, 1.0)
+
+    result = find_capacity(interrupted_at_4000, 1000.0)
+    assert (result["status"], result["answer"], result["failed_at"]) == ("interrupted", 2000.0, None)
+    assert [p["value"] for p in result["probes"]] == [1000.0, 2000.0]             # not counted as a failure
+    assert result["stopped_at"] == {"value": 4000.0, "reason": "interrupted; its records are kept",
+                                    "run": "probes/02_rate=4000"}
+
+    def broken_at_2(n):
+        if n == 2:
+            raise ProbeStopped("broken", n, "the scheduler process was killed by signal 9 during the run")
+        return Probe(n, 1.0 if n >= 4 else 0.5)
+
+    result = find_fewest_gpus(broken_at_2, 8)
+    assert (result["status"], result["answer"]) == ("broken", 4)
+    assert [p["value"] for p in result["probes"]] == [8, 4] and result["stopped_at"]["value"] == 2
+
+
+def test_a_probe_whose_run_broke_or_was_cut_short_is_no_verdict(monkeypatch, tmp_path):
+    from harness import run
+
+    def summary(*reasons, interrupted=False, broke=False):
+        # As harness.metrics.validity writes it: what broke is both a reason and a failure.
+        return {"slo_attainment": 0.1, "goodput": 1.0, "offered_rate": 10.0,
+                "validity": {"valid": not reasons, "reasons": list(reasons), "interrupted": interrupted,
+                             "failures": list(reasons) if broke else []}}
+
+    outcomes = iter([summary("worker(s) lost during the run: slots [1]"),          # complete: a verdict
+                     summary("the scheduler process was killed by signal 9 during the run", broke=True),
+                     summary("run interrupted before the end", interrupted=True)])
+    monkeypatch.setattr(search, "compose", lambda overrides: None)
+    monkeypatch.setattr(run, "execute", lambda cfg, run_dir, overrides: next(outcomes))
+    probe = search.real_probe("capacity", [], tmp_path, "workload.rate")
+    assert probe(100.0).attainment == 0.1
+    for status in ("broken", "interrupted"):
+        with pytest.raises(ProbeStopped) as stop:
+            probe(100.0)
+        assert stop.value.status == status and stop.value.run.startswith("probes/")
+
+    def cut_short(cfg, run_dir, overrides):
+        (run_dir / "schedule.parquet").parent.mkdir(parents=True)
+        (run_dir / "schedule.parquet").write_text("half a sim run")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run, "execute", cut_short)
+    with pytest.raises(ProbeStopped) as stop:
+        search.real_probe("capacity", [], tmp_path / "again", "workload.rate")(200.0)
+    assert stop.value.status == "interrupted" and stop.value.run is None
+    assert not (tmp_path / "again" / "probes" / "00_rate=200").exists()          # a cut-short sim run is removed
+
+
+@pytest.mark.parametrize("status, code", [("interrupted", 130), ("broken", 3), ("error", 1), ("found", 0)])
+def test_exit_status_says_how_the_search_ended(monkeypatch, tmp_path, status, code):
+    ended = {"kind": "capacity", "status": status, "answer": None, "probes": [], "overrides": [],
+             "knob": "workload.rate"}
+    if status in ("interrupted", "broken"):
+        ended["stopped_at"] = {"value": 100.0, "reason": "why", "run": None}
+    monkeypatch.setattr(search, "search_all", lambda *args, **kwargs: [ended])
+    assert search.main(["capacity", "--out", str(tmp_path)]) == code
+
+
+def test_overrides_that_would_change_nothing_are_refused():
+    assert search.hydra_overrides(["workload.mix={resnet50: 3}", "models=vision", "+workload.mix.bert=1"]) == \
+        ["+workload.mix={resnet50: 3}", "models=vision", "+workload.mix.bert=1"]
+    for empty in ("models={}", "workload.mix={ }", "++apps={}"):
+        with pytest.raises(HarnessError, match="would change nothing"):
+            search.hydra_overrides([empty])
 
 
 def test_sweep_overrides_expand_to_one_search_each():

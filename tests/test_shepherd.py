@@ -16,9 +16,9 @@ def test_idle_slot_runs_the_model_with_the_largest_batch():
     # of 5 is larger, so b goes first although a's head is older.
     slos = {"a": 100, "b": 100, "c": 100}
     arrivals = [(0.0, "c")] + [(0.001, "a")] * 3 + [(0.002, "b")] * 5
-    reqs, sim, _ = replay(Shepherd, NO_PREEMPT, slos, 1, CURVE, arrivals)
+    tasks, sim, _ = replay(Shepherd, NO_PREEMPT, slos, 1, CURVE, arrivals)
     assert [(b.model, b.size) for b in sim.batches] == [("c", 1), ("b", 5), ("a", 3)]
-    assert all(r.status == "ok" for r in reqs)
+    assert all(r.status == "ok" for r in tasks)
 
 
 def test_equal_batches_go_earliest_head_deadline_first():
@@ -34,36 +34,36 @@ def test_batch_grows_only_while_the_head_deadline_holds_and_infeasible_requests_
     # 17 + l(1) > 17, so they are dropped as infeasible when the slot frees again.
     slos = {"a": 16, "c": 100}
     arrivals = [(0.0, "c")] + [(0.001, "a")] * 10
-    reqs, sim, _ = replay(Shepherd, NO_PREEMPT, slos, 1, CURVE, arrivals)
+    tasks, sim, _ = replay(Shepherd, NO_PREEMPT, slos, 1, CURVE, arrivals)
     assert [(b.model, b.size) for b in sim.batches] == [("c", 1), ("a", 6)]
-    dropped = [r for r in reqs if r.status == "dropped"]
+    dropped = [r for r in tasks if r.status == "dropped"]
     assert len(dropped) == 4 and {r.reason for r in dropped} == {"infeasible"}
     assert all(r.t_done == pytest.approx(0.017) for r in dropped)
 
 
 def test_request_that_cannot_make_it_alone_is_dropped_at_once():
-    reqs, sim, _ = replay(Shepherd, ShepherdConfig(), {"m": 5}, 1, CURVE, [(0.0, "m")])
-    assert reqs[0].status == "dropped" and reqs[0].reason == "infeasible" and sim.batches == []
+    tasks, sim, _ = replay(Shepherd, ShepherdConfig(), {"m": 5}, 1, CURVE, [(0.0, "m")])
+    assert tasks[0].status == "dropped" and tasks[0].reason == "infeasible" and sim.batches == []
 
 
 def test_no_preemption_below_lambda():
     # a (size 1) runs [0, 6] ms; three b requests at 1 ms: 3 < 3.03 x 1, so they wait for it.
     slos = {"a": 100, "b": 100}
-    reqs, sim, _ = replay(Shepherd, ShepherdConfig(), slos, 1, CURVE, [(0.0, "a")] + [(0.001, "b")] * 3)
+    tasks, sim, _ = replay(Shepherd, ShepherdConfig(), slos, 1, CURVE, [(0.0, "a")] + [(0.001, "b")] * 3)
     assert [(b.model, b.size, b.status) for b in sim.batches] == [("a", 1, "ok"), ("b", 3, "ok")]
-    assert all(r.status == "ok" for r in reqs)
+    assert all(r.status == "ok" for r in tasks)
 
 
 def test_preemption_at_lambda_times_the_running_batch():
     # The fourth b request makes a candidate of 4 >= 3.03 x 1: a is preempted at 1 ms,
     # b's batch runs [1, 10] ms and a runs again [10, 16] ms.
     slos = {"a": 100, "b": 100}
-    reqs, sim, _ = replay(Shepherd, ShepherdConfig(), slos, 1, CURVE, [(0.0, "a")] + [(0.001, "b")] * 4)
+    tasks, sim, _ = replay(Shepherd, ShepherdConfig(), slos, 1, CURVE, [(0.0, "a")] + [(0.001, "b")] * 4)
     assert [(b.model, b.size, b.status) for b in sim.batches] == [("a", 1, "preempted"), ("b", 4, "ok"),
                                                                   ("a", 1, "ok")]
     assert sim.batches[1].t_start == pytest.approx(0.001)
-    assert reqs[0].status == "ok" and reqs[0].t_done == pytest.approx(0.016)
-    assert all(r.status == "ok" for r in reqs)
+    assert tasks[0].status == "ok" and tasks[0].t_done == pytest.approx(0.016)
+    assert all(r.status == "ok" for r in tasks)
 
 
 def test_preemption_threshold_is_inclusive():
@@ -81,17 +81,17 @@ def test_preempts_the_smallest_running_batch():
     # make a candidate of 4: >= 3.03 x 1 (slot 1) but < 3.03 x 2 (slot 0), so e is preempted.
     slos = {m: 100 for m in "abcde"}
     arrivals = [(0.0, "c"), (0.0, "d"), (0.001, "a"), (0.001, "a"), (0.007, "e")] + [(0.008, "b")] * 4
-    reqs, sim, _ = replay(Shepherd, ShepherdConfig(), slos, 2, CURVE, arrivals)
-    assert [(b.gpu, b.model, b.size) for b in sim.batches if b.status == "preempted"] == [(1, "e", 1)]
-    assert [(b.gpu, b.model, b.size) for b in sim.batches if b.model == "a"] == [(0, "a", 2)]
-    assert all(r.status == "ok" for r in reqs)
+    tasks, sim, _ = replay(Shepherd, ShepherdConfig(), slos, 2, CURVE, arrivals)
+    assert [(b.slot, b.model, b.size) for b in sim.batches if b.status == "preempted"] == [(1, "e", 1)]
+    assert [(b.slot, b.model, b.size) for b in sim.batches if b.model == "a"] == [(0, "a", 2)]
+    assert all(r.status == "ok" for r in tasks)
 
 
 def test_multi_model_poisson_end_to_end():
     slos = {"a": 100, "b": 100, "c": 100}
     arrivals = poisson({"a": 400, "b": 300, "c": 200}, 4.0, seed=2)
-    reqs, sim, _ = replay(Shepherd, ShepherdConfig(), slos, 2, CURVE, arrivals)
-    assert len(reqs) > 3000
-    assert all(r.status in ("ok", "dropped") for r in reqs)          # none left unresolved (timeout)
-    met = sum(r.status == "ok" and r.t_done - r.t_arrival <= 0.100 + 1e-9 for r in reqs)
-    assert met / len(reqs) >= 0.99
+    tasks, sim, _ = replay(Shepherd, ShepherdConfig(), slos, 2, CURVE, arrivals)
+    assert len(tasks) > 3000
+    assert all(r.status in ("ok", "dropped") for r in tasks)          # none left unresolved (timeout)
+    met = sum(r.status == "ok" and r.t_done - r.t_arrival <= 0.100 + 1e-9 for r in tasks)
+    assert met / len(tasks) >= 0.99

@@ -343,7 +343,7 @@ def raises(fragments, **kw):
         (["workload.diurnal_amplitude"], {"shape": "diurnal", "diurnal_amplitude": 1.5}),
         (["workload.ramp_start", "workload.ramp_end"], {"shape": "ramp", "ramp_start": 0.0, "ramp_end": 0.0}),
         (["workload.mmpp_mean_high_s"], {"process": "mmpp", "mmpp_mean_high_s": 0.0}),
-        (["workload.mix", "'gpt2'"], {"mix": {"gpt2": 1.0}}),
+        (["workload.mix", "'gpt2'", "~workload.mix.gpt2"], {"mix": {"gpt2": 1.0}}),
         (["workload.mix.bert"], {"mix": {"bert": -1.0}}),
         (["workload.mix", "all 0"], {"mix": {"bert": 0.0, "yolo": 0}}),
         (["model list"], {"models": []}),
@@ -392,6 +392,7 @@ HEADER = "HashOwner,HashApp,HashFunction,Trigger,1,2,3\n"
         (HEADER + "o,a,f,http,1,2,3\no,a,g,http,1,abc,3\n", ["line 3", "'abc'", "column '2'", "non-negative integer"]),
         (HEADER + "o,a,f,http,1,2,3\n\no,a,g,http,1,-2,3\n", ["line 4", "'-2'"]),
         (HEADER + "o,a,f,http,1,2\n", ["line 2", "fields"]),
+        (HEADER + "o,a,f,http,1,2,3\no,a,g,http,1,2,3,4\n", ["line 3", "8 fields", "header has 7"]),
         ("HashOwner,HashFunction,1,2\no,f,1,2\n", ["'HashApp'", "'Trigger'"]),
         ("HashOwner,HashApp,HashFunction,Trigger\no,a,f,http\n", ["'1'"]),
         ("HashOwner,HashApp,HashFunction,Trigger,1,3\no,a,f,http,1,2\n", ["1..N"]),
@@ -414,12 +415,48 @@ def test_bad_maf_file(tmp_path, text, fragments):
         ("func,time\nf,2023-11-16 18:15:46\nf,yesterday\n", ["line 3", "'yesterday'", "ISO datetime"]),
         ("app,func,end_timestamp,duration\na,f,5.0,x\n", ["line 2", "duration", "'x'"]),
         ("func,timestamp\nf,1.0\nf\n", ["line 3", "fields"]),
+        ("func,timestamp\nf,1.0\nf,2.0,9\nf,3.0\n", ["line 3", "3 fields", "header has 2"]),
         ("func,timestamp\n", ["no invocations"]),
     ],
 )
 def test_bad_timestamp_file(tmp_path, text, fragments):
     path = write(tmp_path, text)
     raises(["t.csv", *fragments], process="timestamp_trace", trace=path, duration=100.0)
+
+
+def test_quoted_numbers_read_as_numbers(tmp_path):
+    plain = write(tmp_path, HEADER + "o,a,f,http,600,0,600\n", "plain.csv")
+    quoted = write(tmp_path, HEADER + 'o,a,f,http,"600","0", "600"\n'.replace(", ", ","), "quoted.csv")
+    kw = {"process": "maf_trace", "duration": 180.0}
+    assert build(trace=quoted, **kw).equals(build(trace=plain, **kw))
+    plain = write(tmp_path, "func,timestamp\nf,1.5\ng,2.0\n", "plain_t.csv")
+    quoted = write(tmp_path, 'func,timestamp\n"f","1.5"\ng,"2.0"\n', "quoted_t.csv")
+    kw = {"process": "timestamp_trace", "duration": 5.0}
+    assert build(trace=quoted, **kw).equals(build(trace=plain, **kw))
+
+
+def test_trace_unit_is_explicit_for_times_that_look_like_milliseconds(tmp_path):
+    ms = np.arange(0, 120_000, 20)                        # 50 req/s for two minutes, in whole milliseconds
+    path = write(tmp_path, "timestamp\n" + "\n".join(map(str, ms)) + "\n")
+    raises(["t.csv", "whole number", "20 apart", "workload.trace_unit=ms"], process="timestamp_trace", trace=path)
+    df = build(process="timestamp_trace", trace=path, trace_unit="ms", duration=60.0)
+    assert len(df) == 3000 and np.allclose(np.diff(df["t_sched"]), 0.02)
+    seconds = write(tmp_path, "timestamp\n" + "\n".join(f"{t / 1000:.3f}" for t in ms) + "\n", "s.csv")
+    same = build(process="timestamp_trace", trace=seconds, duration=60.0)
+    assert same["model"].equals(df["model"]) and np.allclose(same["t_sched"], df["t_sched"])
+    # Said explicitly, whole seconds are seconds.
+    assert len(build(process="timestamp_trace", trace=path, trace_unit="s", duration=200.0)) == 10
+
+
+def test_trace_unit_refuses_epoch_times_in_a_smaller_unit(tmp_path):
+    epoch_ms = 1_700_000_000_000 + np.arange(0, 10_000, 20)
+    path = write(tmp_path, "timestamp\n" + "\n".join(map(str, epoch_ms)) + "\n")
+    for unit in (None, "s"):
+        raises(["t.csv", "after the year 5000", "workload.trace_unit=ms"], process="timestamp_trace", trace=path,
+               trace_unit=unit)
+    assert len(build(process="timestamp_trace", trace=path, trace_unit="ms", duration=10.0)) == 500
+    raises(["workload.trace_unit", "'minutes'", "s, ms, us"], process="timestamp_trace", trace=path,
+           trace_unit="minutes")
 
 
 def test_binary_trace_file(tmp_path):

@@ -28,7 +28,8 @@ def _check_run(duration, seed, mapping_seed) -> None:
 def build_schedule(
     cfg: WorkloadConfig, models: list[str], duration: float, seed: int, mapping_seed: int
 ) -> pd.DataFrame:
-    """Planned arrivals in [0, duration): columns id (int64, time order), model (str), t_sched (float64 s).
+    """Planned arrivals in [0, duration): columns id (int64, time order), model (str), t_sched (float64 s),
+    and with workload.sizes=lognormal size (int64, items per request: batched queries).
 
     Deterministic: `seed` drives arrival randomness, `mapping_seed` which trace
     functions map to which model.
@@ -45,10 +46,20 @@ def build_schedule(
     else:
         model, t = synthetic_arrivals(cfg, weights, duration, rng)
     order = np.argsort(t, kind="stable")
-    return pd.DataFrame(
+    schedule = pd.DataFrame(
         {
             "id": np.arange(len(t), dtype=np.int64),
             "model": np.array(models, dtype=object)[model[order]],
             "t_sched": t[order].astype(np.float64),
         }
     )
+    if cfg.sizes == "lognormal":
+        schedule["size"] = query_sizes(cfg, len(schedule), rng)
+    return schedule
+
+
+def query_sizes(cfg: WorkloadConfig, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Items per query, log-normal with mean size_mean and log-sd size_sigma, rounded and clipped to
+    1..size_max (drawn after the arrivals, so they stay the same whatever the sizes)."""
+    mu = np.log(cfg.size_mean) - cfg.size_sigma**2 / 2
+    return np.clip(np.rint(rng.lognormal(mu, cfg.size_sigma, n)), 1, cfg.size_max).astype(np.int64)

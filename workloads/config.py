@@ -8,12 +8,12 @@ and how to fix it, before any arrival is generated.
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Dict, Optional
 
 import numpy as np
 
 from harness.errors import HarnessError
-from workloads.traces import TRACE_HINTS, resolve_trace_path
+from workloads.traces import TRACE_HINTS, TRACE_UNITS, resolve_trace_path
 
 SYNTHETIC_PROCESSES = ("constant", "poisson", "gamma", "mmpp")
 TRACE_PROCESSES = ("maf_trace", "timestamp_trace")
@@ -38,13 +38,18 @@ class WorkloadConfig:
     mmpp_high_factor: float = 4.0  # MMPP: high-state rate = factor * low-state rate
     mmpp_mean_high_s: float = 1.0  # MMPP: mean (exponential) sojourn in each state
     mmpp_mean_low_s: float = 4.0
-    mix: dict = field(default_factory=dict)  # model -> weight; empty = equal weights
+    mix: Dict[str, float] = field(default_factory=dict)  # model -> weight; empty = equal weights
     trace: Optional[str] = None  # trace file (maf_trace / timestamp_trace)
+    trace_unit: Optional[str] = None  # timestamp trace: s | ms | us of its numeric times (unset: s, checked)
     trace_window_s: float = 60.0  # MAF: seconds per count column
     time_scale: float = 1.0  # trace second t maps to t / time_scale
     rate_scale: float = 1.0  # multiply the trace's rate by this
     trace_cv: float = 1.0  # MAF: Gamma CV of arrivals inside each window
     trace_start_s: float = 0.0  # skip this many trace seconds
+    sizes: str = "none"  # none: one item per request | lognormal: batched queries, items per request drawn
+    size_mean: float = 8.0  # lognormal: mean items per query, before rounding and clipping
+    size_sigma: float = 1.0  # lognormal: standard deviation of log(items)
+    size_max: int = 64  # lognormal: items per query are clipped to 1..size_max
 
 
 # (key, requirement, test, what to set it to). Every numeric field is checked
@@ -101,6 +106,10 @@ def validate(cfg: WorkloadConfig, models: list[str]) -> None:
         )
 
     _validate_mix(cfg.mix, models)
+    _validate_sizes(cfg)
+    if cfg.trace_unit is not None and cfg.trace_unit not in TRACE_UNITS:
+        raise HarnessError(f"workload.trace_unit {cfg.trace_unit!r} is unknown; set workload.trace_unit to one of "
+                           f"{', '.join(TRACE_UNITS)} (the unit of the trace's numeric times)")
 
     if cfg.process in TRACE_PROCESSES:
         if cfg.shape != "flat":
@@ -120,7 +129,7 @@ def _validate_mix(mix, models: list[str]) -> None:
         if model not in models:
             raise HarnessError(
                 f"workload.mix names model {model!r}, which is not served (models: {', '.join(models)}); "
-                "remove it from workload.mix or add the model"
+                f"remove it from workload.mix (~workload.mix.{model}) or serve that model"
             )
         if not (is_finite_number(weight) and weight >= 0):
             raise HarnessError(
@@ -137,3 +146,19 @@ def mix_weights(mix, models: list[str]) -> np.ndarray:
         return np.full(len(models), 1.0 / len(models))
     w = np.array([float(mix.get(m, 0.0)) for m in models])
     return w / w.sum()
+
+
+SIZES = ("none", "lognormal")
+
+
+def _validate_sizes(cfg: WorkloadConfig) -> None:
+    if cfg.sizes not in SIZES:
+        raise HarnessError(f"workload.sizes {cfg.sizes!r} is unknown; set workload.sizes to one of {', '.join(SIZES)}")
+    if not (is_finite_number(cfg.size_mean) and cfg.size_mean >= 1):
+        raise HarnessError(f"workload.size_mean must be >= 1 (got {cfg.size_mean!r}); set workload.size_mean=<items>")
+    if not (is_finite_number(cfg.size_sigma) and cfg.size_sigma >= 0):
+        raise HarnessError(f"workload.size_sigma must be >= 0 (got {cfg.size_sigma!r}); "
+                           "set workload.size_sigma=<standard deviation of log(items)>")
+    if not (isinstance(cfg.size_max, int) and not isinstance(cfg.size_max, bool) and cfg.size_max >= 1):
+        raise HarnessError(f"workload.size_max must be an integer >= 1 (got {cfg.size_max!r}); "
+                           "set workload.size_max=<largest items per query>")

@@ -7,7 +7,13 @@ Readers:
   count * rate_scale / trace_window_s with Gamma(trace_cv) arrivals inside,
   as AlpaServe replays it (but started in steady state, see arrivals.py).
 - Timestamps (Azure Functions 2021, Azure LLM inference traces): one row per
-  invocation with a time column and optionally a function column.
+  invocation with a time column and optionally a function column. Numeric
+  times are in workload.trace_unit (s, ms or us); times that cannot be in
+  that unit (after the year 5000, or, with the unit unset, whole numbers
+  spaced like milliseconds) are refused rather than replayed 1000x too slow.
+
+Every data row must have as many fields as the header (quoted fields are
+read as CSV quotes them), or the trace is refused naming the row.
 
 Functions are mapped to models by a weighted round robin (plain round robin
 with an empty mix) over the functions active in the selected span, after a
@@ -20,7 +26,6 @@ not redistributed.
 """
 
 import csv
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +46,9 @@ TRACE_HINTS = {
     "maf_trace": "<path to an Azure Functions 2019 per-minute CSV>",
     "timestamp_trace": "<path to a per-invocation timestamp CSV>",
 }
+
+TRACE_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6}    # workload.trace_unit -> seconds
+LATEST_TIME_S = 1e11        # unix time of the year 5138: a time beyond it is in a smaller unit than assumed
 
 MAF_SAMPLE = {"n_functions": 12, "n_minutes": 60, "seed": 2019}
 TIMESTAMPS_SAMPLE = {"n_invocations": 6000, "span_s": 120.0, "seed": 2021}
@@ -108,6 +116,13 @@ def _data_rows(path: Path, name: str, width: int):
             yield reader.line_num, row
 
 
+def _check_widths(path: Path, name: str, width: int) -> None:
+    """Raise at the first data row whose field count differs from the header's: the fast readers below
+    would drop a wider row's extra fields without a word."""
+    for _ in _data_rows(path, name, width):
+        pass
+
+
 def _unreadable(name: str, error: Exception, expected: str) -> HarnessError:
     reason = (str(error).splitlines() or [type(error).__name__])[0]
     return HarnessError(f"trace file {name!r} could not be read ({reason}); check it is {expected}")
@@ -137,15 +152,16 @@ def _maf_count_columns(header: list[str], name: str) -> list[int]:
 
 def _read_maf_counts(path: Path, name: str, header: list[str], columns: list[int]) -> np.ndarray:
     """Counts (functions x selected windows) from the given column positions."""
+    _check_widths(path, name, len(header))
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # loadtxt warns on a header-only file
-            counts = np.loadtxt(
-                path, delimiter=",", skiprows=1, usecols=columns, dtype=np.int64, ndmin=2, comments=None
-            )
+        counts = pd.read_csv(
+            path, header=None, skiprows=1, usecols=columns, dtype=np.int64, encoding="utf-8-sig"
+        ).to_numpy()
         if (counts >= 0).all():
             return counts
         error = ValueError("a negative count")
+    except pd.errors.EmptyDataError:  # a header and no function
+        return np.zeros((0, len(columns)), dtype=np.int64)
     except ValueError as e:
         error = e
     for line, row in _data_rows(path, name, len(header)):
@@ -208,19 +224,25 @@ def _raise_at_row(path: Path, name: str, width: int, index: int, problem: str):
     raise HarnessError(f"trace file {name!r} data row {index + 1}: {problem}; fix or remove that row")
 
 
-def _seconds(path: Path, name: str, header: list[str], values: pd.Series, datetimes: bool) -> np.ndarray:
-    """A column as seconds: numbers as they are; if `datetimes` and the first
-    value is not a number, ISO datetimes as seconds since the first row."""
+def _seconds(
+    path: Path, name: str, header: list[str], values: pd.Series, is_time: bool, unit: str | None
+) -> np.ndarray:
+    """A column as seconds: numbers in `unit` (None: seconds); for the time
+    column (`is_time`) whose first value is not a number, ISO datetimes as
+    seconds since the first row."""
     column = values.name
     try:
         float(values.iloc[0])
         numeric = True
     except ValueError:
-        numeric = not datetimes
+        numeric = not is_time
     if numeric:
-        seconds = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
-        bad = np.flatnonzero(~np.isfinite(seconds))  # also catches 'nan' and 'inf'
-        what = "is not a number of seconds"
+        numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
+        bad = np.flatnonzero(~np.isfinite(numbers))  # also catches 'nan' and 'inf'
+        if not bad.size and is_time:
+            _check_unit(numbers, unit, name, column)
+        seconds = numbers * TRACE_UNITS[unit or "s"]
+        what = f"is not a number of {unit or 's'}"
     else:
         stamps = pd.to_datetime(values, errors="coerce", utc=True, format="ISO8601")
         seconds = (stamps - stamps.iloc[0]).dt.total_seconds().to_numpy()
@@ -231,7 +253,24 @@ def _seconds(path: Path, name: str, header: list[str], values: pd.Series, dateti
     return seconds
 
 
-def _read_timestamps(path: Path, name: str) -> tuple[np.ndarray, np.ndarray | None]:
+def _check_unit(times: np.ndarray, unit: str | None, name: str, column: str) -> None:
+    """Refuse numeric times that cannot be in `unit` (None: seconds, not set explicitly)."""
+    seconds = times * TRACE_UNITS[unit or "s"]
+    if seconds.max() >= LATEST_TIME_S:
+        smaller = next(u for u, scale in TRACE_UNITS.items() if times.max() * scale < LATEST_TIME_S)
+        raise HarnessError(
+            f"trace file {name!r}: {column} {times.max():.0f} in {unit or 's'} is after the year 5000; "
+            f"if the times are in {smaller}, set workload.trace_unit={smaller}"
+        )
+    gap = np.median(np.diff(np.sort(times))) if len(times) > 1 else 0.0
+    if unit is None and (times == np.round(times)).all() and gap >= 2:
+        raise HarnessError(
+            f"trace file {name!r}: every {column} is a whole number, {gap:g} apart at the median, as "
+            "millisecond times are; set workload.trace_unit=ms (or workload.trace_unit=s if they are seconds)"
+        )
+
+
+def _read_timestamps(path: Path, name: str, unit: str | None) -> tuple[np.ndarray, np.ndarray | None]:
     """(start time in seconds, function key or None) per invocation, in file order."""
     header = _read_header(path, name)
     time_col = next((c for c in TIME_COLUMNS if c in header), None)
@@ -244,20 +283,19 @@ def _read_timestamps(path: Path, name: str) -> tuple[np.ndarray, np.ndarray | No
     # Azure Functions 2021 stamps the end of each invocation; its start is end - duration.
     dur_col = "duration" if time_col == "end_timestamp" and "duration" in header else None
     wanted = [c for c in (time_col, func_col, dur_col) if c]
+    _check_widths(path, name, len(header))
     try:
         # names=header: the stripped names, as the columns were looked up.
         table = pd.read_csv(
             path, header=0, names=header, usecols=wanted, dtype=str, keep_default_na=False, encoding="utf-8-sig"
         )
     except ValueError as e:  # pandas' ParserError, duplicate names, bad bytes
-        for _ in _data_rows(path, name, len(header)):  # raises at a row of the wrong width
-            pass
         raise _unreadable(name, e, "a CSV with one invocation per row") from None
     if table.empty:
         raise HarnessError(f"trace file {name!r} has no invocations; point workload.trace at a non-empty trace")
-    times = _seconds(path, name, header, table[time_col], datetimes=True)
+    times = _seconds(path, name, header, table[time_col], is_time=True, unit=unit)
     if dur_col:
-        times = times - _seconds(path, name, header, table[dur_col], datetimes=False)
+        times = times - _seconds(path, name, header, table[dur_col], is_time=False, unit=unit)
     funcs = table[func_col].to_numpy() if func_col else None
     return times, funcs
 
@@ -283,7 +321,7 @@ def timestamp_arrivals(cfg, weights, duration, rng, mapping_rng) -> tuple[np.nda
     """(model index, time) of the arrivals replayed from a timestamp trace, sorted by time."""
     path = resolve_trace_path(cfg.trace, TRACE_HINTS["timestamp_trace"])
     name = cfg.trace
-    times, funcs = _read_timestamps(path, name)
+    times, funcs = _read_timestamps(path, name, cfg.trace_unit)
     times = times - times.min()
     lo = cfg.trace_start_s
     hi = lo + duration * cfg.time_scale

@@ -1,15 +1,17 @@
 """The live runtime, seen from the orchestrator: start the system under test, replay the load, collect.
 
-    frontend process (policy + worker processes)  or  real tritonserver (system=triton)
+    scheduler process (policy) + ingress processes (HTTP) + worker processes (slots)
+        or real tritonserver (system=triton) in front of the same workers
           ^ KServe v2 HTTP
     Locust (one process, or a master and workers) replaying schedule.parquet open loop
 
 The schedule starts a few seconds after the system under test is ready
 (`runtime.start_lead_s`), so Locust is ready too; every record is in
-seconds from that start. Whatever ends the
-run -- the last answer, Ctrl-C, SIGTERM, a lost worker -- the system under
-test is stopped, writes what it measured, and the records are assembled;
-requests never sent are recorded as errors ("not sent").
+seconds from that start. Whatever ends the run -- the last answer, Ctrl-C,
+SIGTERM, the system under test dying, Locust failing -- the system under
+test is stopped, writes what it measured, and the records are assembled
+from what is on disk: a run that lost a process says so and is invalid,
+and requests never sent are recorded as errors ("not sent").
 """
 
 from __future__ import annotations
@@ -25,38 +27,85 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, TextColumn
+from rich.table import Column
 
-from harness.core import ERROR
+from harness.core import DROPPED, ERROR, OK, REJECTED, TIMEOUT
+from harness.errors import HarnessError
 from harness.gpu.telemetry import NvmlSampler
-from harness.records import BATCH_COLUMNS, empty_gpus_frame
-from harness.load import read_records, replay
-from harness.live.server import start_frontend
+from harness.load import ReplayAborted, default_workers, read_records, replay
+from harness.records import LEDGER_TABLES, empty_gpus_frame, empty_tables
 from harness.runtimes import Outcome
 
 
 @contextmanager
 def _progress(out_dir: Path, epoch_of: Callable[[], float | None], duration: float, slo: dict[str, float],
-              every_s: float = 5.0):
-    """Every few seconds on stderr: schedule time elapsed, requests answered, goodput so far (Locust's flushes)."""
+              window: tuple[float, float], every_s: float = 5.0, external: bool = False):
+    """While the load runs, on stderr: schedule time elapsed, requests answered, and over the measurement
+    `window` (start, end) so far drops, p99 latency, p99 send lag and goodput (a bar in a terminal, else a
+    line every `every_s`). Read from the client records Locust flushes every 2 s (harness/load/locustfile.py);
+    `external`: the clients are not ours, so only the time is shown."""
+    start, end = window
+    # Goodput counts the part of the window whose good answers are all in: those came within their SLO
+    # and were flushed since (every 2 s).
+    settle = 2.0 + max(slo.values())
+    console = Console(stderr=True, highlight=False)
+    bar = Progress(TextColumn(escape("[live]")), BarColumn(bar_width=16),
+                   TextColumn("{task.completed:5.1f}/{task.total:g} s"),
+                   TextColumn("{task.fields[status]}", table_column=Column(ratio=1, no_wrap=False)),   # wraps if narrow
+                   console=console, expand=True) if console.is_terminal else None
     stop = threading.Event()
 
+    def status(elapsed: float) -> str:
+        if external:
+            return "serving external clients (their requests are counted when the run ends)"
+        done = read_records(out_dir / "client") if (out_dir / "client").exists() else None
+        if done is None or not len(done):
+            return "no answer yet"
+        parts = [f"{len(done):,} answered"]
+        w = done[(done["t_sched"] >= start) & (done["t_sched"] < end)]
+        if not len(w):
+            return f"{parts[0]}  (warm-up until {start:g} s)"
+        latency = w["t_done"] - w["t_sched"]
+        ok = w["status"] == OK
+        drops = w["status"].isin([DROPPED, REJECTED]).mean()
+        errors = w["status"].isin([ERROR, TIMEOUT]).mean()
+        parts.append(f"[red]drops {drops:.1%}[/red]" if drops > 0.01 else f"drops {drops:.1%}")
+        if errors:
+            parts.append(f"[red]errors {errors:.1%}[/red]")
+        if ok.any():
+            parts.append(f"p99 {np.percentile(latency[ok], 99) * 1e3:,.1f} ms")
+        parts.append(f"send lag p99 {np.percentile(w['t_sent'] - w['t_sched'], 99) * 1e3:.2f} ms")
+        horizon = min(elapsed - settle, end)
+        if horizon > start:
+            settled = w["t_sched"] < horizon
+            good = settled & ok & (latency <= w["model"].map(slo).astype(float))
+            parts.append(f"goodput {good.sum() / (horizon - start):,.1f} req/s (window)")
+        return "  ".join(parts)
+
     def report():
-        while not stop.wait(every_s):
+        line, next_read = "", 0.0
+        while not stop.wait(every_s if bar is None else 0.5):
             epoch = epoch_of()
-            if epoch is None or time.time() < epoch:
+            now = time.time()
+            if epoch is None or now < epoch:
                 continue
-            elapsed = min(time.time() - epoch, duration)
-            try:
-                done = read_records(out_dir / "client") if (out_dir / "client").exists() else None
-                answered = 0 if done is None else len(done)
-                good = 0 if done is None else int((
-                    (done["status"] == "ok")
-                    & (done["t_done"] - done["t_sched"] <= done["model"].map(slo).astype(float))).sum())
-            except Exception as exc:     # noqa: BLE001 - a progress line is not worth a run: say so, go on
-                print(f"[live] {elapsed:5.1f}/{duration:g} s  (progress unavailable: {exc})", file=sys.stderr)
-                continue
-            print(f"[live] {elapsed:5.1f}/{duration:g} s  {answered} answered  "
-                  f"goodput {good / max(elapsed, 1e-9):,.1f} req/s", file=sys.stderr, flush=True)
+            elapsed = min(now - epoch, duration)
+            if now >= next_read:            # the records change only when Locust flushes them
+                next_read = now + 2.0
+                try:
+                    line = status(elapsed)
+                except Exception as exc:     # noqa: BLE001 - a progress line is not worth a run: say so, go on
+                    line = escape(f"(progress unavailable: {exc})")
+            if bar is not None:
+                if not bar.live.is_started:
+                    task = bar.add_task("", total=duration, status="")
+                    bar.start()
+                bar.update(task, completed=elapsed, status=line)
+            elif elapsed >= settle or line not in ("no answer yet", ""):   # none could have been flushed before
+                console.print(escape("[live]") + f" {elapsed:5.1f}/{duration:g} s  {line}", soft_wrap=True)
 
     thread = threading.Thread(target=report, name="progress", daemon=True)
     thread.start()
@@ -64,6 +113,9 @@ def _progress(out_dir: Path, epoch_of: Callable[[], float | None], duration: flo
         yield
     finally:
         stop.set()
+        thread.join(timeout=5)
+        if bar is not None:
+            bar.stop()
 
 
 @contextmanager
@@ -79,29 +131,45 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
-def run_live(cfg, out_dir: Path, schedule: pd.DataFrame, n_slots: int) -> Outcome:
+def run_live(assembly, out_dir: Path, schedule: pd.DataFrame) -> Outcome:
+    cfg = assembly.cfg
     rt = cfg.runtime
-    # The system under test keeps time from `clock_zero`; the schedule starts at `epoch`, a few seconds
-    # after it is ready (loading models on real GPUs takes a while). Server times are shifted to `epoch`.
+    # The system under test starts counting at `clock_zero`; the schedule starts at `epoch`, a few seconds
+    # after it is ready (loading models on real GPUs takes a while); the server is told, so every record
+    # is on the run clock (0 = epoch).
     clock_zero = time.time()
     epoch = None
-    timeout_s = max(30.0, 10 * max(m.slo_ms for m in cfg.models.values()) / 1000)
-    client, interrupted, telemetry = None, False, None
+    slo = {m: s.slo for m, s in assembly.models.items()} | {a: app.slo for a, app in assembly.apps.items()}
+    timeout_s = max(30.0, 10 * max(slo.values()))
+    client, interrupted, telemetry, failures = None, False, None, []
     started = time.perf_counter()
-    slo = {m: spec.slo_ms / 1000 for m, spec in cfg.models.items()}
-    with _sigterm_as_interrupt(), _progress(out_dir, lambda: epoch, cfg.duration_s, slo):
+    window = (cfg.warmup_s, cfg.duration_s - cfg.cooldown_s)
+    with _sigterm_as_interrupt(), _progress(out_dir, lambda: epoch, cfg.duration_s, slo, window,
+                                            external=rt.load == "external"):
         try:
             if cfg.system.name == "triton":
                 from harness.live.triton_system import serve_triton as serve
             else:
                 serve = _serve_frontend
-            with serve(cfg, out_dir, clock_zero) as url:
+            with serve(assembly, out_dir, clock_zero) as server:
                 epoch = time.time() + rt.start_lead_s
+                server.start(epoch)
                 if rt.executor == "gpu":
                     telemetry = NvmlSampler(epoch=epoch, clock=time.time)
                     telemetry.start()
-                client = replay(out_dir / "schedule.parquet", url, epoch, out_dir / "client",
-                                workers=rt.locust_workers, timeout_s=timeout_s)
+                if rt.load == "external":
+                    failures += _serve_external(server, epoch, cfg.duration_s + rt.drain_s)
+                else:
+                    try:
+                        workers = rt.locust_workers if rt.locust_workers >= 0 else default_workers()
+                        client = replay(out_dir / "schedule.parquet", server.url, epoch, out_dir / "client",
+                                        workers=workers, timeout_s=timeout_s, abort=server.died,
+                                        payload=rt.payload, seed=cfg.seeds.payload)
+                    except ReplayAborted as exc:
+                        failures.append(str(exc))
+                        client = exc.records
+                    except HarnessError as exc:       # Locust failed: what it flushed is still the run's
+                        failures.append(f"the load generator failed: {exc}")
         except KeyboardInterrupt:
             interrupted = True
     wall = time.perf_counter() - started
@@ -111,29 +179,76 @@ def run_live(cfg, out_dir: Path, schedule: pd.DataFrame, n_slots: int) -> Outcom
         gpus = telemetry.stop()
         notes = [f"gpus: NVML sampled every {telemetry.interval_s} s" if telemetry.available
                  else f"gpus: no NVML telemetry ({telemetry.reason})"]
-    if client is None:                              # interrupted: what Locust flushed so far
+    if client is None:                              # interrupted or failed: what Locust flushed so far
         client = read_records(out_dir / "client") if (out_dir / "client").exists() else None
-    shift = (epoch if epoch is not None else clock_zero) - clock_zero
-    server = json.loads((out_dir / "server.json").read_text()) if (out_dir / "server.json").exists() else {}
-    batches = pd.read_parquet(out_dir / "batches.parquet") if (out_dir / "batches.parquet").exists() else None
-    if batches is None:
-        batches = pd.DataFrame({c: pd.Series(dtype=float) for c in BATCH_COLUMNS})
-    batches[["t_dispatch", "t_start", "t_end"]] -= shift
-    return Outcome(client=_client_view(schedule, client, out_dir, shift), batches=batches,
-                   timeline=pd.DataFrame([(0.0, n_slots)], columns=["t", "slots"]),
-                   lost_slots=sorted(int(x["slot"]) for x in server.get("lost_slots", [])),
-                   failures=server.get("failures", []),
-                   gpus=gpus, interrupted=interrupted, wall_seconds=wall, notes=notes + server.get("notes", []))
+    server = _read_json(out_dir / "server.json")
+    if not server:
+        failures.append("the system under test wrote no records (server.json missing): its process died; "
+                        "its batches and arrival times are lost")
+    failures += server.get("failures", [])
+    tables = _server_tables(out_dir)
+    if rt.load == "external":
+        notes.append("external load: no schedule was replayed; each request's latency counts from its "
+                     "arrival at the server, and the client's own view is the client's")
+        return Outcome(client=_server_view(out_dir), tables=tables, gpus=gpus, failures=failures,
+                       interrupted=interrupted, wall_seconds=wall, notes=notes + server.get("notes", []))
+    return Outcome(client=_client_view(schedule, client, out_dir, interrupted or bool(failures)),
+                   tables=tables, gpus=gpus, failures=failures, interrupted=interrupted, wall_seconds=wall,
+                   notes=notes + server.get("notes", []))
 
 
 @contextmanager
-def _serve_frontend(cfg, out_dir: Path, epoch: float):
-    with start_frontend(out_dir / "config.yaml", epoch, out_dir, host=cfg.runtime.host,
-                        ready_timeout_s=cfg.runtime.worker_start_timeout_s + 30) as frontend:
-        yield frontend.url
+def _serve_frontend(assembly, out_dir: Path, clock_zero: float):
+    """The scheduler and its ingresses and workers: yields an object with url, start(epoch) and died()."""
+    from harness.live.server import start_server
+
+    rt = assembly.cfg.runtime
+    with start_server(out_dir / "config.yaml", clock_zero, out_dir, host=rt.host, port=rt.port,
+                      ready_timeout_s=rt.worker_start_timeout_s + 30, stall_s=max(5.0, 2 * rt.worker_timeout_s)) as server:
+        yield server
 
 
-def _client_view(schedule: pd.DataFrame, client: pd.DataFrame | None, out_dir: Path, shift: float) -> pd.DataFrame:
+def _serve_external(server, epoch: float, seconds: float) -> list[str]:
+    """Serve whatever client comes for `seconds` from `epoch`; returns what went wrong (the server died)."""
+    print(f"serving at {server.url} for {seconds:g} s from now + the start lead: point any KServe v2 / Triton "
+          f"client at it (Ctrl-C ends the run early; the records are written either way)", file=sys.stderr,
+          flush=True)
+    while time.time() < epoch + seconds:
+        died = server.died()
+        if died:
+            return [died]
+        time.sleep(0.2)
+    return []
+
+
+def _server_view(out_dir: Path) -> pd.DataFrame:
+    """With an external client the server's records are all there is: sent = arrived, latency from arrival."""
+    path = out_dir / "server_requests.parquet"
+    if not path.exists():
+        return pd.DataFrame({c: pd.Series(dtype=float) for c in
+                             ["id", "model", "t_sched", "t_sent", "t_done", "status", "reason", "batch_id", "t_arrival"]})
+    server = pd.read_parquet(path).drop(columns=["t_scheduler"], errors="ignore")
+    return server.assign(t_sched=server["t_arrival"], t_sent=server["t_arrival"])
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _server_tables(out_dir: Path) -> dict[str, pd.DataFrame]:
+    tables = empty_tables()
+    for name in LEDGER_TABLES:
+        path = out_dir / f"server_{name}.parquet"
+        if path.exists():
+            tables[name] = pd.read_parquet(path)
+    return tables
+
+
+def _client_view(schedule: pd.DataFrame, client: pd.DataFrame | None, out_dir: Path,
+                 cut_short: bool) -> pd.DataFrame:
     """The client's records for every scheduled request, with the server's arrival time added."""
     columns = ["id", "model", "t_sched", "t_sent", "t_done", "status", "reason", "batch_id"]
     if client is None or client.empty:
@@ -142,12 +257,15 @@ def _client_view(schedule: pd.DataFrame, client: pd.DataFrame | None, out_dir: P
                                                       on="id", how="left")
     unsent = view["status"].isna()
     view.loc[unsent, "status"] = ERROR
-    view.loc[unsent, "reason"] = "not sent (run ended first)"
+    view.loc[unsent, "reason"] = "not sent (run ended first)" if cut_short else "no record of it from the client"
     view["batch_id"] = view["batch_id"].fillna(-1).astype(np.int64)
     arrivals = out_dir / "server_requests.parquet"
     if arrivals.exists():
-        server = pd.read_parquet(arrivals, columns=["id", "t_arrival"]).drop_duplicates("id")
-        view = view.merge(server.assign(t_arrival=server["t_arrival"] - shift), on="id", how="left")
+        server = pd.read_parquet(arrivals, columns=["id", "t_arrival", "batch_id"])
+        view = view.merge(server.rename(columns={"batch_id": "server_batch"}), on="id", how="left")
+        # An answer that is not ok names no batch; the server knows which batch failed or dropped it.
+        view["batch_id"] = view["batch_id"].where(view["batch_id"] >= 0, view["server_batch"].fillna(-1))
+        view = view.drop(columns="server_batch").astype({"batch_id": np.int64})
     else:                                           # Triton does not report arrivals: the send time stands in
         view["t_arrival"] = view["t_sent"]
     return view

@@ -1,28 +1,52 @@
-"""The discrete-event runtime: virtual time, emulated GPU slots, the same policies.
+"""The discrete-event runtime: virtual time, emulated slots, the same policies.
 
-One heap of timed events (timers and batch completions) merged with the
-request schedule, which is already sorted, so arrivals cost no heap
+One heap of timed events (timers, batch completions, slots joining) merged
+with the request schedule, which is already sorted, so arrivals cost no heap
 operations. Each slot runs its batches in dispatch order, for the profiled
 latency (optionally with Gaussian noise of the profile's std, clipped at half
-the mean). Deterministic for a seed: heap ties break by insertion order.
+the mean). Every outcome goes through the run's ledger (harness.ledger), as
+in the live runtime. Deterministic for a seed: heap ties break by insertion
+order.
+
+A reconfiguration (Cluster.reconfigure) removes slots at once and starts the
+new ones once the slots leaving their device have drained, plus
+`slot_start_s` (the start cost measured live: a worker process, its models,
+its CUDA graphs).
 """
 
 from __future__ import annotations
 
+import gc
 import heapq
 import itertools
 import sys
 import time
-from typing import Callable, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
-from harness.core import DROPPED, OK, TIMEOUT, Batch, GpuSlot, ModelSpec, Policy, Request, checked_curve
+from harness.calibrate import Overheads
+from harness.core import DROPPED, Batch, Policy, Slot, Task
 from harness.errors import HarnessError
+from harness.ledger import Ledger
+from harness.placement import Placement
 from harness.profiles import LatencyCurve
-from harness.records import batches_frame, server_frame, sim_client_view
-from harness.runtimes import Outcome
+
+
+@contextmanager
+def _collector_paused():
+    """No cyclic garbage collection while the sim runs: it kept every task of the run alive anyway
+    (the records need them), and its passes over them took about half the run's time. Reference
+    counting still frees what the policies throw away; the collector resumes when the run ends."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 class _Timer:
@@ -38,19 +62,30 @@ class _Timer:
 class SimCluster:
     """The Cluster handle of the discrete-event runtime."""
 
-    def __init__(self, gpus: Sequence[GpuSlot], curves: Sequence[Mapping[str, LatencyCurve]],
-                 noise: bool = False, seed: int = 0):
-        self.gpus = list(gpus)
-        self._curves = curves                 # per slot: model -> curve
+    def __init__(self, ledger: Ledger, noise: bool = False, seed: int = 0, slot_start_s: float = 0.0,
+                 overheads: Overheads | None = None):
+        self.ledger = ledger
+        self.overheads = overheads or Overheads()
+        self._dispatch_draw = self.overheads.sampler("dispatch", seed)
+        self._dispatch_delays: list[float] = []
+        self.slots: list[Slot] = ledger.slots
         self._now = 0.0
         self._heap: list[list] = []
         self._seq = itertools.count()
         self._noise = noise
         self._rng = np.random.default_rng(seed)
         self._z: list[float] = []
+        self.slot_start_s = slot_start_s
         self._running: dict[int, list] = {}   # slot -> completion entry of its last batch
-        self.batches: list[Batch] = []
-        self.pending = 0                      # arrived requests not yet finished or dropped
+        self._policy: Policy | None = None
+
+    @property
+    def batches(self) -> list[Batch]:
+        return self.ledger.batches
+
+    @property
+    def pending(self) -> int:
+        return self.ledger.pending
 
     # -- the Cluster interface ------------------------------------------------
     def now(self) -> float:
@@ -61,50 +96,60 @@ class SimCluster:
         heapq.heappush(self._heap, entry)
         return _Timer(entry)
 
-    def curve(self, model: str, gpu: int) -> LatencyCurve:
-        return self._curves[gpu][model]
+    def curve(self, model: str, slot: int) -> LatencyCurve:
+        return self.ledger.curves[slot][model]
 
-    def dispatch(self, gpu: int, model: str, reqs: list[Request], latest_start: float | None = None) -> Batch:
-        slot = self.gpus[gpu]
-        curve = checked_curve(slot, model, reqs, self._curves[gpu])
+    def dispatch(self, slot: int, model: str, tasks: list[Task], latest_start: float | None = None,
+                 stage: int | None = None) -> Batch:
         now = self._now
-        batch = Batch(len(self.batches), gpu, model, reqs, now, latest_start)
-        self.batches.append(batch)
-        slot.outstanding += 1
-        start = slot.busy_until if slot.busy_until > now else now
-        if latest_start is not None and start > latest_start + 1e-12:
-            # The slot would start it too late: it discards the batch when it reaches it.
+        batch, curve = self.ledger.open_batch(slot, model, tasks, now, latest_start, stage)
+        s = self.slots[slot]
+        delay = self._dispatch_delays.pop() if self._dispatch_delays else self._next_dispatch_delay()
+        ready = now + delay
+        start = s.busy_until if s.busy_until > ready else ready
+        if latest_start is not None and start > latest_start + delay + 1e-12:
+            # The slot would start it too late: it discards the batch when it reaches it. As a live worker
+            # does, it counts only the wait in its own queue, not the way to it (the dispatch delay).
             batch.t_start = batch.t_end = start
             self._push(start, self._discard, batch)
             return batch
-        b = len(reqs)
+        b = batch.size
         exec_time = curve.mean[b]
         if self._noise and curve.std[b] > 0:
             exec_time = max(0.5 * exec_time, exec_time + curve.std[b] * self._normal())
         batch.t_start = start
-        batch.t_end = slot.busy_until = start + exec_time
-        self._running[gpu] = self._push(batch.t_end, self._complete, batch)
+        batch.t_end = s.busy_until = start + exec_time
+        self._running[slot] = self._push(batch.t_end, self._complete, batch)
         return batch
 
-    def drop(self, reqs: Sequence[Request], reason: str, status: str = DROPPED) -> None:
-        now = self._now
-        for r in reqs:
-            r.status = status
-            r.reason = reason
-            r.t_done = now
-        self.pending -= len(reqs)
+    def drop(self, tasks: Sequence[Task], reason: str, status: str = DROPPED) -> None:
+        self.ledger.drop(tasks, self._now, reason, status)
 
-    def preempt(self, gpu: int) -> list[Request]:
-        slot = self.gpus[gpu]
-        entry = self._running.get(gpu)
-        if entry is None or entry[2] is None or entry[0] <= self._now or slot.outstanding != 1:
-            raise ValueError(f"preempt needs exactly one running batch on slot {gpu}")
+    def preempt(self, slot: int) -> list[Task]:
+        entry = self._running.get(slot)
+        if entry is None or entry[2] is None or entry[0] <= self._now or len(self.ledger.inflight[slot]) != 1:
+            raise ValueError(f"preempt needs exactly one running batch on slot {slot}")
         batch = entry[3]
-        entry[2] = None                       # the completion never fires
-        batch.t_end = slot.busy_until = self._now
-        batch.status = "preempted"
-        slot.outstanding -= 1
-        return list(batch.requests)
+        entry[2] = None                        # the completion never fires
+        self.slots[slot].busy_until = self._now
+        return self.ledger.preempt(batch, self._now)
+
+    @property
+    def placement(self) -> Placement:
+        return self.ledger.placement
+
+    def reconfigure(self, placement: Placement) -> None:
+        now = self._now
+        rec = self.ledger.plan(placement, now)
+        for slot in rec.left:
+            self._policy.on_slot_lost(slot)
+        for slot in rec.joining:
+            s = self.slots[slot]
+            # A device's new shares start once the shares leaving it have run what they hold.
+            drained = max([o.busy_until for o in self.slots
+                           if o.device == s.device and not o.alive and o.outstanding and o.index != slot],
+                          default=now)
+            self._push(max(now, drained) + self.slot_start_s, self._join, slot)
 
     # -- event loop -------------------------------------------------------------
     def _push(self, t: float, fn: Callable, arg) -> list:
@@ -112,49 +157,68 @@ class SimCluster:
         heapq.heappush(self._heap, entry)
         return entry
 
+    def _next_dispatch_delay(self) -> float:
+        self._dispatch_delays = self._dispatch_draw(4096).tolist()
+        return self._dispatch_delays.pop()
+
     def _normal(self) -> float:
         if not self._z:
             self._z = self._rng.standard_normal(4096).tolist()
         return self._z.pop()
 
     def _complete(self, batch: Batch) -> None:
-        batch.status = OK
-        t, bid = batch.t_end, batch.id
-        for r in batch.requests:
-            r.status = OK
-            r.t_done = t
-            r.batch_id = bid
-        self.pending -= len(batch.requests)
-        self.gpus[batch.gpu].outstanding -= 1
-        self._policy.on_batch_done(batch)
+        released = self.ledger.complete(batch, batch.t_start, batch.t_end)
+        if self.slots[batch.slot].alive:
+            self._policy.on_batch_done(batch)
+        if released:
+            on_arrival = self._policy.on_arrival
+            for task in released:
+                on_arrival(task)
 
     def _discard(self, batch: Batch) -> None:
-        batch.status = "late"
-        for r in batch.requests:
-            r.batch_id = batch.id
-        self.drop(batch.requests, "late")
-        self.gpus[batch.gpu].outstanding -= 1
-        self._policy.on_batch_done(batch)
+        self.ledger.discard(batch, self._now)
+        if self.slots[batch.slot].alive:
+            self._policy.on_batch_done(batch)
 
-    def run(self, policy: Policy, ids: np.ndarray, models: Sequence[str], times: np.ndarray,
-            specs: Mapping[str, ModelSpec], drain: float) -> list[Request]:
-        """Replay the schedule through `policy`; returns every request with its outcome.
+    def lose(self, slot: int, reason: str) -> None:
+        """The slot is lost now (a scripted fault): what it runs fails, the policy hears on_slot_lost."""
+        if self.ledger.lose(slot, self._now, reason):
+            self._running.pop(slot, None)
+            for entry in self._heap:          # its queued completions and discards never fire
+                if len(entry) == 4 and isinstance(entry[3], Batch) and entry[3].slot == slot:
+                    entry[2] = None
+            self._policy.on_slot_lost(slot)
 
-        After the last arrival the run goes on until every request is
-        resolved or `drain` seconds of virtual time have passed; requests
-        still pending then are recorded as timeouts.
+    def _join(self, slot: int) -> None:
+        if self.ledger.join(slot, self._now):
+            self._policy.on_slot_added(slot)
+
+    def run(self, policy: Policy, ids: np.ndarray, targets: Sequence[str], times: np.ndarray,
+            deadline_of: dict[str, float], drain: float, apps: dict | None = None,
+            copies: Sequence[Sequence[int]] | None = None, stamped: np.ndarray | None = None,
+            sizes: Sequence[int] | None = None) -> list:
+        """Replay the schedule through `policy`; returns every request (plain task or app request).
+
+        Request i reaches the policy at `times[i]`; its arrival (the start of its deadline) is
+        `stamped[i]` (default: the same); `sizes[i]` items (a query already batched; default 1).
+        `deadline_of` gives each target's SLO; app targets (in `apps`)
+        arrive as task graphs with `copies[i]` tasks per node. After the last arrival the run goes on
+        until every task is resolved or `drain` seconds of virtual time have passed; what is still
+        pending then is recorded as a timeout.
         """
+        with _collector_paused():
+            return self._run(policy, ids, targets, times, deadline_of, drain, apps, copies,
+                             times if stamped is None else stamped, sizes)
+
+    def _run(self, policy, ids, targets, times, deadline_of, drain, apps, copies, stamped, sizes) -> list:
         self._policy = policy
-        slo = {m: s.slo for m, s in specs.items()}
-        unknown = set(models) - slo.keys()
-        if unknown:
-            raise HarnessError(f"schedule has models without an SLO: {sorted(unknown)}; add them to the models config")
+        ledger = self.ledger
         heap, pop = self._heap, heapq.heappop
-        requests: list[Request] = []
-        append = requests.append
+        append = ledger.items.append
         on_arrival = policy.on_arrival
         policy.start()
         times_list = times.tolist()
+        stamped_list = stamped.tolist()
         ids_list = ids.tolist()
         wall0 = last_report = time.perf_counter()
         for i, t in enumerate(times_list):
@@ -162,24 +226,35 @@ class SimCluster:
                 now_wall = time.perf_counter()
                 if now_wall - last_report >= 5.0:         # long runs say how far they are
                     last_report = now_wall
-                    print(f"[sim] {t:,.1f}/{times_list[-1]:,.1f} s virtual, {i:,} requests, "
-                          f"{i / (now_wall - wall0):,.0f} per wall second", file=sys.stderr, flush=True)
+                    from rich.console import Console     # imported only by runs long enough to report
+
+                    done = i / len(times_list)
+                    Console(file=sys.stderr, highlight=False).print(
+                        f"\\[sim] {done:4.0%}  {t:,.1f}/{times_list[-1]:,.1f} s virtual  {i:,} requests  "
+                        f"{i / (now_wall - wall0):,.0f} per wall second  [dim]about "
+                        f"{(now_wall - wall0) * (1 - done) / done:,.0f} s left[/dim]", soft_wrap=True)
             while heap and heap[0][0] <= t:
                 self._fire(pop(heap))
             self._now = t
-            model = models[i]
-            req = Request(ids_list[i], model, t, t + slo[model])
-            append(req)
-            self.pending += 1
-            on_arrival(req)
+            target = targets[i]
+            t0 = stamped_list[i]
+            if apps and target in apps:
+                for task in ledger.arrive_app(ids_list[i], apps[target], t0, copies[i]):
+                    on_arrival(task)
+            elif sizes is not None:
+                on_arrival(ledger.arrive(ids_list[i], target, t0, t0 + deadline_of[target], size=sizes[i]))
+            else:
+                # ledger.arrive(), inlined: this line runs once per request
+                task = Task(ids_list[i], target, t0, t0 + deadline_of[target])
+                append(task)
+                ledger.pending += 1
+                on_arrival(task)
         end = self._now + drain
-        while heap and self.pending > 0 and heap[0][0] <= end:
+        while heap and ledger.pending > 0 and heap[0][0] <= end:
             self._fire(pop(heap))
-        self._now = max(self._now, end) if self.pending > 0 else self._now
-        for r in requests:
-            if r.status is None:
-                r.status, r.reason, r.t_done = TIMEOUT, "unresolved at end of run", float("nan")
-        return requests
+        self._now = max(self._now, end) if ledger.pending > 0 else self._now
+        ledger.finish(self._now, "unresolved at end of run")
+        return ledger.items
 
     def _fire(self, entry: list) -> None:
         fn = entry[2]
@@ -192,18 +267,50 @@ class SimCluster:
             fn()
 
 
-def simulate(cfg, models: Mapping[str, ModelSpec], gpus: Sequence[GpuSlot],
-             curves: Sequence[Mapping[str, LatencyCurve]], schedule: pd.DataFrame,
-             make_policy: Callable[[SimCluster], Policy]) -> Outcome:
+def sim_cluster(assembly) -> SimCluster:
+    """The run's cluster in virtual time, with a fresh ledger."""
+    cfg = assembly.cfg
+    ledger = Ledger(assembly.slots(emulated=True), assembly.curves(), assembly.curves_of)
+    return SimCluster(ledger, noise=cfg.runtime.noise, seed=cfg.seeds.runtime, slot_start_s=cfg.runtime.slot_start_s,
+                      overheads=assembly.overheads)
+
+
+def simulate(assembly, schedule: pd.DataFrame):
     """Run the schedule in virtual time; the client is ideal (each request sent at its scheduled time)."""
-    cluster = SimCluster(gpus, curves, noise=cfg.runtime.noise, seed=cfg.seeds.runtime)
-    policy = make_policy(cluster)
-    d_in, d_out = cfg.runtime.request_delay_ms / 1000, cfg.runtime.response_delay_ms / 1000
+    from harness.records import ledger_tables, server_frame, sim_client_view
+    from harness.runtimes import Outcome
+
+    cfg = assembly.cfg
+    cluster = sim_cluster(assembly)
+    ledger = cluster.ledger
+    policy = assembly.make_policy(cluster)
+    for fault in cfg.runtime.faults:
+        cluster.call_at(fault.t, lambda fault=fault: cluster.lose(fault.slot, "scripted fault"))
+    # Each request reaches the scheduler after a transport delay (fixed, or drawn from a calibration),
+    # so the arrival order may differ from the schedule's.
+    # The deadline counts from the ingress's stamp; the scheduler, and so the policy, hears of the
+    # request later (a calibration measures both; a fixed request delay puts the stamp at the scheduler).
+    n = len(schedule)
+    overheads = cluster.overheads
+    d_in = overheads.sampler("request", cfg.seeds.runtime)(n)
+    d_out = overheads.sampler("response", cfg.seeds.runtime)(n)
+    to_ingress = overheads.sampler("ingress", cfg.seeds.runtime)(n) if overheads.quantiles else d_in
+    arrival = schedule["t_sched"].to_numpy() + d_in
+    stamped = schedule["t_sched"].to_numpy() + np.minimum(to_ingress, d_in)
+    order = np.argsort(arrival, kind="stable")
+    targets = schedule["model"].to_numpy(dtype=object)[order].tolist()
+    copies = [schedule["copies"].iloc[i] for i in order] if "copies" in schedule else None
+    sizes = schedule["size"].to_numpy()[order].tolist() if "size" in schedule else None
+    if sizes is not None and not assembly.policy_class.takes_queries:
+        raise HarnessError(f"the workload's requests are batched queries (a size per request), which "
+                           f"{cfg.system.name} does not take; choose a system that does (paris_elsa)")
+    deadline_of = {m: s.slo for m, s in assembly.models.items()}
     wall = time.perf_counter()
-    reqs = cluster.run(policy, schedule["id"].to_numpy(), schedule["model"].tolist(),
-                       schedule["t_sched"].to_numpy() + d_in, models, drain=cfg.runtime.drain_s)
+    items = cluster.run(policy, schedule["id"].to_numpy()[order], targets, arrival[order], deadline_of,
+                        drain=cfg.runtime.drain_s, apps=assembly.apps, copies=copies, stamped=stamped[order],
+                        sizes=sizes)
     wall = time.perf_counter() - wall
-    timeline = getattr(policy, "timeline", None) or [(0.0, len(gpus))]
-    return Outcome(client=sim_client_view(server_frame(reqs), d_in, d_out), batches=batches_frame(cluster.batches, gpus),
-                   timeline=pd.DataFrame(timeline, columns=["t", "slots"]), wall_seconds=wall,
-                   notes=[f"simulated {len(reqs) / wall:,.0f} requests per wall second"] if wall > 0 else [])
+    client = sim_client_view(server_frame(items), schedule["id"].to_numpy(), schedule["t_sched"].to_numpy(), d_out)
+    return Outcome(client=client, tables=ledger_tables(ledger),
+                   wall_seconds=wall,
+                   notes=[f"simulated {len(items) / wall:,.0f} requests per wall second"] if wall > 0 else [])

@@ -1,0 +1,151 @@
+"""Calibration: measure the live path's own delays on a host, so the sim charges the same ones.
+
+    python -m harness.calibrate --out calibration/this-host.json [overrides...]
+    python -m harness runtime=sim runtime.calibration=calibration/this-host.json ...
+
+A short live run (eager on two emulated slots of a 2 ms sleep model, Poisson
+300 req/s: light enough that nothing queues) measures, from its records,
+
+- request: client send -> the scheduler reads the request (HTTP, the ingress, the hop to the scheduler),
+  and the part of it up to the ingress's arrival stamp (`ingress`), from which the request's deadline
+  counts: the hop from there to the scheduler is already spent when the policy first sees it;
+- dispatch: the scheduler dispatches a batch to an idle slot -> the batch starts (the hop to the
+  worker and back, as the scheduler sees it: the worker's start is its reply minus its execution);
+- response: the batch ends -> the client has the answer (the hop back, the ingress, HTTP);
+
+each as its distribution (percentiles 0..100), and writes them with the
+host's description. Given `runtime.calibration`, the sim delays each
+request's arrival, each batch's start and each answer by a draw from those
+distributions (seeded by seeds.runtime): the spread matters as much as the
+median to a policy that plans to the deadline's edge. One source of truth
+instead of hand-set `request_delay_ms`/`response_delay_ms`; a policy that
+plans with measured overheads reads them through the Cluster handle
+(`cluster.overheads`: medians and p99s), in the sim and live alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from harness.errors import HarnessError
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN = ["runtime=live", "system=eager", "cluster=sleep1000", "cluster.count=2", "cluster.sleep.a_ms=0.1",
+       "cluster.sleep.c_ms=2", "models=sleep10", "workload=poisson", "workload.rate=300", "duration_s=15",
+       "warmup_s=3", "cooldown_s=1"]
+
+
+PARTS = ("request", "ingress", "dispatch", "response")
+
+
+@dataclass(frozen=True)
+class Overheads:
+    """The serving path's delays (seconds): medians and p99s, and when measured their percentiles 0..100
+    (`quantiles[part]`, for the sim to draw from)."""
+
+    request_s: float = 0.0
+    ingress_s: float = 0.0
+    dispatch_s: float = 0.0
+    response_s: float = 0.0
+    request_p99_s: float = 0.0
+    ingress_p99_s: float = 0.0
+    dispatch_p99_s: float = 0.0
+    response_p99_s: float = 0.0
+    quantiles: dict = field(default_factory=dict, compare=False)
+
+    def sampler(self, part: str, seed: int):
+        """draw(n) -> n delays of `part`: from its measured distribution, else its fixed median."""
+        q = self.quantiles.get(part)
+        if not q:
+            median = getattr(self, f"{part}_s")
+            return lambda n: np.full(n, median)
+        rng = np.random.default_rng([seed, PARTS.index(part)])
+        grid = np.linspace(0, 100, len(q))
+        return lambda n: np.interp(rng.uniform(0, 100, n), grid, q)
+
+
+def load_calibration(path: str | os.PathLike) -> Overheads:
+    try:
+        data = json.loads(Path(path).read_text())
+        fields = {k: float(v) for k, v in data["overheads"].items()}
+        return Overheads(**fields, quantiles={p: [float(x) for x in data["quantiles"][p]] for p in PARTS})
+    except FileNotFoundError:
+        raise HarnessError(f"calibration file '{path}' not found; make one: python -m harness.calibrate "
+                           f"--out {path}") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise HarnessError(f"calibration file '{path}' is unreadable ({exc}); make it again with "
+                           "python -m harness.calibrate") from None
+
+
+def measure(run_dir: Path) -> Overheads:
+    """The delays from a live run's records (requests, server_requests, batches)."""
+    r = pd.read_parquet(run_dir / "requests.parquet")
+    seen = pd.read_parquet(run_dir / "server_requests.parquet", columns=["id", "t_arrival", "t_scheduler"])
+    b = pd.read_parquet(run_dir / "batches.parquet").sort_values(["slot", "t_dispatch"])
+    ok = r[r["status"] == "ok"].merge(seen, on="id").merge(
+        b[["id", "t_end"]].rename(columns={"id": "batch_id"}), on="batch_id")
+    # A batch dispatched to an idle slot: its slot's previous batch had ended (else it queued there).
+    previous_end = b.groupby("slot")["t_end"].shift()
+    idle = b[(b["status"] == "ok") & ~(previous_end > b["t_dispatch"])]
+    parts = {"request": ok["t_scheduler"] - ok["t_sent"], "ingress": ok["t_arrival"] - ok["t_sent"],
+             "dispatch": idle["t_start"] - idle["t_dispatch"], "response": ok["t_done"] - ok["t_end"]}
+    if any(len(v.dropna()) < 50 for v in parts.values()):
+        raise HarnessError(f"the calibration run in {run_dir} served too few requests to measure; see its summary")
+    out, quantiles = {}, {}
+    for name, v in parts.items():
+        v = np.clip(v.dropna().to_numpy(), 0, None)
+        out[f"{name}_s"] = float(np.median(v))
+        out[f"{name}_p99_s"] = float(np.percentile(v, 99))
+        quantiles[name] = np.percentile(v, np.arange(101)).tolist()
+    return Overheads(**out, quantiles=quantiles)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m harness.calibrate", description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, required=True, help="the calibration file to write (JSON)")
+    args, overrides = ap.parse_known_args(argv)
+    if args.out.is_dir():
+        print(f"error: --out {args.out} is a directory; give a file name, e.g. {args.out}/calibration.json",
+              file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="calibrate-") as tmp:
+        run_dir = Path(tmp) / "run"
+        run = subprocess.run([sys.executable, "-m", "harness", *RUN, *overrides, f"hydra.run.dir={run_dir}"],
+                             cwd=ROOT, capture_output=True, text=True)
+        if run.returncode != 0:
+            print(f"error: the calibration run failed: {run.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+            return 2
+        try:
+            overheads = measure(run_dir)
+        except HarnessError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        summary = json.loads((run_dir / "summary.json").read_text())
+    medians = {k: v for k, v in asdict(overheads).items() if k != "quantiles"}
+    doc = {"overheads": medians, "quantiles": overheads.quantiles,
+           "host": {"name": platform.node(), "cores": os.cpu_count(), "machine": platform.machine(),
+                    "python": platform.python_version()},
+           "run": RUN + overrides, "send_lag_p99_ms": summary["send_lag_p99_ms"],
+           "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    ms = {k: f"{v * 1e3:.3f}" for k, v in medians.items()}
+    print(f"wrote {args.out}: request {ms['request_s']} ms (p99 {ms['request_p99_s']}), dispatch {ms['dispatch_s']} "
+          f"ms (p99 {ms['dispatch_p99_s']}), response {ms['response_s']} ms (p99 {ms['response_p99_s']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

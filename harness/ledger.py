@@ -1,0 +1,347 @@
+"""The ledger: every outcome of a run, decided in one place.
+
+Requests and tasks resolved (ok, dropped, rejected, timeout, error), batches
+opened and closed (ok, late, error, preempted), slots that join, leave or
+are lost, and reconfigurations: every runtime -- the discrete-event sim, the
+live scheduler, the Triton backend -- changes this state only through the
+methods below, so the rules are the same wherever a policy runs and sim and
+live results compare like for like (h11's single state machine).
+
+The runtime keeps time and runs batches; the ledger keeps the books:
+
+    task = ledger.arrive(id, model, t, deadline)          # a plain request: its own task
+    tasks = ledger.arrive_app(id, app, t, copies)        # an app request: its root tasks
+    batch, curve = ledger.open_batch(slot, model, tasks, t, latest_start)   # checks, then records
+    released = ledger.complete(batch, t_start, t_end)    # tasks ok; an app's next tasks, if any
+    ledger.discard(batch, t) / ledger.fail(batch, t, reason) / ledger.preempt(batch, t)
+    ledger.drop(tasks, t, reason, status)
+    ledger.lose(slot, t, reason) / ledger.join(slot, t)
+    reconfiguration = ledger.plan(placement, t)          # who leaves (now) and who must start
+    ledger.finish(t, reason)                             # what is still pending becomes a timeout
+
+`on_resolved(item)` is called once per request as it resolves (a plain task
+or an app request): the live runtime wakes the waiting client there.
+The policy is never called from here: the runtime tells it what happened.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
+
+from harness.apps import App
+from harness.core import DROPPED, ERROR, LATE, OK, PREEMPTED, TIMEOUT, Batch, QueryTask, Request, Slot, Task
+from harness.placement import Placement, SlotSpec
+from harness.profiles import LatencyCurve
+
+# Slot events, in the order a slot's life goes.
+STARTING, JOINED, LEFT, LOST, CANCELLED = "starting", "joined", "left", "lost", "cancelled"
+
+
+@dataclass
+class Reconfiguration:
+    t_request: float
+    before: str                          # Placement.describe() of what was provisioned
+    after: str
+    left: list[int]                      # slots that left at t_request
+    joining: list[int]                   # slots that must start
+    t_done: float = float("nan")         # when the last of them joined (nan: never, or none to start)
+    cost_s: float = field(init=False, default=float("nan"))
+
+
+def spec_of(slot: Slot) -> SlotSpec:
+    return SlotSpec(slot.gpu_type, slot.partition, slot.device, slot.models)
+
+
+class Ledger:
+    def __init__(self, slots: Sequence[Slot], curves: Sequence[Mapping[str, LatencyCurve]],
+                 curves_of: Callable[[SlotSpec], Mapping[str, LatencyCurve]] | None = None,
+                 on_resolved: Callable[[Task | Request], None] | None = None, t0: float = 0.0):
+        self.slots: list[Slot] = list(slots)
+        self.curves: list[Mapping[str, LatencyCurve]] = list(curves)
+        self.curves_of = curves_of           # for slots a reconfiguration creates
+        self.on_resolved = on_resolved
+        self.items: list[Task | Request] = []    # what clients wait for, in arrival order
+        self.graph_tasks: list[Task] = []        # the tasks of app requests, in release order
+        self.batches: list[Batch] = []
+        self.inflight: list[dict[int, Batch]] = [{} for _ in self.slots]
+        self.pending = 0                         # tasks arrived and not yet resolved
+        self.slot_events: list[tuple[float, int, str, str]] = []   # (t, slot, event, reason)
+        self.reconfigurations: list[Reconfiguration] = []
+        self.joining: set[int] = set()
+        self.has_apps = False
+        self.has_sizes = False                   # some task is a query of several items
+        self.staged: dict[Task, tuple[int, int]] = {}   # a task part-way through: (slot, stage) it last ran
+        self.origins: dict = {}                  # request -> who waits for it (live: an ingress's HTTP call)
+        for s in self.slots:
+            if s.alive:
+                self.slot_events.append((t0, s.index, STARTING, "initial placement"))
+                self.slot_events.append((t0, s.index, JOINED, "initial placement"))
+
+    # -- arrivals --------------------------------------------------------------------------------
+    def arrive(self, id: int, model: str, t: float, deadline: float, origin=None, size: int = 1) -> Task:
+        """A plain request: its own task (a QueryTask of `size` items when above 1). `origin` (who waits for
+        it) is kept in `origins` until it resolves."""
+        if size != 1:
+            self.has_sizes = True
+            task = QueryTask(id, model, t, deadline, size)
+        else:
+            task = Task(id, model, t, deadline)
+        self.items.append(task)
+        self.pending += 1
+        if origin is not None:
+            self.origins[task] = origin
+        return task
+
+    def arrive_app(self, id: int, app: App, t: float, copies: Sequence[int],
+                   origin=None) -> list[Task]:
+        """An app request: its root tasks, to hand to the policy (none if every root has zero copies)."""
+        self.has_apps = True
+        request = Request(id, app.name, t, t + app.slo, app, copies)
+        self.items.append(request)
+        if origin is not None:
+            self.origins[request] = origin
+        tasks = app.start(request, t)
+        self.graph_tasks.extend(tasks)
+        self.pending += len(tasks)
+        if request.open_nodes == 0:
+            self._resolve(request, OK, "", t)
+        return tasks
+
+    # -- batches -----------------------------------------------------------------------------------
+    def open_batch(self, slot: int, model: str, tasks: list[Task], t: float, latest_start: float | None,
+                   stage: int | None = None) -> tuple[Batch, LatencyCurve]:
+        """Check a dispatch (a failure is a bug in the policy: ValueError, nothing recorded), then record it.
+        Returns the batch and the curve it runs by (the stage's, for a stage)."""
+        s = self.slots[slot]
+        if not tasks:
+            raise ValueError("dispatch of an empty batch")
+        if model not in s.models:
+            raise ValueError(f"slot {slot} does not hold model {model!r}")
+        if not s.alive:
+            raise ValueError(f"dispatch to slot {slot}, which is not in the cluster (it left, was lost or has "
+                             "not joined yet)")
+        curve = self.curves[slot][model]
+        final = True
+        if stage is not None:
+            if not 0 <= stage < len(curve.stages):
+                raise ValueError(f"{model} has {len(curve.stages)} profiled stages on slot {slot}; no stage {stage}")
+            final = stage == len(curve.stages) - 1
+            curve = curve.stages[stage]
+            for task in tasks:              # a task's activations stay on the slot that ran its last stage
+                held = self.staged.get(task)
+                if (held is None) != (stage == 0) or (held is not None and held != (slot, stage - 1)):
+                    raise ValueError(f"stage {stage} of {task!r} on slot {slot}, but its last stage ran "
+                                     f"{'nowhere' if held is None else f'as stage {held[1]} on slot {held[0]}'}")
+        size = sum(task.size for task in tasks) if self.has_sizes else len(tasks)
+        if size > curve.max_batch:
+            raise ValueError(f"batch of {size} exceeds the profiled maximum {curve.max_batch} for {model}")
+        for task in tasks:
+            if task.status is not None:
+                raise ValueError(f"dispatch of {task!r}, which is already resolved ({task.status})")
+        batch = Batch(len(self.batches), slot, model, tasks, t, latest_start, size, stage, final)
+        self.batches.append(batch)
+        s.outstanding += 1
+        self.inflight[slot][batch.id] = batch
+        return batch, curve
+
+    def open_external_batch(self, slot: int, model: str, size: int, t: float) -> Batch:
+        """A batch formed outside any policy (tritonserver's own batcher): no task objects, only its size."""
+        s = self.slots[slot]
+        if model not in s.models or not s.alive:
+            raise ValueError(f"slot {slot} cannot run {model!r} (it does not hold it, or it left)")
+        batch = Batch(len(self.batches), slot, model, [], t, None, size)
+        self.batches.append(batch)
+        s.outstanding += 1
+        self.inflight[slot][batch.id] = batch
+        return batch
+
+    def complete(self, batch: Batch, t_start: float, t_end: float) -> list[Task] | None:
+        """The batch ran: its tasks are ok. Returns the app tasks this releases (None in a run of plain requests)."""
+        batch.status, batch.t_start, batch.t_end = OK, t_start, t_end
+        self._close(batch)
+        if not batch.final:
+            for task in batch.tasks:      # a stage before the last: its tasks go on, still pending
+                self.staged[task] = (batch.slot, batch.stage)
+            return None
+        if batch.stage is not None:
+            for task in batch.tasks:
+                self.staged.pop(task, None)
+        bid = batch.id
+        tasks = batch.tasks
+        for task in tasks:
+            task.status = OK
+            task.t_done = t_end
+            task.batch_id = bid
+        self.pending -= len(tasks)
+        if self.has_apps:
+            return self._advance(tasks, t_end)
+        if self.on_resolved is not None:
+            for task in tasks:
+                self.on_resolved(task)
+        return None
+
+    def discard(self, batch: Batch, t: float) -> None:
+        """The slot could not start the batch by its latest start: its tasks are dropped ("late")."""
+        batch.status, batch.t_start, batch.t_end = LATE, t, t
+        self._close(batch)
+        self._tag(batch)
+        self.drop(batch.tasks, t, LATE)
+
+    def fail(self, batch: Batch, t: float, reason: str, exec_time: float = 0.0) -> None:
+        """The batch failed (the executor raised, or its slot was lost): its tasks are errors."""
+        batch.status, batch.t_end, batch.t_start = ERROR, t, t - exec_time
+        self._close(batch)
+        self._tag(batch)
+        self.drop(batch.tasks, t, reason, ERROR)
+
+    def preempt(self, batch: Batch, t: float) -> list[Task]:
+        """The batch was stopped early: its tasks go back to the policy, still pending."""
+        batch.status, batch.t_end = PREEMPTED, t
+        self._close(batch)
+        return list(batch.tasks)
+
+    def _close(self, batch: Batch) -> None:
+        self.slots[batch.slot].outstanding -= 1
+        del self.inflight[batch.slot][batch.id]
+
+    @staticmethod
+    def _tag(batch: Batch) -> None:
+        for task in batch.tasks:
+            task.batch_id = batch.id
+
+    # -- resolving -----------------------------------------------------------------------------------
+    def drop(self, tasks: Sequence[Task], t: float, reason: str, status: str = DROPPED) -> None:
+        """Resolve `tasks` unserved; an app request fails with its first task that does."""
+        for task in tasks:
+            task.status = status
+            task.reason = reason
+            task.t_done = t
+        self.pending -= len(tasks)
+        if self.staged:
+            for task in tasks:
+                self.staged.pop(task, None)
+        if self.has_apps:
+            for task in tasks:
+                request = task.request
+                if request is None:
+                    if self.on_resolved is not None:
+                        self.on_resolved(task)
+                elif request.status is None:
+                    self._resolve(request, status, reason, t)
+        elif self.on_resolved is not None:
+            for task in tasks:
+                self.on_resolved(task)
+
+    def _advance(self, tasks: list[Task], t: float) -> list[Task] | None:
+        released: list[Task] = []
+        for task in tasks:
+            request = task.request
+            if request is None:
+                if self.on_resolved is not None:
+                    self.on_resolved(task)
+                continue
+            more = request.graph.finished(task, t)
+            if more:
+                self.graph_tasks.extend(more)
+                self.pending += len(more)
+                released.extend(more)
+            if request.open_nodes == 0 and request.status is None:
+                self._resolve(request, OK, "", t)
+        return released
+
+    def _resolve(self, request: Request | Task, status: str, reason: str, t: float) -> None:
+        request.status, request.reason = status, reason
+        if status != OK or request.t_done != request.t_done:
+            request.t_done = t
+        if self.on_resolved is not None:
+            self.on_resolved(request)
+
+    def finish(self, t: float, reason: str) -> None:
+        """End of run: every task and request still pending is a timeout (t_done unknown)."""
+        nan = float("nan")
+        for group in (self.items, self.graph_tasks):
+            for item in group:
+                if item.status is None:
+                    item.status, item.reason, item.t_done = TIMEOUT, reason, nan
+                    if self.on_resolved is not None and (group is self.items):
+                        self.on_resolved(item)
+        self.pending = 0
+
+    # -- slots --------------------------------------------------------------------------------------
+    @property
+    def placement(self) -> Placement:
+        """What is provisioned: slots alive or starting, by rank."""
+        return Placement(tuple(spec_of(s) for s in self.slots if s.alive or s.index in self.joining))
+
+    def lose(self, slot: int, t: float, reason: str) -> bool:
+        """The slot's worker died or hung: it leaves at once and what it held fails. False if it was gone."""
+        s = self.slots[slot]
+        if not s.alive:
+            return False
+        s.alive = False
+        self.slot_events.append((t, slot, LOST, reason))
+        for batch in list(self.inflight[slot].values()):
+            self.fail(batch, t, f"slot {slot} lost: {reason}")
+        s.outstanding = 0
+        s.busy_until = t
+        return True
+
+    def plan(self, placement: Placement, t: float) -> Reconfiguration:
+        """Start moving to `placement`: slots not in it leave now, the ones new in it are created (or
+        revived, same spec, same index) as starting. The runtime starts those and calls join()."""
+        before = self.placement.describe()
+        provisioned = [s for s in self.slots if s.alive or s.index in self.joining]
+        wanted = list(placement.slots)
+        keep: set[int] = set()
+        starting: list[int] = []
+        for spec in wanted:
+            match = next((s for s in provisioned if s.index not in keep and spec_of(s) == spec), None)
+            if match is not None:
+                keep.add(match.index)
+                continue
+            spare = next((s for s in self.slots if not s.alive and s.index not in self.joining
+                          and s.index not in starting and spec_of(s) == spec), None)
+            starting.append(self._new_slot(spec) if spare is None else spare.index)
+        leaving = [s.index for s in provisioned if s.index not in keep]
+        for i in leaving:
+            s = self.slots[i]
+            if i in self.joining:
+                self.joining.discard(i)
+                self.slot_events.append((t, i, CANCELLED, "reconfigured before it joined"))
+            else:
+                s.alive = False
+                self.slot_events.append((t, i, LEFT, "reconfigured"))
+        for i in starting:
+            self.joining.add(i)
+            self.slot_events.append((t, i, STARTING, "reconfigured"))
+        rec = Reconfiguration(t, before, placement.describe(), leaving, starting)
+        if not starting:
+            rec.t_done, rec.cost_s = t, 0.0
+        self.reconfigurations.append(rec)
+        return rec
+
+    def join(self, slot: int, t: float) -> bool:
+        """A starting slot is ready: it joins, idle. False if a later reconfiguration cancelled it."""
+        if slot not in self.joining:
+            return False
+        self.joining.discard(slot)
+        s = self.slots[slot]
+        s.alive, s.busy_until, s.outstanding = True, t, 0
+        self.slot_events.append((t, slot, JOINED, ""))
+        for rec in self.reconfigurations:
+            if rec.t_done != rec.t_done and slot in rec.joining and not self.joining.intersection(rec.joining):
+                rec.t_done, rec.cost_s = t, t - rec.t_request
+        return True
+
+    def _new_slot(self, spec: SlotSpec) -> int:
+        if self.curves_of is None:
+            raise ValueError("this runtime cannot create slots (no profile lookup given)")
+        i = len(self.slots)
+        template = self.slots[0] if self.slots else None
+        self.slots.append(Slot(i, f"{spec.gpu_type}-{spec.partition}-d{spec.device}-{i}", spec.gpu_type,
+                               spec.partition, spec.models, spec.device, spec.share,
+                               emulated=template.emulated if template else True, alive=False))
+        self.curves.append(self.curves_of(spec))
+        self.inflight.append({})
+        return i
