@@ -15,29 +15,17 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from harness.gpu.profiler import ALL_MODELS, time_replays  # noqa: E402
+from harness.gpu.profiler import ALL_MODELS, time_replays, wall_ms  # noqa: E402
 
 TARGET = 1.05
 
 
 ROUNDS = 5
-
-
-def wall_ms(fn, iters: int, warmup: int = 2) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1000.0)
-    return times
 
 
 def main() -> int:

@@ -141,7 +141,7 @@ def main() -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     cols = ["kernel", "host"] + [f"gap{g:g}" for g in args.gaps_ms]
-    print(f"medians in ms; ratio = slowest gap / kernel; clock = SM MHz before launches after the longest gap")
+    print("medians in ms; ratio = slowest gap / kernel; clock = SM MHz before launches after the longest gap")
     print(f"{'setup':<18}{'model':<13}{'batch':>6}" + "".join(f"{c:>9}" for c in cols) + f"{'ratio':>8}{'clock':>7}")
     for r in rows:
         ratio = max(r[c] for c in cols[2:]) / r["kernel"] if len(cols) > 2 else r["host"] / r["kernel"]

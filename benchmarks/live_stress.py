@@ -30,7 +30,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import systems  # noqa: E402
-from harness.core import GpuSlot, ModelSpec  # noqa: E402
+from harness.core import ModelSpec, Slot  # noqa: E402
+from harness.ledger import Ledger  # noqa: E402
 from harness.live import loop as precise  # noqa: E402
 from harness.live.cluster import LiveCluster  # noqa: E402
 from harness.profiles import LatencyCurve  # noqa: E402
@@ -45,8 +46,8 @@ class FakePool:
         self.free_at = [0.0] * n_slots
         self.on_lost = None
 
-    def submit(self, slot, batch_id, model, size, start_within, payload=None, expected=0.0):
-        fut = self.loop.create_future()
+    def submit(self, slot, batch_id, model, size, start_within, payload=None, expected=0.0, stage=None, rows=None,
+               on_reply=None):
         now = self.loop.time()
         start = max(now, self.free_at[slot])
         if start_within is not None and start - now > start_within:
@@ -56,10 +57,9 @@ class FakePool:
             end = self.free_at[slot] = start + run
             reply = {"batch": batch_id, "status": "ok", "exec": run, "wait": start - now, "error": ""}
         if end <= now:
-            fut.set_result(reply)
+            self.loop.call_soon(on_reply, reply)   # as a worker's reply: never from inside the dispatch
         else:
-            self.loop.call_at(end, fut.set_result, reply)
-        return fut
+            self.loop.call_at(end, on_reply, reply)
 
     def abort(self, slot, batch_id):
         pass
@@ -76,9 +76,11 @@ async def one_rate(system: str, rate: float, seconds: float, n_slots: int, n_mod
     precise.quiet_gc()                                   # the previous rate's garbage goes now, not mid-run
     models = {f"m{i}": ModelSpec(f"m{i}", slo_ms / 1000) for i in range(n_models)}
     names = list(models)
-    gpus = [GpuSlot(i, f"s{i}", "sleep", "whole", frozenset(models)) for i in range(n_slots)]
+    slots = [Slot(i, f"s{i}", "sleep", "whole", frozenset(models), device=i) for i in range(n_slots)]
     clock = precise.Clock(time.time() + 0.1)             # run time 0 is 0.1 s from now
-    cluster = LiveCluster(gpus, [{m: curve for m in models}] * n_slots, FakePool(n_slots, instant), clock, models)
+    # Every slot, and any a policy's reconfiguration creates, runs every model on the one sleep curve.
+    ledger = Ledger(slots, [{m: curve for m in models}] * n_slots, lambda spec: {m: curve for m in models})
+    cluster = LiveCluster(ledger, FakePool(n_slots, instant), clock, {m: s.slo for m, s in models.items()})
     policy_cls = systems.policy_class(system)
     policy = policy_cls(cluster, models, policy_cls.Config())
     done = loop.create_future()
@@ -89,7 +91,7 @@ async def one_rate(system: str, rate: float, seconds: float, n_slots: int, n_mod
         now = clock.now
         while i < n and times[i] <= now():
             lag[i] = now() - times[i]
-            cluster.arrive(names[which[i]], i)
+            cluster.arrive(names[which[i]], i, times[i])
             i += 1
         if i < n:
             loop.call_at(clock.to_monotonic(times[i]), drive)
@@ -107,7 +109,7 @@ async def one_rate(system: str, rate: float, seconds: float, n_slots: int, n_mod
     cluster.finish()
     timer = np.frombuffer(cluster.timer_lag, dtype=float) * 1e3
     arrival = lag * 1e3
-    status = [r.status for r in cluster.requests]
+    status = [r.status for r in ledger.items]
     ok = [b.size for b in cluster.batches if b.status == "ok"]
     pct = lambda x, q: float(np.percentile(x, q)) if len(x) else 0.0  # noqa: E731
     return {"rate": rate, "requests": n, "slots": n_slots, "timers": len(timer),
@@ -115,6 +117,12 @@ async def one_rate(system: str, rate: float, seconds: float, n_slots: int, n_mod
             "arrival_p50": pct(arrival, 50), "arrival_p99": pct(arrival, 99),
             "ok": status.count("ok") / n, "batch": float(np.mean(ok)) if ok else 0.0,
             "busy": busy, "timer_lag_ms": timer, "arrival_lag_ms": arrival}
+
+
+def enough_slots(rate: float, curve: LatencyCurve, slo_ms: float) -> int:
+    """Slots for 1.3x the load at the Nexus-rule batch size (the largest whose latency fits half the SLO)."""
+    b = max(1, curve.largest_batch_within(slo_ms / 2000))
+    return max(1, math.ceil(1.3 * rate * curve.mean[b] / b))
 
 
 def main(argv=None) -> int:
@@ -134,9 +142,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     curve = LatencyCurve.linear(args.a_ms, args.c_ms, 64)
-    b = max(1, curve.largest_batch_within(args.slo_ms / 2000))
-    per_slot = b / curve.mean[b]
-    slots = (lambda rate: args.gpus) if args.gpus else (lambda rate: max(1, math.ceil(1.3 * rate / per_slot)))
+    slots = (lambda rate: args.gpus) if args.gpus else (lambda rate: enough_slots(rate, curve, args.slo_ms))
     print(f"{args.system} on {args.gpus or 'enough'} emulated slots, {args.models} models, SLO {args.slo_ms:g} ms, "
           f"l(b) = {args.a_ms:g}*b + {args.c_ms:g} ms{' (instant batches)' if args.instant else ''}")
     head = (f"{'rate/s':>8} {'requests':>8} {'timers':>7} {'timer p50':>9} {'p99':>7} {'max':>7} "

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -67,13 +68,16 @@ def measure(url: str, rate: float, seconds: float, workers: int, work: Path) -> 
     pd.DataFrame({"id": np.arange(n, dtype=np.int64), "model": "m",
                   "t_sched": np.arange(n) / rate}).to_parquet(run / "schedule.parquet", index=False)
     lead = LEAD_WORKERS_S if workers else LEAD_S
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)      # Locust's processes, once replay reaps them
     client = load.replay(run / "schedule.parquet", url, time.time() + lead, run / "client", workers=workers,
                          timeout_s=10.0)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     lag = (client["t_sent"] - client["t_sched"]).to_numpy() * 1e3
     span = client["t_sent"].max() - client["t_sent"].min()
     return {"rate": rate, "p50_ms": float(np.percentile(lag, 50)), "p99_ms": float(np.percentile(lag, 99)),
             "max_ms": float(lag.max()), "achieved": (n - 1) / span if span > 0 else float("nan"),
-            "ok": float((client["status"] == "ok").mean())}
+            "ok": float((client["status"] == "ok").mean()), "cpu_us": cpu / n * 1e6}
 
 
 def main() -> int:
@@ -95,7 +99,8 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="load-rate-") as tmp:
             # Send lag is what a busy CPU shows first: say how busy the machine was.
             print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} before")
-            print(f"{'setup':>12} {'rate/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'achieved/s':>11} {'ok':>6}")
+            print(f"{'setup':>12} {'rate/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'achieved/s':>11} {'ok':>6}"
+                  f" {'Locust CPU us/req':>18}")
             for workers in (int(w) for w in args.workers.split(",")):
                 setup = f"{workers} workers" if workers else "1 process"
                 best[setup] = 0.0
@@ -106,7 +111,7 @@ def main() -> int:
                         print(f"{setup:>12} {rate:8.0f}  failed: {exc}")
                         break
                     print(f"{setup:>12} {rate:8.0f} {m['p50_ms']:8.3f} {m['p99_ms']:8.3f} {m['max_ms']:8.3f} "
-                          f"{m['achieved']:11.0f} {m['ok']:6.1%}", flush=True)
+                          f"{m['achieved']:11.0f} {m['ok']:6.1%} {m['cpu_us']:18.0f}", flush=True)
                     if m["p99_ms"] > args.bound_ms or m["ok"] < 1.0:
                         break
                     best[setup] = rate

@@ -60,6 +60,26 @@ def test_padding_does_not_change_the_real_rows(resnet):
     assert not torch.equal(resnet.last_output, four[:3])   # another input, another output
 
 
+def test_payload_views_from_pinned_shared_memory_compute_what_bytes_do(resnet):
+    from harness.live.arena import Arena, gather
+    x = images(4, seed=4)
+    resnet.run("resnet50", 4, x.tobytes())
+    want = resnet.last_output.clone()
+    arena = Arena.create(slot_bytes=3 * x[0].nbytes, slots=4)
+    try:
+        assert resnet.pin_host_memory(arena.buffer)
+        a, b = arena.alloc(), arena.alloc()
+        arena.write(a, x[0].tobytes())
+        arena.write(b, x[1:].tobytes())          # a query of three images: one buffer, three rows
+        resnet.run("resnet50", 4, gather([arena], [[0, a, 0, x[0].nbytes], [0, b, 0, 3 * x[0].nbytes]]))
+        assert torch.equal(resnet.last_output, want)
+        with pytest.raises(ValueError, match="does not fit rows"):
+            resnet.run("resnet50", 2, gather([arena], [[0, b, 0, 3 * x[0].nbytes]]))
+    finally:
+        resnet.unpin_host_memory(arena.buffer)
+        arena.close()
+
+
 def test_wrong_payload_length_is_a_value_error(resnet):
     with pytest.raises(ValueError, match="bytes.*batch of 2 needs 602112"):
         resnet.run("resnet50", 2, b"\0" * 1000)

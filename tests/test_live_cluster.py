@@ -5,11 +5,13 @@ import time
 
 import pytest
 
-from harness.core import GpuSlot, ModelSpec, Policy
+from harness.core import ModelSpec, Policy
+from harness.ledger import Ledger
 from harness.live import loop as precise
 from harness.live.cluster import LiveCluster
 from harness.profiles import LatencyCurve
 from systems.eager import Eager, EagerConfig
+from tests.simkit import slots
 
 CURVE = LatencyCurve.linear(1.0, 5.0, 16)       # l(b) = b + 5 ms
 
@@ -21,15 +23,19 @@ class FakePool:
         self.exec_time = exec_time
         self.on_lost = None
         self.sent = []                   # (slot, batch, size, start_within)
+        self.payloads = []               # each batch's payload references
         self.aborted = []
         self.status = "ok"
         self.hold = False                # True: keep the futures for the test to resolve
         self.futures = {}
 
-    def submit(self, slot, batch_id, model, size, start_within, payload=None, expected=0.0):
+    def submit(self, slot, batch_id, model, size, start_within, payload=None, expected=0.0, stage=None, rows=None,
+               on_reply=None):
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
+        fut.add_done_callback(lambda f: on_reply(f.result()))
         self.sent.append((slot, batch_id, size, start_within))
+        self.payloads.append(payload)
         self.futures[batch_id] = fut
         if not self.hold:
             reply = {"batch": batch_id, "status": self.status, "exec": self.exec_time, "wait": 0.0, "error": "boom"}
@@ -49,19 +55,31 @@ class Recorder(Eager):
         self.done.append(batch)
         super().on_batch_done(batch)
 
-    def on_gpu_lost(self, gpu):
+    def on_slot_lost(self, gpu):
         self.lost.append(gpu)
-        super().on_gpu_lost(gpu)
+        super().on_slot_lost(gpu)
+
+
+def make(n_gpus=2, pool=None, slo_ms=100.0, policy_cls=None):
+    models = {"m": ModelSpec("m", slo_ms / 1000)}
+    ledger = Ledger(slots({"m"}, n_gpus), [{"m": CURVE}] * n_gpus, curves_of=lambda spec: {"m": CURVE})
+    pool = pool or FakePool()
+    cluster = LiveCluster(ledger, pool, precise.Clock(time.time()), {"m": slo_ms / 1000})
+    cluster.on_answer = lambda fut, item: fut.done() or fut.set_result(item.status)
+    policy = (policy_cls or Recorder)(cluster, models, EagerConfig())
+    cluster.start(policy)
+    return cluster, policy, pool
 
 
 def setup(n_gpus=2, pool=None, slo_ms=100.0):
-    models = {"m": ModelSpec("m", slo_ms / 1000)}
-    gpus = [GpuSlot(i, f"g{i}", "test", "whole", frozenset(models)) for i in range(n_gpus)]
-    pool = pool or FakePool()
-    cluster = LiveCluster(gpus, [{"m": CURVE}] * n_gpus, pool, precise.Clock(time.time()), models)
-    policy = Recorder(cluster, models, EagerConfig())
-    cluster.start(policy)
-    return cluster, policy, pool
+    return make(n_gpus, pool, slo_ms)
+
+
+def arrive(cluster, model, rid):
+    """A request arriving now; returns (its task, a future of its outcome)."""
+    fut = asyncio.get_running_loop().create_future()
+    cluster.arrive(model, rid, cluster.now(), origin=fut)
+    return cluster.ledger.items[-1], fut
 
 
 def run(coro):
@@ -71,9 +89,9 @@ def run(coro):
 def test_requests_complete_with_their_batch_and_wake_their_waiters():
     async def main():
         cluster, policy, pool = setup()
-        (r1, f1), (r2, f2) = cluster.arrive("m", 1), cluster.arrive("m", 2)
-        assert cluster.gpus[0].outstanding == 1 and cluster.gpus[1].outstanding == 1
-        assert cluster.gpus[0].busy_until == pytest.approx(cluster.batches[0].t_dispatch + CURVE.mean[1])
+        (r1, f1), (r2, f2) = arrive(cluster, "m", 1), arrive(cluster, "m", 2)
+        assert cluster.slots[0].outstanding == 1 and cluster.slots[1].outstanding == 1
+        assert cluster.slots[0].busy_until == pytest.approx(cluster.batches[0].t_dispatch + CURVE.mean[1])
         assert await asyncio.wait_for(f1, 1) == "ok" and await asyncio.wait_for(f2, 1) == "ok"
         return cluster, policy, r1, r2
 
@@ -83,14 +101,14 @@ def test_requests_complete_with_their_batch_and_wake_their_waiters():
     assert b0.status == "ok" and b0.t_end - b0.t_start == pytest.approx(0.01)
     assert r1.t_done == b0.t_end and b0.t_end - b0.t_dispatch >= 0.01
     assert [b.id for b in policy.done] == [0, 1]
-    assert all(g.outstanding == 0 for g in cluster.gpus) and cluster.pending == 0
+    assert all(g.outstanding == 0 for g in cluster.slots) and cluster.pending == 0
 
 
 def test_late_batch_drops_its_requests_and_error_batch_fails_them():
     async def main(status):
         cluster, policy, pool = setup(1)
         pool.status = status
-        req, fut = cluster.arrive("m", 1)
+        req, fut = arrive(cluster, "m", 1)
         await asyncio.wait_for(fut, 1)
         return cluster, policy, req
 
@@ -111,14 +129,9 @@ class Holder(Policy):
 
 def test_dispatch_sends_the_action_window_as_seconds_from_now():
     async def main():
-        models = {"m": ModelSpec("m", 0.1)}
-        gpus = [GpuSlot(0, "g0", "test", "whole", frozenset(models))]
-        pool = FakePool()
-        cluster = LiveCluster(gpus, [{"m": CURVE}], pool, precise.Clock(time.time()), models)
-        policy = Holder(cluster, models, None)
-        cluster.start(policy)
+        cluster, policy, pool = make(1, policy_cls=Holder)
         for i in range(3):
-            cluster.arrive("m", i)
+            arrive(cluster, "m", i)
         cluster.dispatch(0, "m", policy.held[:2], latest_start=cluster.now() + 0.02)
         cluster.dispatch(0, "m", policy.held[2:])
         with pytest.raises(ValueError):
@@ -135,23 +148,23 @@ def test_lost_slot_fails_its_requests_tells_the_policy_once_and_others_go_on():
         pool = FakePool()
         pool.hold = True
         cluster, policy, pool = setup(2, pool)
-        victim, vf = cluster.arrive("m", 1)               # eager puts it on slot 0
+        victim, vf = arrive(cluster, "m", 1)               # eager puts it on slot 0
         pool.on_lost(0, "worker process exited with code -9")
         pool.on_lost(0, "again")                           # told once only
         pool.futures[0].set_result({"batch": 0, "status": "error", "exec": 0, "wait": 0, "error": "lost"})
         await asyncio.wait_for(vf, 1)
         pool.hold = False
-        survivor, sf = cluster.arrive("m", 2)
+        survivor, sf = arrive(cluster, "m", 2)
         await asyncio.wait_for(sf, 1)
         await asyncio.sleep(0.05)
         return cluster, policy, victim, survivor
 
     cluster, policy, victim, survivor = run(main())
     assert victim.status == "error" and "slot 0 lost: worker process exited" in victim.reason
-    assert policy.lost == [0] and not cluster.gpus[0].alive and cluster.gpus[0].outstanding == 0
+    assert policy.lost == [0] and not cluster.slots[0].alive and cluster.slots[0].outstanding == 0
     assert [b.id for b in policy.done] == [1]               # no on_batch_done for the lost slot's batch
-    assert survivor.status == "ok" and cluster.batches[survivor.batch_id].gpu == 1
-    assert cluster.lost[0]["slot"] == 0
+    assert survivor.status == "ok" and cluster.batches[survivor.batch_id].slot == 1
+    assert [(slot, event) for _, slot, event, _ in cluster.ledger.slot_events if event == "lost"] == [(0, "lost")]
 
 
 def test_preempt_returns_the_running_batch_and_asks_the_worker_to_stop():
@@ -159,7 +172,7 @@ def test_preempt_returns_the_running_batch_and_asks_the_worker_to_stop():
         pool = FakePool()
         pool.hold = True
         cluster, policy, pool = setup(1, pool)
-        req, fut = cluster.arrive("m", 1)
+        req, fut = arrive(cluster, "m", 1)
         back = cluster.preempt(0)
         with pytest.raises(ValueError):
             cluster.preempt(0)
@@ -172,7 +185,7 @@ def test_preempt_returns_the_running_batch_and_asks_the_worker_to_stop():
     assert pool.aborted == [(0, 0)]
     b = cluster.batches[0]
     assert b.status == "preempted" and b.t_end - b.t_start == pytest.approx(0.002)
-    assert cluster.gpus[0].outstanding == 0 and policy.done == []
+    assert cluster.slots[0].outstanding == 0 and policy.done == []
 
 
 def test_finish_times_out_pending_requests_and_silences_the_policy():
@@ -180,7 +193,7 @@ def test_finish_times_out_pending_requests_and_silences_the_policy():
         pool = FakePool()
         pool.hold = True
         cluster, policy, pool = setup(1, pool)
-        req, fut = cluster.arrive("m", 1)
+        req, fut = arrive(cluster, "m", 1)
         fired = []
         cluster.call_at(cluster.now() + 0.005, lambda: fired.append(1))
         cluster.finish()
@@ -206,14 +219,29 @@ def test_timers_fire_at_their_time_and_record_their_lag():
             pass
 
     async def main():
-        models = {"m": ModelSpec("m", 0.1)}
-        gpus = [GpuSlot(0, "g0", "test", "whole", frozenset(models))]
-        cluster = LiveCluster(gpus, [{"m": CURVE}], FakePool(), precise.Clock(time.time()), models)
-        policy = Ticker(cluster, models, None)
-        cluster.start(policy)
+        cluster, policy, _ = make(1, policy_cls=Ticker)
         await asyncio.sleep(0.06)
         return cluster, policy
 
     cluster, policy = run(main())
     assert len(policy.times) == 20 and len(cluster.timer_lag) == 20
     assert min(cluster.timer_lag) >= 0 and max(cluster.timer_lag) < 0.005
+
+
+def test_each_task_takes_its_part_of_its_requests_tensor_to_the_worker_and_lets_go_once_answered():
+    # One slot busy first (request 1), then a request of 3 images (3 tasks) and a plain one wait and
+    # run together: the batch carries each task's slice of its request's arena slot.
+    async def main():
+        cluster, policy, pool = setup(1)
+        futs = []
+        for rid, copies, ref in ((1, None, [0, 4, 0, 100]), (2, [3], [1, 7, 0, 300]), (3, None, [0, 5, 0, 100])):
+            fut = asyncio.get_running_loop().create_future()
+            cluster.arrive("m", rid, cluster.now(), copies, fut, 1, ref)
+            futs.append(fut)
+        await asyncio.wait_for(asyncio.gather(*futs), 2)
+        return cluster, pool
+
+    cluster, pool = run(main())
+    assert pool.payloads == [[[0, 4, 0, 100]],
+                             [[1, 7, 0, 100], [1, 7, 100, 100], [1, 7, 200, 100], [0, 5, 0, 100]]]
+    assert cluster._payload == {}                 # every reference let go once its request was answered

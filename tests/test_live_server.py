@@ -1,4 +1,4 @@
-"""The live frontend end to end: a real server process, real workers, real HTTP."""
+"""The live system under test end to end: a real scheduler process, ingress processes, workers, real HTTP."""
 
 import json
 import os
@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 
 from harness.config import register
 from harness.live.protocol import infer_request, outcome
-from harness.live.server import start_frontend
+from harness.live.server import start_server
 
 ROOT = Path(__file__).resolve().parent.parent
 L1_MS = 1.082 + 5.204                 # the sleep model's l(1)
@@ -52,7 +52,7 @@ def call(url: str, path: str, body=None, timeout: float = 10.0) -> tuple[int, di
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("live")
     cfg = resolved_config(tmp / "config.yaml")
-    with start_frontend(cfg, time.time(), tmp / "run") as fe:
+    with start_server(cfg, time.time(), tmp / "run", extra_args=["--ingresses", "2"], start=time.time()) as fe:
         yield fe
 
 
@@ -95,8 +95,12 @@ def test_valid_request_is_served_in_about_the_profiled_latency(server):
      400, "unknown input 'z'"),
     ("/v2/models/m0/infer", {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1], "data": [0.5]}]},
      400, "datatype INT32"),
-    ("/v2/models/m0/infer", {"inputs": [{"name": "x", "datatype": "INT32", "shape": [2, 1], "data": [0, 1]}]},
-     400, "shape [1, 1]"),
+    ("/v2/models/m0/infer", {"inputs": [{"name": "x", "datatype": "INT32", "shape": [2, 2], "data": [0, 1]}]},
+     400, "shape [n, 1]"),
+    ("/v2/models/m0/infer", {"inputs": [{"name": "x", "datatype": "INT32", "shape": [2, 1], "data": [0]}]},
+     400, "must hold 2 value"),
+    ("/v2/models/m0/infer", b"[" * 100000 + b"]" * 100000, 400, "nested too deeply"),
+    ("/v2/models/m0/infer", {"parameters": {"copies": [1]}, **infer_request()}, 400, "for app requests"),
     ("/v2/models/m0/infer", {"inputs": [{"name": "x", "datatype": "INT32", "shape": [1, 1], "data": ["a"]}]},
      400, "not an INT32"),
     ("/v2/models/m0/infer", {"id": "abc", **infer_request()}, 400, "decimal integer"),
@@ -127,11 +131,11 @@ def test_bad_requests_do_not_disturb_good_ones(server):
 
 def test_sigterm_writes_records_stops_every_process_and_frees_the_port(tmp_path):
     cfg = resolved_config(tmp_path / "config.yaml")
-    fe = start_frontend(cfg, time.time(), tmp_path / "run")
+    fe = start_server(cfg, time.time(), tmp_path / "run", start=time.time())
     try:
         port = int(fe.url.rsplit(":", 1)[1])
         children = psutil.Process(fe.pid).children(recursive=True)
-        assert len(children) == 2                              # one worker per slot
+        assert len(children) == 2 + len(fe.ready["ingresses"])   # one worker per slot, the ingresses
         for i in range(6):
             assert call(fe.url, "/v2/models/m2/infer", infer_request(i))[0] == 200
         code = fe.stop()
@@ -145,7 +149,7 @@ def test_sigterm_writes_records_stops_every_process_and_frees_the_port(tmp_path)
         s.bind(("127.0.0.1", port))
     run = tmp_path / "run"
     reqs = pd.read_parquet(run / "server_requests.parquet")
-    batches = pd.read_parquet(run / "batches.parquet")
+    batches = pd.read_parquet(run / "server_batches.parquet")
     assert sorted(reqs["id"]) == list(range(6)) and (reqs["status"] == "ok").all()
     assert set(reqs["batch_id"]) <= set(batches["id"]) and (batches["status"] == "ok").all()
     assert (batches["t_end"] - batches["t_start"]).between(L1_MS / 1e3 * 0.99, L1_MS / 1e3 * 1.2).all()
@@ -156,7 +160,7 @@ def test_sigterm_writes_records_stops_every_process_and_frees_the_port(tmp_path)
 def test_pending_requests_answer_504_and_are_recorded_as_timeouts_at_shutdown(tmp_path):
     # Symphony defers a lone request until its window closes (~SLO away): stop before that.
     cfg = resolved_config(tmp_path / "config.yaml", "system=symphony", "models.m0.slo_ms=5000")
-    fe = start_frontend(cfg, time.time(), tmp_path / "run")
+    fe = start_server(cfg, time.time(), tmp_path / "run", start=time.time())
     answers = []
     try:
         t = threading.Thread(target=lambda: answers.append(call(fe.url, "/v2/models/m0/infer",
@@ -176,10 +180,10 @@ def test_pending_requests_answer_504_and_are_recorded_as_timeouts_at_shutdown(tm
 def test_killed_worker_fails_its_requests_and_the_other_slot_keeps_serving(tmp_path):
     cfg = resolved_config(tmp_path / "config.yaml", "cluster.sleep.c_ms=400", "cluster.sleep.a_ms=0",
                           "models.m0.slo_ms=3000")
-    fe = start_frontend(cfg, time.time(), tmp_path / "run")
+    fe = start_server(cfg, time.time(), tmp_path / "run", start=time.time())
     try:
         workers = {int(p.cmdline()[p.cmdline().index("--slot") + 1]): p
-                   for p in psutil.Process(fe.pid).children()}
+                   for p in psutil.Process(fe.pid).children() if "--slot" in p.cmdline()}
         first = []
         t = threading.Thread(target=lambda: first.append(call(fe.url, "/v2/models/m0/infer", infer_request(1))))
         t.start()
@@ -198,24 +202,24 @@ def test_killed_worker_fails_its_requests_and_the_other_slot_keeps_serving(tmp_p
         fe.stop()
     run = tmp_path / "run"
     reqs = pd.read_parquet(run / "server_requests.parquet").set_index("id")
-    batches = pd.read_parquet(run / "batches.parquet").set_index("id")
+    batches = pd.read_parquet(run / "server_batches.parquet").set_index("id")
     assert reqs.loc[1, "status"] == "error"
-    assert (batches.loc[reqs.loc[[2, 3], "batch_id"], "gpu"] == 1).all()
+    assert (batches.loc[reqs.loc[[2, 3], "batch_id"], "slot"] == 1).all()
     report = json.loads((run / "server.json").read_text())
     assert [x["slot"] for x in report["lost_slots"]] == [0]
 
 
-def test_frontend_shuts_down_cleanly_when_the_orchestrator_dies(tmp_path):
+def test_server_shuts_down_cleanly_when_the_orchestrator_dies(tmp_path):
     cfg = resolved_config(tmp_path / "config.yaml")
-    code = ("import sys, time, json; from harness.live.server import start_frontend; "
-            f"fe = start_frontend({str(cfg)!r}, time.time(), {str(tmp_path / 'run')!r}); "
+    code = ("import sys, time, json; from harness.live.server import start_server; "
+            f"fe = start_server({str(cfg)!r}, time.time(), {str(tmp_path / 'run')!r}, start=time.time()); "
             "print(json.dumps([fe.url, fe.pid]), flush=True); time.sleep(60)")
     orchestrator = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
                                     env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         url, pid = json.loads(orchestrator.stdout.readline())
-        frontend = psutil.Process(pid)
-        everything = [frontend, *frontend.children()]
+        scheduler = psutil.Process(pid)
+        everything = [scheduler, *scheduler.children()]
         assert call(url, "/v2/models/m4/infer", infer_request(1))[0] == 200
         orchestrator.send_signal(signal.SIGKILL)           # no chance to stop anything
         gone, alive = psutil.wait_procs(everything, timeout=10)
@@ -227,3 +231,41 @@ def test_frontend_shuts_down_cleanly_when_the_orchestrator_dies(tmp_path):
     reqs = pd.read_parquet(tmp_path / "run" / "server_requests.parquet")
     assert list(reqs["status"]) == ["ok"]
     assert json.loads((tmp_path / "run" / "server.json").read_text())["stop_reason"] == "parent process died"
+
+
+def tensor_body(rid: int, images: int, nbytes: int | None = None) -> tuple[bytes, dict]:
+    """A binary-tensor infer body of `images` FP16 3x224x224 images (or `nbytes` of data)."""
+    from harness.live.protocol import HEADER_LENGTH, IMAGE_BYTES
+    data = bytes(range(256)) * (images * IMAGE_BYTES // 256) if nbytes is None else b"\1" * nbytes
+    head = json.dumps({"id": str(rid), "inputs": [{"name": "image", "datatype": "FP16", "shape": [images, 3, 224, 224],
+                                                  "parameters": {"binary_data_size": len(data)}}]}).encode()
+    return head + data, {"Content-Type": "application/octet-stream", HEADER_LENGTH: str(len(head))}
+
+
+def test_tensor_payloads_reach_the_workers_through_shared_memory_and_its_slots_are_reused(tmp_path):
+    # 2 MB of arena per ingress: two requests waiting at a time; 30 requests one after another reuse them.
+    cfg = resolved_config(tmp_path / "config.yaml", "runtime.payload=tensor", "runtime.payload_arena_mb=2")
+    with start_server(cfg, time.time(), tmp_path / "run", extra_args=["--ingresses", "1"], start=time.time()) as fe:
+        code, meta = call(fe.url, "/v2/models/m0")
+        assert meta["inputs"] == [{"name": "image", "datatype": "FP16", "shape": [-1, 3, 224, 224]}]
+        code, config = call(fe.url, "/v2/models/m0/config")
+        assert config["input"][0]["dims"] == [3, 224, 224] and config["input"][0]["data_type"] == "TYPE_FP16"
+        for i in range(30):
+            body, headers = tensor_body(i, images=1 + i % 2)        # a request of two images: two tasks
+            req = urllib.request.Request(fe.url + "/v2/models/m1/infer", data=body, headers=headers)
+            with urllib.request.urlopen(req, timeout=10) as r:
+                answer = json.loads(r.read())
+            assert answer["id"] == str(i) and answer["outputs"][0]["data"] == [0] * (1 + i % 2)
+        code, answer = call(fe.url, "/v2/models/m1/infer", infer_request(99))
+        assert code == 400 and "takes one input 'image'" in answer["error"]
+        as_json = {"inputs": [{"name": "image", "datatype": "FP16", "shape": [1, 3, 224, 224], "data": [0.5]}]}
+        code, answer = call(fe.url, "/v2/models/m1/infer", as_json)
+        assert code == 400 and "binary tensor data" in answer["error"]
+        body, headers = tensor_body(100, images=1, nbytes=1000)
+        with pytest.raises(urllib.error.HTTPError) as bad:
+            urllib.request.urlopen(urllib.request.Request(fe.url + "/v2/models/m1/infer", data=body, headers=headers))
+        assert bad.value.code == 400 and b"binary_data_size" in bad.value.read()
+    requests = pd.read_parquet(tmp_path / "run" / "server_requests.parquet")
+    batches = pd.read_parquet(tmp_path / "run" / "server_batches.parquet")
+    assert (requests["status"] == "ok").sum() == 30          # the workers checked every batch's images
+    assert batches["size"].sum() == 45 and (batches["status"] == "ok").all()

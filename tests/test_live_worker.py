@@ -9,15 +9,18 @@ import sys
 import time
 from pathlib import Path
 
-import msgpack
+import socket
+
 import numpy as np
 import pytest
-import zmq
 
+from harness.config import RuntimeConfig
 from harness.errors import HarnessError
 from harness.live import loop as precise
+from harness.live.channel import BlockingChannel
 from harness.live.worker import EmulatedExecutor
 from harness.live.workers import WorkerPool
+from harness.placement import SlotSpec
 from harness.profiles import LatencyCurve
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,10 +29,10 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 def write_config(path: Path, c_ms: float = 5.0, a_ms: float = 1.0, models=("m0", "m1")) -> Path:
     """The parts of a resolved run config a worker reads."""
-    lines = ["cluster:", "  gpu_type: sleep", "  partition: whole", "  count: 2",
-             f"  sleep: {{a_ms: {a_ms}, c_ms: {c_ms}, max_batch: 8}}", "models:"]
+    lines = ["system: {name: eager}", "workload: {name: poisson}", "cluster:", "  gpu_type: sleep",
+             "  partition: whole", "  count: 2", f"  sleep: {{a_ms: {a_ms}, c_ms: {c_ms}, max_batch: 8}}", "models:"]
     lines += [f"  {m}: {{slo_ms: 1000}}" for m in models]
-    lines += ["runtime: {noise: false}", "seeds: {runtime: 3}"]
+    lines += ["runtime: {name: live, noise: false}", "seeds: {runtime: 3}"]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -67,19 +70,17 @@ def spawn_worker(tmp_path: Path, c_ms: float = 5.0):
     proc = subprocess.Popen([sys.executable, "-m", "harness.live.worker", "--slot", "1", "--config", str(cfg)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
     ready = json.loads(proc.stdout.readline())
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.RCVTIMEO, 5000)
-    sock.connect(ready["address"])
+    raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    raw.settimeout(5)
+    raw.connect(ready["address"].removeprefix("unix:"))
+    sock = BlockingChannel(raw)
 
     def call(msg, replies=1):
-        sock.send(msgpack.packb(msg))
-        return [msgpack.unpackb(sock.recv()) for _ in range(replies)]
+        sock.send(msg)
+        return [sock.recv() for _ in range(replies)]
 
     def cleanup():
         sock.close()
-        ctx.term()
         if proc.poll() is None:
             proc.kill()
         proc.wait()
@@ -98,14 +99,14 @@ def worker(tmp_path):
 
 def test_worker_runs_batches_in_order_and_reports_late_and_bad_ones(worker):
     proc, ready, sock, call = worker
-    assert ready["ready"] and ready["address"].startswith("tcp://127.0.0.1:")
+    assert ready["ready"] and ready["address"].startswith("unix:")
     assert call({"op": "ping"}) == [{"pong": 1}]
     (ok,) = call({"op": "run", "batch": 7, "model": "m0", "size": 3, "start_within": None, "payload": None})
     assert ok["batch"] == 7 and ok["status"] == "ok" and ok["exec"] == pytest.approx(0.008, abs=0.002)
     # A 40 ms batch, then one that must start within 5 ms of its arrival: it waits ~40 ms, so it is late.
-    sock.send(msgpack.packb({"op": "run", "batch": 8, "model": "m1", "size": 8, "start_within": None}))
-    sock.send(msgpack.packb({"op": "run", "batch": 9, "model": "m1", "size": 1, "start_within": 0.005}))
-    first, second = msgpack.unpackb(sock.recv()), msgpack.unpackb(sock.recv())
+    sock.send({"op": "run", "batch": 8, "model": "m1", "size": 8, "start_within": None})
+    sock.send({"op": "run", "batch": 9, "model": "m1", "size": 1, "start_within": 0.005})
+    first, second = sock.recv(), sock.recv()
     assert (first["batch"], first["status"]) == (8, "ok")
     assert (second["batch"], second["status"], second["exec"]) == (9, "late", 0.0)
     assert second["wait"] > 0.005
@@ -119,7 +120,7 @@ def test_worker_runs_batches_in_order_and_reports_late_and_bad_ones(worker):
 def test_worker_aborts_a_running_batch_and_stops_on_request(tmp_path):
     proc, ready, sock, call, cleanup = spawn_worker(tmp_path, c_ms=500.0)
     try:
-        sock.send(msgpack.packb({"op": "run", "batch": 1, "model": "m0", "size": 8, "start_within": None}))
+        sock.send({"op": "run", "batch": 1, "model": "m0", "size": 8, "start_within": None})
         time.sleep(0.02)
         t = time.perf_counter()
         (aborted,) = call({"op": "abort", "batch": 1})
@@ -148,6 +149,37 @@ def test_worker_exits_when_its_parent_dies(tmp_path):
     assert not _running(pid), "worker outlived its parent"
 
 
+def runtime(**overrides) -> RuntimeConfig:
+    return RuntimeConfig(**{"worker_start_timeout_s": 30.0, **overrides})
+
+
+def specs(n: int) -> dict:
+    models = frozenset({"m0", "m1"})
+    return {i: SlotSpec("sleep", "whole", i, models) for i in range(n)}
+
+
+def test_pool_adds_and_removes_slots_for_a_reconfiguration(tmp_path):
+    cfg = write_config(tmp_path / "config.yaml")
+
+    async def main():
+        pool = WorkerPool(cfg, runtime(), log_dir=tmp_path)
+        await pool.start(specs(1))
+        try:
+            extra = SlotSpec("sleep", "mps50", 1, frozenset({"m0"}))
+            await pool.add(1, extra)
+            assert (await asyncio.wait_for(pool.submit(1, 1, "m0", 1, None), 5))["status"] == "ok"
+            added = pool._slots[1].proc.pid
+            await pool.remove(0)
+            assert not pool.alive(0) and not pool.holds_device(0) and pool.alive(1)
+            gone = await pool.submit(0, 2, "m0", 1, None)
+            assert gone["status"] == "error"
+        finally:
+            await pool.close()
+        return added
+
+    assert not _running(precise.run(main()))
+
+
 def _running(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -167,8 +199,8 @@ def test_gpu_executor_without_a_gpu_is_refused_in_one_line(tmp_path):
 
 def test_pool_names_the_slot_whose_worker_fails_to_start(tmp_path):
     async def main():
-        pool = WorkerPool(2, tmp_path / "missing.yaml", start_timeout_s=20)
-        await pool.start()
+        pool = WorkerPool(tmp_path / "missing.yaml", runtime(worker_start_timeout_s=20))
+        await pool.start(specs(2))
 
     with pytest.raises(HarnessError, match=r"worker for slot \d exited with code 2 before it was ready"):
         precise.run(main())
@@ -179,10 +211,10 @@ def test_pool_declares_killed_and_hung_slots_lost_and_keeps_serving_the_rest(tmp
 
     async def main():
         lost = []
-        pool = WorkerPool(3, cfg, worker_timeout_s=1.0, ping_interval_s=0.2, log_dir=tmp_path,
+        pool = WorkerPool(cfg, runtime(worker_timeout_s=1.0), ping_interval_s=0.2, log_dir=tmp_path,
                           on_lost=lambda slot, why: lost.append((slot, why)))
-        await pool.start()
-        pids = [s.proc.pid for s in pool._slots]
+        await pool.start(specs(3))
+        pids = [s.proc.pid for s in pool._slots.values()]
         try:
             t = time.monotonic()
             killed = pool.submit(0, 1, "m0", 1, None, expected=0.3)

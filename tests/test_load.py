@@ -21,6 +21,8 @@ import pandas as pd
 import pytest
 
 from harness import load
+from harness.load import records as records_module
+from harness.load import runner
 from harness.errors import HarnessError
 
 ANSWERS = {   # model -> (HTTP code, error text); "ok" answers 200, "slow" answers after SLOW_S
@@ -136,7 +138,7 @@ def test_two_workers_cover_every_request_once(server_url, tmp_path):
 def test_workers_of_another_host_join_the_master(server_url, tmp_path):
     # "Host A" runs the master and one worker and expects two; "host B" runs one worker that joins it.
     schedule = write_schedule(tmp_path / "schedule.parquet", ["ok"], 100, 0.5)
-    port, epoch, on_a = load._free_port(), time.time() + 4.0, {}
+    port, epoch, on_a = runner._free_port(), time.time() + 4.0, {}
 
     def host_a():
         on_a["records"] = load.replay(tmp_path / "schedule.parquet", server_url, epoch, tmp_path / "a", workers=1,
@@ -182,7 +184,7 @@ def test_a_killed_process_leaves_its_periodic_flushes(server_url, tmp_path):
         tmp_path / "schedule.parquet", index=False)
     env = dict(os.environ, HARNESS_REPLAY_SCHEDULE=str(tmp_path / "schedule.parquet"),
                HARNESS_REPLAY_EPOCH=repr(time.time() + 2.0), HARNESS_REPLAY_OUT=str(tmp_path / "client"))
-    proc = subprocess.Popen([sys.executable, "-m", "locust", "-f", str(load.LOCUSTFILE), "--headless", "-u", "1",
+    proc = subprocess.Popen([sys.executable, "-m", "locust", "-f", str(runner.LOCUSTFILE), "--headless", "-u", "1",
                              "-r", "1", "--host", server_url, "--flush-interval", "0.5"], cwd=tmp_path, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -201,7 +203,7 @@ def test_a_killed_process_leaves_its_periodic_flushes(server_url, tmp_path):
 
 def test_locust_failing_to_start_is_one_clear_error(server_url, tmp_path, monkeypatch):
     write_schedule(tmp_path / "schedule.parquet", ["ok"], 10, 0.1)
-    monkeypatch.setattr(load, "LOCUSTFILE", tmp_path / "missing_locustfile.py")
+    monkeypatch.setattr(runner, "LOCUSTFILE", tmp_path / "missing_locustfile.py")
     with pytest.raises(HarnessError, match=r"locust exited with code \d+; its log ends: .*missing_locustfile"):
         load.replay(tmp_path / "schedule.parquet", server_url, time.time() + 1.0, tmp_path / "client")
 
@@ -227,17 +229,6 @@ def test_reading_while_a_shard_folds_its_parts_into_its_final_file(tmp_path, mon
             part.unlink()
         return real_read(path, *a, **k)
 
-    monkeypatch.setattr(load.feather, "read_table", shard_finishes_first)
+    monkeypatch.setattr(records_module.feather, "read_table", shard_finishes_first)
     records = load.read_records(tmp_path)
     assert records["id"].tolist() == [0, 1]
-
-
-def test_live_progress_line_before_any_answer(tmp_path, capsys):
-    # Locust's client directory exists but holds no records yet: the line says 0, it does not die.
-    from harness.runtimes.live import _progress
-
-    (tmp_path / "client").mkdir()
-    with _progress(tmp_path, lambda: time.time() - 1.0, 20.0, {"m": 0.1}, every_s=0.05):
-        time.sleep(0.3)
-    err = capsys.readouterr().err
-    assert "0 answered  goodput 0.0 req/s" in err and "Traceback" not in err and "unavailable" not in err

@@ -58,8 +58,23 @@ class Partition:
 
     @property
     def shares_per_gpu(self) -> int:
-        """How many slots of this partition one GPU holds (MPS shares fill it; a whole GPU or MIG slot: 1)."""
+        """How many slots of this partition one GPU holds: MPS shares fill it (four mps25), MIG
+        slices as the profile allows (seven 1g), a whole GPU is one."""
+        if self.mig_profile is not None:
+            return max(1, 7 // self.mig_slices)
         return max(1, 100 // self.mps_percentage) if self.uses_mps else 1
+
+    @property
+    def mig_slices(self) -> int:
+        """Compute slices of a MIG profile, of the GPU's seven ('3g.40gb' -> 3)."""
+        return int(self.mig_profile.split("g", 1)[0]) if self.mig_profile else 7
+
+    @property
+    def share(self) -> float:
+        """The fraction of its GPU this partition holds: 1 whole, p/100 for mps<p>, slices/7 for MIG."""
+        if self.mig_profile is not None:
+            return self.mig_slices / 7
+        return self.mps_percentage / 100 if self.uses_mps else 1.0
 
 
 def mig_emulation_percentage(sms: int, total_sms: int = H100_SMS) -> int:

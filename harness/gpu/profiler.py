@@ -7,7 +7,10 @@ For each partition, a child process (this module with --in-process) builds a
 GpuExecutor per model, and for each batch size replays the model's CUDA graph
 back to back: first for at least --warmup-s seconds (clocks up, caches warm),
 then --iters times, each replay between two CUDA events. The profile records
-the mean, median, standard deviation and p99 of those replay times.
+the mean, median, standard deviation and p99 of those replay times. With
+--stages, each model's stages (harness.gpu.executor.stage_modules: one CUDA graph
+per stage and batch size) are measured the same way into the model's `stages`, so
+emulated GPUs and the sim can run it stage by stage (LazyBatching).
 
 Partitions (see harness.gpu.partitions): `whole` and real MIG instances run
 first, without MPS; then one private MPS daemon serves every `mps<percent>`
@@ -73,22 +76,30 @@ def summarize_ms(samples_ms) -> dict[str, float]:
 
 
 def profile_document(gpu_type: str, partition: Partition, provenance: dict,
-                     measured: dict[str, dict[int, dict[str, float]]], alone: dict | None = None) -> dict:
+                     measured: dict[str, dict[int, dict[str, float]]], alone: dict | None = None,
+                     stages: dict[str, list[tuple[str, dict[int, dict[str, float]]]]] | None = None) -> dict:
     """The profile JSON (harness/profiles.py format) from {model: {batch: summarize_ms(...)}}.
 
     `alone`: the profile document of the same partition measured without busy siblings; its means
-    become each model's alone_mean_ms.
+    become each model's alone_mean_ms. `stages`: {model: [(stage name, {batch: summarize_ms(...)}), ...]}
+    in stage order, each model's `stages`.
     """
+    def columns(per_batch):
+        batch = sorted(per_batch)
+        return {"batch": batch, **{key: [round(per_batch[b][key], 4) for b in batch]
+                                   for key in ("mean_ms", "std_ms", "p99_ms", "median_ms")}}
+
     models = {}
     for model, per_batch in measured.items():
-        batch = sorted(per_batch)
-        models[model] = {"batch": batch, **{key: [round(per_batch[b][key], 4) for b in batch]
-                                            for key in ("mean_ms", "std_ms", "p99_ms", "median_ms")}}
+        models[model] = columns(per_batch)
+        batch = models[model]["batch"]
         if alone is not None:
             points = alone["models"][model]
             if points["batch"] != batch:
                 raise HarnessError(f"the alone profile of {model} has batch sizes {points['batch']}, not {batch}")
             models[model]["alone_mean_ms"] = points["mean_ms"]
+        if stages and model in stages:
+            models[model]["stages"] = [{"name": name, **columns(per_batch)} for name, per_batch in stages[model]]
     return {"gpu_type": gpu_type, "partition": partition.name, "emulated_partition": partition.emulated,
             "provenance": provenance, "models": models}
 
@@ -103,6 +114,19 @@ def write_profile(path: Path, document: dict) -> None:
 
 
 # --- measuring, in the process that owns the partition ------------------------------------------
+
+def wall_ms(fn, iters: int, warmup: int = 2) -> list[float]:
+    """Host wall time of `fn()` in ms, `iters` times after `warmup` calls (what a caller waits, launch
+    and synchronisation included, where time_replays counts GPU time)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return times
+
 
 def time_replays(graph, iters: int, warmup_s: float, min_warmup: int = 5):
     """Replay times in ms of `iters` back-to-back replays of a CUDA graph, after a warm-up, by CUDA events."""
@@ -164,7 +188,9 @@ def provenance(partition: Partition, args, mig_uuid: str | None) -> dict:
         "source": (f"harness.gpu.profiler: {args.dtype}, random weights, eval, one CUDA graph per batch size; "
                    f"per point {args.iters} back-to-back replays timed by CUDA events after >= {args.warmup_s} s "
                    "of warm-up replays" + (f", beside {args.siblings_busy} busy sibling shares"
-                                           if args.siblings_busy else "")),
+                                           if args.siblings_busy else "")
+                   + ("; stages likewise, one graph per stage and batch size, each writing its output into the "
+                      "next stage's input" if args.stages else "")),
         "gpu_name": torch.cuda.get_device_name(args.device),
         "driver": nvml.get("driver"),
         "cuda_driver": nvml.get("cuda_driver"),
@@ -186,6 +212,7 @@ def provenance(partition: Partition, args, mig_uuid: str | None) -> dict:
         "cudnn_benchmark": args.cudnn_benchmark,
         "channels_last": sorted(set(args.models) & set(args.channels_last)),
         "iters": args.iters,
+        "stages": args.stages,
         "siblings_busy": args.siblings_busy,
         "sibling_load": (f"{', '.join(args.models)} round robin at batch {args.sibling_batch}, non-stop, "
                          f"each in a share of {partition.mps_percentage}%") if args.siblings_busy else None,
@@ -216,6 +243,7 @@ def measure_partition(partition: Partition, args) -> Path:
     if partition.uses_mps and os.environ.get(PERCENTAGE_ENV) != str(partition.mps_percentage):
         raise HarnessError(f"partition {partition.name} must run under MPS with {PERCENTAGE_ENV}="
                            f"{partition.mps_percentage}; run the profiler without --in-process")
+    _require_torch()
     import torch
 
     if not torch.cuda.is_available():
@@ -223,25 +251,35 @@ def measure_partition(partition: Partition, args) -> Path:
     from harness.gpu.executor import GpuExecutor
     gpu_type = gpu_type_from_name(torch.cuda.get_device_name(args.device))
     measured: dict[str, dict[int, dict[str, float]]] = {}
+    staged: dict[str, list[tuple[str, dict[int, dict[str, float]]]]] = {}
     for model in args.models:
         t0 = time.perf_counter()
         executor = GpuExecutor([model], device=args.device, dtype=args.dtype, batch_sizes=args.batch,
-                               cudnn_benchmark=args.cudnn_benchmark, channels_last=args.channels_last)
+                               cudnn_benchmark=args.cudnn_benchmark, channels_last=args.channels_last,
+                               stages=args.stages)
         ready = time.perf_counter() - t0
         warm, capture = executor.load_seconds[model]
         measured[model] = {}
         with torch.cuda.device(args.device):
             for b in executor.batch_sizes:
                 measured[model][b] = summarize_ms(time_replays(executor.graph(model, b), args.iters, args.warmup_s))
+            if args.stages:
+                staged[model] = [(name, {b: summarize_ms(time_replays(executor.stage_graph(model, k, b), args.iters,
+                                                                      args.warmup_s))
+                                         for b in executor.batch_sizes})
+                                 for k, name in enumerate(executor.stage_names(model))]
         executor.close()
         del executor
         row = "  ".join(f"{b}:{measured[model][b]['mean_ms']:.2f}" for b in sorted(measured[model]))
         print(f"[{partition.name}] {model} (ready in {ready:.1f} s: warm-up {warm:.1f}, capture {capture:.1f}) "
               f"mean ms by batch  {row}", flush=True)
+        for name, per_batch in staged.get(model, []):
+            row = "  ".join(f"{b}:{per_batch[b]['mean_ms']:.3f}" for b in sorted(per_batch))
+            print(f"[{partition.name}]   stage {name}  {row}", flush=True)
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
     mig_uuid = visible if visible.startswith("MIG-") else None
     alone = json.loads(Path(args.alone_profile).read_text()) if args.alone_profile else None
-    doc = profile_document(gpu_type, partition, provenance(partition, args, mig_uuid), measured, alone)
+    doc = profile_document(gpu_type, partition, provenance(partition, args, mig_uuid), measured, alone, staged)
     path = output_path(args.out, gpu_type, partition.name)
     write_profile(path, doc)
     print(f"[{partition.name}] wrote {path}", flush=True)
@@ -260,7 +298,8 @@ def _child_command(partition: Partition, args, siblings: int, out: str, alone: s
     return [sys.executable, "-m", "harness.gpu.profiler", "--in-process", "--partition", partition.name,
             "--batch", ",".join(map(str, args.batch)), "--iters", str(args.iters), "--warmup-s", str(args.warmup_s),
             "--out", out, "--siblings", str(siblings), *_common_options(partition, args)] + \
-        (["--alone-profile", alone] if alone else []) + (["--cudnn-benchmark"] if args.cudnn_benchmark else [])
+        (["--alone-profile", alone] if alone else []) + (["--cudnn-benchmark"] if args.cudnn_benchmark else []) + \
+        (["--stages"] if args.stages else [])
 
 
 def _sibling_command(partition: Partition, args, ready: Path) -> list[str]:
@@ -369,6 +408,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--device", type=int, default=0, help="CUDA device index")
     ap.add_argument("--dtype", default="fp16", choices=("fp16", "bf16", "fp32"))
     ap.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN time its algorithms at capture")
+    ap.add_argument("--stages", action="store_true",
+                    help="also measure each model's stages (one CUDA graph per stage and batch size), for policies "
+                         "that run a model stage by stage (lazybatching)")
     ap.add_argument("--channels-last", default="default",
                     help="models run channels_last: comma-separated names, 'none', or 'default' (the CNNs)")
     ap.add_argument("--siblings", default="auto",
@@ -395,6 +437,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         raise HarnessError(f"--batch must include 1 (profiles start at batch 1; got {args.batch})")
     if args.iters < 2:
         raise HarnessError("--iters must be >= 2")
+    # How many busy siblings run beside this measurement (a child is told the count; 'auto' in the parent).
+    args.siblings_busy = int(args.siblings) if args.siblings != "auto" else 0
     if args.channels_last == "default":
         args.channels_last = [m for m in ALL_MODELS if m in DEFAULT_CHANNELS_LAST]
     else:
@@ -403,6 +447,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown or not args.models:
         raise HarnessError(f"unknown models {unknown}; choose from {', '.join(ALL_MODELS)}")
     return args
+
+
+def _require_torch() -> None:
+    """Measuring takes PyTorch: without it, one line rather than a traceback from each child process."""
+    try:
+        import torch  # noqa: F401
+        import torchvision  # noqa: F401
+    except ImportError as exc:
+        raise HarnessError(f"the profiler needs PyTorch and torchvision ({exc}); install them on the GPU host: "
+                           'pip install -e ".[gpu]"') from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -417,9 +471,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.in_process:
             if len(partitions) != 1:
                 raise HarnessError("--in-process measures exactly one partition")
-            args.siblings_busy = int(args.siblings) if args.siblings != "auto" else 0
             measure_partition(partitions[0], args)
             return 0
+        _require_torch()                         # here, before a child would fail on it
         failed = profile_partitions(partitions, args)
     except HarnessError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,40 +1,48 @@
 """LiveCluster: the Cluster handle of the live runtime (real time, batches run by worker processes).
 
 It implements harness.core.Cluster as harness.runtimes.sim.SimCluster does,
-on an asyncio loop: `now()` is the run clock (seconds since the epoch the
+on an asyncio loop, and records every outcome through the same ledger
+(harness.ledger): `now()` is the run clock (seconds since the epoch the
 orchestrator chose), timers are loop timers, and a dispatched batch goes to
 the slot's worker through the pool (harness.live.workers.WorkerPool, or any
-object with its `submit`, `abort` and `on_lost`). When the reply comes the
-batch and its requests get their outcome, each request's waiter (the HTTP
-handler) is woken, and the policy hears on_batch_done.
+object with its `submit`, `abort`, `add`, `remove` and `on_lost`). When the
+reply comes the ledger resolves the batch and its tasks, `on_resolved` wakes
+whoever waits for each request, and the policy hears on_batch_done.
 
 Where it must differ from the simulation:
 
-- `GpuSlot.busy_until` is a prediction: max(now, busy_until) + profiled
+- `Slot.busy_until` is a prediction: max(now, busy_until) + profiled
   mean at dispatch, and now when the slot's last batch comes back.
 - A batch's t_end is the time its reply arrives, and t_start = t_end minus
   the execution time the worker measured.
-- A lost slot (its worker died or hung): `alive` turns False, the policy
-  hears on_gpu_lost once, and the slot's batches in flight fail (status
-  error, their requests error) without on_batch_done, since the slot they
-  would free no longer exists.
-- preempt() returns the running batch's requests at once and asks the worker
+- A lost slot (its worker died or hung): the ledger fails what it held
+  (status error) and the policy hears on_slot_lost once.
+- preempt() returns the running batch's tasks at once and asks the worker
   to stop it; the batch's times are filled in when the worker confirms.
-- finish() ends the run: requests still pending are recorded as timeouts
-  (as the simulation records what its drain leaves unresolved), waiters are
-  woken, and the policy is never called again.
+- reconfigure(): slots that leave stop taking batches at once; their
+  workers are stopped once they have run what they hold; a new slot's
+  worker starts once the slots leaving its device are stopped, and the slot
+  joins when the worker answers (the cost is measured, not modelled).
+- finish() ends the run: what is still pending becomes a timeout (as the
+  simulation records what its drain leaves unresolved), and the policy is
+  never called again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import sys
 import traceback
 from array import array
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Sequence
 
-from harness.core import DROPPED, ERROR, OK, TIMEOUT, Batch, GpuSlot, ModelSpec, Policy, Request, checked_curve
+from harness.apps import App, AppNode
+from harness.core import DROPPED, ERROR, LATE, OK, PREEMPTED, Batch, Policy, Task
+from harness.errors import HarnessError
+from harness.ledger import Ledger, spec_of
 from harness.live.loop import Clock
+from harness.placement import Placement
 from harness.profiles import LatencyCurve
 
 
@@ -46,31 +54,44 @@ class _NeverFires:
 class LiveCluster:
     """See module doc. Build it inside the running loop; then `start(policy)`, `arrive(...)`, `finish()`."""
 
-    def __init__(self, gpus: Sequence[GpuSlot], curves: Sequence[Mapping[str, LatencyCurve]], pool,
-                 clock: Clock, models: Mapping[str, ModelSpec]):
-        self.gpus = list(gpus)
-        self._curves = curves
+    def __init__(self, ledger: Ledger, pool, clock: Clock, deadline_of: dict[str, float], apps: dict | None = None,
+                 overheads=None):
+        self.ledger = ledger
+        self.overheads = overheads            # the measured delays (harness.calibrate), when given
+        self.slots = ledger.slots
         self.pool = pool
         self.clock = clock
-        self._slo = {m: s.slo for m, s in models.items()}
+        self.now = clock.now
+        self._slo = deadline_of
+        self._apps = apps or {}
+        self._item_apps: dict[str, App] = {}     # a model's one-node app, for requests of several items
+        self._rows: dict[Task, tuple[int, int]] = {}   # a task between stages: (batch, row) of its activations
+        self._payload: dict[Task, list] = {}  # where a task's tensor is: [ingress, arena slot, offset, bytes]
         self._loop = asyncio.get_running_loop()
         # Run time -> loop time: both count on the monotonic clock, so one offset does.
         self._to_loop = self._loop.time() - clock.now()
-        self.batches: list[Batch] = []
-        self.requests: list[Request] = []     # every arrival, in arrival order
-        self.pending = 0                      # arrived and not yet resolved
         self.timer_lag = array("d")           # per timer fired: fire time - planned time, seconds
-        self.lost: list[dict] = []            # {"slot", "t", "reason"} per slot lost
         self.policy_errors = 0
-        self._waiters: dict[Request, asyncio.Future] = {}
-        self._inflight: list[dict[int, Batch]] = [{} for _ in self.gpus]
+        self.reconfiguration_errors: list[str] = []
         self._policy: Policy | None = None
         self._finished = False
+        self._tasks: set[asyncio.Task] = set()   # reconfigurations under way
+        self.on_answer: Callable | None = None    # on_answer(origin, request) once it resolves
+        self.on_batch_ok: Callable[[Batch], None] | None = None    # each batch that ran ok
+        ledger.on_resolved = self._resolved
         pool.on_lost = self._on_lost
+
+    @property
+    def batches(self) -> list[Batch]:
+        return self.ledger.batches
+
+    @property
+    def pending(self) -> int:
+        return self.ledger.pending
 
     # -- the Cluster interface ------------------------------------------------
     def now(self) -> float:
-        return self.clock.now()
+        return self.clock.now()           # (the instance binds clock.now itself: one call less, per event)
 
     def call_at(self, t: float, fn: Callable[[], None]):
         if self._finished:
@@ -90,45 +111,62 @@ class LiveCluster:
 
         return self._loop.call_at(planned + self._to_loop, fire)
 
-    def curve(self, model: str, gpu: int) -> LatencyCurve:
-        return self._curves[gpu][model]
+    def curve(self, model: str, slot: int) -> LatencyCurve:
+        return self.ledger.curves[slot][model]
 
-    def dispatch(self, gpu: int, model: str, reqs: list[Request], latest_start: float | None = None) -> Batch:
-        slot = self.gpus[gpu]
-        curve = checked_curve(slot, model, reqs, self._curves[gpu])
-        size = len(reqs)
+    def dispatch(self, slot: int, model: str, tasks: list[Task], latest_start: float | None = None,
+                 stage: int | None = None) -> Batch:
         now = self.clock.now()
-        batch = Batch(len(self.batches), gpu, model, reqs, now, latest_start)
-        self.batches.append(batch)
-        slot.outstanding += 1
-        mean = curve.mean[size]
-        slot.busy_until = (slot.busy_until if slot.busy_until > now else now) + mean
-        self._inflight[gpu][batch.id] = batch
+        batch, curve = self.ledger.open_batch(slot, model, tasks, now, latest_start, stage)
+        s = self.slots[slot]
+        mean = curve.mean[batch.size]
+        s.busy_until = (s.busy_until if s.busy_until > now else now) + mean
         start_within = None if latest_start is None else latest_start - now
-        fut = self.pool.submit(gpu, batch.id, model, size, start_within, None, mean)
-        fut.add_done_callback(lambda f, batch=batch: self._on_reply(batch, f.result()))
+        rows = None
+        if stage:          # a later stage takes its tasks' rows of the activations earlier stages left
+            rows = [list(self._rows.pop(task)[1:]) for task in tasks]
+        payload = None
+        if self._payload and not stage:   # the first stage reads the tasks' tensors; later ones, activations
+            payload = [self._payload.get(task) for task in tasks]
+        self.pool.submit(slot, batch.id, model, batch.size, start_within, payload, mean, stage, rows,
+                         on_reply=functools.partial(self._on_reply, batch))
         return batch
 
-    def drop(self, reqs: Sequence[Request], reason: str, status: str = DROPPED) -> None:
-        now = self.clock.now()
-        for r in reqs:
-            r.status = status
-            r.reason = reason
-            r.t_done = now
-        self.pending -= len(reqs)
-        self._wake(reqs)
+    def drop(self, tasks: Sequence[Task], reason: str, status: str = DROPPED) -> None:
+        self.ledger.drop(tasks, self.clock.now(), reason, status)
+        if self._rows:                    # tasks given up part-way: their activations are freed
+            held = [self._rows.pop(task) for task in tasks if task in self._rows]
+            for slot in {slot for slot, _, _ in held}:
+                self.pool.free(slot, [[b, r] for s, b, r in held if s == slot])
 
-    def preempt(self, gpu: int) -> list[Request]:
-        inflight = self._inflight[gpu]
+    def preempt(self, slot: int) -> list[Task]:
+        inflight = self.ledger.inflight[slot]
         if len(inflight) != 1:
-            raise ValueError(f"preempt needs exactly one running batch on slot {gpu} (it has {len(inflight)})")
-        batch = inflight.popitem()[1]
-        slot = self.gpus[gpu]
-        batch.status = "preempted"
-        batch.t_end = slot.busy_until = self.clock.now()
-        slot.outstanding -= 1
-        self.pool.abort(gpu, batch.id)
-        return list(batch.requests)
+            raise ValueError(f"preempt needs exactly one running batch on slot {slot} (it has {len(inflight)})")
+        batch = next(iter(inflight.values()))
+        now = self.clock.now()
+        self.slots[slot].busy_until = now
+        tasks = self.ledger.preempt(batch, now)
+        self.pool.abort(slot, batch.id)
+        return tasks
+
+    @property
+    def placement(self) -> Placement:
+        return self.ledger.placement
+
+    def reconfigure(self, placement: Placement) -> None:
+        rec = self.ledger.plan(placement, self.clock.now())
+        for slot in rec.left:
+            self._call_policy("on_slot_lost", slot)
+        leaving = [self.slots[i] for i in rec.left]
+        for slot in rec.joining:
+            task = asyncio.ensure_future(self._start_slot(slot, leaving))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        for s in leaving:
+            task = asyncio.ensure_future(self._stop_slot(s.index))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     # -- driving it ---------------------------------------------------------------
     def start(self, policy: Policy) -> None:
@@ -136,102 +174,125 @@ class LiveCluster:
         self._policy = policy
         policy.start()
 
-    def arrive(self, model: str, request_id: int) -> tuple[Request, asyncio.Future]:
-        """A request for `model` arrived now: hand it to the policy; the future resolves with its outcome."""
-        t = self.clock.now()
-        req = Request(request_id, model, t, t + self._slo[model])
-        fut = self._loop.create_future()
-        self._waiters[req] = fut
-        self.requests.append(req)
-        self.pending += 1
-        try:
-            self._policy.on_arrival(req)
-        except Exception:
-            self._policy_failed("on_arrival")
-            if req.status is None:
-                self._fail([req], "policy error")
-        return req, fut
+    def arrive(self, target: str, request_id: int, t_arrival: float, copies=None, origin=None, size: int = 1,
+               payload: list | None = None) -> None:
+        """A request for `target` (a model, or an app with its copies per node) arrived at `t_arrival`;
+        `on_answer(origin, request)` is called once it resolves. A model's request with copies [n] is n
+        items as n tasks of one request; with `size` n, one query of n items (a QueryTask). `payload`: where
+        its tensor is, [ingress, arena slot, offset, bytes] (runtime.payload=tensor)."""
+        app = self._apps.get(target)
+        items = app is None and copies is not None
+        if items:
+            app = self._items_of(target)
+        if app is not None:
+            tasks = self.ledger.arrive_app(request_id, app, t_arrival, copies, origin)
+        else:
+            tasks = [self.ledger.arrive(request_id, target, t_arrival, t_arrival + self._slo[target], origin, size)]
+        if payload is not None:
+            if items:                     # n items: task i reads the i-th n-th of the tensor
+                ingress, arena_slot, offset, nbytes = payload
+                each = nbytes // len(tasks)
+                for i, task in enumerate(tasks):
+                    self._payload[task] = [ingress, arena_slot, offset + i * each, each]
+            else:                         # a request, a query, or an app's first tasks: the whole tensor
+                self._payload.update((task, payload) for task in tasks)
+        for task in tasks:
+            try:
+                self._policy.on_arrival(task)
+            except Exception:
+                self._policy_failed("on_arrival")
+                if task.status is None:
+                    self.ledger.drop([task], self.clock.now(), "policy error", ERROR)
+
+    def _items_of(self, model: str) -> App:
+        app = self._item_apps.get(model)
+        if app is None:
+            app = self._item_apps[model] = App(model, self._slo[model], (AppNode(model, model),))
+        return app
 
     def finish(self, reason: str = "unresolved at shutdown") -> None:
-        """End of run: pending requests become timeouts, waiters wake, the policy is called no more."""
+        """End of run: what is pending becomes a timeout, and the policy is called no more."""
         self._finished = True
-        for r in self.requests:
-            if r.status is None:
-                r.status, r.reason, r.t_done = TIMEOUT, reason, float("nan")
-        self.pending = 0
-        self._wake(list(self._waiters))
+        for task in self._tasks:
+            task.cancel()
+        self.ledger.finish(self.clock.now(), reason)
 
-    # -- replies and losses ----------------------------------------------------------
+    def _resolved(self, item) -> None:
+        if self._payload:                 # its tensor's memory goes back to its ingress once it is answered
+            for task in getattr(item, "tasks", None) or (item,):
+                self._payload.pop(task, None)
+        origin = self.ledger.origins.pop(item, None)
+        if self.on_answer is not None and origin is not None:
+            self.on_answer(origin, item)
+
+    # -- replies, losses and reconfigurations ------------------------------------------
     def _on_reply(self, batch: Batch, reply: dict) -> None:
         if self._finished:
             return
         now = self.clock.now()
-        if self._inflight[batch.gpu].pop(batch.id, None) is None:
-            if batch.status == "preempted":    # the worker confirms when it really stopped
-                batch.t_end = now
-                batch.t_start = now - float(reply.get("exec") or 0.0)
+        exec_time = float(reply.get("exec") or 0.0)
+        if batch.status == PREEMPTED:           # the worker confirms when it really stopped
+            batch.t_end, batch.t_start = now, now - exec_time
             return
-        slot = self.gpus[batch.gpu]
-        slot.outstanding -= 1
-        if slot.outstanding == 0 and slot.busy_until > now:
-            slot.busy_until = now
+        if batch.status:                        # already failed: its slot was lost
+            return
+        s = self.slots[batch.slot]
+        if s.outstanding == 1 and s.busy_until > now:
+            s.busy_until = now
         status = reply.get("status")
-        reqs = batch.requests
+        released = None
         if status == OK:
-            batch.status, batch.t_end, batch.t_start = OK, now, now - reply["exec"]
-            bid = batch.id
-            for r in reqs:
-                r.status = OK
-                r.t_done = now
-                r.batch_id = bid
-            self.pending -= len(reqs)
-            self._wake(reqs)
-        elif status == "late":
-            batch.status, batch.t_start, batch.t_end = "late", now, now
-            for r in reqs:
-                r.batch_id = batch.id
-            self.drop(reqs, "late")
+            released = self.ledger.complete(batch, now - exec_time, now)
+            if not batch.final:            # where each task's activations now are, for its next stage
+                self._rows.update((task, (batch.slot, batch.id, row)) for row, task in enumerate(batch.tasks))
+            if self.on_batch_ok is not None:
+                self.on_batch_ok(batch)
+        elif status == LATE:
+            self.ledger.discard(batch, now)
         else:
-            batch.status, batch.t_end = ERROR, now
-            batch.t_start = now - float(reply.get("exec") or 0.0)
-            for r in reqs:
-                r.batch_id = batch.id
-            self._fail(reqs, reply.get("error") or f"worker replied {status!r}")
-        if slot.alive:
-            try:
-                self._policy.on_batch_done(batch)
-            except Exception:
-                self._policy_failed("on_batch_done")
+            self.ledger.fail(batch, now, reply.get("error") or f"worker replied {status!r}", exec_time)
+        if s.alive:
+            self._call_policy("on_batch_done", batch)
+        if released:
+            for task in released:
+                self._call_policy("on_arrival", task)
 
-    def _on_lost(self, gpu: int, reason: str) -> None:
-        slot = self.gpus[gpu]
-        if not slot.alive or self._finished:
+    def _on_lost(self, slot: int, reason: str) -> None:
+        if self._finished or not self.ledger.lose(slot, self.clock.now(), reason):
             return
-        slot.alive = False
-        now = self.clock.now()
-        self.lost.append({"slot": gpu, "t": now, "reason": reason})
+        self._call_policy("on_slot_lost", slot)
+
+    def inject_loss(self, slot: int) -> None:
+        """A scripted fault (runtime.faults): the slot is lost now, as in the sim, and its worker killed."""
+        self._on_lost(slot, "scripted fault")
+        self.pool.kill(slot)
+
+    async def _stop_slot(self, slot: int) -> None:
+        """A slot that left: its worker goes once it has run what it holds."""
+        while self.slots[slot].outstanding and not self._finished:
+            await asyncio.sleep(0.001)
+        await self.pool.remove(slot)
+
+    async def _start_slot(self, slot: int, leaving: list) -> None:
+        s = self.slots[slot]
+        # A device's new shares start once the shares leaving it are stopped (the device is never
+        # over-subscribed).
+        while any(o.device == s.device and self.pool.holds_device(o.index) for o in leaving):
+            await asyncio.sleep(0.001)
         try:
-            self._policy.on_gpu_lost(gpu)
+            await self.pool.add(slot, spec_of(s))
+        except HarnessError as exc:
+            self.reconfiguration_errors.append(f"slot {slot} did not start: {exc}")
+            print(f"live cluster: slot {slot} did not start: {exc}", file=sys.stderr, flush=True)
+            return
+        if not self._finished and self.ledger.join(slot, self.clock.now()):
+            self._call_policy("on_slot_added", slot)
+
+    def _call_policy(self, event: str, arg) -> None:
+        try:
+            getattr(self._policy, event)(arg)
         except Exception:
-            self._policy_failed("on_gpu_lost")
-        for batch in self._inflight[gpu].values():
-            batch.status, batch.t_end = ERROR, now
-            for r in batch.requests:
-                r.batch_id = batch.id
-            self._fail(batch.requests, f"slot {gpu} lost: {reason}")
-        self._inflight[gpu].clear()
-        slot.outstanding = 0
-        slot.busy_until = now
-
-    def _fail(self, reqs: Sequence[Request], reason: str) -> None:
-        self.drop(reqs, reason, status=ERROR)
-
-    def _wake(self, reqs) -> None:
-        waiters = self._waiters
-        for r in reqs:
-            fut = waiters.pop(r, None)
-            if fut is not None and not fut.done():
-                fut.set_result(r.status)
+            self._policy_failed(event)
 
     def _policy_failed(self, where: str) -> None:
         self.policy_errors += 1

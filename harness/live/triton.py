@@ -15,8 +15,8 @@ harness's own frontend (harness.live.protocol), so one client drives both.
 with `instances=N` it also learns which instance ran the batch, so a
 caller can bind instance i to a worker slot.
 
-What it takes to run the wheel's server from any environment (DESIGN.md
-section 8), each handled here rather than left to the user:
+What it takes to run the wheel's server from any environment, each handled
+here rather than left to the user:
 
 - numpy 2. The Python backend stub in the wheel (pytriton 0.5.7: Triton 2.45;
   0.7.0: Triton 2.51) is built with pybind11 older than 2.12, which reads a

@@ -5,9 +5,10 @@ conf/system/triton.yaml); each of its model instances is bound to one slot
 (instance_count instances per slot, as in the sim model of systems/triton.py)
 and forwards its batch to that slot's worker through the WorkerPool every
 other system uses, so the executors are identical and only the scheduler
-differs. The batches are recorded here, as LiveCluster records them for the
-other systems. Triton does not say when a request reached it, so the
-records use the client's send time as the arrival (noted in the summary).
+differs. The batches are recorded through the run's ledger (harness.ledger)
+exactly as the other systems' are; Triton does not say which requests a
+batch held nor when a request reached it, so the records use the client's
+send time as the arrival (noted in the summary).
 """
 
 from __future__ import annotations
@@ -18,34 +19,44 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-
+from harness.core import OK
+from harness.errors import HarnessError
+from harness.ledger import Ledger
 from harness.live.loop import Clock
 from harness.live.triton import _stub_env_problem, setup_stub_env, start_triton, stub_env_dir, stub_env_needed
 from harness.live.workers import WorkerPool
-from harness.records import BATCH_COLUMNS, write_json, write_table
+from harness.records import ledger_tables, write_json, write_table
+from systems.triton import instance_slots
 
 
 class TritonBackend:
-    """Runs Triton's batches on the worker pool (from pytriton's threads) and records them."""
+    """Runs Triton's batches on the worker pool (from pytriton's threads) and records them in a ledger."""
 
-    def __init__(self, n_slots: int, instance_count: int, partition: str, config_path: Path, epoch: float,
-                 out_dir: Path, runtime):
-        self.clock = Clock(epoch)
-        self.instance_count = instance_count
-        self.partition = partition
+    def __init__(self, assembly, config_path: Path, epoch: float, out_dir: Path):
+        rt = assembly.cfg.runtime
+        self.clock = Clock(epoch)              # until start(): the run clock from then on
+        self.instance_count = max(1, int(assembly.system.instance_count))
+        # Each model's instances sit on its slots, as the sim model places them (instance_gpus).
+        self.slots_of = instance_slots(list(assembly.models), assembly.slots(emulated=True),
+                                       int(assembly.system.instance_gpus))
+        spread = {len(s) for s in self.slots_of.values()}
+        if len(spread) != 1:
+            raise HarnessError("system=triton live needs as many instance slots for every model (tritonserver "
+                               "gives every model the same instance count); use a cluster whose slots hold every "
+                               "model, or instance_gpus below the smallest group")
+        self.instances = spread.pop() * self.instance_count
         self.out_dir = out_dir
-        self._rows: list[tuple] = []
+        self.ledger = Ledger(assembly.slots(emulated=rt.executor != "gpu"), assembly.curves(), t0=self.clock.now())
         self.failures: list[str] = []
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="worker-pool", daemon=True)
         self._thread.start()
-        self.pool = WorkerPool(n_slots, config_path, addresses=list(runtime.workers) or None,
-                               executor=runtime.executor, worker_timeout_s=runtime.worker_timeout_s,
-                               start_timeout_s=runtime.worker_start_timeout_s, log_dir=out_dir)
-        self._call(self.pool.start())
+        self.pool = WorkerPool(config_path, rt, log_dir=out_dir, on_lost=self._on_lost)
+        self._call(self.pool.start(dict(enumerate(assembly.placement.slots))))
+
+    def start(self, epoch: float) -> None:
+        self.clock = Clock(epoch)
 
     def _call(self, coro):
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
@@ -53,22 +64,29 @@ class TritonBackend:
     async def _submit(self, slot: int, batch_id: int, model: str, size: int) -> dict:
         return await self.pool.submit(slot, batch_id, model, size, None)
 
+    def _on_lost(self, slot: int, reason: str) -> None:
+        with self._lock:
+            self.ledger.lose(slot, self.clock.now(), reason)
+
     def forward(self, model: str, size: int, instance: int) -> int:
         """One Triton batch on its instance's slot; returns the batch id once it has run."""
-        slot = instance // self.instance_count
+        slot = self.slots_of[model][instance // self.instance_count]
         with self._lock:
-            batch_id = len(self._rows)
-            self._rows.append(None)
-        t_dispatch = self.clock.now()
-        reply = self._call(self._submit(slot, batch_id, model, size))
+            batch = self.ledger.open_external_batch(slot, model, size, self.clock.now())
+        reply = self._call(self._submit(slot, batch.id, model, size))
         t_end = self.clock.now()
         exec_time = float(reply.get("exec") or 0.0)
         status = reply.get("status", "error")
-        self._rows[batch_id] = (batch_id, slot, self.partition, model, size, t_dispatch, t_end - exec_time, t_end,
-                                status)
-        if status != "ok":
-            raise RuntimeError(f"batch {batch_id} on slot {slot}: {status} {reply.get('error', '')}".strip())
-        return batch_id
+        with self._lock:
+            if batch.status:
+                pass                             # its slot was lost meanwhile: already failed
+            elif status == OK:
+                self.ledger.complete(batch, t_end - exec_time, t_end)
+            else:
+                self.ledger.fail(batch, t_end, reply.get("error") or f"worker replied {status!r}", exec_time)
+        if status != OK:
+            raise RuntimeError(f"batch {batch.id} on slot {slot}: {status} {reply.get('error', '')}".strip())
+        return batch.id
 
     def close(self) -> None:
         try:
@@ -76,40 +94,48 @@ class TritonBackend:
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(5)
-            rows = [r for r in self._rows if r is not None]
-            batches = pd.DataFrame(rows, columns=BATCH_COLUMNS).astype(
-                {"id": np.int64, "gpu": np.int64, "size": np.int64})
-            write_table(batches, self.out_dir / "batches.parquet")
-            lost = [{"slot": s, "reason": why} for s, why in self.pool.lost.items()]
-            write_json({"lost_slots": lost, "batches": len(rows), "failures": self.failures,
-                        "notes": ["triton: arrival times are the client's send times (Triton does not report them)"]},
-                       self.out_dir / "server.json")
+            with self._lock:
+                for name, table in ledger_tables(self.ledger).items():
+                    write_table(table, self.out_dir / f"server_{name}.parquet")
+                lost = [{"slot": slot, "t": t, "reason": why} for t, slot, event, why in self.ledger.slot_events
+                        if event == "lost"]
+                write_json({"lost_slots": lost, "batches": len(self.ledger.batches), "failures": self.failures,
+                            "notes": ["triton: arrival times are the client's send times "
+                                      "(Triton does not report them)"]},
+                           self.out_dir / "server.json")
+
+
+class _Served:
+    def __init__(self, url: str, triton, backend: TritonBackend):
+        self.url = url
+        self._triton = triton
+        self.start = backend.start
+
+    def died(self) -> str:
+        code = self._triton.died
+        return "" if code is None else f"tritonserver died during the run (exit code {code})"
 
 
 @contextmanager
-def serve_triton(cfg, out_dir: Path, epoch: float):
-    """Workers, then tritonserver in front of them; yields its URL. Everything stops on exit."""
-    from omegaconf import OmegaConf
-
-    from harness.profiles import curves_for
-
+def serve_triton(assembly, out_dir: Path, epoch: float):
+    """Workers, then tritonserver in front of them; yields its url, start(epoch) and died(). Everything
+    stops on exit."""
     if stub_env_needed() and _stub_env_problem(stub_env_dir()):
         print("system=triton: preparing tritonserver's numpy<2 stub environment (once per environment)...",
               file=sys.stderr, flush=True)
         setup_stub_env()
-    c = cfg.cluster
-    curves = curves_for(c.gpu_type, c.partition, list(cfg.models), OmegaConf.to_container(c.sleep))
-    system = OmegaConf.to_container(cfg.system)
-    backend = TritonBackend(c.count, int(system.get("instance_count") or 1), c.partition, out_dir / "config.yaml",
-                            epoch, out_dir, cfg.runtime)
+    rt = assembly.cfg.runtime
+    backend = TritonBackend(assembly, out_dir / "config.yaml", epoch, out_dir)
     try:
-        models = {m: {"max_batch_size": curves[m].max_batch} for m in cfg.models}
-        with start_triton(models, system, backend.forward, host=cfg.runtime.host,
-                          instances=c.count * backend.instance_count) as triton:
+        curves = assembly.curves()[0]
+        models = {m: {"max_batch_size": curves[m].max_batch} for m in assembly.models}
+        with start_triton(models, assembly.system, backend.forward, host=rt.host, http_port=rt.port,
+                          instances=backend.instances) as triton:
+            served = _Served(triton.url, triton, backend)
             try:
-                yield triton.url
+                yield served
             finally:
-                if triton.died is not None:
-                    backend.failures.append(f"tritonserver died during the run (exit code {triton.died})")
+                if served.died():
+                    backend.failures.append(served.died())
     finally:
         backend.close()

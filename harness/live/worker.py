@@ -1,29 +1,35 @@
 """A worker process: one GPU slot, the models it holds, and a FIFO of batches.
 
-    python -m harness.live.worker --bind tcp://127.0.0.1:0 --slot 0 --config run/config.yaml
+    python -m harness.live.worker --slot 0 --config run/config.yaml [--bind unix: | tcp://0.0.0.0:5555]
 
-prints one line `{"ready": true, "address": "tcp://127.0.0.1:PORT", ...}` on
-stdout once bound (port 0 picks a free port); everything else goes to
-stderr. Two threads:
+prints one line `{"ready": true, "address": "unix:/tmp/.../w.sock", ...}` on
+stdout once bound (a private Unix socket by default; port 0 of a tcp://
+address picks a free port); everything else goes to stderr. Threads:
 
-- the receiver (main thread) owns the ZeroMQ ROUTER socket: it timestamps
-  each arriving batch and queues it, answers pings at once (so a long batch
-  never looks like a hang), and forwards the executor's replies;
+- the main thread accepts connections (the pool's; one per client);
+- a reader per connection timestamps each arriving batch and queues it,
+  answers pings at once (so a long batch never looks like a hang) and
+  flags aborts;
 - the executor thread runs the queued batches one at a time, in arrival
   order, discarding a batch as "late" if it could not start within its
-  `start_within`.
+  `start_within`, and answers on the batch's connection.
 
-Messages are msgpack maps (the client is harness.live.workers.WorkerPool):
+Messages are msgpack maps in length-prefixed frames (harness.live.channel;
+the client is harness.live.workers.WorkerPool):
 
-    {"op": "run", "batch": int, "model": str, "size": int,
-     "start_within": float | None, "payload": bytes | None}
+    {"op": "run", "batch": int, "model": str, "size": int, "start_within": float | None,
+     "payload": [[ingress, arena slot, offset, bytes] or None, ...] | None,
+     "stage": int | None, "rows": [[batch, row], ...] | None}
         -> {"batch", "status": "ok" | "late" | "error" | "preempted",
             "exec": seconds executing, "wait": seconds queued here, "error": str}
     {"op": "abort", "batch": int}   stop that batch early (reply "preempted") if the executor can
     {"op": "ping"}                  -> {"pong": slot}
     {"op": "stop"}                  -> {"stopped": slot}, then the process exits
 
-`start_within` counts from the batch's arrival here (the transfer from the
+`payload` says where each task's tensor is in the ingresses' shared memory
+(harness.live.arena; the worker maps the arenas it is given with
+--arenas); the executor gets the views, one per task, and the time it takes
+to read them counts as execution. `start_within` counts from the batch's arrival here (the transfer from the
 frontend, tens of microseconds on one host, is not included). The worker
 exits by itself when the process that started it dies (its parent pid
 changes), so an orchestrator killed with SIGKILL leaves nothing behind.
@@ -35,16 +41,18 @@ import argparse
 import json
 import os
 import queue
+import socket
 import sys
 import threading
 import time
 from typing import ClassVar, Mapping
 
-import msgpack
 import numpy as np
-import zmq
 
 from harness.errors import HarnessError
+from harness.live.arena import Arena, gather
+from harness.live.channel import BlockingChannel, listen_socket, remove_socket
+from harness.live.protocol import IMAGE_BYTES
 from harness.profiles import LatencyCurve
 
 EXECUTORS = ("emulated", "gpu")
@@ -59,21 +67,37 @@ class Executor:
     """Runs one batch at a time on the slot's device; `run` blocks until the batch is done.
 
     An executor that can stop a batch early sets `abortable = True` and
-    raises Aborted from `run` soon after `abort` is set.
+    raises Aborted from `run` soon after `abort` is set. One that serves a
+    model in stages implements `run_stage`: stage 0 reads the payload, a
+    later stage reads the activations earlier stages left, one row per task
+    as `rows` [(batch, row), ...] says, and keeps its own under `batch`
+    (until the last stage); `free` drops rows no stage will take.
     """
 
     abortable: ClassVar[bool] = False
+    # `payload`, where given: the batch's input tensors, one buffer per task in batch order (None where a
+    # task brought none), together `size` items.
 
     def run(self, model: str, size: int, payload: bytes | None,
             abort: threading.Event | None = None) -> None:
         raise NotImplementedError
+
+    def run_stage(self, model: str, stage: int, batch: int, size: int, payload: bytes | None,
+                  rows: list | None, abort: threading.Event | None = None) -> None:
+        raise NotImplementedError(f"{type(self).__name__} does not run models in stages")
+
+    def free(self, rows: list) -> None:
+        pass
 
 
 class EmulatedExecutor(Executor):
     """Reproduces the profiled latency: sleeps, then busy-waits the last `spin` seconds.
 
     With `noise`, each batch takes the profile's mean plus Gaussian noise of
-    its std, clipped at half the mean (as the sim runtime draws it).
+    its std, clipped at half the mean (as the sim runtime draws it). A tensor
+    payload is checked (whole images, no more than the batch holds) but not
+    copied anywhere: an emulated GPU has no memory to move it to, and its
+    profile, measured on static inputs, holds no transfer time.
     """
 
     abortable = True
@@ -88,15 +112,31 @@ class EmulatedExecutor(Executor):
         curve = self.curves.get(model)
         if curve is None:
             raise ValueError(f"model {model!r} is not held here (held: {', '.join(sorted(self.curves))})")
+        return self._draw(curve, size, model)
+
+    def _draw(self, curve: LatencyCurve, size: int, what: str) -> float:
         if not 1 <= size <= curve.max_batch:
-            raise ValueError(f"batch of {size} outside the profiled sizes 1..{curve.max_batch} of {model}")
+            raise ValueError(f"batch of {size} outside the profiled sizes 1..{curve.max_batch} of {what}")
         mean = curve.mean[size]
         if self.noise and curve.std[size] > 0:
             return max(0.5 * mean, mean + curve.std[size] * float(self._rng.standard_normal()))
         return mean
 
+    def run_stage(self, model, stage, batch, size, payload, rows, abort=None):
+        curve = self.curves.get(model)
+        if curve is None or not 0 <= stage < len(curve.stages):
+            raise ValueError(f"model {model!r} has no stage {stage} here")
+        if payload is not None and stage == 0:
+            _check_images(payload, size)
+        self._sleep(self._draw(curve.stages[stage], size, f"{model} stage {stage}"), abort)
+
     def run(self, model, size, payload, abort=None):
-        end = time.perf_counter() + self.duration(model, size)
+        if payload is not None:
+            _check_images(payload, size)
+        self._sleep(self.duration(model, size), abort)
+
+    def _sleep(self, seconds: float, abort: threading.Event | None) -> None:
+        end = time.perf_counter() + seconds
         block = end - self.spin - time.perf_counter()
         if block > 0:
             if abort is not None:
@@ -109,143 +149,142 @@ class EmulatedExecutor(Executor):
                 raise Aborted
 
 
-class _Job:
-    __slots__ = ("client", "batch", "model", "size", "start_within", "payload", "t_arrival", "abort")
+def _check_images(views: list, size: int) -> None:
+    """A batch's tensor views hold whole images, at most one per item of the batch (ValueError if not)."""
+    items = 0
+    for view in views:
+        if view is not None:
+            if len(view) % IMAGE_BYTES:
+                raise ValueError(f"a tensor payload of {len(view)} bytes is not whole {IMAGE_BYTES}-byte images")
+            items += len(view) // IMAGE_BYTES
+        else:
+            items += 1
+    if items > size:
+        raise ValueError(f"the payload holds {items} images for a batch of {size}")
 
-    def __init__(self, client: bytes, msg: dict, t_arrival: float):
-        self.client = client
+
+class _Job:
+    __slots__ = ("channel", "batch", "model", "size", "start_within", "payload", "stage", "rows", "t_arrival",
+                 "abort")
+
+    def __init__(self, channel: BlockingChannel, msg: dict, t_arrival: float):
+        self.channel = channel
         self.batch = msg["batch"]
         self.model = msg["model"]
         self.size = msg["size"]
         self.start_within = msg.get("start_within")
         self.payload = msg.get("payload")
+        self.stage = msg.get("stage")
+        self.rows = msg.get("rows")
         self.t_arrival = t_arrival
         self.abort = threading.Event()
 
 
-class Worker:
-    """The receiver loop and the executor thread of one slot (see module doc)."""
+class _Free:
+    """Activations of earlier stages that no later stage will take (their tasks were given up)."""
 
-    def __init__(self, slot: int, executor: Executor, bind: str = "tcp://127.0.0.1:0",
-                 parent_pid: int | None = None, context: zmq.Context | None = None):
+    __slots__ = ("rows",)
+
+    def __init__(self, rows: list):
+        self.rows = rows
+
+
+class Worker:
+    """The listening socket, a reader thread per client, and the executor thread of one slot (module doc)."""
+
+    def __init__(self, slot: int, executor: Executor, bind: str = "unix:", parent_pid: int | None = None,
+                 arenas: list[Arena] = ()):
         self.slot = slot
         self.executor = executor
+        self.arenas = list(arenas)
+        pin = getattr(executor, "pin_host_memory", None)
+        for arena in self.arenas if pin is not None else ():
+            pin(arena.buffer)                    # a GPU copies from pinned memory by DMA, without staging
         self.parent_pid = parent_pid
-        self._ctx = context or zmq.Context.instance()
-        self._router = self._ctx.socket(zmq.ROUTER)
-        self._router.setsockopt(zmq.LINGER, 0)
-        self._router.setsockopt(zmq.SNDHWM, 0)         # never drop a reply, however far the client lags
-        self._router.setsockopt(zmq.RCVHWM, 0)
-        if bind.startswith("tcp://") and bind.endswith(":0"):
-            bind = bind[:-1] + "*"
-        self._router.bind(bind)
-        self.address = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
-        inproc = f"inproc://replies-{id(self)}"
-        self._replies_in = self._ctx.socket(zmq.PULL)
-        self._replies_in.bind(inproc)
-        self._replies_out = self._ctx.socket(zmq.PUSH)   # used by the executor thread only
-        self._replies_out.setsockopt(zmq.SNDHWM, 0)
-        self._replies_out.setsockopt(zmq.LINGER, 0)
-        self._replies_out.connect(inproc)
+        self._listener, self.address = listen_socket(bind)
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._jobs: dict[tuple[bytes, int], _Job] = {}  # queued or running, for aborts
+        self._jobs: dict[tuple[int, int], _Job] = {}    # (client, batch) -> queued or running, for aborts
+        self._stopped = threading.Event()
+        self._why = ""
         self._thread = threading.Thread(target=self._execute_loop, name=f"executor-{slot}", daemon=True)
 
     def serve(self) -> str:
         """Run until a stop message or the parent's death; returns why it stopped."""
         self._thread.start()
-        poller = zmq.Poller()
-        poller.register(self._router, zmq.POLLIN)
-        poller.register(self._replies_in, zmq.POLLIN)
-        router, replies = self._router, self._replies_in
-        pack, unpack = msgpack.packb, msgpack.unpackb
-        next_check = time.monotonic() + PARENT_CHECK_S
+        self._listener.settimeout(PARENT_CHECK_S)
         try:
-            while True:
-                events = dict(poller.poll(int(PARENT_CHECK_S * 1000)))
-                if router in events:
-                    while True:
-                        try:
-                            client, data = router.recv_multipart(zmq.NOBLOCK)
-                        except zmq.Again:
-                            break
-                        except ValueError:           # not [identity, body]: ignore the frame set
-                            continue
-                        t = time.perf_counter()
-                        try:
-                            msg = unpack(data)
-                            op = msg["op"]
-                        except Exception as exc:     # a malformed message must not stop the slot
-                            router.send_multipart([client, pack({"status": "error", "error": f"bad message: {exc}"})])
-                            continue
-                        if op == "run":
-                            try:
-                                job = _Job(client, msg, t)
-                            except (KeyError, TypeError) as exc:
-                                router.send_multipart([client, pack({"batch": msg.get("batch", -1), "status": "error",
-                                                                     "exec": 0.0, "wait": 0.0,
-                                                                     "error": f"bad run message: missing {exc}"})])
-                                continue
-                            self._jobs[(client, job.batch)] = job
-                            self._queue.put(job)
-                        elif op == "ping":
-                            router.send_multipart([client, pack({"pong": self.slot})])
-                        elif op == "abort":
-                            job = self._jobs.get((client, msg.get("batch")))
-                            if job is not None:
-                                job.abort.set()
-                        elif op == "stop":
-                            router.send_multipart([client, pack({"stopped": self.slot})])
-                            return "stop message"
-                        else:
-                            router.send_multipart([client, pack({"status": "error", "error": f"unknown op {op!r}"})])
-                if replies in events:
-                    while True:
-                        try:
-                            client, data = replies.recv_multipart(zmq.NOBLOCK)
-                        except zmq.Again:
-                            break
-                        router.send_multipart([client, data])
-                now = time.monotonic()
-                if now >= next_check:
-                    next_check = now + PARENT_CHECK_S
+            while not self._stopped.is_set():
+                try:
+                    conn, _ = self._listener.accept()
+                except socket.timeout:
                     if self.parent_pid is not None and os.getppid() != self.parent_pid:
                         return "parent process died"
+                    continue
+                conn.settimeout(None)
+                threading.Thread(target=self._read, args=(BlockingChannel(conn),), daemon=True).start()
+            return self._why
         except BaseException:
             self.close()
             raise
 
-    def close(self, timeout: float = 1.0) -> None:
-        """Stop the executor (aborting its batch if it can), flush the last replies, release the sockets.
+    def _read(self, channel: BlockingChannel) -> None:
+        """One client's messages: batches queued (timestamped on arrival), pings answered at once (so a long
+        batch never looks like a hang), aborts flagged, stop obeyed."""
+        client = id(channel)
+        perf = time.perf_counter
+        while True:
+            msg = channel.recv()
+            if msg is None:
+                channel.close()
+                return
+            t = perf()
+            op = msg.get("op") if isinstance(msg, dict) else None
+            if op == "run":
+                try:
+                    job = _Job(channel, msg, t)
+                except (KeyError, TypeError) as exc:
+                    channel.send({"batch": msg.get("batch", -1), "status": "error", "exec": 0.0, "wait": 0.0,
+                                  "error": f"bad run message: missing {exc}"})
+                    continue
+                self._jobs[(client, job.batch)] = job
+                self._queue.put(job)
+            elif op == "ping":
+                channel.send({"pong": self.slot})
+            elif op == "abort":
+                job = self._jobs.get((client, msg.get("batch")))
+                if job is not None:
+                    job.abort.set()
+            elif op == "free":
+                self._queue.put(_Free(msg.get("rows") or []))      # after what is queued: the executor's own
+            elif op == "stop":
+                channel.send({"stopped": self.slot})
+                self._why = "stop message"
+                self._stopped.set()
+                return
+            else:
+                channel.send({"status": "error", "error": f"unknown op {op!r}" if op else "bad message"})
 
-        Bounded by about 2x `timeout` even if the executor cannot abort its batch.
-        """
+    def close(self, timeout: float = 1.0) -> None:
+        """Stop the executor (aborting its batch if it can) and release the socket; bounded by `timeout`
+        even if the executor cannot abort its batch."""
         for job in list(self._jobs.values()):
             job.abort.set()
         self._queue.put(None)
         self._thread.join(timeout)
-        self._replies_in.close(linger=0)
-        self._router.close(linger=int(timeout * 1000))   # e.g. the "stopped" answer still queued
-        term = threading.Thread(target=self._ctx.term, daemon=True)
-        term.start()
-        term.join(timeout)
+        self._listener.close()
+        if self.address.startswith("unix:"):
+            remove_socket(self.address)
 
     def _execute_loop(self) -> None:
-        pack, sock = msgpack.packb, self._replies_out
-
-        def send(frames):
-            try:
-                sock.send_multipart(frames, zmq.NOBLOCK)
-            except zmq.Again:       # the receiver is gone (stopping): nobody to answer
-                pass
-
         run, perf = self.executor.run, time.perf_counter
         abortable = self.executor.abortable
         while True:
             job = self._queue.get()
             if job is None:
-                sock.close(linger=0)
                 return
+            if isinstance(job, _Free):
+                self.executor.free(job.rows)
+                continue
             start = perf()
             wait = start - job.t_arrival
             reply = {"batch": job.batch, "status": "ok", "exec": 0.0, "wait": wait, "error": ""}
@@ -255,24 +294,36 @@ class Worker:
                 reply["status"] = "late"
             else:
                 try:
-                    run(job.model, job.size, job.payload, job.abort if abortable else None)
+                    payload = gather(self.arenas, job.payload) if job.payload else None
+                    if job.stage is None:
+                        run(job.model, job.size, payload, job.abort if abortable else None)
+                    else:
+                        self.executor.run_stage(job.model, job.stage, job.batch, job.size, payload, job.rows,
+                                                job.abort if abortable else None)
                 except Aborted:
                     reply["status"] = "preempted"
                 except Exception as exc:  # a failing batch is reported, the slot goes on
                     reply["status"], reply["error"] = "error", f"{type(exc).__name__}: {exc}"
                 reply["exec"] = perf() - start
-            self._jobs.pop((job.client, job.batch), None)
-            send([job.client, pack(reply)])
+            self._jobs.pop((id(job.channel), job.batch), None)
+            job.channel.send(reply)              # a client gone (stopping) is nobody to answer
 
 
-def build_executor(kind: str, config_path: str, slot: int) -> Executor:
-    """The executor of `slot` as the run's resolved config describes it."""
-    from omegaconf import OmegaConf
+def build_executor(kind: str, config_path: str, slot: int, spec: dict | None = None) -> Executor:
+    """The executor of `slot`: its spec (gpu_type, partition, device, models) as given by the process
+    that started it, or else the slot of that index in the run's configured cluster."""
+    from harness.assembly import load
+    from harness.placement import SlotSpec
 
-    from harness.profiles import curves_for
-
-    cfg = OmegaConf.load(config_path)
-    c = cfg.cluster
+    assembly = load(config_path)
+    if spec is None:
+        slots = assembly.full_placement.slots
+        if not 0 <= slot < len(slots):
+            raise HarnessError(f"the run's cluster has {len(slots)} slots; there is no slot {slot}")
+        slot_spec = slots[slot]
+    else:
+        slot_spec = SlotSpec(spec["gpu_type"], spec["partition"], int(spec["device"]), frozenset(spec["models"]))
+    curves = assembly.curves_of(slot_spec)
     if kind == "gpu":
         try:
             from harness.gpu.executor import GpuExecutor
@@ -282,38 +333,45 @@ def build_executor(kind: str, config_path: str, slot: int) -> Executor:
         from harness.profiles import load_profile, profile_path
 
         # The slot's GPU is device 0 of what CUDA_VISIBLE_DEVICES shows it (the pool sets that per slot).
-        profile = load_profile(profile_path(c.gpu_type, c.partition))
-        first = profile.curves[next(iter(cfg.models))]
-        sizes = [b for b in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if b <= first.max_batch]
-        return GpuExecutor(list(cfg.models), device=0, batch_sizes=sizes,
-                           channels_last=profile.provenance.get("channels_last"))
+        profile = load_profile(profile_path(slot_spec.gpu_type, slot_spec.partition))
+        largest = max(c.max_batch for c in curves.values())
+        sizes = [b for b in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if b <= largest]
+        # Stage graphs where the profile has stage latencies: only there can a policy dispatch a stage.
+        return GpuExecutor(sorted(slot_spec.models), device=0, batch_sizes=sizes,
+                           channels_last=profile.provenance.get("channels_last"),
+                           stages=any(curve.stages for curve in curves.values()))
     if kind != "emulated":
         raise HarnessError(f"unknown executor '{kind}'; use --executor emulated or gpu")
-    sleep = OmegaConf.to_container(c.sleep) if "sleep" in c else None
-    curves = curves_for(c.gpu_type, c.partition, list(cfg.models), sleep)
-    noise = bool(OmegaConf.select(cfg, "runtime.noise", default=False))
-    seed = int(OmegaConf.select(cfg, "seeds.runtime", default=0))
-    return EmulatedExecutor(curves, noise=noise, seed=[seed, slot])
+    return EmulatedExecutor(curves, noise=assembly.cfg.runtime.noise, seed=[assembly.cfg.seeds.runtime, slot])
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m harness.live.worker", description=__doc__.split("\n")[0])
-    ap.add_argument("--bind", default="tcp://127.0.0.1:0", help="ZeroMQ endpoint to bind (port 0: any free port)")
+    ap.add_argument("--bind", default="unix:", help="where to listen: unix: (a private Unix socket, the default) or "
+                                                    "tcp://host:port for a pool on another host (port 0: any free)")
     ap.add_argument("--slot", type=int, required=True, help="index of the GPU slot this worker serves")
     ap.add_argument("--config", required=True, help="the run's resolved config.yaml (cluster, models, runtime)")
     ap.add_argument("--executor", choices=EXECUTORS, default="emulated")
+    ap.add_argument("--spec", default=None, help="the slot as JSON: gpu_type, partition, device, models "
+                                                 "(default: slot --slot of the run's configured cluster)")
+    ap.add_argument("--arenas", default="", help="the ingresses' payload memory: fd:slot_bytes:slots,... "
+                                                  "(inherited file descriptors; the scheduler passes them)")
     ap.add_argument("--orphan-ok", action="store_true",
                     help="keep running when the parent process dies (for workers started by hand on other hosts)")
     args = ap.parse_args(argv)
     parent = None if args.orphan_ok else os.getppid()
     try:
-        executor = build_executor(args.executor, args.config, args.slot)
-        worker = Worker(args.slot, executor, args.bind, parent_pid=parent)
+        spec = json.loads(args.spec) if args.spec else None
+        executor = build_executor(args.executor, args.config, args.slot, spec)
     except (HarnessError, OSError, ValueError, KeyError, AttributeError, RuntimeError, ImportError) as exc:
         print(f"error: slot {args.slot}: {exc}", file=sys.stderr)
         return 2
-    except zmq.ZMQError as exc:
-        print(f"error: slot {args.slot}: cannot bind {args.bind}: {exc}", file=sys.stderr)
+    try:
+        arenas = [Arena.attach(spec) for spec in args.arenas.split(",") if spec]
+        worker = Worker(args.slot, executor, args.bind, parent_pid=parent, arenas=arenas)
+    except (OSError, ValueError, RuntimeError) as exc:
+        print(f"error: slot {args.slot}: cannot start (listening at {args.bind}, payload arenas "
+              f"{args.arenas or 'none'}): {exc}", file=sys.stderr)
         return 2
     print(json.dumps({"ready": True, "address": worker.address, "slot": args.slot, "pid": os.getpid()}), flush=True)
     why = worker.serve()

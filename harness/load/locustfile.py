@@ -1,6 +1,6 @@
-"""Locust replays a saved request schedule open loop (DESIGN.md section 4, step 5).
+"""Locust replays a saved request schedule open loop.
 
-    locust -f harness/live/locustfile.py --headless -u 1 -r 1 --exit-code-on-error 0 \\
+    locust -f harness/load/locustfile.py --headless -u 1 -r 1 --exit-code-on-error 0 \\
         --host http://127.0.0.1:8000 --schedule run/schedule.parquet --epoch 1767225600.0 --out-dir run/client
 
 harness.load.replay runs it so, alone or as a master with N workers (each
@@ -13,12 +13,20 @@ user per process does the work:
 - open loop: the request of schedule row i is sent at epoch + t_sched[i]
   whatever is still in flight -- a loop over the sorted times blocks in libev
   until SPIN before each time, then yields in a tight loop (libev's epoll
-  wakes up to a millisecond late), and spawns a greenlet per request (the
-  method of harness.live.loop.PreciseSelector, for gevent);
-- a connection per request in flight (geventhttpclient; `--max-connections`,
-  default as many as open files allow), the likely number of them opened
-  before the first send; a request that must wait for a free connection
-  counts the wait as send lag, so lag is never hidden;
+  wakes up to a millisecond late) that also yields the core to other
+  processes (the system under test may share it), and spawns a greenlet per
+  request (the method of harness.live.loop.PreciseSelector, for gevent);
+  the loop yields with gevent.idle(), which polls sockets first: sleep(0)
+  runs ready greenlets for up to gevent's switch interval (5 ms) without
+  polling, and the answers in flight would be read that much late;
+- a keep-alive connection per request in flight (harness.load.http, a lean
+  client; `--max-connections`, default as many as open files allow), the
+  likely number of them opened before the first send; a request that must
+  wait for a free connection counts the wait as send lag, so lag is never
+  hidden;
+- `--payload tensor`: each item carries an FP16 3x224x224 image as binary
+  tensor data (what a real deployment moves; the server copies it to the
+  GPU), where the default synthetic payload is one INT32 per item;
 - before the first send, first-call costs are paid and everything alive is
   frozen out of the garbage collector's full passes (a 30 ms pause else);
 - per request it records id, model, t_sched, t_sent, t_done (seconds since
@@ -30,6 +38,8 @@ user per process does the work:
   from the code arrays: ~0.2 ms where Parquet costs several, all of it send
   lag), so a killed run keeps what it measured (harness.load.read_records
   reads either);
+- a process whose parent (the orchestrator) dies stops replaying and
+  writes what it measured;
 - the run ends by itself once every request has an answer or timed out
   (--request-timeout, from the send): a lone process quits when its shard is
   done; a worker reports to the master, which quits (and with it every
@@ -59,7 +69,6 @@ import pyarrow as pa
 import pyarrow.feather as feather
 from gevent.lock import BoundedSemaphore
 from gevent.pool import Group
-from geventhttpclient import HTTPClient, URL
 from locust import User, events, task
 from locust.exception import StopUser
 from locust.runners import MasterRunner, WorkerRunner
@@ -68,7 +77,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))   # Locust puts onl
 
 from harness.core import DROPPED, ERROR, OK, REJECTED, TIMEOUT  # noqa: E402
 from harness.live.loop import Clock  # noqa: E402
-from harness.live.protocol import HTTP_CODE, infer_request, infer_response, outcome  # noqa: E402
+from harness.live.protocol import (HEADER_LENGTH, HTTP_CODE, IMAGE, IMAGE_BYTES, infer_request,  # noqa: E402
+                                   infer_response, outcome)
+from harness.load.http import Connection, Endpoint, HttpError  # noqa: E402
 from harness.records import write_table  # noqa: E402
 
 STATUSES = [OK, DROPPED, REJECTED, TIMEOUT, ERROR]
@@ -95,6 +106,31 @@ def _arguments(parser) -> None:
                        help="connections per process (0: as many as open files allow)")
     group.add_argument("--flush-interval", type=float, default=2.0,
                        help="seconds between flushes of finished requests to part files")
+    group.add_argument("--payload", choices=("synthetic", "tensor"), default="synthetic",
+                       help="synthetic: one INT32 per item | tensor: an FP16 3x224x224 image per item (binary)")
+    group.add_argument("--payload-seed", type=int, default=0, help="seed of the tensor payload's values")
+
+
+def batched_inputs(n: int) -> str:
+    """The `inputs` of a request of n items (shape [n, 1]), as JSON."""
+    tensor = {**infer_request(0)["inputs"][0], "shape": [n, 1], "data": [0] * n}
+    return json.dumps([tensor], separators=(",", ":"))
+
+
+class TensorBodies:
+    """Infer bodies that carry images (Triton's binary tensor extension): the JSON part, then the bytes.
+    Every request sends the same random image: what is measured is moving it, not its values."""
+
+    def __init__(self, seed: int):
+        image = np.random.default_rng(seed).standard_normal(IMAGE_BYTES // 2).astype(np.float16)
+        self.image = image.tobytes()
+
+    def body(self, rid: int, items: int, parameters: str | None) -> tuple[bytes, bytes]:
+        """(body, extra header lines) of a request of `items` images."""
+        extra = f',"parameters":{parameters}' if parameters else ""
+        head = (f'{{"id":"{rid}"{extra},"inputs":[{{"name":"{IMAGE["name"]}","datatype":"{IMAGE["datatype"]}",'
+                f'"shape":[{items},3,224,224],"parameters":{{"binary_data_size":{items * IMAGE_BYTES}}}}}]}}').encode()
+        return head + self.image * items, b"%s: %d\r\n" % (HEADER_LENGTH.encode(), len(head))
 
 
 def classify(code: int, body: bytes) -> tuple[int, str, int]:
@@ -111,44 +147,44 @@ class ReplayFailure(Exception):
 
 
 class Connections:
-    """One HTTP connection per request in flight, up to `limit`; a broken or timed-out one is closed."""
+    """One keep-alive connection per request in flight, up to `limit`; a broken or timed-out one is closed."""
 
-    def __init__(self, url: str, limit: int, timeout_s: float):
-        self.url = URL(url)
+    def __init__(self, endpoint: Endpoint, limit: int, timeout_s: float):
+        self.endpoint = endpoint
         self.timeout_s = timeout_s
-        self.idle: list[HTTPClient] = []
+        self.idle: list[Connection] = []
         self.slots = BoundedSemaphore(limit)
         self.limit = limit
 
-    def acquire(self) -> HTTPClient:
+    def acquire(self) -> Connection:
+        """A connection to send on (waiting for one if `limit` are busy); OSError if none can be opened."""
         self.slots.acquire()
         if self.idle:
             return self.idle.pop()
-        return HTTPClient.from_url(self.url, concurrency=1, connection_timeout=self.timeout_s,
-                                   network_timeout=self.timeout_s + 1.0)
+        try:
+            return self.endpoint.connect(self.timeout_s + 1.0)
+        except BaseException:
+            self.slots.release()
+            raise
 
-    def release(self, client: HTTPClient, reusable: bool) -> None:
-        if reusable:
-            self.idle.append(client)
-        else:
-            client.close()
+    def release(self, conn: Connection | None) -> None:
+        if conn is not None and conn.open:
+            self.idle.append(conn)
+        elif conn is not None:
+            conn.close()
         self.slots.release()
 
     def open(self, count: int) -> None:
-        """Connect `count` connections ahead: connecting during the run (name lookup, handshake) costs send lag."""
-        clients = [self.acquire() for _ in range(min(count, self.limit))]
-        for client in clients:
-            pool = client._connection_pool
+        """Connect `count` connections ahead: connecting during the run (handshakes) costs send lag."""
+        for _ in range(min(count, self.limit)):
             try:
-                pool.return_socket(pool.get_socket())
+                self.idle.append(self.endpoint.connect(self.timeout_s + 1.0))
             except OSError:
                 break                 # the server is not there (yet): the requests will say so
-        for client in clients:
-            self.release(client, True)
 
     def close(self) -> None:
-        for client in self.idle:
-            client.close()
+        for conn in self.idle:
+            conn.close()
         self.idle.clear()
 
 
@@ -192,16 +228,24 @@ class Replay:
         self.flush_s = opts.flush_interval
         self.clock = Clock(opts.epoch)
 
-        schedule = pd.read_parquet(opts.schedule, columns=["id", "model", "t_sched"])
+        schedule = pd.read_parquet(opts.schedule)
         rows = schedule.iloc[shard::shards]
         rows = rows.iloc[np.argsort(rows["t_sched"].to_numpy(), kind="stable")]
         self.ids = rows["id"].to_numpy(np.int64)
+        # An app request carries its tasks per graph node (how many objects the detection finds); a query
+        # already batched carries its items (an input of shape [size, 1]).
+        self.copies = ([json.dumps({"copies": [int(c) for c in v]}, separators=(",", ":")) for v in rows["copies"]]
+                       if "copies" in rows else None)
+        self.sizes = rows["size"].to_numpy(np.int64) if "size" in rows else None
+        self.tensors = TensorBodies(opts.payload_seed) if opts.payload == "tensor" else None
+        self.inputs = ([batched_inputs(int(n)) for n in self.sizes]
+                       if self.sizes is not None and self.tensors is None else None)
         self.t_sched = rows["t_sched"].to_numpy(np.float64)
         codes, models = pd.factorize(rows["model"].astype(str))
         self.models = [str(m) for m in models]
         self.model_of = codes.astype(np.int32)
-        base = URL(environment.host).path.rstrip("/")
-        self.paths = [f"{base}/v2/models/{m}/infer" for m in self.models]
+        self.endpoint = Endpoint(environment.host)
+        self.paths = [f"/v2/models/{m}/infer" for m in self.models]
 
         n = len(self.ids)
         self.t_sent = np.full(n, np.nan)
@@ -215,7 +259,7 @@ class Replay:
         self.parts = 0
         self.written = False
         limit = opts.max_connections or max(16, open_files_limit() - 256)
-        self.connections = Connections(environment.host, min(limit, max(n, 1)), self.timeout_s)
+        self.connections = Connections(self.endpoint, min(limit, max(n, 1)), self.timeout_s)
         self.requests = Group()
 
     # -- sending -------------------------------------------------------------------------------------------
@@ -241,15 +285,21 @@ class Replay:
 
     def _send_all(self) -> None:
         due = self.clock.to_monotonic(self.t_sched).tolist()
-        spawn, monotonic, sleep, floor = self.requests.spawn, time.monotonic, gevent.sleep, math.floor
+        spawn, monotonic, sleep, idle, floor = self.requests.spawn, time.monotonic, gevent.sleep, gevent.idle, math.floor
+        yield_core = os.sched_yield
         i, n = 0, len(due)
         while i < n:
             left = due[i] - monotonic()
             if left > 0:
                 # libev waits in epoll, whose timeout is whole ms rounded up: block for the whole ms that
-                # end at least SPIN before the send time, then yield (to answers in flight) until it.
+                # end at least SPIN before the send time, then yield (to answers in flight, and the core
+                # to other processes) until it.
                 block_ms = floor((left - SPIN) * 1e3)
-                sleep((block_ms - 0.5) * 1e-3 if block_ms >= 1 else 0)
+                if block_ms >= 1:
+                    sleep((block_ms - 0.5) * 1e-3)
+                else:
+                    yield_core()
+                    idle()            # answers in flight are read here: sleep(0) would not poll for them
                 continue
             now = monotonic()
             while i < n and due[i] <= now:
@@ -259,26 +309,38 @@ class Replay:
 
     def _send(self, i: int) -> None:
         m = self.model_of[i]
-        body = f'{{"id":"{self.ids[i]}","inputs":{INPUTS_JSON}}}'.encode()
-        client = self.connections.acquire()
-        t_sent = self.clock.now()
+        if self.tensors is not None:
+            body, headers = self.tensors.body(self.ids[i], 1 if self.sizes is None else int(self.sizes[i]),
+                                              None if self.copies is None else self.copies[i])
+            request = self.endpoint.post(self.paths[m], body, b"application/octet-stream", headers)
+        else:
+            inputs = INPUTS_JSON if self.inputs is None else self.inputs[i]
+            if self.copies is None:
+                body = f'{{"id":"{self.ids[i]}","inputs":{inputs}}}'.encode()
+            else:
+                body = f'{{"id":"{self.ids[i]}","parameters":{self.copies[i]},"inputs":{INPUTS_JSON}}}'.encode()
+            request = self.endpoint.post(self.paths[m], body)
+        conn, t_sent, code, answer = None, None, 0, b""
         timer = gevent.Timeout.start_new(self.timeout_s)
-        reusable, code, answer = False, 0, b""
         try:
-            response = client.request("POST", self.paths[m], body=body, headers=HEADERS)
-            code, answer = response.status_code, response.read()
+            conn = self.connections.acquire()     # waiting for a free connection counts as send lag
+            t_sent = self.clock.now()
+            code, answer = conn.exchange(request)
             status, reason, batch_id = classify(code, answer)
-            reusable = True
         except gevent.Timeout as exc:
             if exc is not timer:
                 raise
+            if conn is not None:
+                conn.close()                      # an answer may still come on it: never reuse it
             status, reason, batch_id = STATUSES.index(TIMEOUT), f"no answer within {self.timeout_s:g} s", -1
-        except Exception as exc:     # noqa: BLE001 -- a refused, reset or garbled connection is the request's error
+        except (HttpError, OSError) as exc:       # a refused, reset or garbled connection is the request's error
             status, reason, batch_id = STATUSES.index(ERROR), f"{type(exc).__name__}: {exc}"[:REASON_CHARS], -1
         finally:
             timer.close()
         t_done = self.clock.now()
-        self.connections.release(client, reusable)
+        if t_sent is None:                        # no connection could be had: it was never sent
+            t_sent = t_done
+        self.connections.release(conn)
         self.t_sent[i], self.t_done[i], self.status[i], self.batch_id[i] = t_sent, t_done, status, batch_id
         if reason:
             code_of_reason = self._reason_code.get(reason)
@@ -295,9 +357,15 @@ class Replay:
 
     # -- records -------------------------------------------------------------------------------------------
     def _flush_every(self) -> None:
+        """Flush every flush_s; and stop the replay if the process that started this one died (an orchestrator
+        killed outright): what was measured is written, nothing is left sending."""
+        parent = os.getppid()
         while True:
             gevent.sleep(self.flush_s)
             self.flush()
+            if os.getppid() != parent:
+                gevent.spawn(self.environment.runner.quit)
+                return
 
     def _table(self, rows: np.ndarray) -> pa.Table:
         # Dictionary columns from the code arrays: no per-row Python work while requests are being sent.

@@ -1,8 +1,8 @@
-"""Load generation: Locust replays a request schedule against a serving endpoint, open loop.
+"""Running the load generator: Locust replays a request schedule against a serving endpoint, open loop.
 
     client = replay("run/schedule.parquet", "http://127.0.0.1:8000", epoch, "run/client", workers=2)
 
-`replay` runs harness/live/locustfile.py headless -- one process, or a
+`replay` runs harness/load/locustfile.py headless -- one process, or a
 master and `workers` worker processes each replaying every workers-th row --
 waits until every request has its answer or timed out, and returns the
 client records (id, model, t_sched, t_sent, t_done, status, reason,
@@ -30,27 +30,38 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
-import pyarrow.feather as feather
 
 from harness.errors import HarnessError
+from harness.load.records import read_records
 from harness.processes import log_tail, signal_group
 
-LOCUSTFILE = Path(__file__).resolve().parent / "live" / "locustfile.py"
-CLIENT_COLUMNS = ["id", "model", "t_sched", "t_sent", "t_done", "status", "reason", "batch_id"]
+LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 STARTUP_S = 60.0          # how long workers may take to join, and a process to start
 SHUTDOWN_S = 15.0         # after the last request's timeout: Locust writes its records and quits
-READ_RETRIES = 5          # re-reads when a shard folds its parts into its final file mid-read
+
+
+class ReplayAborted(HarnessError):
+    """The replay was stopped early because `abort` said why; `records` holds what was measured."""
+
+    def __init__(self, reason: str, records: pd.DataFrame):
+        super().__init__(reason)
+        self.records = records
 
 
 def replay(schedule_path: str | os.PathLike, url: str, epoch: float, out_dir: str | os.PathLike, workers: int = 0,
            timeout_s: float = 30.0, master_host: str | None = None, master_port: int = 0,
-           expect_workers: int | None = None, max_connections: int = 0) -> pd.DataFrame:
+           expect_workers: int | None = None, max_connections: int = 0,
+           abort: Callable[[], str] | None = None, payload: str = "synthetic", seed: int = 0) -> pd.DataFrame:
     """Replay the schedule against `url` with Locust; the client records, sorted by id.
 
     workers=0: one local process. workers=N: a local master and N local workers, or, with
     `master_host`, N workers joining that host's master. timeout_s: per request, from its send.
+    abort: polled while the replay runs; a non-empty answer stops Locust (which writes what it
+    measured) and raises ReplayAborted with that reason and the records. payload: synthetic (one INT32
+    per item) or tensor (an FP16 3x224x224 image per item, random values from `seed`).
     Raises HarnessError (with the tail of Locust's log) if Locust fails or does not finish in time.
     """
     schedule_path, out_dir = Path(schedule_path).resolve(), Path(out_dir).resolve()
@@ -58,6 +69,8 @@ def replay(schedule_path: str | os.PathLike, url: str, epoch: float, out_dir: st
         raise HarnessError(f"workers must be >= 0 (got {workers})")
     if not timeout_s > 0:
         raise HarnessError(f"the request timeout must be > 0 s (got {timeout_s})")
+    if payload not in ("synthetic", "tensor"):
+        raise HarnessError(f"unknown payload '{payload}'; choose synthetic or tensor")
     try:
         schedule = pd.read_parquet(schedule_path, columns=["id", "model", "t_sched"])
     except (OSError, ValueError, KeyError) as exc:
@@ -75,7 +88,7 @@ def replay(schedule_path: str | os.PathLike, url: str, epoch: float, out_dir: st
         raise HarnessError(f"expect_workers ({expect_workers}) must be >= the local workers ({workers})")
     replay_args = ["--host", url, "--schedule", str(schedule_path), "--epoch", repr(float(epoch)),
                    "--out-dir", str(out_dir), "--request-timeout", repr(float(timeout_s)),
-                   "--max-connections", str(max_connections)]
+                   "--max-connections", str(max_connections), "--payload", payload, "--payload-seed", str(seed)]
     headless = ["--headless", "--only-summary", "--exit-code-on-error", "0"]
 
     commands: list[tuple[str, list[str]]] = []
@@ -97,46 +110,20 @@ def replay(schedule_path: str | os.PathLike, url: str, epoch: float, out_dir: st
     t_last = float(schedule["t_sched"].max()) if len(schedule) else 0.0
     deadline = max(time.time(), epoch) + t_last + timeout_s + STARTUP_S + SHUTDOWN_S
     procs = _Processes(out_dir)
+    reason = ""
     try:
         for name, args in commands:
             procs.start(name, args)
-        procs.wait(deadline)
+        reason = procs.wait(deadline, abort)
     finally:
         procs.stop()
+    if reason:
+        raise ReplayAborted(reason, read_records(out_dir))
 
     records = read_records(out_dir)
     if not remote_master and expect_workers in (None, workers):
         _check_complete(records, schedule, out_dir)
     return records
-
-
-def read_records(out_dir: str | os.PathLike) -> pd.DataFrame:
-    """The client records under `out_dir`: each process's final file, or its part files if it was cut short.
-
-    Safe while the run goes on: a shard that finishes mid-read folds its parts into its final file and
-    deletes them, so a vanished part means reading again.
-    """
-    for _ in range(READ_RETRIES):
-        try:
-            return _read_records_once(Path(out_dir))
-        except FileNotFoundError:
-            continue
-    return _read_records_once(Path(out_dir))
-
-
-def _read_records_once(out_dir: Path) -> pd.DataFrame:
-    finals = sorted(out_dir.glob("client-[0-9][0-9][0-9].parquet"))
-    done = {p.name.split(".")[0] for p in finals}
-    frames = [pd.read_parquet(p) for p in finals]
-    frames += [feather.read_table(p).to_pandas() for p in sorted(out_dir.glob("client-*.part-*.arrow"))
-               if p.name.split(".")[0] not in done]
-    frames = [f for f in frames if len(f)]
-    if not frames:
-        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(
-            CLIENT_COLUMNS, ["int64", str, float, float, float, str, str, "int64"])})
-    records = pd.concat(frames, ignore_index=True)[CLIENT_COLUMNS]
-    records = records.astype({"model": str, "status": str, "reason": str})      # parts hold them as dictionaries
-    return records.sort_values("id", kind="stable").reset_index(drop=True)
 
 
 def _check_complete(records: pd.DataFrame, schedule: pd.DataFrame, out_dir: Path) -> None:
@@ -175,15 +162,19 @@ class _Processes:
             raise HarnessError(f"cannot start Locust ({exc})") from None
         self.running.append((name, proc, log))
 
-    def wait(self, deadline: float) -> None:
-        """Until every process exits; HarnessError as soon as one fails, or at the deadline."""
+    def wait(self, deadline: float, abort: Callable[[], str] | None = None) -> str:
+        """Until every process exits ("") or `abort` gives a reason (returned); HarnessError as soon as
+        one fails, or at the deadline."""
         while True:
+            reason = abort() if abort is not None else ""
+            if reason:
+                return reason
             codes = [(name, proc.poll(), log) for name, proc, log in self.running]
             for name, code, log in codes:
                 if code not in (None, 0):
                     raise HarnessError(f"{name} exited with code {code}{_tail(log)}")
             if all(code == 0 for _, code, _ in codes):
-                return
+                return ""
             if time.time() > deadline:
                 name, _, log = next(c for c in codes if c[1] is None)
                 raise HarnessError(f"the replay had not finished by its deadline ({name} still running){_tail(log)}")

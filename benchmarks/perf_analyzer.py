@@ -1,0 +1,146 @@
+"""Triton's own load generator against ours: perf_analyzer and our Locust replay, same server, same load.
+
+For each system: (1) a live run replays a Poisson schedule of one model with
+Locust; (2) the same system serves with `runtime.load=external` while
+Triton's perf_analyzer drives it twice, in request-rate mode (Poisson, the
+same rate) and with `--request-intervals` written from the run's own
+schedule. It prints throughput and latency percentiles side by side, with
+each perf_analyzer figure over ours (the latencies from each client's send).
+perf_analyzer (PyPI perf-analyzer) needs glibc >= 2.38.
+
+    python benchmarks/perf_analyzer.py --systems eager,symphony --rate 1000 --seconds 20 --out pa-results \
+        [--perf-analyzer perf_analyzer] [any harness override, e.g. cluster=h200x1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = "resnet50"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def harness(*overrides: str, **popen) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "harness", *overrides], cwd=ROOT, **popen)
+
+
+def ours(system: str, rate: float, seconds: float, out: Path, extra: list[str]) -> dict:
+    run = out / f"{system}-locust"
+    proc = harness(f"system={system}", "models=resnet50", "workload=poisson", f"workload.rate={rate}",
+                   f"duration_s={seconds}", "warmup_s=2", "cooldown_s=1", f"hydra.run.dir={run}", *extra,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _, err = proc.communicate(timeout=900)
+    if proc.returncode not in (0, 3):
+        raise RuntimeError(f"{system}: our run failed: {err.strip()[-500:]}")
+    r = pd.read_parquet(run / "requests.parquet")
+    s = json.loads((run / "summary.json").read_text())
+    window = r[(r["t_sched"] >= s["window_s"][0]) & (r["t_sched"] < s["window_s"][1])]
+    ok = window[window["status"] == "ok"]
+    from_send = (ok["t_done"] - ok["t_sent"]) * 1e3
+    schedule = pd.read_parquet(run / "schedule.parquet")
+    return {"throughput": len(ok) / (s["window_s"][1] - s["window_s"][0]),
+            **{f"p{q}": float(np.percentile(from_send, q)) for q in (50, 90, 99)},
+            "intervals_us": np.diff(schedule["t_sched"].to_numpy()) * 1e6}
+
+
+def wait_ready(url: str, timeout: float = 600.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/v2/health/ready", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} never became ready")
+
+
+def theirs(system: str, mode: str, rate: float, intervals: np.ndarray, out: Path, tool: str, extra: list[str]) -> dict:
+    port = free_port()
+    run = out / f"{system}-perf_analyzer-{mode}"
+    server = harness(f"system={system}", "models=resnet50", "runtime.load=external", f"runtime.port={port}",
+                     "duration_s=600", "warmup_s=1", "cooldown_s=1", "validity.min_duration_s=0",
+                     f"hydra.run.dir={run}", *extra, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}")
+        report = out / f"{system}-{mode}.csv"
+        cmd = [tool, "-m", MODEL, "-u", f"127.0.0.1:{port}", "-i", "http", "-b", "1", "--percentile", "99",
+               "--measurement-interval", "4000", "--max-trials", "6", "-f", str(report)]
+        if mode == "rate":
+            cmd += ["--request-rate-range", f"{rate:g}", "--request-distribution", "poisson"]
+        else:
+            path = out / f"{system}-intervals.txt"
+            path.write_text("\n".join(str(max(1, int(v))) for v in intervals) + "\n")
+            cmd += ["--request-intervals", str(path)]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        (out / f"{system}-{mode}.log").write_text(done.stdout + done.stderr)
+        if done.returncode != 0 or not report.exists():
+            raise RuntimeError(f"perf_analyzer ({mode}) failed: {(done.stdout + done.stderr).strip()[-500:]}")
+        row = next(csv.DictReader(report.open()))
+        return {"throughput": float(row["Inferences/Second"]),
+                **{f"p{q}": float(row[f"p{q} latency"]) / 1000 for q in (50, 90, 99)}}
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(120)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--systems", default="eager,symphony,nexus,clockwork,shepherd,triton")
+    ap.add_argument("--rate", type=float, default=500.0)
+    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--out", type=Path, default=Path("perf-analyzer-results"))
+    ap.add_argument("--perf-analyzer", default="perf_analyzer")
+    args, extra = ap.parse_known_args()
+    tool = shutil.which(args.perf_analyzer) or args.perf_analyzer
+    if not os.path.exists(tool):
+        print(f"error: perf_analyzer not found ({args.perf_analyzer}); pip install perf-analyzer (glibc >= 2.38)",
+              file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for system in args.systems.split(","):
+        try:
+            base = ours(system, args.rate, args.seconds, args.out, extra)
+            for mode in ("rate", "intervals"):
+                pa = theirs(system, mode, args.rate, base["intervals_us"], args.out, tool, extra)
+                rows.append({"system": system, "perf_analyzer mode": mode,
+                             **{f"ours {k}": base[k] for k in ("throughput", "p50", "p90", "p99")},
+                             **{f"PA {k}": pa[k] for k in ("throughput", "p50", "p90", "p99")},
+                             **{f"PA/ours {k}": pa[k] / base[k] for k in ("throughput", "p50", "p99")}})
+                print(json.dumps(rows[-1]), flush=True)
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            print(f"{system}: {exc}", flush=True)
+    table = pd.DataFrame(rows)
+    table.to_csv(args.out / "comparison.csv", index=False)
+    print(f"\noffered {args.rate:g} req/s of {MODEL}; latencies in ms from each client's send")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Any Triton or KServe client drives the live system under test: tritonclient over HTTP with binary
+tensors and batched inputs, the model configuration, statistics and Prometheus metrics -- which must
+agree with the run's own records -- and what fails before a request is whole answers a v2 error."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tritonclient.http as httpclient
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from harness.config import register
+from harness.live.server import start_server
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("clients")
+    register()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["system=eager", "cluster=sleep1000", "cluster.count=2", "models=sleep10",
+                                           "workload=poisson"])
+    (tmp / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    server = start_server(tmp / "config.yaml", time.time(), tmp / "run", start=time.time())
+    yield server, tmp / "run"
+    server.stop()
+
+
+def client(server) -> httpclient.InferenceServerClient:
+    return httpclient.InferenceServerClient(server.url.removeprefix("http://"))
+
+
+def x(values) -> httpclient.InferInput:
+    tensor = httpclient.InferInput("x", [len(values), 1], "INT32")
+    tensor.set_data_from_numpy(np.array(values, dtype=np.int32).reshape(-1, 1), binary_data=True)
+    return tensor
+
+
+def test_tritonclient_reads_config_and_metadata_and_infers_with_binary_tensors(served):
+    server, _ = served
+    c = client(server)
+    assert c.is_server_live() and c.is_server_ready() and c.is_model_ready("m1")
+    assert "binary_tensor_data" in c.get_server_metadata()["extensions"]
+    config = c.get_model_config("m1")
+    assert config["max_batch_size"] == 64 and config["input"][0]["name"] == "x"
+    assert config["parameters"]["drop_late"]["string_value"] == "True"          # the system's settings
+    assert {m["name"] for m in c.get_model_repository_index()} == {f"m{i}" for i in range(10)}
+    answer = c.infer("m1", [x([7])], request_id="100")                            # binary in, binary out
+    assert answer.as_numpy("y").tolist() == [[7]] and answer.as_numpy("batch_id")[0, 0] >= 0
+    four = c.infer("m2", [x([1, 2, 3, 4])], request_id="101")                     # a batched input: 4 items
+    assert four.as_numpy("y").ravel().tolist() == [1, 2, 3, 4]
+    json_out = c.infer("m3", [x([5])], request_id="102",
+                       outputs=[httpclient.InferRequestedOutput("y", binary_data=False)])
+    assert json_out.as_numpy("y").tolist() == [[5]] and json_out.get_output("batch_id") is None
+
+
+def test_statistics_and_metrics_agree_with_the_records(served, tmp_path):
+    server, run = served
+    c = client(server)
+    for i in range(20):
+        c.infer("m4", [x([i])], request_id=str(200 + i))
+    stats = {s["name"]: s for s in c.get_inference_statistics()["model_stats"]}
+    m4 = stats["m4"]
+    assert m4["inference_stats"]["success"]["count"] == 20 and m4["inference_stats"]["fail"]["count"] == 0
+    assert m4["execution_count"] >= 1 and m4["inference_count"] == 20
+    assert m4["inference_stats"]["compute_infer"]["ns"] > 0
+    with urllib.request.urlopen(server.url + "/metrics", timeout=5) as r:
+        text = r.read().decode()
+    assert 'nv_inference_request_success{model="m4",version="1"} 20' in text
+    assert f'nv_inference_exec_count{{model="m4",version="1"}} {m4["execution_count"]}' in text
+    # Once stopped, the run's records tell the same story.
+    before = {name: s for name, s in stats.items()}
+    server.stop()
+    requests = pd.read_parquet(run / "server_requests.parquet")
+    batches = pd.read_parquet(run / "server_batches.parquet")
+    for name, s in before.items():
+        ok = requests[(requests["model"] == name) & (requests["status"] == "ok")]
+        ran = batches[(batches["model"] == name) & (batches["status"] == "ok")]
+        assert s["inference_stats"]["success"]["count"] == len(ok), name
+        assert s["execution_count"] == len(ran) and s["inference_count"] == ran["size"].sum(), name
+        exec_ns = ((ran["t_end"] - ran["t_start"]) * ran["size"] * 1e9).sum()
+        assert s["inference_stats"]["compute_infer"]["ns"] == pytest.approx(exec_ns, rel=1e-3, abs=1e4), name
+
+
+def test_what_fails_before_a_request_is_whole_answers_a_v2_error(tmp_path):
+    register()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["system=eager", "cluster=sleep1000", "cluster.count=1", "models=sleep10",
+                                           "workload=poisson"])
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    with start_server(tmp_path / "config.yaml", time.time(), tmp_path / "run", start=time.time()) as server:
+        host, port = server.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=5) as s:      # a broken request line
+            s.sendall(b"GET /v2 HTTP/1.1\r\nHost: x\r\nBad Header Line\r\n\r\n")
+            answer = s.recv(4096).decode(errors="replace")
+        assert answer.split("\r\n", 1)[0].endswith("400 Bad Request") and "application/json" in answer
+        assert json.loads(answer.split("\r\n\r\n", 1)[1])["error"].startswith("bad request")
+        with socket.create_connection((host, int(port)), timeout=30) as s:     # slow-loris: never finishes
+            s.sendall(b"POST /v2/models/m0/infer HTTP/1.1\r\nHost: x\r\n")
+            started = time.monotonic()
+            closed = False
+            while time.monotonic() - started < 25:
+                try:
+                    s.sendall(b"X-Slow: 1\r\n")
+                except OSError:
+                    closed = True
+                    break
+                time.sleep(1.0)
+        assert closed and time.monotonic() - started < 20
