@@ -2,8 +2,11 @@
 
 The baseline the papers call eager: an idle slot takes min(queue, max_batch)
 requests of the model whose head has the earliest deadline; it never waits
-to grow a batch (work-conserving). Optionally it drops requests that can no
-longer finish in time even alone.
+to grow a batch (work-conserving). Optionally (`drop_late`, the default) it
+drops the heads that would miss their deadline in the batch it is about to
+run: under overload a FIFO queue otherwise serves only requests already too
+old to finish in time, and goodput falls to zero instead of holding at
+capacity.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from harness.core import Batch, Policy, Request, SystemConfig, slots_holding
+from harness.core import Batch, Policy, Task, SystemConfig, slots_holding
 from systems._pool import Pools
 
 
@@ -19,7 +22,7 @@ from systems._pool import Pools
 class EagerConfig(SystemConfig):
     name: str = "eager"
     max_batch: int = 0          # 0: the largest profiled batch whose latency fits the model's SLO
-    drop_late: bool = True      # drop heads that cannot finish by their deadline even at batch 1
+    drop_late: bool = True      # drop heads that would finish after their deadline in the batch about to run
 
 
 class Eager(Policy):
@@ -27,33 +30,34 @@ class Eager(Policy):
 
     def __init__(self, cluster, models, config: EagerConfig):
         super().__init__(cluster, models, config)
-        self.pools = Pools(cluster.gpus)
+        self.pools = Pools(cluster.slots)
         self.queues = {m: deque() for m in models}
-        self.held = {g.index: sorted(g.models & models.keys()) for g in cluster.gpus}
+        self.held = {g.index: sorted(g.models & models.keys()) for g in cluster.slots}
         self.max_batch = {}
         for m, spec in models.items():
-            curve = cluster.curve(m, slots_holding(cluster.gpus, m)[0])
+            curve = cluster.curve(m, slots_holding(cluster.slots, m)[0])
             fit = config.max_batch or curve.largest_batch_within(spec.slo)
             self.max_batch[m] = max(1, min(fit, curve.max_batch))
 
-    def on_arrival(self, req: Request) -> None:
-        self.queues[req.model].append(req)
+    def on_arrival(self, task: Task) -> None:
+        self.queues[task.model].append(task)
         now = self.cluster.now()
-        rank, free = self.pools.of(req.model).peek(now)
+        rank, free = self.pools.of(task.model).peek(now)
         if free <= now:
             self._serve(rank)
 
     def on_batch_done(self, batch: Batch) -> None:
-        if self.cluster.gpus[batch.gpu].outstanding == 0:
-            self.pools.release(batch.gpu, self.cluster.now())
-            self._serve(batch.gpu)
+        if self.cluster.slots[batch.slot].outstanding == 0:
+            self.pools.release(batch.slot, self.cluster.now())
+            self._serve(batch.slot)
 
-    def on_gpu_lost(self, gpu: int) -> None:
-        self.pools.remove(gpu)
+    def on_slot_lost(self, slot: int) -> None:
+        self.pools.remove(slot)
 
-    def on_gpu_added(self, gpu: int) -> None:
-        self.pools.add(gpu, self.cluster.now())
-        self._serve(gpu)
+    def on_slot_added(self, slot: int) -> None:
+        self.held[slot] = sorted(self.cluster.slots[slot].models & self.models.keys())
+        self.pools.add(slot, self.cluster.now())
+        self._serve(slot)
 
     def _serve(self, gpu: int) -> None:
         cluster, now = self.cluster, self.cluster.now()
@@ -61,9 +65,9 @@ class Eager(Policy):
         for m in self.held[gpu]:
             q = self.queues[m]
             if self.config.drop_late and q:
-                alone = cluster.curve(m, gpu).mean[1]
+                mean, largest = cluster.curve(m, gpu).mean, self.max_batch[m]
                 late = []
-                while q and now + alone > q[0].deadline:
+                while q and now + mean[min(len(q), largest)] > q[0].deadline:
                     late.append(q.popleft())
                 if late:
                     cluster.drop(late, "late")
@@ -72,6 +76,6 @@ class Eager(Policy):
         if best is None:
             return
         model = best[0].model
-        reqs = [best.popleft() for _ in range(min(len(best), self.max_batch[model]))]
-        cluster.dispatch(gpu, model, reqs)
+        tasks = [best.popleft() for _ in range(min(len(best), self.max_batch[model]))]
+        cluster.dispatch(gpu, model, tasks)
         self.pools.book(gpu, float("inf"))

@@ -7,10 +7,10 @@ CURVE = linear_curve(1.0, 5.0, 64)      # l(b) = b + 5 ms
 
 
 def test_lone_request_is_sent_at_once():
-    reqs, sim, _ = replay(Eager, EagerConfig(), {"m": 100}, 1, CURVE, [(0.0, "m")])
+    tasks, sim, _ = replay(Eager, EagerConfig(), {"m": 100}, 1, CURVE, [(0.0, "m")])
     (batch,) = sim.batches
     assert batch.t_dispatch == 0.0 and batch.t_end == 0.006
-    assert reqs[0].status == "ok"
+    assert tasks[0].status == "ok"
 
 
 def test_queue_builds_while_busy_and_goes_as_one_batch():
@@ -37,7 +37,7 @@ def test_requests_that_cannot_make_it_are_dropped_when_drop_late():
     # SLO 10 ms: the second request waits 6 ms, then needs 6 more: 12 > 10, dropped.
     arrivals = [(0.0, "m"), (0.0, "m")]
     cfg = EagerConfig(max_batch=1)
-    reqs, _, _ = replay(Eager, cfg, {"m": 10}, 1, CURVE, arrivals)
-    assert [r.status for r in reqs] == ["ok", "dropped"]
-    reqs, _, _ = replay(Eager, EagerConfig(max_batch=1, drop_late=False), {"m": 10}, 1, CURVE, arrivals)
-    assert [r.status for r in reqs] == ["ok", "ok"]
+    tasks, _, _ = replay(Eager, cfg, {"m": 10}, 1, CURVE, arrivals)
+    assert [r.status for r in tasks] == ["ok", "dropped"]
+    tasks, _, _ = replay(Eager, EagerConfig(max_batch=1, drop_late=False), {"m": 10}, 1, CURVE, arrivals)
+    assert [r.status for r in tasks] == ["ok", "ok"]
