@@ -1,0 +1,464 @@
+"""D-STACK: right-sized GPU shares and a spatio-temporal schedule (Dhakal, Kulkarni and Ramakrishnan,
+IEEE TCC 2024; the share sizing comes from their GSLICE, SoCC 2020).
+
+l(b, p) is the profiled latency of a batch of b on a share p of a GPU (an
+MPS thread percentage); the whole GPU is the largest profiled share.
+
+Right-sizing, per model:
+- batch(p) = argmax b / l(b, p) over the b with l(b, p) <= SLO/2 and
+  b <= rate * SLO (no rate bound while the rate is unknown), and -- here --
+  l(b, p) <= the cycle's budget below, so one run fits in a cycle; 1 if none.
+- knee = the smallest profiled share p with l(b, p) <= (1 + knee_tolerance)
+  * l(b, whole GPU), at b = batch(whole GPU): beyond it more SMs buy less
+  than the tolerance. The model's batch is then batch(knee).
+
+The schedule. Time runs in cycles as long as the smallest SLO (T). A run of
+a model is a rectangle: height its knee share, width l(n, share), n the
+requests a run is expected to carry. A model runs e times a cycle: at least
+once, often enough to carry its load (rate*T / batch), and often enough that
+its turns are at most SLO - l(batch) apart (a request that just missed a
+turn still makes its deadline at the next; twice a cycle for the models of
+the smallest SLO); each run carries n = min(batch, ceil(rate*T / e)). The
+rectangles are packed into levels, first fit by decreasing height (FFDH
+strip packing): a level is a band of one device's share, as tall as its
+first rectangle, running through every cycle; a run goes to the first level
+with room left in its cycle budget (max_fill of T), else opens a level on
+the first device with that much share free, else (every device is full:
+more load than the cluster can plan for) goes to the level with the least
+planned time. Each level is one slot: an MPS share whose size is the level's
+height, serving the models of its runs. So the shares running at any moment
+on a device add up to at most 100% by construction (harness.placement checks
+it for every placement). Every slot holds every model (the models fit an
+H200's memory many times over), so a new plan that keeps the shares only
+deals out the turns again, restarting nothing. Within a level, the k-th of
+a model's e runs is released at k*T/e and due at (k+1)*T/e, and the runs are
+laid out earliest due first among those released, each as soon as the one
+before ends; a run's start in its cycle is its turn.
+
+Serving. A slot runs one batch at a time. When it is free, in the current
+cycle: (1) the earliest turn whose time has come, of a model with requests
+waiting, runs (a model with nothing waiting at its turn keeps the turn until
+the cycle ends); (2) else the spare time goes earliest-deadline-first to the
+models it holds that have a run's worth of requests waiting, or whose first
+request would miss its deadline waiting for the model's next turn, for a
+batch that ends before the next turn of another model with requests waiting
+(in this cycle or the next); (3) else the slot waits for that turn. A batch
+takes up to the model's batch of its most urgent requests, fewer if the
+first one would miss its deadline. Requests that cannot make their deadline
+in a run of the planned size started now are dropped (so a backlog does not
+shrink every batch to its oldest request's slack).
+
+Re-sizing. Arrivals are counted over windows of rate_window_s from the first
+request on. After each window, if a model's rate moved by more than
+resize_threshold of the rate the plan was made for, the rectangles are sized
+and packed again and the cluster moves to the new levels (cluster.reconfigure)
+in two waves of devices (systems._spatial.Rollout), so half the cluster
+serves while the other half restarts. Until the first window ends, the
+configured slots serve as levels of their own.
+
+Shares. The knee search runs over the MPS shares (mps<percent>, whole)
+profiled for the cluster's GPU type and the cluster's own partitions,
+read once when the policy is built. The H200 profiles hold mps25, mps50 and
+whole; finer shares come from the profiler, measured beside busy siblings:
+
+    python -m harness.gpu.profiler --partition whole,mps10,mps20,mps25,mps30,mps40,mps50,mps60,mps70,mps80,mps90 \\
+        --siblings auto
+
+The sleep model's latency does not depend on the share: there every knee is
+the configured partition, and D-STACK packs the models in time on it.
+
+Where this module departs from the paper, and why:
+- Levels instead of free placement: a run uses its level's band only, never
+  whatever share happens to be free. A slot's share is fixed for its life and
+  a placement's shares on a device add up to at most 100%, so the guarantee
+  holds structurally instead of by bookkeeping over shares that together
+  exceed the device; the price is a looser packing (FFDH is within 1.7x of
+  the optimal strip), and a model on a level taller than its knee runs there
+  (faster, with SMs to spare).
+- Models whose knees add up to more than one device spread over the
+  configured devices first (a level opens on the next device with share
+  free), then share levels in time.
+- The batch rule also keeps a run within the cycle's budget (a model with a
+  long SLO would otherwise overrun the cycle of the shortest one); the width
+  of a run is planned at the requests it is expected to carry, not at its
+  largest batch; and a model runs as often as its deadline needs, not only
+  once a cycle: with cycles as long as the smallest SLO and one turn each,
+  a request that just missed its model's turn would wait a whole SLO.
+- The dropping rule (a run of the planned size) is this module's: without
+  one, an overloaded slot serves ever smaller batches of late requests.
+- Re-sizing restarts the slots whose share changes (the sim charges
+  runtime.slot_start_s); GSLICE re-sizes a share in under 100 us by keeping a
+  standby process. Slots hold every model, where D-STACK runs a process per
+  model, so that a plan that keeps the shares costs no restart. The first
+  rate window serves on the configured slots.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import insort
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence
+
+from harness.core import Batch, Policy, SystemConfig, Task
+from harness.errors import HarnessError
+from harness.placement import SHARE_TOLERANCE, Placement, SlotSpec
+from harness.profiles import LatencyCurve
+from systems._spatial import Rollout, Share, profiled_shares, spec_of
+
+INF = float("inf")
+MPS_KINDS = ("mps", "whole")
+
+
+@dataclass
+class DStackConfig(SystemConfig):
+    name: str = "dstack"
+    knee_tolerance: float = 0.10   # eps: the knee's latency is within (1 + eps) of the whole GPU's
+    max_fill: float = 0.85         # a level's planned runs fill at most this fraction of a cycle
+    rate_window_s: float = 1.0     # arrivals are counted over windows this long (the rate)
+    resize_threshold: float = 0.3  # re-size when a model's rate moves by more than this fraction
+
+
+@dataclass(frozen=True)
+class Rectangle:
+    """A model's runs in each cycle."""
+
+    model: str
+    partition: str     # its knee
+    share: float
+    batch: int         # the most requests a run takes
+    runs: int          # runs per cycle
+    items: int         # requests a run is expected to carry
+
+
+@dataclass
+class Level:
+    """A band of one device's share through every cycle: one slot."""
+
+    device: int
+    partition: str
+    share: float
+    runs: list[tuple[float, float, float, str]] = field(default_factory=list)   # (release, due, width, model)
+    used: float = 0.0                                                    # planned seconds per cycle
+    turns: list[tuple[float, str]] = field(default_factory=list)         # (start in the cycle, model), in order
+
+    @property
+    def models(self) -> frozenset[str]:
+        return frozenset(run[-1] for run in self.runs)
+
+
+def batch_rule(curve: LatencyCurve, slo: float, rate: float | None, budget: float) -> int:
+    """argmax b / l(b) over b with l(b) <= min(SLO/2, budget) and b <= rate * SLO (rate None: no bound);
+    1 when no batch fits."""
+    top = curve.max_batch if rate is None else max(1, min(curve.max_batch, int(rate * slo)))
+    limit = min(slo / 2, budget)
+    best, best_rate = 1, 0.0
+    for b in range(1, top + 1):
+        lat = curve.mean[b]
+        if lat <= limit and b / lat > best_rate:
+            best, best_rate = b, b / lat
+    return best
+
+
+def knee(shares: Sequence[Share], model: str, batch: int, tolerance: float) -> tuple[str, float]:
+    """(partition, share) of the smallest share whose latency at `batch` is within (1 + tolerance) of the
+    largest share's (the whole GPU)."""
+    whole = shares[-1][2][model].mean[batch]
+    for partition, share, curves in shares:
+        curve = curves[model]
+        if batch <= curve.max_batch and curve.mean[batch] <= (1 + tolerance) * whole:
+            return partition, share
+    raise AssertionError("the largest share is always within the tolerance of itself")
+
+
+def rectangle(shares: Sequence[Share], model: str, slo: float, rate: float | None, cycle: float,
+              tolerance: float, budget: float) -> Rectangle:
+    """The model's knee, batch and runs per cycle at `rate` requests/s (None: not measured yet)."""
+    b_whole = batch_rule(shares[-1][2][model], slo, rate, budget)
+    partition, share = knee(shares, model, b_whole, tolerance)
+    curve = next(c for p, _, c in shares if p == partition)[model]
+    batch = batch_rule(curve, slo, rate, budget)
+    # Turns at most SLO - l(batch) apart: a request that just missed a turn still makes its deadline at the next.
+    gap = slo - curve.mean[batch]
+    often = math.ceil(cycle / gap) if gap > 0 else 1
+    if rate is None:
+        return Rectangle(model, partition, share, batch, often, batch)
+    per_cycle = rate * cycle
+    runs = max(often, math.ceil(per_cycle / batch))
+    return Rectangle(model, partition, share, batch, runs, max(1, min(batch, math.ceil(per_cycle / runs))))
+
+
+def pack(rects: Iterable[Rectangle], curves: Mapping[str, Mapping[str, LatencyCurve]], devices: Sequence[int],
+         cycle: float, budget: float) -> list[Level]:
+    """Rectangles into levels, first fit by decreasing height, and each level's turns (see module doc).
+    `curves[partition][model]` gives a run's width on a level of that partition."""
+    levels: list[Level] = []
+    free = dict.fromkeys(devices, 1.0)
+    for r in sorted(rects, key=lambda r: (-r.share, r.model)):
+        def width(level: Level) -> float:
+            curve = curves[level.partition][r.model]
+            return curve.mean[min(r.items, curve.max_batch)]
+
+        for k in range(r.runs):
+            # Sorted by height, every level open so far is at least as tall as this rectangle.
+            level = next((lv for lv in levels if lv.used + width(lv) <= budget), None)
+            if level is None:
+                device = next((d for d in devices if free[d] >= r.share - SHARE_TOLERANCE), None)
+                if device is not None:
+                    free[device] -= r.share
+                    level = Level(device, r.partition, r.share)
+                    levels.append(level)
+                else:
+                    level = min(levels, key=lambda lv: lv.used + width(lv))
+            level.runs.append((k * cycle / r.runs, (k + 1) * cycle / r.runs, width(level), r.model))
+            level.used += width(level)
+    for level in levels:
+        level.turns = lay_out(level.runs, cycle)
+    return sorted(levels, key=lambda lv: lv.device)   # stable: a device's levels in the order they opened
+
+
+def lay_out(runs: Iterable[tuple[float, float, float, str]], cycle: float) -> list[tuple[float, str]]:
+    """Turns for a level's runs (release, due, width, model), the k-th of a model's e runs released at k*T/e
+    and due at (k+1)*T/e: earliest due first among the runs released (list scheduling), each as soon as
+    the run before ends; then moved earlier where needed to end by the end of the cycle. Runs that need
+    more than the cycle lie end to end, squeezed into it."""
+    pending = sorted(runs)
+    order, starts, t = [], [], 0.0
+    while pending:
+        released = [r for r in pending if r[0] <= t] or pending[:1]
+        run = min(released, key=lambda r: (r[1], r[3]))
+        pending.remove(run)
+        order.append(run)
+        starts.append(max(t, run[0]))
+        t = starts[-1] + run[2]
+    limit = cycle
+    for i in reversed(range(len(order))):
+        starts[i] = limit = min(starts[i], limit - order[i][2])
+    if starts and starts[0] < 0:
+        total = sum(r[2] for r in order)
+        starts = [sum(r[2] for r in order[:i]) * cycle / total for i in range(len(order))]
+    return [(start, run[3]) for start, run in zip(starts, order)]
+
+
+def placement_of(levels: Sequence[Level], gpu_type: str, models: Iterable[str]) -> Placement:
+    """One slot per level, each holding every model (see module doc: a new plan with the same shares
+    restarts nothing)."""
+    held = frozenset(models)
+    return Placement(tuple(SlotSpec(gpu_type, lv.partition, lv.device, held) for lv in levels))
+
+
+class _Lane:
+    """A slot's turns and where it is in the current cycle."""
+
+    __slots__ = ("turns", "curves", "cycle", "owed", "timer")
+
+    def __init__(self, turns: list[tuple[float, str]], curves: dict[str, LatencyCurve]):
+        self.turns = turns
+        self.curves = curves           # model -> its curve on this slot, for the models the slot serves
+        self.cycle = -1                # index of the cycle `owed` belongs to
+        self.owed: list[int] = []      # turns not yet taken in that cycle, in order
+        self.timer = None
+
+
+class DStack(Policy):
+    Config = DStackConfig
+
+    def __init__(self, cluster, models, config: DStackConfig):
+        super().__init__(cluster, models, config)
+        if not config.knee_tolerance >= 0:
+            raise HarnessError(f"dstack: knee_tolerance must be >= 0 (got {config.knee_tolerance}); "
+                               "set system.knee_tolerance=<e.g. 0.1>")
+        if not 0 < config.max_fill <= 1:
+            raise HarnessError(f"dstack: max_fill must be in (0, 1] (got {config.max_fill}); "
+                               "set system.max_fill=<fraction of a cycle>")
+        if not config.rate_window_s > 0:
+            raise HarnessError(f"dstack: rate_window_s must be > 0 (got {config.rate_window_s}); "
+                               "set system.rate_window_s=<seconds>")
+        if not config.resize_threshold >= 0:
+            raise HarnessError(f"dstack: resize_threshold must be >= 0 (got {config.resize_threshold}); "
+                               "set system.resize_threshold=<fraction of the rate>")
+        self.shares = profiled_shares(cluster, models, MPS_KINDS, "dstack")
+        self.curves = {p: c for p, _, c in self.shares}
+        self.gpu_type = cluster.slots[0].gpu_type
+        self.devices = cluster.placement.devices
+        self.cycle = min(spec.slo for spec in models.values())
+        self.budget = self.cycle * config.max_fill
+        self.queues: dict[str, deque[Task]] = {m: deque() for m in models}
+        self.rects = self._rectangles(None)
+        self.lanes: dict[int, _Lane] = {}
+        self.idle: set[int] = set()
+        self.planned: dict[SlotSpec, list[Level]] = {}   # levels of the plan not yet given a slot, by spec
+        self.counts = dict.fromkeys(models, 0)
+        self.rates: dict[str, float] | None = None  # the rates the plan was made for
+        self.rate_timer = None                       # set by the first arrival
+        self.rollout = Rollout(cluster)
+        for s in cluster.slots:
+            if s.alive:
+                self._open_lane(s.index)
+
+    # -- events -----------------------------------------------------------------------------------
+    def on_arrival(self, task: Task) -> None:
+        if self.rate_timer is None:
+            self.rate_timer = self.cluster.call_at(self.cluster.now() + self.config.rate_window_s, self._close_window)
+        q = self.queues[task.model]
+        if q and task.deadline < q[-1].deadline:
+            insort(q, task, key=_deadline)
+        else:
+            q.append(task)
+        self.counts[task.model] += 1
+        for slot in sorted(self.idle):
+            if task.model in self.lanes[slot].curves:
+                self._serve(slot)
+                if not q:
+                    break
+
+    def on_batch_done(self, batch: Batch) -> None:
+        if batch.slot in self.lanes and self.cluster.slots[batch.slot].outstanding == 0:
+            self.idle.add(batch.slot)
+            self._serve(batch.slot)
+
+    def on_slot_lost(self, slot: int) -> None:
+        lane = self.lanes.pop(slot, None)
+        if lane is not None and lane.timer is not None:
+            lane.timer.cancel()
+        self.idle.discard(slot)
+
+    def on_slot_added(self, slot: int) -> None:
+        self._open_lane(slot)
+        self._serve(slot)
+        self.rollout.joined(slot)
+
+    # -- serving ----------------------------------------------------------------------------------
+    def _serve(self, slot: int) -> None:
+        lane = self.lanes[slot]
+        if lane.timer is not None:
+            lane.timer.cancel()
+            lane.timer = None
+        if slot not in self.idle:
+            return
+        now = self.cluster.now()
+        cycle = self._cycle_at(now)
+        if cycle != lane.cycle:
+            lane.cycle, lane.owed = cycle, list(range(len(lane.turns)))
+        waiting = self._drop_late(lane, now)
+        if not waiting:
+            return
+        begin = cycle * self.cycle
+        for k in lane.owed:                                    # (1) a turn whose time has come
+            offset, model = lane.turns[k]
+            if begin + offset > now:
+                break
+            if model in waiting:
+                lane.owed.remove(k)
+                return self._run(slot, lane, model, now)
+        for model in sorted(waiting, key=lambda m: self.queues[m][0].deadline):   # (2) spare time, EDF
+            q, curve = self.queues[model], lane.curves[model]
+            n = self._size(lane, model, now)
+            own = self._next_turn(lane, begin, {model})
+            needed = len(q) >= self.rects[model].items or own + curve.mean[n] > q[0].deadline
+            if needed and now + curve.mean[n] <= self._next_turn(lane, begin, waiting - {model}):
+                return self._run(slot, lane, model, now)
+        turn = self._next_turn(lane, begin, waiting)     # (3) wait for the next turn
+        if turn < INF:
+            lane.timer = self.cluster.call_at(turn, lambda: self._serve(slot) if slot in self.lanes else None)
+
+    def _cycle_at(self, t: float) -> int:
+        """The index k of the cycle [k*T, (k+1)*T) holding t, exact in floating point: a timer set for a
+        cycle's start finds itself in that cycle."""
+        k = int(t // self.cycle)
+        while (k + 1) * self.cycle <= t:
+            k += 1
+        while k > 0 and k * self.cycle > t:
+            k -= 1
+        return k
+
+    def _next_turn(self, lane: _Lane, begin: float, models: set[str]) -> float:
+        """When the next turn of one of `models` comes, in this cycle or the next (inf: none)."""
+        this = (begin + lane.turns[k][0] for k in lane.owed if lane.turns[k][1] in models)
+        following = (lane.cycle + 1) * self.cycle
+        after = (following + offset for offset, m in lane.turns if m in models)
+        return min(min(this, default=INF), min(after, default=INF))
+
+    def _size(self, lane: _Lane, model: str, now: float) -> int:
+        """The batch to run now: up to the model's batch, fewer if the first request would miss its deadline."""
+        q, curve = self.queues[model], lane.curves[model]
+        n = min(len(q), self.rects[model].batch, curve.max_batch)
+        while n > 1 and now + curve.mean[n] > q[0].deadline:
+            n -= 1
+        return n
+
+    def _run(self, slot: int, lane: _Lane, model: str, now: float) -> None:
+        q = self.queues[model]
+        tasks = [q.popleft() for _ in range(self._size(lane, model, now))]
+        self.cluster.dispatch(slot, model, tasks)
+        self.idle.discard(slot)
+
+    def _drop_late(self, lane: _Lane, now: float) -> set[str]:
+        """Drop the requests of the slot's models that cannot make their deadline in a run of the planned
+        size (or of all that wait, if fewer) started now; returns the models with requests left."""
+        waiting = set()
+        for model, curve in lane.curves.items():
+            q = self.queues[model]
+            items = min(self.rects[model].items, curve.max_batch)
+            late = []
+            while q and now + curve.mean[min(len(q), items)] > q[0].deadline:
+                late.append(q.popleft())
+            if late:
+                self.cluster.drop(late, "late")
+            if q:
+                waiting.add(model)
+        return waiting
+
+    # -- planning ---------------------------------------------------------------------------------
+    def _rectangles(self, rates: Mapping[str, float] | None) -> dict[str, Rectangle]:
+        eps = self.config.knee_tolerance
+        return {m: rectangle(self.shares, m, spec.slo, None if rates is None else rates[m], self.cycle, eps,
+                             self.budget) for m, spec in self.models.items()}
+
+    def _close_window(self) -> None:
+        rates = {m: n / self.config.rate_window_s for m, n in self.counts.items()}
+        self.counts = dict.fromkeys(self.models, 0)
+        threshold = self.config.resize_threshold
+        if self.rates is None or any(abs(rates[m] - r) > threshold * r for m, r in self.rates.items()):
+            self._plan(rates)
+        self.rate_timer = self.cluster.call_at(self.cluster.now() + self.config.rate_window_s, self._close_window)
+
+    def _plan(self, rates: dict[str, float]) -> None:
+        self.rates = rates
+        self.rects = self._rectangles(rates)
+        levels = pack(self.rects.values(), self.curves, self.devices, self.cycle, self.budget)
+        target = placement_of(levels, self.gpu_type, self.models)
+        # Slots that already are a level of the plan take its turns now; the rest wait for their slots.
+        self.planned = {}
+        for spec, lv in zip(target.slots, levels):
+            self.planned.setdefault(spec, []).append(lv)
+        for slot in sorted(self.lanes):
+            if spec_of(self.cluster.slots[slot]) in self.planned:
+                self._open_lane(slot)
+        self.rollout.to(target)
+
+    def _open_lane(self, slot: int) -> None:
+        """The slot's turns and the models it serves: its level's in the plan, or (a configured slot, or one
+        the plan no longer has) the runs of every model it holds."""
+        s = self.cluster.slots[slot]
+        levels = self.planned.get(spec_of(s))
+        if levels:
+            level = levels.pop(0)
+            curves = {m: self.cluster.curve(m, slot) for m in sorted(level.models)}
+            turns = level.turns
+        else:
+            curves = {m: self.cluster.curve(m, slot) for m in sorted(s.models) if m in self.models}
+            turns = lay_out([(k * self.cycle / r.runs, (k + 1) * self.cycle / r.runs,
+                              curves[m].mean[min(r.items, curves[m].max_batch)], m)
+                             for m in curves for r in [self.rects[m]] for k in range(r.runs)], self.cycle)
+        old = self.lanes.get(slot)
+        if old is not None and old.timer is not None:
+            old.timer.cancel()
+        self.lanes[slot] = _Lane(turns, curves)
+        if s.outstanding == 0:
+            self.idle.add(slot)
+
+
+def _deadline(task: Task) -> float:
+    return task.deadline
