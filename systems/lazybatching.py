@@ -1,0 +1,226 @@
+"""LazyBatching (Choi, Kim and Rhu, HPCA'21): batching at the granularity of model stages, SLA-aware.
+
+A model served in stages (its profile has a latency curve per stage; the sleep model has them with
+cluster.sleep.stages) runs one stage per batch. On a slot, a model's requests in flight form groups,
+each at the stage it runs next; requests at the same stage are one group. At every stage boundary
+(a stage batch ended, or the slot is idle), for the model that runs next (one model: that one):
+
+1. Its arrivals join, as a group at stage 0, in arrival order, each while
+   - every request in flight on the slot keeps slack = deadline - now - remaining work >= 0 with it
+     (a request already late holds arrivals back until it is done), and
+   - the model's requests in flight on the slot fit one batch (`max_batch`), so every merge fits.
+   At an empty slot whose oldest arrival can no longer make its deadline even alone, arrivals join
+   up to a full batch without the slack check: a backlog gets back under its deadlines soonest in
+   full batches (the prototype's "fully batch").
+2. The least advanced group of the model runs its next stage; when it reaches the stage of the
+   group ahead of it, the two are one group (one batch) from there on.
+
+Remaining work is what rule 2 runs before a request finishes if nothing else joins: the least
+advanced group runs up to the group ahead, they merge, and so on, so all of a model's requests on
+a slot finish together, after sum over stages k of l_k(requests that have reached stage k) (the
+profile's means). A new arrival therefore preempts the groups in flight at a stage boundary, and
+only when every request in flight still makes its deadline with it.
+
+A group stays on its slot: its activations live there. Several slots: an arrival goes at once to an
+idle slot that holds its model (the lowest rank, so use stays load-proportional); with none idle it
+waits for the first stage boundary, on any slot holding its model, that admits it. Several models
+on a slot: the model with the earliest deadline, in flight there or waiting, runs next (if rule 1
+lets none of its arrivals join, the next model does); only that model's arrivals join, so the
+others' stay free for whichever slot runs them first. Groups of different models never merge, and
+remaining work counts the models that run before (earliest deadline first).
+A model profiled without stages runs as one stage, the whole model: batching at each boundary with
+the same admission rule.
+
+Where it departs from the authors' prototype (2019: one model on one GPU, a node is one layer),
+and why:
+- The prototype admits an arrival while its OLDEST request in flight meets its deadline, with a
+  fixed estimate of one whole inference (10 ms for ResNet). Here every request in flight is
+  checked, with the work left from the stage profiles, counting the work the arrival adds: the
+  rule as the paper states it, with the estimates the harness has.
+- The prototype batches fully once the first request into its empty stack has waited past its
+  deadline, and then takes the next requests of its trace before they arrive; here it is once
+  that request cannot make its deadline even alone, and only requests that have arrived join.
+- A node is a stage of a few layers (ResNet-50: stem, four layers, head), not a layer: on a GPU
+  each stage is a CUDA graph per batch size, and a launch per layer would cost more than it saves.
+- Several slots and models, as above; the prototype has one of each.
+As in the prototype, in-flight requests per slot are capped at one batch, and nothing is dropped:
+a late request still runs.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from harness.core import ERROR, OK, Batch, Policy, SystemConfig, Task
+from harness.errors import HarnessError
+from systems._pool import Pools
+
+EPS = 1e-9      # finish times are sums of profile means: a deadline met exactly counts as met
+
+
+@dataclass
+class LazyBatchingConfig(SystemConfig):
+    name: str = "lazybatching"
+    max_batch: int = 0     # a model's requests in flight on one slot; 0: the largest profiled batch within its SLO
+
+
+class _Stack:
+    """A model's requests in flight on one slot: its groups, by the stage each runs next."""
+
+    __slots__ = ("model", "groups", "size", "deadline")
+
+    def __init__(self, model: str):
+        self.model = model
+        self.groups: dict[int, list[Task]] = {}
+        self.size = 0                        # requests in flight, waiting in a group or running
+        self.deadline = float("inf")         # the earliest of theirs: it decides which model runs
+
+
+class LazyBatching(Policy):
+    Config = LazyBatchingConfig
+
+    def __init__(self, cluster, models, config: LazyBatchingConfig):
+        super().__init__(cluster, models, config)
+        if config.max_batch < 0:
+            raise HarnessError(f"lazybatching: max_batch must be >= 0 (got {config.max_batch}); fix system.max_batch")
+        self.pools = Pools(cluster.slots)
+        self.queues: dict[str, deque[Task]] = {m: deque() for m in models}
+        self.held: dict[int, list[str]] = {}
+        self.stages: dict[tuple[int, str], tuple] = {}     # (slot, model) -> latency curve per stage
+        self.staged: dict[tuple[int, str], bool] = {}      # False: the model runs whole (no stage profile)
+        self.cap: dict[tuple[int, str], int] = {}
+        self.alone: dict[tuple[int, str], float] = {}      # (slot, model) -> every stage at batch 1
+        self.stacks: dict[int, dict[str, _Stack]] = {}
+        self.running: dict[int, tuple[_Stack, int, list[Task]]] = {}   # slot -> (stack, stage, tasks)
+        self.busy: set[int] = set()
+        for s in cluster.slots:
+            if s.alive:
+                self._set_up(s.index)
+
+    def _set_up(self, slot: int) -> None:
+        self.held[slot] = sorted(self.cluster.slots[slot].models & self.models.keys())
+        self.stacks[slot] = {}
+        for m in self.held[slot]:
+            curve = self.cluster.curve(m, slot)
+            stages = curve.stages or (curve,)
+            largest = min(c.max_batch for c in stages)
+            if self.config.max_batch > largest:
+                raise HarnessError(f"lazybatching: max_batch {self.config.max_batch} exceeds the profiled maximum "
+                                   f"{largest} of {m}; lower system.max_batch")
+            fit = self.config.max_batch or curve.largest_batch_within(self.models[m].slo)
+            self.stages[slot, m] = stages
+            self.staged[slot, m] = bool(curve.stages)
+            self.cap[slot, m] = max(1, min(fit, largest))
+            self.alone[slot, m] = sum(c.mean[1] for c in stages)
+
+    # -- events -----------------------------------------------------------------
+    def on_arrival(self, task: Task) -> None:
+        self.queues[task.model].append(task)
+        now = self.cluster.now()
+        rank, free = self.pools.of(task.model).peek(now)
+        if free <= now:                      # an idle slot: its stage boundary is now
+            self._serve(rank)
+
+    def on_batch_done(self, batch: Batch) -> None:
+        slot = batch.slot
+        stack, stage, tasks = self.running.pop(slot)
+        if batch.status == OK and stage + 1 < len(self.stages[slot, stack.model]):
+            # The group that ran goes first in a merge: on a GPU its rows are already where the next
+            # stage reads them, so only the rows of the group that waited are copied.
+            stack.groups[stage + 1] = tasks + stack.groups.get(stage + 1, [])
+        else:                                # done, or failed (the ledger resolved them): they leave
+            stack.size -= len(tasks)
+            if stack.size == 0:
+                del self.stacks[slot][stack.model]
+            else:
+                stack.deadline = min(t.deadline for group in stack.groups.values() for t in group)
+        self._serve(slot)
+
+    def on_slot_lost(self, slot: int) -> None:
+        self.pools.remove(slot)
+        self.busy.discard(slot)
+        self.running.pop(slot, None)         # lost: its batch failed; removed: it runs to its end unheard
+        stranded = [t for stack in self.stacks.pop(slot, {}).values() for group in stack.groups.values()
+                    for t in group]
+        if stranded:                         # their activations are gone with the slot
+            self.cluster.drop(stranded, f"slot {slot} left holding their activations", ERROR)
+
+    def on_slot_added(self, slot: int) -> None:
+        self._set_up(slot)
+        self.pools.add(slot, self.cluster.now())
+        self._serve(slot)
+
+    # -- a stage boundary on one slot --------------------------------------------------
+    def _serve(self, slot: int) -> None:
+        """The slot's next stage: the most urgent model, in flight here or waiting, takes its arrivals and
+        runs its least advanced group. Only the model about to run takes arrivals, so the others' stay
+        free for whichever slot runs them first."""
+        stacks = self.stacks[slot]
+        for m in self._by_deadline(slot):
+            self._admit(slot, m)
+            stack = stacks.get(m)
+            if stack is None:                # joining would make a request in flight here late
+                continue
+            stage = min(stack.groups)
+            tasks = stack.groups.pop(stage)
+            self.running[slot] = (stack, stage, tasks)
+            self.cluster.dispatch(slot, m, tasks, stage=stage if self.staged[slot, m] else None)
+            if slot not in self.busy:
+                self.busy.add(slot)
+                self.pools.book(slot, float("inf"))
+            return
+        if slot in self.busy:
+            self.busy.discard(slot)
+            self.pools.release(slot, self.cluster.now())
+
+    def _by_deadline(self, slot: int) -> list[str]:
+        """The slot's models with requests in flight here or waiting, earliest deadline first."""
+        stacks, queues = self.stacks[slot], self.queues
+        urgency = {}
+        for m in self.held[slot]:
+            stack, queue = stacks.get(m), queues[m]
+            if stack is not None or queue:
+                urgency[m] = min(stack.deadline if stack is not None else float("inf"),
+                                 queue[0].deadline if queue else float("inf"))
+        return sorted(urgency, key=lambda m: (urgency[m], m))
+
+    def _admit(self, slot: int, model: str) -> None:
+        """The model's arrivals join the slot at stage 0, oldest first, while rule 1 allows."""
+        stacks, queue, cap = self.stacks[slot], self.queues[model], self.cap[slot, model]
+        if not queue:
+            return
+        backlog = not stacks and self.cluster.now() + self.alone[slot, model] > queue[0].deadline + EPS
+        stack = stacks.get(model)
+        while queue and (stack is None or stack.size < cap):
+            if stacks and not backlog and not self._keeps_deadlines(slot, queue[0]):
+                break
+            task = queue.popleft()
+            if stack is None:
+                stack = stacks[model] = _Stack(model)
+            stack.groups.setdefault(0, []).append(task)
+            stack.size += 1
+            stack.deadline = min(stack.deadline, task.deadline)
+
+    def _keeps_deadlines(self, slot: int, task: Task) -> bool:
+        """Whether every request in flight on `slot` still finishes by its deadline once `task` joins."""
+        finish = self._finish_times(slot, task)
+        return all(stack.deadline >= finish[m] - EPS for m, stack in self.stacks[slot].items())
+
+    def _finish_times(self, slot: int, extra: Task) -> dict[str, float]:
+        """When each model's requests in flight on `slot` finish once `extra` joins at stage 0 and nothing
+        else does: models one after another by earliest deadline, each as its groups merge."""
+        stacks = self.stacks[slot]
+        order = {m: s.deadline for m, s in stacks.items()}
+        order[extra.model] = min(order.get(extra.model, extra.deadline), extra.deadline)
+        t = self.cluster.now()
+        finish = {}
+        for m in sorted(order, key=lambda m: (order[m], m)):
+            groups = stacks[m].groups if m in stacks else {}
+            n = 1 if extra.model == m else 0
+            curves = self.stages[slot, m]
+            for k in range(0 if n else min(groups), len(curves)):
+                n += len(groups.get(k, ()))
+                t += curves[k].mean[n]
+            finish[m] = t
+        return finish
