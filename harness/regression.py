@@ -2,6 +2,7 @@
 
     python -m harness.regression                  # run, print the table, exit 1 on a regression
     python -m harness.regression --update         # refresh the committed baseline on purpose
+    python -m harness.regression --update --systems dstack   # refresh one system's entries only
     python -m harness.regression --systems symphony,eager --no-capacity
 
 Every system runs every cell (workload x cluster size) of MATRIX in the sim
@@ -128,21 +129,21 @@ def failures_message(findings: list[Finding]) -> str:
 
 def sim_speed() -> dict:
     """Simulated requests per wall second, Symphony on 1,000 sleep-model slots at 1M req/s (0.3 s)."""
-    from harness.run import build_cluster, model_specs, make_policy
-    from harness.runtimes.sim import SimCluster
+    from harness.assembly import assemble
+    from harness.run import make_schedule
+    from harness.runtimes.sim import sim_cluster
     from harness.search import compose
-    from workloads import build_schedule
 
-    cfg = compose(["system=symphony", "cluster=sleep1000", "models=sleep10", "workload=poisson",
-                   "workload.rate=1000000", "duration_s=0.3", "warmup_s=0", "cooldown_s=0"])
-    models = model_specs(cfg)
-    schedule = build_schedule(cfg.workload, list(models), cfg.duration_s, 0, 1)
-    gpus, curves = build_cluster(cfg, models)
-    sim = SimCluster(gpus, curves)
-    policy = make_policy(cfg, sim, models)
+    assembly = assemble(compose(["system=symphony", "runtime=sim", "cluster=sleep1000", "models=sleep10",
+                                 "workload=poisson", "workload.rate=1000000", "duration_s=0.3", "warmup_s=0",
+                                 "cooldown_s=0"]))
+    schedule = make_schedule(assembly)
+    sim = sim_cluster(assembly)
+    policy = assembly.make_policy(sim)
+    slo = {m: s.slo for m, s in assembly.models.items()}
     t = time.perf_counter()
     sim.run(policy, schedule["id"].to_numpy(), schedule["model"].tolist(), schedule["t_sched"].to_numpy(),
-            models, drain=0.5)
+            slo, drain=0.5)
     rate = len(schedule) / (time.perf_counter() - t)
     return {"sim requests per wall second (symphony, 1000 slots)": f"{rate:,.0f}",
             "machine": f"{platform.machine()}, {platform.python_version()}, {platform.node()}"}
@@ -163,11 +164,14 @@ def main(argv: list[str] | None = None) -> int:
     except HarnessError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    old = json.loads(BASELINE.read_text()) if BASELINE.exists() else {}
     if args.update:
-        BASELINE.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
-        print(f"baseline written: {BASELINE.name} ({len(results)} entries)")
+        # Only what ran is refreshed: other systems' entries (and, with --no-capacity, capacities) stay.
+        merged = {**old, **results}
+        BASELINE.write_text(json.dumps(merged, indent=1, sort_keys=True) + "\n")
+        print(f"baseline written: {BASELINE.name} ({len(results)} of {len(merged)} entries refreshed)")
         return 0
-    baseline = json.loads(BASELINE.read_text()) if BASELINE.exists() else {}
+    baseline = old
     baseline = {k: v for k, v in baseline.items() if k.split("/")[0] in names}
     if args.no_capacity:
         baseline = {k: v for k, v in baseline.items() if not k.endswith("/capacity")}

@@ -1,5 +1,5 @@
 """The regression suite: today's policies reproduce the committed baseline, and a planted
-regression (Symphony dispatching eagerly) fails it with a message naming the metric."""
+regression (Symphony without batching) fails it with a message naming the metric."""
 
 import json
 
@@ -24,8 +24,14 @@ def test_every_system_matches_the_baseline(baseline):
 
 
 def test_planted_regression_is_named(baseline, monkeypatch):
-    # Target batch 1: Symphony sends every request at once, alone -- eager dispatch without batching.
-    monkeypatch.setattr(Symphony, "target_batch", lambda self, st, rate: 1)
+    # Largest batch 1: Symphony runs every request alone -- the batching gone.
+    load_profile = Symphony._load_profile
+
+    def batches_of_one(self, st):
+        load_profile(self, st)
+        st.cap, st.l, st.target = 1, st.l[:2] + [float("inf")], 1
+
+    monkeypatch.setattr(Symphony, "_load_profile", batches_of_one)
     results = regression.run_matrix(["symphony"], capacity=False)
     findings = regression.compare(results, {k: v for k, v in baseline.items()
                                             if k.startswith("symphony/") and not k.endswith("capacity")})
@@ -44,3 +50,14 @@ def test_compare_applies_each_tolerance():
     # A cell in the baseline that the run lost is a failure; a brand-new cell is not.
     assert not all(f.passed for f in regression.compare({"s/c": {"goodput": 100.0}}, old))
     assert all(f.passed for f in regression.compare({**old, "s/new": {"goodput": 1.0}}, old))
+
+
+def test_updating_some_systems_keeps_the_others_entries(tmp_path, monkeypatch):
+    path = tmp_path / "baseline.json"
+    path.write_text(json.dumps({"eager/c": {"goodput": 1.0}, "symphony/c": {"goodput": 2.0},
+                                "symphony/capacity": {"capacity": 9.0}}))
+    monkeypatch.setattr(regression, "BASELINE", path)
+    monkeypatch.setattr(regression, "run_matrix", lambda names, capacity, out=None: {"symphony/c": {"goodput": 3.0}})
+    assert regression.main(["--systems", "symphony", "--no-capacity", "--update"]) == 0
+    assert json.loads(path.read_text()) == {"eager/c": {"goodput": 1.0}, "symphony/c": {"goodput": 3.0},
+                                            "symphony/capacity": {"capacity": 9.0}}
