@@ -1,4 +1,5 @@
-"""The report on tiny synthetic runs whose numbers are known: table, capacity, fewest GPUs, figures, errors."""
+"""The report on tiny synthetic runs whose numbers are known: tables, capacity, fewest slots, the best
+system, pages, figures, errors."""
 
 import json
 import math
@@ -8,54 +9,78 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness import metrics, report
-from harness.records import write_json, write_table
+from harness import metrics
+from harness.records import SCHEMA_VERSION, write_json, write_table
+from harness.report import analysis, load_runs, results_table
+from harness.report.cli import main
+from harness.report.experiments import experiment_title
 
 WINDOW = metrics.Window(0.0, 10.0)
-LATENCY = 0.05          # every served request takes 50 ms against a 100 ms SLO
+LATENCY = 0.05          # every served request takes 50 ms against a 100 ms SLO: 10 queued, 30 running, 10 the rest
+QUEUE, EXEC = 0.01, 0.03
 SLO = 0.1
 # A system serves a load within SLO when rate / GPUs <= its per-GPU capacity; else it drops 1 in 5 requests.
 PER_GPU = {"alpha": 60.0, "beta": 110.0}
 
 
-def make_run(root: Path, system: str, rate: int, gpus: int, requests_file: bool = True,
-             autoscaled: bool = False) -> Path:
-    """rate*10 evenly spaced requests over a 10 s window, batches of one on min(gpus, 2) slots."""
-    run = root / f"{system}_r{rate}_g{gpus}{'_autoscaled' if autoscaled else ''}"
+def make_run(root: Path, system: str, rate: int, gpus: int, requests_file: bool = True, autoscaled: bool = False,
+             seed: int = 0, drop_every: int | None = None) -> Path:
+    """rate*10 evenly spaced requests over a 10 s window, batches of one on min(gpus, 2) slots.
+
+    Requests alternate between models b (even ids) and a (odd ids); with `drop_every`, every
+    drop_every-th request (ids drop_every - 1, 2 * drop_every - 1, ...: model a) is dropped instead of
+    the overload rule.
+    """
+    run = root / f"{system}_r{rate}_g{gpus}{'_autoscaled' if autoscaled else ''}{f'_s{seed}' if seed else ''}"
     run.mkdir(parents=True)
     n = rate * 10
-    t = np.arange(n) / rate
-    fails = rate / gpus > PER_GPU[system]
-    dropped = (np.arange(n) % 5 == 4) if fails else np.zeros(n, bool)
+    ids = np.arange(n)
+    t = ids / rate
+    if drop_every:
+        dropped = ids % drop_every == drop_every - 1
+    else:
+        dropped = (ids % 5 == 4) if rate / gpus > PER_GPU[system] else np.zeros(n, bool)
     busy_slots = min(gpus, 2)
     requests = pd.DataFrame({
-        "id": np.arange(n), "model": np.where(np.arange(n) % 2, "a", "b"), "t_sched": t, "t_sent": t,
+        "id": ids, "model": np.where(ids % 2, "a", "b"), "t_sched": t, "t_sent": t,
         "t_done": np.where(dropped, np.nan, t + LATENCY), "status": np.where(dropped, "dropped", "ok"),
         "reason": "", "latency": np.where(dropped, np.nan, LATENCY), "slo": SLO,
-        "gpu": np.where(dropped, -1, np.arange(n) % busy_slots), "batch_id": np.where(dropped, -1, np.arange(n)),
-        "queue_time": 0.0, "exec_time": LATENCY})
+        "slot": np.where(dropped, -1, ids % busy_slots), "batch_id": np.where(dropped, -1, ids),
+        "queue_time": np.where(dropped, np.nan, QUEUE), "exec_time": np.where(dropped, np.nan, EXEC)})
+    requests["device"] = requests["slot"]
     served = requests[~dropped]
     batches = pd.DataFrame({
-        "id": served["batch_id"], "gpu": served["gpu"], "partition": "whole", "model": served["model"], "size": 1,
+        "id": served["batch_id"], "slot": served["slot"], "device": served["slot"], "share": 1.0,
+        "partition": "whole", "model": served["model"], "size": 1,
         "t_dispatch": served["t_sched"], "t_start": served["t_sched"], "t_end": served["t_sched"] + LATENCY,
         "status": "ok"})
+    slots = pd.DataFrame({"slot": range(gpus), "name": [f"s{i}" for i in range(gpus)], "gpu_type": "test",
+                          "partition": "whole", "device": range(gpus), "share": 1.0, "models": "a,b"})
     if requests_file:
         write_table(requests, run / "requests.parquet")
     write_table(batches, run / "batches.parquet")
     write_table(requests[["id", "model", "t_sched"]], run / "schedule.parquet")
     write_table(metrics.gpus_used(batches, WINDOW), run / "gpus_used.parquet")
-    summary = {"system": system, "workload": "poisson", "cluster": "test", "runtime": "sim",
+    seeds = {"schedule": seed, "mapping": 1, "payload": 2, "runtime": 3}
+    summary = {"schema_version": SCHEMA_VERSION, "system": system, "workload": "poisson", "cluster": "test",
+               "cluster_label": f"{gpus} x TEST", "runtime": "sim", "emulated": True, "seeds": seeds,
                "window_s": [WINDOW.start, WINDOW.end], **metrics.request_metrics(requests, WINDOW),
-               **metrics.batch_metrics(batches, WINDOW), **metrics.gpu_metrics(batches, WINDOW, gpus),
+               **metrics.batch_metrics(batches, WINDOW), **metrics.gpu_metrics(batches, WINDOW, slots),
+               "per_model": metrics.per_model_metrics(requests, WINDOW),
                "oracle_goodput": float(rate), "goodput_over_oracle": math.nan,
                "validity": {"valid": True, "reasons": []}}
     # An autoscaler provisioned one slot, then a second from t = 5 s: 1.5 slots on average.
-    scaling = pd.DataFrame({"t": [0.0, 5.0], "slots": [1, 2]} if autoscaled else {"t": [0.0], "slots": [gpus]})
-    write_table(scaling, run / "scaling.parquet")
-    summary["slots_provisioned_mean"] = float(metrics.provisioned_metrics(scaling, WINDOW)["slots_provisioned_mean"])
+    starts = [(0.0, 0), (5.0, 1)] if autoscaled else [(0.0, i) for i in range(gpus)]
+    events = pd.DataFrame([(t, slot, event, "") for t, slot in starts for event in ("starting", "joined")],
+                          columns=["t", "slot", "event", "reason"])
+    write_table(slots, run / "slots.parquet")
+    write_table(events, run / "slot_events.parquet")
+    timeline = metrics.provisioned_timeline(events, slots)
+    summary["gpus_provisioned_mean"] = float(metrics.provisioned_metrics(timeline, WINDOW)["gpus_provisioned_mean"])
     write_json(summary, run / "summary.json")
     (run / "config.yaml").write_text(f"workload:\n  process: poisson\n  rate: {rate}\ncluster:\n  count: {gpus}\n"
-                                     f"autoscaler:\n  enabled: {str(autoscaled).lower()}\n")
+                                     f"autoscaler:\n  enabled: {str(autoscaled).lower()}\n"
+                                     f"seeds:\n  schedule: {seed}\n  mapping: 1\n  payload: 2\n  runtime: 3\n")
     return run
 
 
@@ -73,17 +98,19 @@ def sweep(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def built(sweep, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("report")
-    assert report.main([str(sweep), "--out", str(out), "--title", "Fixture", "--reference", "beta"]) == 0
+    assert main([str(sweep), "--out", str(out), "--title", "Fixture"]) == 0
     return out
 
 
-def test_table_has_known_goodput_attainment_and_gpus_used(built):
-    runs = pd.read_csv(built / "runs.csv")
+def test_results_table_has_one_row_per_run_with_known_numbers(built):
+    runs = pd.read_parquet(built / "results.parquet")
     assert len(runs) == 10
-    row = runs[(runs["system"] == "alpha") & (runs["load"] == 300) & (runs["gpus"] == 4)].iloc[0]
+    assert {"system", "seed_schedule", "workload", "cluster", "runtime", "goodput"} <= set(runs.columns)
+    row = runs[(runs["system"] == "alpha") & (runs["load"] == 300) & (runs["slots"] == 4)].iloc[0]
     # 300 req/s on 4 GPUs is above alpha's 60 per GPU: 1 in 5 dropped.
+    assert row["cluster"] == "4 x TEST (emulated)" and row["gpus"] == 4
     assert row["offered_rate"] == pytest.approx(300)
-    assert row["goodput"] == pytest.approx(240)
+    assert row["goodput"] == pytest.approx(240) and row["throughput"] == pytest.approx(240)
     assert row["slo_attainment"] == pytest.approx(0.8)
     assert row["drop_rate"] == pytest.approx(0.2)
     assert row["latency_p99_ms"] == pytest.approx(50)
@@ -95,60 +122,86 @@ def test_table_has_known_goodput_attainment_and_gpus_used(built):
     assert ok["busy_gpu_seconds"] == pytest.approx(1000 * LATENCY - (0.01 + 0.02 + 0.03 + 0.04))
 
 
-def test_capacity_and_fewest_gpus_in_the_report(built):
-    md = (built / "report.md").read_text()
+def test_capacity_fewest_slots_and_the_best_system(sweep, built):
+    table = results_table(load_runs([sweep]))
+    cap = analysis.capacity(table).set_index("system")
     # alpha at 4 GPUs: 100 and 200 req/s pass, 300 fails; beta passes all three rates.
-    assert "| alpha | poisson | test | 4 | = | 200 |" in md
-    assert "| beta | poisson | test | 4 | >= | 300 |" in md
+    assert (cap.loc["alpha", "bound"], cap.loc["alpha", "capacity"]) == ("=", 200)
+    assert (cap.loc["beta", "bound"], cap.loc["beta", "capacity"]) == (">=", 300)
+    few = analysis.fewest_slots(table).set_index("system")
     # 200 req/s: alpha needs 4 GPUs (50 per GPU), beta 2 (100 per GPU).
-    assert "beta needs 2 GPUs vs 4 for alpha (50% fewer)" in md
+    assert few.loc["alpha", "fewest"] == 4 and few.loc["beta", "fewest"] == 2
+    assert few.loc["beta", "cluster"] == "2 x TEST (emulated)"
+    md = (built / "report.md").read_text()
+    assert "by capacity (req/s): beta >= 300; then alpha 200 (0.67x)" in md
+    assert "by fewest slots at 200 req/s: beta 2; then alpha 4 (2.00x)" in md
+    assert "Headline" not in md             # no system is favoured unless asked
 
 
-def test_report_writes_markdown_html_and_every_figure(built, sweep):
-    for stem in ("goodput_vs_rate", "attainment_vs_rate", "fewest_gpus", "latency_cdf", "gpus_over_time",
-                 "batch_sizes", "batch_timeline"):
+def test_reference_compares_one_system_with_each_other(sweep, tmp_path):
+    assert main([str(sweep), "--out", str(tmp_path), "--reference", "beta"]) == 0
+    md = (tmp_path / "report.md").read_text()
+    assert "## Headline: beta against each other system" in md
+    assert "beta needs 2 x TEST (emulated) vs 4 x TEST (emulated) for alpha (50% fewer)" in md
+
+
+def test_queue_and_execution_breakdown_and_per_model_tables(built):
+    md = (built / "report.md").read_text()
+    detail = md.split("## Detail:", 1)[1]
+    # Served requests waited 10 ms, ran 30 ms and spent the other 10 ms outside the server.
+    assert "| alpha | 1 | 10.0 | 10.0 | 30.0 | 30.0 | 10.0 |" in detail
+    assert "#### a" in detail and "#### b" in detail
+    assert (built / "latency_breakdown.png").stat().st_size > 1000
+
+
+def test_pages_link_what_they_should_and_embed_nothing(built, sweep):
+    md = (built / "report.md").read_text()
+    page = (built / "report.html").read_text()
+    for stem in ("goodput_vs_rate", "attainment_vs_rate", "throughput_vs_p99", "fewest_gpus", "latency_cdf",
+                 "latency_breakdown", "gpus_over_time", "batch_sizes", "batch_timeline"):
         for ext in ("png", "pdf"):
             assert (built / f"{stem}.{ext}").stat().st_size > 1000, f"{stem}.{ext}"
-        assert f"]({stem}.png)" in (built / "report.md").read_text()
-    page = (built / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 7
-    assert "<table" in page and "Fixture" in page
-    md = (built / "report.md").read_text()
-    assert str(sweep) not in md and str(sweep) not in page      # no machine path: the sweep shows by name
-    assert "Search paths: skipped" in md
+        assert f"]({stem}.png)" in md and f'src="{stem}.png"' in page
+    # The Markdown page is committed: it links no PDF, no HTML and no run directory (all git-ignored).
+    assert ".pdf)" not in md and ".html" not in md and "](../" not in md
+    assert "base64" not in page and len(page) < 200_000
+    assert "<nav>" in page and 'class="sortable"' in page and 'href="goodput_vs_rate.pdf"' in page
+    assert f'href="../{sweep.name}/alpha_r100_g4/"' in page        # run directories, relative to the page
+    assert "Fixture" in page and str(sweep) not in md and str(sweep) not in page
 
 
 def test_capacity_from_a_synthetic_curve():
     rates = np.array([100, 200, 400, 800, 1600])
-    table = pd.DataFrame({"system": "s", "workload": "w", "cluster": "c", "gpus": 4, "load": rates,
-                          "offered_rate": rates, "goodput": np.minimum(rates, 700),
+    table = pd.DataFrame({"system": "s", "workload": "w", "cluster": "c", "runtime": "sim", "seeds": "s0 m1 p2 r3",
+                          "load": rates, "offered_rate": rates, "goodput": np.minimum(rates, 700),
                           "slo_attainment": np.where(rates <= 400, 1.0, 0.5)})
-    cap = report.capacity(table).iloc[0]
+    cap = analysis.capacity(table).iloc[0]
     assert (cap["capacity"], cap["bound"], cap["peak_goodput"]) == (400, "=", 700)
-    assert report.capacity(table.assign(slo_attainment=1.0)).iloc[0][["capacity", "bound"]].tolist() == [1600, ">="]
-    assert report.capacity(table.assign(slo_attainment=0.9)).iloc[0]["bound"] == "<"
+    assert analysis.capacity(table.assign(slo_attainment=1.0)).iloc[0][["capacity", "bound"]].tolist() == [1600, ">="]
+    assert analysis.capacity(table.assign(slo_attainment=0.9)).iloc[0]["bound"] == "<"
 
 
-def test_fewest_gpus_is_the_count_from_which_every_larger_one_passes():
+def test_fewest_slots_is_the_count_from_which_every_larger_one_passes():
     counts = np.arange(1, 9)
-    table = pd.DataFrame({"system": "s", "workload": "w", "cluster": "c", "load": 500.0, "offered_rate": 500.0,
-                          "gpus": counts, "slo_attainment": np.where(counts >= 3, 0.995, 0.9)})
-    assert report.fewest_gpus(table).iloc[0]["fewest_gpus"] == 3
+    table = pd.DataFrame({"system": "s", "workload": "w", "cluster_name": "c", "runtime": "sim", "load": 500.0,
+                          "seeds": "s0 m1 p2 r3", "offered_rate": 500.0, "slots": counts,
+                          "cluster": [f"{c} x GPU" for c in counts],
+                          "slo_attainment": np.where(counts >= 3, 0.995, 0.9)})
+    assert analysis.fewest_slots(table).iloc[0]["fewest"] == 3
     # A lone pass below a failing count does not count: the answer must hold for every larger count.
     noisy = table.assign(slo_attainment=np.where(counts == 2, 1.0, table["slo_attainment"]))
-    noisy.loc[noisy["gpus"] == 3, "slo_attainment"] = 0.9
-    assert report.fewest_gpus(noisy).iloc[0]["fewest_gpus"] == 4
-    none = report.fewest_gpus(table.assign(slo_attainment=0.5)).iloc[0]
-    assert math.isnan(none["fewest_gpus"]) and none["max_tried"] == 8
+    noisy.loc[noisy["slots"] == 3, "slo_attainment"] = 0.9
+    assert analysis.fewest_slots(noisy).iloc[0]["fewest"] == 4
+    none = analysis.fewest_slots(table.assign(slo_attainment=0.5)).iloc[0]
+    assert math.isnan(none["fewest"]) and none["max_tried"] == 8 and none["cluster"] == "more than 8 x GPU"
 
 
 def test_missing_data_skips_figures_with_a_note(tmp_path):
     make_run(tmp_path / "runs", "alpha", 100, 4, requests_file=False)
     out = tmp_path / "out"
-    assert report.main([str(tmp_path / "runs"), "--out", str(out)]) == 0
+    assert main([str(tmp_path / "runs"), "--out", str(out)]) == 0
     md = (out / "report.md").read_text()
-    assert "Latency CDF: skipped" in md and "Goodput vs offered load: skipped" in md
-    assert "Fewest GPUs needed: skipped" in md
+    assert "Latency: skipped" in md and "Goodput vs offered load: skipped" in md
     assert not (out / "latency_cdf.png").exists() and (out / "gpus_over_time.png").exists()
 
 
@@ -156,30 +209,54 @@ def test_autoscaled_runs_are_their_own_configuration(tmp_path):
     make_run(tmp_path / "runs", "alpha", 100, 4)
     make_run(tmp_path / "runs", "alpha", 100, 4, autoscaled=True)
     out = tmp_path / "out"
-    assert report.main([str(tmp_path / "runs"), "--out", str(out)]) == 0
-    runs = pd.read_csv(out / "runs.csv").set_index("system")
+    assert main([str(tmp_path / "runs"), "--out", str(out)]) == 0
+    runs = pd.read_parquet(out / "results.parquet").set_index("system")
     assert runs.loc["alpha+autoscaler", "gpus_provisioned_mean"] == pytest.approx(1.5)
     assert runs.loc["alpha", "gpus_provisioned_mean"] == pytest.approx(4)
     assert (out / "gpus_over_time.png").exists()
 
 
+REFERENCE = Path(__file__).resolve().parent.parent / "results" / "reference" / "h100-mps25x4"
+
+
+def test_runs_of_schema_1_read_as_today():
+    """Committed reference runs predate schema 2: four 25% MPS shares of one H100, counted as 4 "GPUs" then."""
+    run = load_runs([REFERENCE / "eager-gpu"])[0]
+    s = run.summary
+    assert s["cluster_label"] == "4 x 25% MPS shares of 1 H100"
+    assert (s["gpus_total"], s["slots_total"]) == (1, 4)
+    assert s["gpus_used_mean"] == pytest.approx(1.0) and s["slots_used_mean"] == pytest.approx(4.0)
+    assert s["busy_gpu_seconds"] == pytest.approx(s["busy_slot_seconds"] / 4)
+    assert {"slot", "device", "share"} <= set(run.table("batches").columns)
+    used = run.table("gpus_used")
+    assert used["gpus_used"].max() == pytest.approx(1.0) and used["slots_used"].max() == 4
+    assert run.table("provisioned") is None       # it kept neither slot events nor scaling.parquet
+    assert results_table([run]).iloc[0]["seeds"] == "s0 m1 p2 r3"
+
+
 def test_bad_input_is_one_line_error(tmp_path, capsys, monkeypatch):
-    assert report.main([str(tmp_path)]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: no runs found") and err.count("\n") == 1
+    def error(argv) -> str:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1, err
+        return err
+
+    assert "no runs found" in error([str(tmp_path)])
+    assert "does not exist" in error([str(tmp_path / "nowhere")])
     run = make_run(tmp_path / "runs", "alpha", 100, 4)
+    assert "is a file" in error([str(run / "summary.json")])
+    (tmp_path / "file").write_text("")
+    assert "--out" in error([str(tmp_path / "runs"), "--out", str(tmp_path / "file")])
+    assert "--reference gamma ran in none" in error([str(tmp_path / "runs"), "--out", str(tmp_path / "o"),
+                                                     "--reference", "gamma"])
     (run / "summary.json").write_text("{not json")
-    assert report.main([str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 2
-    err = capsys.readouterr().err
-    assert "cannot read" in err and "summary.json" in err and err.count("\n") == 1
+    err = error([str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
+    assert "cannot read" in err and "summary.json" in err
     (run / "summary.json").write_text(json.dumps({"system": "alpha"}))
-    assert report.main([str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 2
-    assert "lacks" in capsys.readouterr().err
-    assert report.main(["--experiment", "no_such_experiment"]) == 2
-    assert "unknown experiment" in capsys.readouterr().err
+    assert "lacks" in error([str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
+    assert "unknown experiment" in error(["--experiment", "no_such_experiment"])
     monkeypatch.chdir(tmp_path)
-    assert report.main(["--experiment", "goodput_vs_rate", "--latest"]) == 2
-    assert "has no results" in capsys.readouterr().err
+    assert "has no results" in error(["--experiment", "goodput_vs_rate", "--latest"])
 
 
 EXPERIMENTS = sorted((Path(__file__).resolve().parent.parent / "conf" / "experiment").glob("*.yaml"))
@@ -190,7 +267,7 @@ def test_every_experiment_composes_and_documents_its_command(path):
     from harness import search
 
     name = path.stem
-    assert report.experiment_title(name) != name
+    assert experiment_title(name) != name
     assert f"python -m harness.report --experiment {name}" in path.read_text()
     cfg = search.compose([f"experiment={name}"], hydra_node=True)
     # Runnable anywhere: sim, or (reference runs) live on emulated slots when no GPU is present.
