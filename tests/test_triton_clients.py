@@ -117,3 +117,39 @@ def test_what_fails_before_a_request_is_whole_answers_a_v2_error(tmp_path):
                     break
                 time.sleep(1.0)
         assert closed and time.monotonic() - started < 20
+
+
+def test_an_external_client_drives_a_run_and_its_requests_are_the_records(tmp_path):
+    # runtime.load=external: no schedule, any client; its ids are its own (numeric ones repeat here).
+    import subprocess
+    import sys
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = subprocess.Popen([sys.executable, "-m", "harness", "runtime.load=external", f"runtime.port={port}",
+                            "system=eager", "cluster=sleep1000", "cluster.count=2", "models=sleep10",
+                            "duration_s=10", "warmup_s=0", "cooldown_s=0", "runtime.start_lead_s=1",
+                            f"hydra.run.dir={tmp_path}"], cwd=ROOT, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1):
+                    break
+            except OSError:
+                time.sleep(0.2)
+        time.sleep(1.5)                  # past the start lead: earlier requests are served but precede the window
+        c = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        x = httpclient.InferInput("x", [1, 1], "INT32")
+        x.set_data_from_numpy(np.array([[3]], dtype=np.int32))
+        ids = ["", "1", "1", "perf-7"] * 3
+        for rid in ids:
+            assert c.infer("m0", [x], request_id=rid).get_response().get("id", "") == rid   # "": no id sent
+        _, err = run.communicate(timeout=120)
+    finally:
+        run.kill()
+    assert run.returncode == 0, err[-2000:]
+    requests = pd.read_parquet(tmp_path / "requests.parquet")
+    assert len(requests) == len(ids) and (requests["status"] == "ok").all()
+    assert json.loads((tmp_path / "summary.json").read_text())["status_counts"] == {"ok": len(ids)}

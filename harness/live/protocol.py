@@ -111,14 +111,16 @@ def parse_infer(data: bytes, json_length: int | None = None, tensor: bool = Fals
 
 
 def _request_id(rid_text) -> tuple[int | None, str | None]:
+    """(number, text) of a request's `id`. A decimal id is the schedule's (our load generator numbers
+    its requests so); any other string -- KServe's ids are opaque strings, perf_analyzer sends "" -- is
+    echoed back and the server numbers the request itself (None)."""
     if rid_text is None:
         return None, None
     if not isinstance(rid_text, str):
-        raise BadRequest(f"'id' must be a string holding a decimal integer (got {str(rid_text)[:40]})")
-    try:
-        rid = int(rid_text, 10)
-    except ValueError:
-        raise BadRequest(f"'id' must be a decimal integer (got {rid_text[:40]!r})") from None
+        raise BadRequest(f"'id' must be a string (got {str(rid_text)[:40]})")
+    if not (rid_text.isascii() and rid_text.isdecimal()):
+        return None, rid_text
+    rid = int(rid_text, 10)
     if not INT64[0] <= rid <= INT64[1]:
         raise BadRequest(f"'id' {rid_text[:40]} is outside the 64-bit integer range")
     return rid, rid_text

@@ -88,6 +88,7 @@ class Scheduler:
         self.seen: dict[int, float] = {}              # request id -> when this process read its arrival
         self.targets = assembly.targets
         self.auto_ids = itertools.count(-1, -1)       # for requests that bring no id: negative, never a client's
+        self.external = assembly.cfg.runtime.load == "external"
         self.outbox: dict[Channel, list] = {}
         self.flush_pending = False
         self.loop = asyncio.get_running_loop()
@@ -123,7 +124,7 @@ class Scheduler:
                 self._send(channel, [token, wire.OUTCOME_INDEX["error"], -1, "server shutting down"])
                 continue
             self.start_policy()                       # an arrival at time 0 may come before the start timer
-            if rid is None:
+            if rid is None or self.external:          # an external client's ids are its own, not the schedule's
                 rid = next(self.auto_ids)
             elif rid in self.seen:
                 self._send(channel, [token, wire.OUTCOME_INDEX[wire.DUPLICATE], -1,
