@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import math
 import sys
 import time
@@ -43,7 +44,8 @@ class FakePool:
     def __init__(self, n_slots: int, instant: bool):
         self.loop = asyncio.get_running_loop()
         self.instant = instant
-        self.free_at = [0.0] * n_slots
+        self.free_at = collections.defaultdict(float)      # slot -> when it is free (slots a reconfiguration adds)
+        self.held: set[int] = set(range(n_slots))
         self.on_lost = None
 
     def submit(self, slot, batch_id, model, size, start_within, payload=None, expected=0.0, stage=None, rows=None,
@@ -62,6 +64,23 @@ class FakePool:
             self.loop.call_at(end, on_reply, reply)
 
     def abort(self, slot, batch_id):
+        pass
+
+    # A reconfiguration (jigsaw, dstack, paris_elsa, the autoscaler): slots start and stop at once here, where
+    # real workers take seconds to load models; the policy's own cost is what this measures.
+    async def add(self, slot, spec):
+        self.held.add(slot)
+
+    async def remove(self, slot):
+        self.held.discard(slot)
+
+    def kill(self, slot):
+        self.held.discard(slot)
+
+    def holds_device(self, slot):
+        return slot in self.held
+
+    def free(self, slot, rows):
         pass
 
 
