@@ -86,7 +86,8 @@ def accuracy_served(requests: pd.DataFrame, tasks: pd.DataFrame, batches: pd.Dat
                     apps: Mapping[str, App]) -> dict:
     """Per app: the mean accuracy of its requests in the window that finished ok, each from the variants its
     tasks ran (their batches' models) as harness.apps defines it: relative to the most accurate variants
-    (1.0), a node's tasks averaged, the weakest root-to-leaf path's product."""
+    (1.0), a node's tasks averaged, the weakest root-to-leaf path's product; NaN for an app none of whose
+    requests finished ok."""
     r = in_window(requests, window)
     ok = r.loc[(r["status"] == "ok") & r["model"].isin(list(apps)), ["id", "model"]]
     ran = tasks[["request_id", "node", "batch_id"]].merge(ok, left_on="request_id", right_on="id")
@@ -97,7 +98,8 @@ def accuracy_served(requests: pd.DataFrame, tasks: pd.DataFrame, batches: pd.Dat
     out = {}
     for name, app in apps.items():
         ids = ok.loc[ok["model"] == name, "id"]
-        if ids.empty:
+        if ids.empty:                  # nothing of it served: no accuracy to speak of (null in summary.json)
+            out[name] = float("nan")
             continue
         per_node = (ran[ran["model"] == name].groupby(["request_id", "node"])["relative"].mean().unstack("node")
                     .reindex(index=ids, columns=range(len(app.nodes))).fillna(1.0).to_numpy())   # no tasks: kept

@@ -106,6 +106,9 @@ def test_accuracy_served_follows_the_variants_the_batches_ran():
                           "batch_id": [0, 1, 2, 0, 1, 0, 2, 0]})
     got = accuracy_served(requests, tasks, batches, Window(0.0, 2.0), {"fan": app})
     assert got == {"fan": pytest.approx(np.mean([0.875, 1.0, 1.0]))}
+    # An app none of whose requests finished ok has no accuracy served: NaN (null in summary.json), not absent.
+    none_ok = accuracy_served(requests.assign(status="dropped"), tasks, batches, Window(0.0, 2.0), {"fan": app})
+    assert list(none_ok) == ["fan"] and np.isnan(none_ok["fan"])
 
 
 def test_a_system_that_does_not_choose_variants_serves_full_accuracy(tmp_path):
