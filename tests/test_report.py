@@ -276,3 +276,10 @@ def test_every_experiment_composes_and_documents_its_command(path):
     assert set(kinds) <= set(search.KINDS)
     combos = search.expand([f"experiment={name}", "system=eager,symphony"])
     assert len(combos) >= 2 and {v["system"] for _, v in combos} == {"eager", "symphony"}
+
+
+def test_the_accuracy_column_is_the_weakest_app_served():
+    from harness.report.analysis import _weakest_app
+    assert _weakest_app({"traffic": 0.952, "moderation": 0.909}) == 0.909
+    assert _weakest_app({"traffic": 0.952, "moderation": None}) == 0.952       # one app served nothing
+    assert math.isnan(_weakest_app({})) and math.isnan(_weakest_app(None))

@@ -37,7 +37,7 @@ SEED_KINDS = ("schedule", "mapping", "payload", "runtime")
 METRICS = ["offered_rate", "throughput", "goodput", "slo_attainment", "violation_rate", "drop_rate",
            "error_rate", "latency_p50_ms", "latency_p99_ms", "latency_p99.9_ms", "mean_batch_size",
            "gpus_used_mean", "gpus_used_peak", "slots_used_mean", "busy_gpu_seconds", "gpus_provisioned_mean",
-           "oracle_goodput", "goodput_over_oracle", "send_lag_p99_ms"]
+           "oracle_goodput", "goodput_over_oracle", "send_lag_p99_ms", "accuracy_served"]
 # Columns that describe a setting: equal for every repeat of it.
 SETTING = ["system", "workload", "cluster", "cluster_name", "runtime", "emulated", "gpus", "slots", "load",
            "time_scale", "day_s"]
@@ -61,7 +61,8 @@ def results_table(runs: list[Run]) -> pd.DataFrame:
             "gpus": int(s["gpus_total"]), "slots": int(s.get("slots_total", s["gpus_total"])),
             "load": _load_of(r), "time_scale": time_scale(r), "day_s": day_length(r),
             "throughput": s.get("status_counts", {}).get("ok", math.nan) / window if window > 0 else math.nan,
-            **{m: _number(s.get(m)) for m in METRICS if m != "throughput"},
+            **{m: _number(s.get(m)) for m in METRICS if m not in ("throughput", "accuracy_served")},
+            "accuracy_served": _weakest_app(s.get("accuracy_served")),
             "valid": bool(s["validity"].get("valid")), "invalid_reasons": "; ".join(s["validity"].get("reasons", [])),
             "window_start": s["window_s"][0], "window_end": s["window_s"][1], "schema_version": r.schema,
         })
@@ -71,6 +72,13 @@ def results_table(runs: list[Run]) -> pd.DataFrame:
 
 def _number(v) -> float:
     return math.nan if v is None else float(v)
+
+
+def _weakest_app(accuracy: dict | None) -> float:
+    """Compound apps: the lowest accuracy served over the apps (relative to their most accurate variants);
+    NaN without apps, or when no app request finished ok."""
+    values = [v for v in (accuracy or {}).values() if v is not None and not math.isnan(v)]
+    return min(values) if values else math.nan
 
 
 def system_label(run: Run) -> str:

@@ -36,7 +36,8 @@ RESULT_COLUMNS = [
     ("latency_p99_ms", "p99 (ms)", "ms"), ("mean_batch_size", "mean batch", "f1"),
     ("gpus_used_mean", "GPUs used mean", "f2"), ("gpus_used_peak", "GPUs used peak", "f2"),
     ("busy_gpu_seconds", "busy GPU-s", "f1"), ("gpus_provisioned_mean", "GPUs provisioned", "f2"),
-    ("goodput_over_oracle", "goodput / oracle", "ratio"), ("valid", "valid", "str")]
+    ("goodput_over_oracle", "goodput / oracle", "ratio"),
+    ("accuracy_served", "accuracy served (weakest app)", "ratio"), ("valid", "valid", "str")]
 
 
 def build(inputs: list[Path], out: Path, title: str | None = None, reference: str | None = None,
