@@ -1,6 +1,5 @@
 """GpuExecutor, the profiler's measuring and NVML telemetry on a real GPU (skipped without one)."""
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch", reason="needs a CUDA GPU (torch is not installed)")
@@ -13,6 +12,7 @@ from harness.gpu.profiler import measure_partition, parse_args  # noqa: E402
 from harness.gpu.partitions import parse_partition  # noqa: E402
 from harness.gpu.telemetry import NvmlSampler  # noqa: E402
 from harness.profiles import load_profile  # noqa: E402
+from tests.gpukit import images, rel_err  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -20,15 +20,6 @@ def resnet():
     ex = GpuExecutor(["resnet50"], batch_sizes=[1, 4, 8])
     yield ex
     ex.close()
-
-
-def images(n, seed):
-    return np.random.default_rng(seed).standard_normal((n, 3, 224, 224)).astype(np.float16)
-
-
-def rel_err(a, b):
-    a, b = a.float(), b.float()
-    return ((a - b).norm() / b.norm()).item()
 
 
 def test_sizes_without_a_graph_run_padded_on_the_next_larger(resnet):

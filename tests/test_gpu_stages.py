@@ -12,6 +12,7 @@ from harness.gpu.executor import MODELS, GpuExecutor  # noqa: E402
 from harness.gpu.partitions import parse_partition  # noqa: E402
 from harness.gpu.profiler import measure_partition, parse_args  # noqa: E402
 from harness.profiles import load_profile  # noqa: E402
+from tests.gpukit import images, rel_err  # noqa: E402
 
 RESNET_STAGES = ["stem", "layer1", "layer2", "layer3", "layer4", "head"]
 
@@ -21,15 +22,6 @@ def resnet():
     ex = GpuExecutor(["resnet50"], batch_sizes=[1, 2, 4, 8], stages=True)
     yield ex
     ex.close()
-
-
-def images(n, seed):
-    return np.random.default_rng(seed).standard_normal((n, 3, 224, 224)).astype(np.float16)
-
-
-def rel_err(a, b):
-    a, b = a.float(), b.float()
-    return ((a - b).norm() / b.norm().clamp_min(1e-6)).item()     # random weights can give all-zero logits
 
 
 def whole(ex, model, x):
