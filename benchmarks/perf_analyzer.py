@@ -9,7 +9,7 @@ each perf_analyzer figure over ours (the latencies from each client's send).
 perf_analyzer (PyPI perf-analyzer) needs glibc >= 2.38.
 
     python benchmarks/perf_analyzer.py --systems eager,symphony --rate 1000 --seconds 20 --out pa-results \
-        [--perf-analyzer perf_analyzer] [any harness override, e.g. cluster=h200x1]
+        [--jobs 3] [--perf-analyzer perf_analyzer] [any harness override, e.g. cluster=h200x1]
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -86,7 +87,8 @@ def theirs(system: str, mode: str, rate: float, intervals: np.ndarray, out: Path
         wait_ready(f"http://127.0.0.1:{port}")
         report = out / f"{system}-{mode}.csv"
         cmd = [tool, "-m", MODEL, "-u", f"127.0.0.1:{port}", "-i", "http", "-b", "1", "--percentile", "99",
-               "--measurement-interval", "4000", "--max-trials", "6", "-f", str(report)]
+               "--measurement-interval", "4000", "--max-trials", "6", "-f", str(report),
+               "--max-threads", "64"]   # synchronous calls: enough threads for rate x latency in flight
         if mode == "rate":
             cmd += ["--request-rate-range", f"{rate:g}", "--request-distribution", "poisson"]
         else:
@@ -115,6 +117,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--out", type=Path, default=Path("perf-analyzer-results"))
     ap.add_argument("--perf-analyzer", default="perf_analyzer")
+    ap.add_argument("--jobs", type=int, default=1, help="systems measured at once (each its own server)")
     args, extra = ap.parse_known_args()
     tool = shutil.which(args.perf_analyzer) or args.perf_analyzer
     if not os.path.exists(tool):
@@ -122,8 +125,9 @@ def main() -> int:
               file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for system in args.systems.split(","):
+
+    def compare(system: str) -> list[dict]:
+        rows = []
         try:
             base = ours(system, args.rate, args.seconds, args.out, extra)
             for mode in ("rate", "intervals"):
@@ -135,6 +139,12 @@ def main() -> int:
                 print(json.dumps(rows[-1]), flush=True)
         except (RuntimeError, subprocess.TimeoutExpired) as exc:
             print(f"{system}: {exc}", flush=True)
+        return rows
+
+    # Systems side by side (--jobs): each has its own server, ports and clients; a host with cores to spare
+    # runs them at once without one run's load reaching another's.
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        rows = [row for found in pool.map(compare, args.systems.split(",")) for row in found]
     table = pd.DataFrame(rows)
     table.to_csv(args.out / "comparison.csv", index=False)
     print(f"\noffered {args.rate:g} req/s of {MODEL}; latencies in ms from each client's send")

@@ -6,7 +6,11 @@ to grow a batch (work-conserving). Optionally (`drop_late`, the default) it
 drops the heads that would miss their deadline in the batch it is about to
 run: under overload a FIFO queue otherwise serves only requests already too
 old to finish in time, and goodput falls to zero instead of holding at
-capacity.
+capacity. A head is kept only if the batch's profiled mean plus
+`response_allowance_us` (returning the answers after the batch ends, the
+same allowance Symphony plans with) ends by its deadline: on a real H200
+without it, saturated batches of 128 ended within the SLO and their answers
+just after it (81% of the oracle bound at its rate, 29% at twice it).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from harness.core import Batch, Policy, Task, SystemConfig, slots_holding
+from harness.errors import HarnessError
 from systems._pool import Pools
 
 
@@ -23,6 +28,7 @@ class EagerConfig(SystemConfig):
     name: str = "eager"
     max_batch: int = 0          # 0: the largest profiled batch whose latency fits the model's SLO
     drop_late: bool = True      # drop heads that would finish after their deadline in the batch about to run
+    response_allowance_us: float = 2000.0  # returning the answers after the batch ends, for drop_late
 
 
 class Eager(Policy):
@@ -33,6 +39,10 @@ class Eager(Policy):
         self.pools = Pools(cluster.slots)
         self.queues = {m: deque() for m in models}
         self.held = {g.index: sorted(g.models & models.keys()) for g in cluster.slots}
+        if config.response_allowance_us < 0:
+            raise HarnessError(f"eager: response_allowance_us must be >= 0 (got {config.response_allowance_us}); "
+                               "fix system.response_allowance_us")
+        self.allowance = config.response_allowance_us * 1e-6
         self.max_batch = {}
         for m, spec in models.items():
             curve = cluster.curve(m, slots_holding(cluster.slots, m)[0])
@@ -67,7 +77,7 @@ class Eager(Policy):
             if self.config.drop_late and q:
                 mean, largest = cluster.curve(m, gpu).mean, self.max_batch[m]
                 late = []
-                while q and now + mean[min(len(q), largest)] > q[0].deadline:
+                while q and now + mean[min(len(q), largest)] + self.allowance > q[0].deadline:
                     late.append(q.popleft())
                 if late:
                     cluster.drop(late, "late")
