@@ -74,6 +74,12 @@ def test_statistics_and_metrics_agree_with_the_records(served, tmp_path):
     assert m4["inference_stats"]["success"]["count"] == 20 and m4["inference_stats"]["fail"]["count"] == 0
     assert m4["execution_count"] >= 1 and m4["inference_count"] == 20
     assert m4["inference_stats"]["compute_infer"]["ns"] > 0
+    # perf_analyzer refuses statistics whose compute phases count differently.
+    counts = {m4["inference_stats"][phase]["count"] for phase in ("compute_input", "compute_infer", "compute_output")}
+    assert counts == {m4["inference_stats"]["queue"]["count"]} and counts != {0}
+    for per_size in m4["batch_stats"]:
+        assert per_size["compute_input"]["count"] == per_size["compute_infer"]["count"] == \
+            per_size["compute_output"]["count"]
     with urllib.request.urlopen(server.url + "/metrics", timeout=5) as r:
         text = r.read().decode()
     assert 'nv_inference_request_success{model="m4",version="1"} 20' in text
