@@ -36,6 +36,7 @@ from systems._pool import Pools
 
 MS = 1e-3
 EPS = 1e-9     # a timer firing at free_at - schedule_ahead must count as "below"
+INF = float("inf")
 
 
 @dataclass
@@ -105,17 +106,27 @@ class Clockwork(Policy):
         gpu, now = batch.slot, self.cluster.now()
         if batch.status == "ok":
             st = self.state[batch.model]
-            b = batch.size
-            st.measured[b].append(batch.t_end - batch.t_start)
-            st.est[b] = p99(st.measured[b])
-        self.work[gpu] = max(0.0, self.work[gpu] - self.sent.pop(batch.id, 0.0))
-        if self.cluster.slots[gpu].outstanding == 0:
-            self.work[gpu] = 0.0                     # no rounding residue once the slot is empty
-        # What is still outstanding starts now, one batch after another.
-        self.free_at[gpu] = now + self.work[gpu]
-        self.pools.book(gpu, self.free_at[gpu])
-        for pool in self.pools_of_slot[gpu]:
-            self._serve_pool(pool)
+            window = st.measured[batch.size]
+            took = batch.t_end - batch.t_start
+            # A measurement that pushes out an equal one leaves the window, so its p99, as it was:
+            # no sort per completion when durations repeat (emulated or instant slots).
+            same = len(window) == window.maxlen and window[0] == took
+            window.append(took)
+            if not same:
+                st.est[batch.size] = p99(window)
+        work = self.work[gpu] - self.sent.pop(batch.id, 0.0)
+        if not work > 0.0 or self.cluster.slots[gpu].outstanding == 0:
+            work = 0.0                               # no rounding residue once the slot is empty
+        self.work[gpu] = work
+        # What is still outstanding starts now, one batch after another. A slot left with nothing that
+        # was already predicted free by now is free to its pool as it stands: booking it again at now
+        # would change no answer of the pool's, and cost a heap entry per batch.
+        if work or self.free_at[gpu] > now:
+            self.free_at[gpu] = now + work
+            self.pools.book(gpu, now + work)
+        if self.active:                              # else nothing is queued for any slot to take
+            for pool in self.pools_of_slot[gpu]:
+                self._serve_pool(pool)
 
     def on_slot_lost(self, gpu: int) -> None:
         self.pools.remove(gpu)
@@ -169,11 +180,13 @@ class Clockwork(Policy):
     def _fill(self, gpu: int, now: float) -> bool:
         """Schedule actions on the slot while it has room; False when it ran out of work first."""
         ahead = now + self.ahead + EPS
-        while self.free_at[gpu] <= ahead:
-            t0 = max(now, self.free_at[gpu])
-            best, best_b, best_latest = None, 0, float("inf")
-            held = self.held[gpu]
-            for st in list(self.active.values()):
+        free_at, active, held = self.free_at, self.active, self.held[gpu]
+        while free_at[gpu] <= ahead:
+            if not active:
+                return False                         # (the scan below would find nothing)
+            t0 = free_at[gpu] if free_at[gpu] > now else now
+            best, best_b, best_latest = None, 0, INF
+            for st in list(active.values()):         # a copy: models whose queue empties leave `active`
                 if st.name not in held:
                     continue
                 q = st.queue
@@ -184,7 +197,7 @@ class Clockwork(Policy):
                         late.append(q.popleft())
                     self.cluster.drop(late, "late")
                     if not q:
-                        del self.active[st.name]
+                        del active[st.name]
                         continue
                 head = q[0].deadline
                 b = min(len(q), st.max_batch)
@@ -195,15 +208,16 @@ class Clockwork(Policy):
                     best, best_b, best_latest = st, b, latest
             if best is None:
                 return False
-            tasks = [best.queue.popleft() for _ in range(best_b)]
-            if not best.queue:
-                del self.active[best.name]
+            q = best.queue
+            tasks = [q.popleft() for _ in range(best_b)]
+            if not q:
+                del active[best.name]
             batch = self.cluster.dispatch(gpu, best.name, tasks, latest_start=best_latest)
             est = best.est[best_b]
             self.sent[batch.id] = est
             self.work[gpu] += est
-            self.free_at[gpu] = t0 + est
-            self.pools.book(gpu, self.free_at[gpu])
+            free_at[gpu] = t0 + est
+            self.pools.book(gpu, t0 + est)
         return True
 
     def _wake_at(self, gpu: int, t: float) -> None:

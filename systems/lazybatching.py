@@ -66,12 +66,17 @@ class LazyBatchingConfig(SystemConfig):
 
 
 class _Stack:
-    """A model's requests in flight on one slot: its groups, by the stage each runs next."""
+    """A model on one slot: how it runs there, and its requests in flight there (its groups, by the stage each
+    runs next). One per slot and model it holds, kept while the slot is up, in flight or not."""
 
-    __slots__ = ("model", "groups", "size", "deadline")
+    __slots__ = ("model", "stages", "staged", "cap", "alone", "groups", "size", "deadline")
 
-    def __init__(self, model: str):
+    def __init__(self, model: str, stages: tuple, staged: bool, cap: int):
         self.model = model
+        self.stages = stages                 # latency curve per stage
+        self.staged = staged                 # False: the model runs whole (no stage profile)
+        self.cap = cap                       # most requests in flight
+        self.alone = sum(c.mean[1] for c in stages)   # every stage at batch 1
         self.groups: dict[int, list[Task]] = {}
         self.size = 0                        # requests in flight, waiting in a group or running
         self.deadline = float("inf")         # the earliest of theirs: it decides which model runs
@@ -86,12 +91,11 @@ class LazyBatching(Policy):
             raise HarnessError(f"lazybatching: max_batch must be >= 0 (got {config.max_batch}); fix system.max_batch")
         self.pools = Pools(cluster.slots)
         self.queues: dict[str, deque[Task]] = {m: deque() for m in models}
-        self.held: dict[int, list[str]] = {}
-        self.stages: dict[tuple[int, str], tuple] = {}     # (slot, model) -> latency curve per stage
-        self.staged: dict[tuple[int, str], bool] = {}      # False: the model runs whole (no stage profile)
-        self.cap: dict[tuple[int, str], int] = {}
-        self.alone: dict[tuple[int, str], float] = {}      # (slot, model) -> every stage at batch 1
-        self.stacks: dict[int, dict[str, _Stack]] = {}
+        # The models whose queue is not empty: a stage boundary looks at these and at the slot's stacks
+        # instead of at every model the slot holds.
+        self.waiting: set[str] = set()
+        self.held: dict[int, dict[str, _Stack]] = {}       # slot -> a stack per model it holds, by name
+        self.stacks: dict[int, dict[str, _Stack]] = {}     # slot -> those with requests in flight there
         self.running: dict[int, tuple[_Stack, int, list[Task]]] = {}   # slot -> (stack, stage, tasks)
         self.busy: set[int] = set()
         for s in cluster.slots:
@@ -99,9 +103,9 @@ class LazyBatching(Policy):
                 self._set_up(s.index)
 
     def _set_up(self, slot: int) -> None:
-        self.held[slot] = sorted(self.cluster.slots[slot].models & self.models.keys())
+        self.held[slot] = {}
         self.stacks[slot] = {}
-        for m in self.held[slot]:
+        for m in sorted(self.cluster.slots[slot].models & self.models.keys()):
             curve = self.cluster.curve(m, slot)
             stages = curve.stages or (curve,)
             largest = min(c.max_batch for c in stages)
@@ -109,33 +113,33 @@ class LazyBatching(Policy):
                 raise HarnessError(f"lazybatching: max_batch {self.config.max_batch} exceeds the profiled maximum "
                                    f"{largest} of {m}; lower system.max_batch")
             fit = self.config.max_batch or curve.largest_batch_within(self.models[m].slo)
-            self.stages[slot, m] = stages
-            self.staged[slot, m] = bool(curve.stages)
-            self.cap[slot, m] = max(1, min(fit, largest))
-            self.alone[slot, m] = sum(c.mean[1] for c in stages)
+            self.held[slot][m] = _Stack(m, stages, bool(curve.stages), max(1, min(fit, largest)))
 
     # -- events -----------------------------------------------------------------
     def on_arrival(self, task: Task) -> None:
-        self.queues[task.model].append(task)
+        model = task.model
+        self.queues[model].append(task)
+        self.waiting.add(model)
         now = self.cluster.now()
-        rank, free = self.pools.of(task.model).peek(now)
+        rank, free = self.pools.of(model).peek(now)
         if free <= now:                      # an idle slot: its stage boundary is now
-            self._serve(rank)
+            self._serve(rank, now)
 
     def on_batch_done(self, batch: Batch) -> None:
         slot = batch.slot
         stack, stage, tasks = self.running.pop(slot)
-        if batch.status == OK and stage + 1 < len(self.stages[slot, stack.model]):
+        if batch.status == OK and stage + 1 < len(stack.stages):
             # The group that ran goes first in a merge: on a GPU its rows are already where the next
             # stage reads them, so only the rows of the group that waited are copied.
             stack.groups[stage + 1] = tasks + stack.groups.get(stage + 1, [])
         else:                                # done, or failed (the ledger resolved them): they leave
             stack.size -= len(tasks)
-            if stack.size == 0:
+            if stack.size == 0:              # none left in flight (so no group either)
                 del self.stacks[slot][stack.model]
+                stack.deadline = float("inf")
             else:
                 stack.deadline = min(t.deadline for group in stack.groups.values() for t in group)
-        self._serve(slot)
+        self._serve(slot, self.cluster.now())
 
     def on_slot_lost(self, slot: int) -> None:
         self.pools.remove(slot)
@@ -148,79 +152,86 @@ class LazyBatching(Policy):
 
     def on_slot_added(self, slot: int) -> None:
         self._set_up(slot)
-        self.pools.add(slot, self.cluster.now())
-        self._serve(slot)
+        now = self.cluster.now()
+        self.pools.add(slot, now)
+        self._serve(slot, now)
 
     # -- a stage boundary on one slot --------------------------------------------------
-    def _serve(self, slot: int) -> None:
+    def _serve(self, slot: int, now: float) -> None:
         """The slot's next stage: the most urgent model, in flight here or waiting, takes its arrivals and
         runs its least advanced group. Only the model about to run takes arrivals, so the others' stay
         free for whichever slot runs them first."""
         stacks = self.stacks[slot]
-        for m in self._by_deadline(slot):
-            self._admit(slot, m)
+        # Nothing in flight here and nothing waiting anywhere (the usual end of a batch): nothing to order.
+        order = self._by_deadline(slot) if stacks or self.waiting else ()
+        for _, m in order:
+            self._admit(slot, m, now)
             stack = stacks.get(m)
             if stack is None:                # joining would make a request in flight here late
                 continue
             stage = min(stack.groups)
             tasks = stack.groups.pop(stage)
             self.running[slot] = (stack, stage, tasks)
-            self.cluster.dispatch(slot, m, tasks, stage=stage if self.staged[slot, m] else None)
+            self.cluster.dispatch(slot, m, tasks, stage=stage if stack.staged else None)
             if slot not in self.busy:
                 self.busy.add(slot)
                 self.pools.book(slot, float("inf"))
             return
         if slot in self.busy:
             self.busy.discard(slot)
-            self.pools.release(slot, self.cluster.now())
+            self.pools.release(slot, now)
 
-    def _by_deadline(self, slot: int) -> list[str]:
-        """The slot's models with requests in flight here or waiting, earliest deadline first."""
-        stacks, queues = self.stacks[slot], self.queues
-        urgency = {}
-        for m in self.held[slot]:
-            stack, queue = stacks.get(m), queues[m]
-            if stack is not None or queue:
-                urgency[m] = min(stack.deadline if stack is not None else float("inf"),
-                                 queue[0].deadline if queue else float("inf"))
-        return sorted(urgency, key=lambda m: (urgency[m], m))
+    def _by_deadline(self, slot: int) -> list[tuple[float, str]]:
+        """(deadline, model) of the slot's models with requests in flight here or waiting, earliest first."""
+        stacks, queues, held = self.stacks[slot], self.queues, self.held[slot]
+        urgency = []
+        for m, stack in stacks.items():
+            queue = queues[m]
+            urgency.append((min(stack.deadline, queue[0].deadline) if queue else stack.deadline, m))
+        for m in self.waiting:
+            if m not in stacks and m in held:
+                urgency.append((queues[m][0].deadline, m))
+        urgency.sort()
+        return urgency
 
-    def _admit(self, slot: int, model: str) -> None:
+    def _admit(self, slot: int, model: str, now: float) -> None:
         """The model's arrivals join the slot at stage 0, oldest first, while rule 1 allows."""
-        stacks, queue, cap = self.stacks[slot], self.queues[model], self.cap[slot, model]
+        stacks, queue = self.stacks[slot], self.queues[model]
         if not queue:
             return
-        backlog = not stacks and self.cluster.now() + self.alone[slot, model] > queue[0].deadline + EPS
-        stack = stacks.get(model)
-        while queue and (stack is None or stack.size < cap):
-            if stacks and not backlog and not self._keeps_deadlines(slot, queue[0]):
+        stack = self.held[slot][model]
+        backlog = not stacks and now + stack.alone > queue[0].deadline + EPS
+        while queue and stack.size < stack.cap:
+            if stacks and not backlog and not self._keeps_deadlines(slot, queue[0], now):
                 break
             task = queue.popleft()
-            if stack is None:
-                stack = stacks[model] = _Stack(model)
+            if stack.size == 0:              # the model's first request in flight here
+                stacks[model] = stack
             stack.groups.setdefault(0, []).append(task)
             stack.size += 1
             stack.deadline = min(stack.deadline, task.deadline)
+        if not queue:
+            self.waiting.discard(model)
 
-    def _keeps_deadlines(self, slot: int, task: Task) -> bool:
-        """Whether every request in flight on `slot` still finishes by its deadline once `task` joins."""
-        finish = self._finish_times(slot, task)
-        return all(stack.deadline >= finish[m] - EPS for m, stack in self.stacks[slot].items())
-
-    def _finish_times(self, slot: int, extra: Task) -> dict[str, float]:
-        """When each model's requests in flight on `slot` finish once `extra` joins at stage 0 and nothing
-        else does: models one after another by earliest deadline, each as its groups merge."""
+    def _keeps_deadlines(self, slot: int, extra: Task, now: float) -> bool:
+        """Whether every request in flight on `slot` still finishes by its deadline once `extra` joins at
+        stage 0 and nothing else does: models run one after another by earliest deadline, each as its
+        groups merge, and each model's requests finish together."""
         stacks = self.stacks[slot]
-        order = {m: s.deadline for m, s in stacks.items()}
-        order[extra.model] = min(order.get(extra.model, extra.deadline), extra.deadline)
-        t = self.cluster.now()
-        finish = {}
-        for m in sorted(order, key=lambda m: (order[m], m)):
-            groups = stacks[m].groups if m in stacks else {}
-            n = 1 if extra.model == m else 0
-            curves = self.stages[slot, m]
+        joining = extra.model
+        order = [(stack.deadline, m) for m, stack in stacks.items() if m != joining]
+        joined = stacks.get(joining)
+        order.append((extra.deadline if joined is None else min(joined.deadline, extra.deadline), joining))
+        order.sort()
+        t = now
+        held = self.held[slot]
+        for _, m in order:
+            stack = held[m]                  # its groups are empty while it has none in flight
+            groups, curves = stack.groups, stack.stages
+            n = 1 if m == joining else 0
             for k in range(0 if n else min(groups), len(curves)):
                 n += len(groups.get(k, ()))
                 t += curves[k].mean[n]
-            finish[m] = t
-        return finish
+            if m in stacks and stack.deadline < t - EPS:
+                return False
+        return True

@@ -111,14 +111,17 @@ class _Bin:
 class _Slot:
     """What one slot runs between two allocations."""
 
-    __slots__ = ("index", "sessions", "rr", "busy", "queues")
+    __slots__ = ("index", "sessions", "turns", "turn_of", "rr", "busy", "queues", "queued")
 
     def __init__(self, index: int):
         self.index = index
         self.sessions: list[tuple[_Model, int]] = []     # (model, batch cap) in round-robin order
+        self.turns: list[tuple[_Model, int, deque[Task]]] = []   # the same with each one's queue, for _run
+        self.turn_of: dict[str, int] = {}  # model -> its position in turns
         self.rr = 0
         self.busy = False
         self.queues: dict[str, deque[Task]] = {}
+        self.queued = 0                  # tasks in its queues: a slot with none skips the round-robin scan
 
 
 class _Router:
@@ -176,8 +179,10 @@ class Nexus(Policy):
         self.arrivals[task.model] += 1
         slot = self.slots[self.routers[task.model].pick()]
         slot.queues[task.model].append(task)
+        slot.queued += 1
         if not slot.busy:
-            self._run(slot)
+            # With this its only queued request, the round-robin scan would stop first at this model's turn.
+            self._run(slot, slot.turn_of[task.model] if slot.queued == 1 else slot.rr)
 
     def on_batch_done(self, batch: Batch) -> None:
         slot = self.slots[batch.slot]
@@ -268,13 +273,15 @@ class Nexus(Policy):
         for slot in self.slots:
             for m, q in slot.queues.items():
                 pending[m].extend(q)
-            slot.sessions, slot.queues, slot.rr = [], {}, 0
+            slot.sessions, slot.turns, slot.turn_of, slot.queues, slot.rr, slot.queued = [], [], {}, {}, 0, 0
         weighted: dict[str, list[tuple[int, float]]] = {m: [] for m in self.info}
         for g, sessions in assignment:
             slot = self.slots[g]
             for info, batch, tp in sessions:
+                q = slot.queues[info.name] = deque()
                 slot.sessions.append((info, batch))
-                slot.queues[info.name] = deque()
+                slot.turn_of[info.name] = len(slot.turns)
+                slot.turns.append((info, batch, q))
                 weighted[info.name].append((g, tp))
         self.routers = {m: _Router(w) for m, w in weighted.items()}
         self.throughput = {m: sum(tp for _, tp in w) for m, w in weighted.items()}
@@ -283,7 +290,9 @@ class Nexus(Policy):
             tasks.sort(key=lambda r: r.deadline)
             router = self.routers[m]
             for r in tasks:
-                self.slots[router.pick()].queues[m].append(r)
+                slot = self.slots[router.pick()]
+                slot.queues[m].append(r)
+                slot.queued += 1
         for slot in self.slots:
             if not slot.busy and slot.sessions and self.cluster.slots[slot.index].alive:
                 self._run(slot)
@@ -301,16 +310,20 @@ class Nexus(Policy):
         self.cluster.call_at(now + window, self._sample)
 
     # -- execution ------------------------------------------------------------------
-    def _run(self, slot: _Slot) -> None:
-        """The slot's next turn: the next session in round-robin order that has work."""
+    def _run(self, slot: _Slot, start: int | None = None) -> None:
+        """The slot's next turn: the next session in round-robin order that has work, from `start` (by
+        default where its round-robin stands; a caller may skip turns it knows have nothing queued)."""
+        if not slot.queued:
+            return                        # (every turn would be skipped)
         cluster = self.cluster
         now = cluster.now()
-        sessions = slot.sessions
-        n = len(sessions)
+        turns = slot.turns
+        n = len(turns)
+        if start is None:
+            start = slot.rr
         for k in range(n):
-            i = (slot.rr + k) % n
-            info, cap = sessions[i]
-            q = slot.queues[info.name]
+            i = (start + k) % n
+            info, cap, q = turns[i]
             if not q:
                 continue
             l = info.l
@@ -318,10 +331,13 @@ class Nexus(Policy):
                 late = []
                 while q and q[0].deadline < now + l[min(cap, len(q))]:
                     late.append(q.popleft())
+                slot.queued -= len(late)
                 cluster.drop(late, "early drop")
                 if not q:
                     continue
-            cluster.dispatch(slot.index, info.name, [q.popleft() for _ in range(min(cap, len(q)))])
+            tasks = [q.popleft() for _ in range(min(cap, len(q)))]
+            slot.queued -= len(tasks)
+            cluster.dispatch(slot.index, info.name, tasks)
             slot.busy = True
             slot.rr = i + 1
             return

@@ -86,15 +86,18 @@ def instance_slots(models: list[str], slots, instance_gpus: int) -> dict[str, li
 
 
 class _Batcher:
-    __slots__ = ("name", "queue", "delayed", "free", "max_batch", "preferred", "timer", "timer_at")
+    __slots__ = ("name", "queue", "delayed", "free", "max_batch", "preferred", "send_all", "timer", "timer_at")
 
-    def __init__(self, name: str, free: list[int], max_batch: int, preferred: list[int]):
+    def __init__(self, name: str, free: list[int], max_batch: int, preferred: list[int], delay: float):
         self.name = name
         self.queue: deque[Task] = deque()
         self.delayed: deque[Task] = deque()   # timed out under DELAY: served after `queue`
         self.free = free                         # heap of slot indices, one entry per free instance
         self.max_batch = max_batch
         self.preferred = preferred               # sorted ascending
+        # No queue delay and the default preferred sizes: GetDynamicBatch() always sends all n pending
+        # (the usual config), so the batcher skips working that out per batch.
+        self.send_all = delay == 0 and preferred == [max_batch]
         self.timer = None
         self.timer_at = float("inf")
 
@@ -116,6 +119,7 @@ class Triton(Policy):
         self.delay = config.max_queue_delay_microseconds * US
         self.timeout = config.default_timeout_microseconds * US
         self.reject_on_timeout = config.timeout_action == "REJECT"
+        self.queue_limit = config.max_queue_size
         self.batchers: dict[str, _Batcher] = {}
         placed = instance_slots(list(models), cluster.slots, config.instance_gpus)
         for m in models:
@@ -131,12 +135,12 @@ class Triton(Policy):
                                    "fix system.preferred_batch_size")
             free = [s for s in slots for _ in range(config.instance_count)]
             heapq.heapify(free)
-            self.batchers[m] = _Batcher(m, free, max_batch, preferred)
+            self.batchers[m] = _Batcher(m, free, max_batch, preferred, self.delay)
 
     # -- events -----------------------------------------------------------------
     def on_arrival(self, task: Task) -> None:
         b = self.batchers[task.model]
-        limit = self.config.max_queue_size
+        limit = self.queue_limit
         if limit and len(b.queue) + len(b.delayed) >= limit:
             # Triton answers UNAVAILABLE "Exceeds maximum queue size"; records want status 'rejected'.
             self.cluster.drop([task], "queue full", status=REJECTED)
@@ -164,24 +168,27 @@ class Triton(Policy):
         cluster = self.cluster
         now = cluster.now()
         slots = cluster.slots
-        while b.free:
-            if not slots[b.free[0]].alive:
-                heapq.heappop(b.free)
+        free, queue, delayed, timeout = b.free, b.queue, b.delayed, self.timeout
+        while free:
+            slot = free[0]
+            if not slots[slot].alive:
+                heapq.heappop(free)
                 continue
-            if self.timeout > 0:
+            if timeout > 0:
                 self._apply_timeouts(b, now)
-            queued = len(b.queue) + len(b.delayed)
+            queued = len(queue) + len(delayed)
             if queued == 0:
                 break
-            n = min(queued, b.max_batch)
-            size = self._batch_size(b, n, now)
+            n = queued if queued < b.max_batch else b.max_batch
+            size = n if b.send_all else self._batch_size(b, n, now)
             if size == 0:
                 self._wake_at(b, self._wake_time(b, n))
                 return
-            slot = heapq.heappop(b.free)
+            heapq.heappop(free)
             cluster.dispatch(slot, b.name, self._take(b, size))
         # Nothing queued, or no free instance: Triton's thread sleeps until an arrival or a completion.
-        self._cancel_timer(b)
+        if b.timer is not None:
+            self._cancel_timer(b)
 
     def _batch_size(self, b: _Batcher, n: int, now: float) -> int:
         """Requests to send now out of n pending (0: wait), per GetDynamicBatch()."""
@@ -221,7 +228,11 @@ class Triton(Policy):
 
     def _take(self, b: _Batcher, size: int) -> list[Task]:
         q = b.queue
-        tasks = [q.popleft() for _ in range(min(size, len(q)))]
+        if size >= len(q):                    # the whole queue (usual: a batch takes all that waits)
+            tasks = list(q)
+            q.clear()
+        else:
+            tasks = [q.popleft() for _ in range(size)]
         d = b.delayed
         while len(tasks) < size:
             tasks.append(d.popleft())
