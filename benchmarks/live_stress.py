@@ -96,11 +96,11 @@ async def one_rate(system: str, rate: float, seconds: float, n_slots: int, n_mod
     models = {f"m{i}": ModelSpec(f"m{i}", slo_ms / 1000) for i in range(n_models)}
     names = list(models)
     slots = [Slot(i, f"s{i}", "sleep", "whole", frozenset(models), device=i) for i in range(n_slots)]
+    policy_cls = systems.policy_class(system)            # (imports the policy's modules before the clock starts)
     clock = precise.Clock(time.time() + 0.1)             # run time 0 is 0.1 s from now
     # Every slot, and any a policy's reconfiguration creates, runs every model on the one sleep curve.
     ledger = Ledger(slots, [{m: curve for m in models}] * n_slots, lambda spec: {m: curve for m in models})
     cluster = LiveCluster(ledger, FakePool(n_slots, instant), clock, {m: s.slo for m, s in models.items()})
-    policy_cls = systems.policy_class(system)
     policy = policy_cls(cluster, models, policy_cls.Config())
     done = loop.create_future()
     i = 0

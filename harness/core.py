@@ -4,10 +4,12 @@ A policy (systems/*.py) is a plain object that reacts to events -- start, a
 task's arrival, a batch's completion, a slot leaving or joining -- and acts
 only through the `Cluster` handle it was built with: read the clock,
 dispatch a batch of tasks to a slot, drop tasks, set a timer, look up a
-latency profile, move to another placement. It never sleeps, opens a socket
-or reads a wall clock, so the very same object runs under the discrete-event
-runtime (virtual time) and the live runtime (real time). This is the
-sans-I/O style of h11 and the narrow SystemUnderTest of MLPerf LoadGen.
+latency profile, move to another placement, hand a long pure computation
+(an allocation solve) off the event loop. It never sleeps, opens a socket,
+starts a thread or reads a wall clock, so the very same object runs under
+the discrete-event runtime (virtual time) and the live runtime (real time).
+This is the sans-I/O style of h11 and the narrow SystemUnderTest of MLPerf
+LoadGen.
 
 Vocabulary:
 
@@ -29,13 +31,15 @@ policy reads tasks, batches and slots and never writes them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, ClassVar, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, ClassVar, Mapping, Protocol, Sequence, TypeVar
 
 from harness.profiles import LatencyCurve
 
 if TYPE_CHECKING:
     from harness.calibrate import Overheads
     from harness.placement import Placement
+
+T = TypeVar("T")
 
 # Outcomes of requests and tasks, as written to the records.
 OK, DROPPED, REJECTED, TIMEOUT, ERROR = "ok", "dropped", "rejected", "timeout", "error"
@@ -211,6 +215,18 @@ class Cluster(Protocol):
         """Resolve `tasks` unserved: status dropped (the policy gave up) or rejected (admission refused)."""
 
     def call_at(self, t: float, fn: Callable[[], None]) -> TimerHandle: ...
+
+    def offload(self, fn: Callable[[], T], then: Callable[[T], None]) -> None:
+        """Run `fn()`, a long pure computation (an allocation solve), off the event loop; then call
+        `then(result)` as an event of its own.
+
+        Live, `fn` runs in a worker thread while arrivals and timers go on, so it must read only what
+        it was given, never the cluster or the policy's state, and by the time `then` runs the cluster
+        may have moved on (`then` checks that the result still applies). The sim calls `then(fn())` at
+        once, at the same virtual time: a computation takes no virtual time, as when it ran inline.
+        Live, `then` is not called once the run has finished, nor when `fn` raised (a policy error, as
+        when a timer raises).
+        """
 
     def curve(self, model: str, slot: int) -> LatencyCurve:
         """The latency profile of `model` on `slot`."""

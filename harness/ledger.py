@@ -26,6 +26,7 @@ The policy is never called from here: the runtime tells it what happened.
 
 from __future__ import annotations
 
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
@@ -292,17 +293,24 @@ class Ledger:
         revived, same spec, same index) as starting. The runtime starts those and calls join()."""
         before = self.placement.describe()
         provisioned = [s for s in self.slots if s.alive or s.index in self.joining]
-        wanted = list(placement.slots)
+        # Each wanted spec takes the first provisioned slot of that spec not yet kept, else the first spare
+        # (stopped) slot of it, else a new slot: queues per spec, in slot order, keep that linear in slots.
+        provided: dict = defaultdict(deque)
+        for s in provisioned:
+            provided[spec_of(s)].append(s.index)
+        spares: dict = defaultdict(deque)
+        for s in self.slots:
+            if not s.alive and s.index not in self.joining:
+                spares[spec_of(s)].append(s.index)
         keep: set[int] = set()
         starting: list[int] = []
-        for spec in wanted:
-            match = next((s for s in provisioned if s.index not in keep and spec_of(s) == spec), None)
-            if match is not None:
-                keep.add(match.index)
-                continue
-            spare = next((s for s in self.slots if not s.alive and s.index not in self.joining
-                          and s.index not in starting and spec_of(s) == spec), None)
-            starting.append(self._new_slot(spec) if spare is None else spare.index)
+        for spec in placement.slots:
+            if provided[spec]:
+                keep.add(provided[spec].popleft())
+            elif spares[spec]:
+                starting.append(spares[spec].popleft())
+            else:
+                starting.append(self._new_slot(spec))
         leaving = [s.index for s in provisioned if s.index not in keep]
         for i in leaving:
             s = self.slots[i]

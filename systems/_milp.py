@@ -69,6 +69,7 @@ import itertools
 import math
 import os
 import sys
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
@@ -178,21 +179,28 @@ class _Program:
         return res.x if res.x is not None else None
 
 
+_SILENCING = threading.Lock()
+
+
 @contextmanager
 def _stdout_silenced():
     """The HiGHS bundled with scipy writes 'HighsMipSolverData::transformNewIntegerFeasibleSolution
     tmpSolver.run();' to the process's standard output whatever its log settings (ERGO-Code/HiGHS#2783, fixed
-    in later HiGHS releases), so the solve runs with file descriptor 1 on /dev/null."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 1)
-        yield
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
-        os.close(devnull)
+    in later HiGHS releases), so the solve runs with file descriptor 1 on /dev/null. That descriptor is the
+    whole process's: a solve in a worker thread (cluster.offload) mutes the other threads' standard output
+    meanwhile (the live scheduler writes there only its ready line, before any policy runs), and solves in
+    two threads take turns, or the second would save the first's /dev/null and restore it for good."""
+    with _SILENCING:
+        sys.stdout.flush()
+        saved = os.dup(1)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, 1)
+            yield
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+            os.close(devnull)
 
 
 def solve(demands: Sequence[Demand], segments: Sequence[Segment], curve: Callable[[str, str], LatencyCurve],

@@ -16,6 +16,12 @@ The segments are packed onto the cluster's devices keeping the slots that
 stay (systems/_segments.py) and installed through cluster.reconfigure;
 slots dropped on devices the allocation leaves free serve on until its new
 segments have joined, so the apps are not left without slots meanwhile.
+The solve and the packing, which read only the demand and a snapshot of
+the placement, run off the event loop (cluster.offload): live, in a worker
+thread while arrivals and timers go on, the allocation then installed only
+if the placement is still the one it was packed onto (else the next window
+tries again), and no window starts a solve while one runs; in the sim at
+once, at the window's time, so its decisions are those of an inline solve.
 
 Serving. A request is given a variant for each node on arrival, by
 deterministic weighted round-robin over the allocation's variant mix; each
@@ -54,6 +60,7 @@ jigsaw_max_accuracy.py, jigsaw_even_budget.py.
 from __future__ import annotations
 
 import bisect
+import functools
 import heapq
 import itertools
 import math
@@ -66,7 +73,7 @@ from harness.core import REJECTED, Batch, Policy, SystemConfig, Task
 from harness.errors import HarnessError
 from harness.gpu.partitions import parse_partition
 from harness.ledger import spec_of
-from harness.placement import SLEEP, Placement
+from harness.placement import SLEEP, Placement, SlotSpec
 from harness.profiles import curves_for
 from systems._milp import EVEN, GRAPH, Allocation, Demand, Segment, solve
 from systems._segments import devices_needed, fill_shared, pack
@@ -154,6 +161,8 @@ class Jigsaw(Policy):
         self.capacity: Counter = Counter()                 # per (app, node, variant): tasks/s its replicas serve
         self.window_start = 0.0
         self.allocation: Allocation | None = None
+        self.solving = False                               # a solve is running (live: in a worker thread); one
+                                                           # that raised (live: a policy error) leaves it set
         self.mixes: dict[str, _Mix] = {}
         self.admit_credit: dict[str, float] = {}
         self.chosen: dict[int, tuple] = {}                 # request id -> (request, variant of each node)
@@ -331,7 +340,7 @@ class Jigsaw(Policy):
         self.copies.clear()
         self.window_start = now
         self.chosen = {k: v for k, v in self.chosen.items() if v[0].status is None}
-        if self.apps:
+        if self.apps and not self.solving:     # one solve at a time; the next window looks again
             grow = (self.allocation is None or set(self.rates) - set(self.planned) or self._short(span)
                     or Counter(self.cluster.placement.slots) != self.desired + Counter(self.lingering))
             if grow or any(self._fell(a, span) for a in self.planned):
@@ -362,29 +371,29 @@ class Jigsaw(Policy):
         return count < self.config.rate_low * expected - noise
 
     def _allocate(self, rates: dict[str, float], only_smaller: bool) -> None:
-        """Solve for `rates` and install the allocation (with `only_smaller`: if it takes less GPU share)."""
+        """Solve for `rates` off the event loop (cluster.offload: live, a solve takes tenths of a second that
+        arrivals and timers would wait) and install the allocation it finds (with `only_smaller`: if it
+        takes less GPU share)."""
         demands = [Demand(self.apps[a], r, self.branching.get(a, (1.0,) * len(self.apps[a].nodes)), self.keys[a])
                    for a, r in rates.items()]
         c = self.config
-        budget = float(self.devices)
-        for _ in range(PACK_TRIES):
-            allocation = solve(demands, self.segments, lambda m, p: self.curves[m, p], budget,
-                               budget_per_batch=c.budget_per_batch, budget_split=c.budget_split,
-                               headroom=c.headroom, accuracy_scaling=c.accuracy_scaling)
-            due = {a: _dues(self.apps[a], b) for a, b in allocation.budgets.items()}
-            groups = {(r.app, r.node, r.variant): _Group(r.variant, allocation.budgets[r.app][r.node],
-                                                         due[r.app][r.node]) for r in allocation.replicas}
-            segments = [(r.partition, frozenset([r.variant]), (groups[r.app, r.node, r.variant],))
-                        for r in allocation.replicas for _ in range(r.count)]
-            segments += fill_shared(allocation.shared, [(r.partition, r.variant, groups[r.app, r.node, r.variant],
-                                                         r.part) for r in allocation.replicas if r.part])
-            wanted = Counter((partition, models) for partition, models, _ in segments)
-            specs = pack(self.cluster.placement.slots, wanted, self.gpu_type, self.devices)
-            if specs is not None:
-                break
-            budget = allocation.share * self.devices / devices_needed(wanted)
-        else:
-            return                      # keep serving as now; the next window tries again
+        settings = dict(budget_per_batch=c.budget_per_batch, budget_split=c.budget_split, headroom=c.headroom,
+                        accuracy_scaling=c.accuracy_scaling)
+        current = self.cluster.placement.slots
+        self.solving = True
+        self.cluster.offload(
+            functools.partial(_plan, demands, self.segments, self.curves, self.devices, self.gpu_type, current,
+                              settings),
+            lambda found: self._solved(found, rates, only_smaller, current))
+
+    def _solved(self, found: tuple | None, rates: dict[str, float], only_smaller: bool, current: tuple) -> None:
+        self.solving = False
+        # None: no allocation tried fits the devices. A placement other than the one the segments were packed
+        # onto: it moved while the solve ran (live only), so the packing no longer holds. Either way it keeps
+        # serving as now, and the next window tries again.
+        if found is None or self.cluster.placement.slots != current:
+            return
+        allocation, groups, segments, specs = found
         self.planned = rates            # a smaller allocation that is no smaller is not tried again for them
         if not only_smaller or allocation.share < self.allocation.share - 1e-9:
             self._install(allocation, groups, segments, specs)
@@ -456,6 +465,31 @@ class Jigsaw(Policy):
                 group.queue = [e for e in group.queue if e[2].deadline >= now]
                 heapq.heapify(group.queue)
                 self.cluster.drop(late, "late")
+
+
+def _plan(demands: list[Demand], kinds: list[Segment], curves: dict, devices: int, gpu_type: str,
+          current: tuple[SlotSpec, ...], settings: dict) -> tuple | None:
+    """The allocation for `demands`, its groups and segments, and the slot specs that pack the segments onto
+    the devices keeping the `current` ones that stay: (allocation, groups, segments, specs); None if no
+    allocation tried fits the devices. It runs off the event loop (cluster.offload), so it reads only what it
+    is given (all of it immutable or never written after the policy starts) and writes nothing shared."""
+    apps = {d.app.name: d.app for d in demands}
+    budget = float(devices)
+    for _ in range(PACK_TRIES):
+        allocation = solve(demands, kinds, lambda m, p: curves[m, p], budget, **settings)
+        due = {a: _dues(apps[a], b) for a, b in allocation.budgets.items()}
+        groups = {(r.app, r.node, r.variant): _Group(r.variant, allocation.budgets[r.app][r.node],
+                                                     due[r.app][r.node]) for r in allocation.replicas}
+        segments = [(r.partition, frozenset([r.variant]), (groups[r.app, r.node, r.variant],))
+                    for r in allocation.replicas for _ in range(r.count)]
+        segments += fill_shared(allocation.shared, [(r.partition, r.variant, groups[r.app, r.node, r.variant],
+                                                     r.part) for r in allocation.replicas if r.part])
+        wanted = Counter((partition, models) for partition, models, _ in segments)
+        specs = pack(current, wanted, gpu_type, devices)
+        if specs is not None:
+            return allocation, groups, segments, specs
+        budget = allocation.share * devices / devices_needed(wanted)
+    return None
 
 
 def _dues(app: App, budgets: tuple[float, ...]) -> list[float]:

@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
+import time
 from collections import Counter
+from typing import Callable
 
+import numpy as np
 import pandas as pd
 import pytest
 from omegaconf import open_dict
 
 from harness.apps import App, AppNode
+from harness.core import ModelSpec, Slot
 from harness.errors import HarnessError
-from harness.placement import SlotSpec
+from harness.ledger import Ledger
+from harness.live import loop as precise
+from harness.live.cluster import LiveCluster
+from harness.placement import SLEEP, SlotSpec
 from harness.profiles import LatencyCurve
 from harness.run import execute
+from harness.runtimes.sim import SimCluster
 from harness.search import compose
+from systems import jigsaw
 from systems._milp import Demand, Segment, solve
 from systems._segments import devices_needed, fill_shared, pack
 
@@ -210,3 +221,108 @@ def test_bad_settings_are_one_line_errors_naming_the_key(tmp_path):
         with pytest.raises(HarnessError) as err:
             execute(cfg, tmp_path / key, [])
         assert key in str(err.value) and "\n" not in str(err.value)
+
+
+# The solve off the event loop (cluster.offload). A sleep-model cluster: the allocation keeps its partition.
+SLEEP_CURVE = LatencyCurve.linear(1.082, 5.204, 64)
+SLEEP_MODELS = {"m0": ModelSpec("m0", 0.1), "m1": ModelSpec("m1", 0.1)}
+
+
+def _sleep_ledger(n: int) -> Ledger:
+    slots = [Slot(i, f"s{i}", SLEEP, "whole", frozenset(SLEEP_MODELS), device=i) for i in range(n)]
+    curves = {m: SLEEP_CURVE for m in SLEEP_MODELS}
+    return Ledger(slots, [curves] * n, lambda spec: curves)
+
+
+class _InstantPool:
+    """Workers that answer every batch at once and start or stop at once."""
+
+    def __init__(self):
+        self.on_lost = None
+        self.held: set[int] = set()
+
+    def submit(self, slot, batch_id, model, size, start_within, payload=None, expected=0.0, stage=None, rows=None,
+               on_reply=None):
+        asyncio.get_running_loop().call_soon(on_reply, {"batch": batch_id, "status": "ok", "exec": 0.0, "error": ""})
+
+    async def add(self, slot, spec):
+        self.held.add(slot)
+
+    async def remove(self, slot):
+        self.held.discard(slot)
+
+    def holds_device(self, slot):
+        return slot in self.held
+
+
+def test_live_jigsaw_solves_off_the_event_loop_and_installs_the_allocation(monkeypatch):
+    threads = []
+    real = jigsaw.solve
+    monkeypatch.setattr(jigsaw, "solve", lambda *a, **kw: threads.append(threading.get_ident()) or real(*a, **kw))
+
+    async def main():
+        ledger = _sleep_ledger(2)
+        cluster = LiveCluster(ledger, _InstantPool(), precise.Clock(time.time()), {m: 0.1 for m in SLEEP_MODELS})
+        policy = jigsaw.Jigsaw(cluster, SLEEP_MODELS, jigsaw.JigsawConfig(window_s=0.05))
+        cluster.start(policy)
+        for i in range(1000):               # ~2 s at most; arrivals go on while it solves
+            cluster.arrive(f"m{i % 2}", i, cluster.now())
+            await asyncio.sleep(0.002)
+            if policy.allocation is not None and not policy.solving:
+                break
+        cluster.finish()
+        return threading.get_ident(), policy, cluster
+
+    loop_thread, policy, cluster = precise.run(main())
+    assert threads and loop_thread not in threads          # every solve ran in a worker thread
+    assert policy.allocation is not None                   # and its result came back to the loop and was installed
+    assert set(policy.allocation.served) == {"m0", "m1"} and cluster.policy_errors == 0
+
+
+class _HeldSim(SimCluster):
+    """A sim whose offloaded computations finish only when the test says: a solve that takes a while."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.held: list = []
+        self.offloads = 0
+
+    def offload(self, fn, then):
+        self.offloads += 1
+        self.held.append((fn, then))
+
+    def finish_held(self):
+        for fn, then in self.held:
+            then(fn())
+        self.held = []
+
+
+def _held_run(events: dict[float, Callable[[_HeldSim], None]]):
+    """Jigsaw (1 s windows) on 2 sleep-model slots, 200 requests/s for 4 s; events[t](sim) runs at t."""
+    sim = _HeldSim(_sleep_ledger(2))
+    policy = jigsaw.Jigsaw(sim, SLEEP_MODELS, jigsaw.JigsawConfig(window_s=1.0))
+    seen = {}
+    for t, event in events.items():
+        sim.call_at(t, lambda t=t, event=event: seen.__setitem__(t, event(sim, policy)))
+    times = np.arange(0.0, 4.0, 0.005)
+    sim.run(policy, np.arange(len(times)), [f"m{i % 2}" for i in range(len(times))], times,
+            {m: 0.1 for m in SLEEP_MODELS}, drain=1.0)
+    return seen
+
+
+def test_jigsaw_starts_no_solve_while_one_runs_and_installs_it_when_it_comes_back():
+    seen = _held_run({
+        1.5: lambda sim, p: (sim.offloads, p.solving),            # the window at 1 s started a solve
+        2.5: lambda sim, p: (sim.offloads, p.solving, p.allocation is None),   # the one at 2 s started none
+        2.6: lambda sim, p: sim.finish_held() or (p.solving, p.allocation is not None),
+    })
+    assert seen[1.5] == (1, True) and seen[2.5] == (1, True, True) and seen[2.6] == (False, True)
+
+
+def test_jigsaw_drops_a_solve_whose_placement_moved_and_tries_again_next_window():
+    seen = _held_run({
+        1.5: lambda sim, p: sim.lose(0, "scripted fault"),        # the placement it packed onto is gone
+        1.6: lambda sim, p: sim.finish_held() or (p.solving, p.allocation is None, dict(p.planned)),
+        2.5: lambda sim, p: (sim.offloads, p.solving),            # the window at 2 s tried again
+    })
+    assert seen[1.6] == (False, True, {}) and seen[2.5] == (2, True)

@@ -23,9 +23,12 @@ Where it must differ from the simulation:
   workers are stopped once they have run what they hold; a new slot's
   worker starts once the slots leaving its device are stopped, and the slot
   joins when the worker answers (the cost is measured, not modelled).
+- offload(fn, then) runs fn in a worker thread (the loop's default
+  executor) and calls then on the loop once it is done: arrivals and timers
+  go on meanwhile, where the simulation calls then(fn()) at once.
 - finish() ends the run: what is still pending becomes a timeout (as the
   simulation records what its drain leaves unresolved), and the policy is
-  never called again.
+  never called again (nor the `then` of a computation still running).
 """
 
 from __future__ import annotations
@@ -110,6 +113,25 @@ class LiveCluster:
                 self._policy_failed("timer")
 
         return self._loop.call_at(planned + self._to_loop, fire)
+
+    def offload(self, fn: Callable[[], object], then: Callable[[object], None]) -> None:
+        # In the loop's default executor (a thread): the solvers this is for (scipy's HiGHS) release the GIL,
+        # so arrivals and timers go on meanwhile; what Python runs around the solve was measured to hold the
+        # loop up no longer than a GIL-free thread does, so the GIL's switch interval is left as it is.
+        # `then` runs on the loop, as any event.
+        if self._finished:
+            return
+        future = self._loop.run_in_executor(None, fn)
+
+        def done(future: asyncio.Future) -> None:
+            if self._finished or future.cancelled():
+                return
+            try:
+                then(future.result())     # result() raises what fn raised: a policy error too
+            except Exception:
+                self._policy_failed("offload")
+
+        future.add_done_callback(done)
 
     def curve(self, model: str, slot: int) -> LatencyCurve:
         return self.ledger.curves[slot][model]

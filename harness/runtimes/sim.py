@@ -11,7 +11,8 @@ order.
 A reconfiguration (Cluster.reconfigure) removes slots at once and starts the
 new ones once the slots leaving their device have drained, plus
 `slot_start_s` (the start cost measured live: a worker process, its models,
-its CUDA graphs).
+its CUDA graphs). A computation a policy offloads (Cluster.offload, an
+allocation solve) runs at once and takes no virtual time.
 """
 
 from __future__ import annotations
@@ -95,6 +96,10 @@ class SimCluster:
         entry = [t if t > self._now else self._now, next(self._seq), fn]
         heapq.heappush(self._heap, entry)
         return _Timer(entry)
+
+    def offload(self, fn: Callable[[], object], then: Callable[[object], None]) -> None:
+        # At once, at the same virtual time: the policy decides exactly as if it had computed inline.
+        then(fn())
 
     def curve(self, model: str, slot: int) -> LatencyCurve:
         return self.ledger.curves[slot][model]
