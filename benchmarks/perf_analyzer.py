@@ -87,7 +87,8 @@ def theirs(system: str, mode: str, rate: float, intervals: np.ndarray, out: Path
         wait_ready(f"http://127.0.0.1:{port}")
         report = out / f"{system}-{mode}.csv"
         cmd = [tool, "-m", MODEL, "-u", f"127.0.0.1:{port}", "-i", "http", "-b", "1", "--percentile", "99",
-               "--measurement-interval", "4000", "--max-trials", "6", "-f", str(report),
+               "--measurement-interval", "4000", "--max-trials", "10", "--stability-percentage", "20",
+               "-f", str(report),
                "--max-threads", "64"]   # synchronous calls: enough threads for rate x latency in flight
         if mode == "rate":
             cmd += ["--request-rate-range", f"{rate:g}", "--request-distribution", "poisson"]
