@@ -95,6 +95,7 @@ Where this module departs from the paper, and why:
 
 from __future__ import annotations
 
+import heapq
 import math
 from bisect import insort
 from collections import deque
@@ -196,23 +197,42 @@ def pack(rects: Iterable[Rectangle], curves: Mapping[str, Mapping[str, LatencyCu
     levels: list[Level] = []
     free = dict.fromkeys(devices, 1.0)
     for r in sorted(rects, key=lambda r: (-r.share, r.model)):
-        def width(level: Level) -> float:
-            curve = curves[level.partition][r.model]
-            return curve.mean[min(r.items, curve.max_batch)]
+        widths: dict[str, float] = {}    # partition -> a run's width on a level of it
 
+        def width(level: Level) -> float:
+            if level.partition not in widths:
+                curve = curves[level.partition][r.model]
+                widths[level.partition] = curve.mean[min(r.items, curve.max_batch)]
+            return widths[level.partition]
+
+        # A level's planned time only grows and a device's free share only shrinks, so a level without room
+        # for a run of r, or a device without r's share free, stays so for r's later runs: the first fits
+        # resume where the last run's stopped, and once no level has room and no device a share, r's runs go
+        # to the least planned level (the first of equals), kept in a heap of (planned time with the run,
+        # index) -- instead of scans over every level and device for every run.
+        fit, dev = 0, 0
+        spill: list[tuple[float, int]] | None = None
         for k in range(r.runs):
             # Sorted by height, every level open so far is at least as tall as this rectangle.
-            level = next((lv for lv in levels if lv.used + width(lv) <= budget), None)
-            if level is None:
-                device = next((d for d in devices if free[d] >= r.share - SHARE_TOLERANCE), None)
-                if device is not None:
-                    free[device] -= r.share
-                    level = Level(device, r.partition, r.share)
-                    levels.append(level)
-                else:
-                    level = min(levels, key=lambda lv: lv.used + width(lv))
-            level.runs.append((k * cycle / r.runs, (k + 1) * cycle / r.runs, width(level), r.model))
-            level.used += width(level)
+            if spill is None:
+                while fit < len(levels) and levels[fit].used + width(levels[fit]) > budget:
+                    fit += 1
+                if fit == len(levels):
+                    while dev < len(devices) and free[devices[dev]] < r.share - SHARE_TOLERANCE:
+                        dev += 1
+                    if dev < len(devices):
+                        free[devices[dev]] -= r.share
+                        levels.append(Level(devices[dev], r.partition, r.share))
+                    else:
+                        spill = [(lv.used + width(lv), i) for i, lv in enumerate(levels)]
+                        heapq.heapify(spill)
+            i = fit if spill is None else heapq.heappop(spill)[1]
+            level = levels[i]
+            w = width(level)
+            level.runs.append((k * cycle / r.runs, (k + 1) * cycle / r.runs, w, r.model))
+            level.used += w
+            if spill is not None:
+                heapq.heappush(spill, (level.used + w, i))
     for level in levels:
         level.turns = lay_out(level.runs, cycle)
     return sorted(levels, key=lambda lv: lv.device)   # stable: a device's levels in the order they opened
@@ -251,14 +271,55 @@ def placement_of(levels: Sequence[Level], gpu_type: str, models: Iterable[str]) 
 class _Lane:
     """A slot's turns and where it is in the current cycle."""
 
-    __slots__ = ("turns", "curves", "cycle", "owed", "timer")
+    __slots__ = ("turns", "curves", "first", "sizes", "kind", "cycle", "owed", "next", "timer", "wake")
 
-    def __init__(self, turns: list[tuple[float, str]], curves: dict[str, LatencyCurve]):
+    def __init__(self, turns: list[tuple[float, str]], curves: dict[str, LatencyCurve], wake):
         self.turns = turns
         self.curves = curves           # model -> its curve on this slot, for the models the slot serves
+        self.first: dict[str, float] = {}   # model -> its earliest turn in a cycle (its turn in the next one)
+        for offset, model in turns:
+            if offset < self.first.get(model, INF):
+                self.first[model] = offset
+        self.sizes: dict[str, tuple[list[float], int, int]] = {}   # set by resize()
+        self.kind = -1                 # set by DStack._open_lane
         self.cycle = -1                # index of the cycle `owed` belongs to
         self.owed: list[int] = []      # turns not yet taken in that cycle, in order
+        self.next: dict[str, float] | None = None   # model -> its next turn, while `owed` stays (_next_turns)
         self.timer = None
+        self.wake = wake               # the timer's callback: serve the slot
+
+    def resize(self, rects: Mapping[str, Rectangle]) -> None:
+        """The plan's run sizes on this slot, read on every serve: model -> (its curve's means, a run's planned
+        requests, its largest batch), both within the curve, in `curves` order."""
+        self.sizes = {m: (c.mean, min(rects[m].items, c.max_batch), min(rects[m].batch, c.max_batch))
+                      for m, c in self.curves.items()}
+
+
+class _Wakeup:
+    """One timer that serves lanes one after another (DStack._sweep), in the order they were set to wait."""
+
+    __slots__ = ("lanes", "handle")
+
+    def __init__(self, cluster, t: float):
+        self.lanes: dict[_Lane, None] = {}
+        self.handle = cluster.call_at(t, self._fire)
+
+    def add(self, lane: _Lane) -> None:
+        self.lanes[lane] = None
+        lane.timer = self
+
+    def remove(self, lane: _Lane) -> None:
+        del self.lanes[lane]
+        lane.timer = None
+        if not self.lanes:
+            self.handle.cancel()
+
+    def _fire(self) -> None:
+        while self.lanes:
+            lane = next(iter(self.lanes))
+            del self.lanes[lane]
+            lane.timer = None
+            lane.wake()
 
 
 class DStack(Policy):
@@ -287,9 +348,12 @@ class DStack(Policy):
         self.queues: dict[str, deque[Task]] = {m: deque() for m in models}
         self.rects = self._rectangles(None)
         self.lanes: dict[int, _Lane] = {}
+        self.holders: dict[str, set[int]] = {m: set() for m in models}   # model -> slots whose lane serves it
         self.idle: set[int] = set()
         self.planned: dict[SlotSpec, list[Level]] = {}   # levels of the plan not yet given a slot, by spec
         self.counts = dict.fromkeys(models, 0)
+        self.drops = 0                               # requests dropped late so far
+        self.kinds: dict[tuple, int] = {}            # lanes' turns and curves -> a number (_Lane.kind)
         self.rates: dict[str, float] | None = None  # the rates the plan was made for
         self.rate_timer = None                       # set by the first arrival
         self.rollout = Rollout(cluster)
@@ -307,11 +371,7 @@ class DStack(Policy):
         else:
             q.append(task)
         self.counts[task.model] += 1
-        for slot in sorted(self.idle):
-            if task.model in self.lanes[slot].curves:
-                self._serve(slot)
-                if not q:
-                    break
+        self._sweep(task.model)
 
     def on_batch_done(self, batch: Batch) -> None:
         if batch.slot in self.lanes and self.cluster.slots[batch.slot].outstanding == 0:
@@ -320,8 +380,11 @@ class DStack(Policy):
 
     def on_slot_lost(self, slot: int) -> None:
         lane = self.lanes.pop(slot, None)
-        if lane is not None and lane.timer is not None:
-            lane.timer.cancel()
+        if lane is not None:
+            if lane.timer is not None:
+                lane.timer.remove(lane)
+            for m in lane.curves:
+                self.holders[m].discard(slot)
         self.idle.discard(slot)
 
     def on_slot_added(self, slot: int) -> None:
@@ -332,36 +395,99 @@ class DStack(Policy):
     # -- serving ----------------------------------------------------------------------------------
     def _serve(self, slot: int) -> None:
         lane = self.lanes[slot]
-        if lane.timer is not None:
-            lane.timer.cancel()
-            lane.timer = None
         if slot not in self.idle:
+            self._wait(lane, INF)
             return
         now = self.cluster.now()
+        self._enter_cycle(lane, self._cycle_at(now))
+        choice = self._choose(lane, now)
+        if isinstance(choice, tuple):
+            self._wait(lane, INF)
+            self._run(slot, *choice)
+        else:
+            self._wait(lane, choice)
+
+    def _sweep(self, model: str) -> None:
+        """An arrival serves every idle slot holding its model, in slot order, until its queue is empty, all
+        at one moment (as _serve each, but cheaper where many slots wait for their turns):
+        - slots whose lanes are in the same state (kind, cycle, turns owed) decide alike while the queues
+          stay as the last decision left them (nothing more is late, the same turn comes next), so a state
+          is worked out once (_choose) and its other slots only wait for the same turn;
+        - slots set to wait for the same time share one timer, which serves them in the order they were set,
+          until a batch is dispatched (its end may be at that time): timers of one time set one after
+          another, with nothing else scheduled in between, fire one after another in that order."""
+        q = self.queues[model]
+        now = self.cluster.now()
         cycle = self._cycle_at(now)
+        decided: dict[tuple, float] = {}                       # state -> the turn its slots wait for
+        shared: dict[float, _Wakeup] = {}                      # turn -> the timer of the slots waiting for it
+        for slot in sorted(self.idle & self.holders[model]):
+            lane = self.lanes[slot]
+            self._enter_cycle(lane, cycle)
+            state = (lane.kind, cycle, tuple(lane.owed))
+            turn = decided.get(state)
+            if turn is None:
+                drops = self.drops
+                choice = self._choose(lane, now)
+                if isinstance(choice, tuple) or self.drops != drops:
+                    decided.clear()                            # the queues changed
+                if isinstance(choice, tuple):
+                    self._wait(lane, INF)
+                    self._run(slot, *choice)
+                    shared.clear()                             # its end may come at one of their times
+                    if not q:
+                        return
+                    continue
+                turn = decided[state] = choice
+            self._wait(lane, turn, shared)
+            if not q:
+                return
+
+    def _enter_cycle(self, lane: _Lane, cycle: int) -> None:
         if cycle != lane.cycle:
-            lane.cycle, lane.owed = cycle, list(range(len(lane.turns)))
+            lane.cycle, lane.owed, lane.next = cycle, list(range(len(lane.turns))), None
+
+    def _wait(self, lane: _Lane, turn: float, shared: dict[float, _Wakeup] | None = None) -> None:
+        """The lane's timer: its next serve at `turn` (inf: none until an event). `shared`: a sweep's timers
+        by time, for the lanes it set to wait one after another (_sweep)."""
+        if lane.timer is not None:
+            lane.timer.remove(lane)
+        if turn < INF:
+            wakeup = None if shared is None else shared.get(turn)
+            if wakeup is None:
+                wakeup = _Wakeup(self.cluster, turn)
+                if shared is not None:
+                    shared[turn] = wakeup
+            wakeup.add(lane)
+
+    def _choose(self, lane: _Lane, now: float) -> tuple[str, int] | float:
+        """Drops the requests that are late (_drop_late), then what the slot does now: (model, batch) to
+        run, or the time of the turn to wait for (inf: nothing waits)."""
         waiting = self._drop_late(lane, now)
         if not waiting:
-            return
-        begin = cycle * self.cycle
+            return INF
+        begin = lane.cycle * self.cycle
         for k in lane.owed:                                    # (1) a turn whose time has come
             offset, model = lane.turns[k]
             if begin + offset > now:
                 break
             if model in waiting:
                 lane.owed.remove(k)
-                return self._run(slot, lane, model, now)
-        for model in sorted(waiting, key=lambda m: self.queues[m][0].deadline):   # (2) spare time, EDF
-            q, curve = self.queues[model], lane.curves[model]
+                lane.next = None
+                return model, self._size(lane, model, now)
+        if lane.next is None:
+            lane.next = self._next_turns(lane, begin)
+        turns = {m: lane.next[m] for m in waiting}
+        soonest = sorted(turns.values()) + [INF]               # [0]: the next turn of any; [1]: of the others
+        queues = self.queues
+        for model in sorted(waiting, key=lambda m: queues[m][0].deadline):   # (2) spare time, EDF
+            q, (mean, items, _) = queues[model], lane.sizes[model]
             n = self._size(lane, model, now)
-            own = self._next_turn(lane, begin, {model})
-            needed = len(q) >= self.rects[model].items or own + curve.mean[n] > q[0].deadline
-            if needed and now + curve.mean[n] <= self._next_turn(lane, begin, waiting - {model}):
-                return self._run(slot, lane, model, now)
-        turn = self._next_turn(lane, begin, waiting)     # (3) wait for the next turn
-        if turn < INF:
-            lane.timer = self.cluster.call_at(turn, lambda: self._serve(slot) if slot in self.lanes else None)
+            needed = len(q) >= items or turns[model] + mean[n] > q[0].deadline
+            others = soonest[1] if turns[model] == soonest[0] else soonest[0]   # the next turn of another
+            if needed and now + mean[n] <= others:
+                return model, n
+        return soonest[0]                                      # (3) wait for the next turn
 
     def _cycle_at(self, t: float) -> int:
         """The index k of the cycle [k*T, (k+1)*T) holding t, exact in floating point: a timer set for a
@@ -373,24 +499,29 @@ class DStack(Policy):
             k -= 1
         return k
 
-    def _next_turn(self, lane: _Lane, begin: float, models: set[str]) -> float:
-        """When the next turn of one of `models` comes, in this cycle or the next (inf: none)."""
-        this = (begin + lane.turns[k][0] for k in lane.owed if lane.turns[k][1] in models)
+    def _next_turns(self, lane: _Lane, begin: float) -> dict[str, float]:
+        """When each of the lane's models has its next turn, in this cycle or the next (inf: none); the next
+        turn of several of them is the least of theirs. One pass over the turns for all of them, kept until
+        the lane takes a turn or a cycle begins (the serves in between only read it)."""
         following = (lane.cycle + 1) * self.cycle
-        after = (following + offset for offset, m in lane.turns if m in models)
-        return min(min(this, default=INF), min(after, default=INF))
+        turns = {m: following + lane.first[m] if m in lane.first else INF for m in lane.curves}
+        for k in lane.owed:
+            offset, model = lane.turns[k]
+            if model in turns and begin + offset < turns[model]:
+                turns[model] = begin + offset
+        return turns
 
     def _size(self, lane: _Lane, model: str, now: float) -> int:
         """The batch to run now: up to the model's batch, fewer if the first request would miss its deadline."""
-        q, curve = self.queues[model], lane.curves[model]
-        n = min(len(q), self.rects[model].batch, curve.max_batch)
-        while n > 1 and now + curve.mean[n] > q[0].deadline:
+        q, (mean, _, batch) = self.queues[model], lane.sizes[model]
+        n = min(len(q), batch)
+        while n > 1 and now + mean[n] > q[0].deadline:
             n -= 1
         return n
 
-    def _run(self, slot: int, lane: _Lane, model: str, now: float) -> None:
+    def _run(self, slot: int, model: str, n: int) -> None:
         q = self.queues[model]
-        tasks = [q.popleft() for _ in range(self._size(lane, model, now))]
+        tasks = [q.popleft() for _ in range(n)]
         self.cluster.dispatch(slot, model, tasks)
         self.idle.discard(slot)
 
@@ -398,16 +529,20 @@ class DStack(Policy):
         """Drop the requests of the slot's models that cannot make their deadline in a run of the planned
         size (or of all that wait, if fewer) started now; returns the models with requests left."""
         waiting = set()
-        for model, curve in lane.curves.items():
-            q = self.queues[model]
-            items = min(self.rects[model].items, curve.max_batch)
-            late = []
-            while q and now + curve.mean[min(len(q), items)] > q[0].deadline:
-                late.append(q.popleft())
-            if late:
+        queues = self.queues
+        for model, (mean, items, _) in lane.sizes.items():
+            q = queues[model]
+            if not q:
+                continue
+            if now + mean[min(len(q), items)] > q[0].deadline:
+                late = []
+                while q and now + mean[min(len(q), items)] > q[0].deadline:
+                    late.append(q.popleft())
                 self.cluster.drop(late, "late")
-            if q:
-                waiting.add(model)
+                self.drops += len(late)
+                if not q:
+                    continue
+            waiting.add(model)
         return waiting
 
     # -- planning ---------------------------------------------------------------------------------
@@ -436,6 +571,8 @@ class DStack(Policy):
         for slot in sorted(self.lanes):
             if spec_of(self.cluster.slots[slot]) in self.planned:
                 self._open_lane(slot)
+            else:
+                self.lanes[slot].resize(self.rects)    # its turns stay; its runs are sized anew
         self.rollout.to(target)
 
     def _open_lane(self, slot: int) -> None:
@@ -453,9 +590,18 @@ class DStack(Policy):
                               curves[m].mean[min(r.items, curves[m].max_batch)], m)
                              for m in curves for r in [self.rects[m]] for k in range(r.runs)], self.cycle)
         old = self.lanes.get(slot)
-        if old is not None and old.timer is not None:
-            old.timer.cancel()
-        self.lanes[slot] = _Lane(turns, curves)
+        if old is not None:
+            if old.timer is not None:
+                old.timer.remove(old)
+            for m in old.curves:
+                self.holders[m].discard(slot)
+        for m in curves:
+            self.holders[m].add(slot)
+        lane = self.lanes[slot] = _Lane(turns, curves, lambda: self._serve(slot) if slot in self.lanes else None)
+        lane.resize(self.rects)
+        # Lanes of one kind -- the same turns and the same curve objects -- decide alike in one state (_sweep).
+        kind = (tuple(turns), tuple((m, id(c)) for m, c in curves.items()))
+        lane.kind = self.kinds.setdefault(kind, len(self.kinds))
         if s.outstanding == 0:
             self.idle.add(slot)
 

@@ -77,7 +77,7 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from harness.core import Batch, Policy, SystemConfig, Task
+from harness.core import Batch, Policy, Slot, SystemConfig, Task
 from harness.errors import HarnessError
 from harness.gpu.partitions import EMULATED_SUFFIX, WHOLE, parse_partition
 from harness.placement import Placement, SlotSpec
@@ -97,6 +97,8 @@ MIG_PLACEMENTS = {
     "7g.80gb": ((0,), 8, 7),
 }
 WHOLE_PROFILE = "7g.80gb"             # the whole GPU stands for the 7g instance
+INF = float("inf")
+DIRECT = 2                            # ELSA reads this many slots of a run directly, the rest in a tree (_Bounds)
 
 
 @dataclass
@@ -191,6 +193,81 @@ def layouts_for(wanted: Mapping[str, float], sizes: Sequence[str], devices: int)
     return chosen
 
 
+class _Bounds:
+    """A lower bound of each slot's busy_until, over the slots in order, in a tree of minima: ELSA's first
+    slot in a range that finishes a query in time, in O(log n) steps instead of a scan over the slots.
+
+    A predicted finish max(now, busy_until) + l only grows with busy_until, so a subtree whose least bound
+    is too late holds no slot in time. A dispatch raises busy_until and leaves the bound: the slot the tree
+    finds is checked against its busy_until, and if it is too late after all its bound is raised and the
+    search goes on past it (a dispatch costs at most one such miss). A bound must never be above its
+    busy_until: it is lowered when a batch ends (when busy_until may fall; else only a slot that joins,
+    and then the tree is built anew)."""
+
+    def __init__(self, slots: Sequence[Slot]):
+        self.slots = slots
+        self.size = (1 << (len(slots) - 1).bit_length()) if slots else 1     # leaves: a power of two
+        self.low = [INF] * (2 * self.size)
+        self.low[self.size:self.size + len(slots)] = [s.busy_until for s in slots]
+        for node in range(self.size - 1, 0, -1):
+            self.low[node] = min(self.low[2 * node], self.low[2 * node + 1])
+
+    def lower(self, i: int, t: float) -> None:
+        """Slot i's busy_until may have fallen to t."""
+        if t < self.low[self.size + i]:
+            self.set(i, t)
+
+    def set(self, i: int, bound: float) -> None:
+        low, node = self.low, i + self.size
+        low[node] = bound
+        node //= 2
+        while node:
+            least = min(low[2 * node], low[2 * node + 1])
+            if low[node] == least:
+                break                                  # and so are the ones above
+            low[node] = least
+            node //= 2
+
+    def first(self, lo: int, hi: int, in_time) -> int:
+        """The first slot i in [lo, hi) with in_time(slots[i].busy_until), or -1; in_time(t) must hold for
+        every t below one for which it holds."""
+        while lo < hi:
+            i = self._first_bound(lo, hi, in_time)
+            if i < 0 or in_time(self.slots[i].busy_until):
+                return i
+            self.set(i, self.slots[i].busy_until)      # a dispatch since: too late after all
+            lo = i + 1
+        return -1
+
+    def _first_bound(self, lo: int, hi: int, in_time) -> int:
+        """The first i in [lo, hi) whose bound is in time, or -1: the subtrees covering the range, left to
+        right, then down the first one that has one."""
+        low, lo, hi = self.low, lo + self.size, hi + self.size
+        right = []
+        while lo < hi:
+            if lo & 1:
+                if in_time(low[lo]):
+                    return self._leftmost(lo, in_time)
+                lo += 1
+            if hi & 1:
+                hi -= 1
+                right.append(hi)
+            lo //= 2
+            hi //= 2
+        for node in reversed(right):
+            if in_time(low[node]):
+                return self._leftmost(node, in_time)
+        return -1
+
+    def _leftmost(self, node: int, in_time) -> int:
+        low = self.low
+        while node < self.size:
+            node *= 2
+            if not in_time(low[node]):
+                node += 1
+        return node - self.size
+
+
 class ParisElsa(Policy):
     Config = ParisElsaConfig
     takes_queries = True
@@ -220,7 +297,15 @@ class ParisElsa(Policy):
         self.plan_timer = None
         self.queue: deque[Task] = deque()              # first_idle's FIFO
         self.order: list[int] = []                     # alive slots, smallest share first
+        self.slots: list[Slot] = []                    # the same slots
+        self.position: dict[int, int] = {}             # slot -> its index in `order`
         self.idle: set[int] = set()
+        # Read on every arrival, so worked out when first needed after `order` changes (_reorder): per model,
+        # the runs of slots in order that hold it alike (_runs); per (model, size), the least latency of a
+        # query of that size over them (None: larger than every largest batch); the slots' bounds (_Bounds).
+        self.runs: dict[str, list[tuple[int, int, list[float], int, list[Slot]]]] = {}
+        self.fastest: dict[tuple[str, int], float | None] = {}
+        self.bounds: _Bounds | None = None
         for s in cluster.slots:
             if s.alive:
                 self._add(s.index)
@@ -243,13 +328,19 @@ class ParisElsa(Policy):
             self._feed()
 
     def on_batch_done(self, batch: Batch) -> None:
-        if self.cluster.slots[batch.slot].outstanding == 0 and batch.slot in self.order:
+        s, i = self.cluster.slots[batch.slot], self.position.get(batch.slot)
+        if i is None:
+            return
+        if self.bounds is not None:
+            self.bounds.lower(i, s.busy_until)         # live: the slot may have drained before its prediction
+        if s.outstanding == 0:
             self.idle.add(batch.slot)
             self._feed()
 
     def on_slot_lost(self, slot: int) -> None:
-        if slot in self.order:
+        if slot in self.position:
             self.order.remove(slot)
+            self._reorder()
         self.idle.discard(slot)
 
     def on_slot_added(self, slot: int) -> None:
@@ -260,26 +351,62 @@ class ParisElsa(Policy):
     # -- dispatch ---------------------------------------------------------------------------------
     def _elsa(self, task: Task) -> None:
         cluster, now = self.cluster, self.cluster.now()
+        model, size, deadline = task.model, task.size, task.deadline
+        runs = self.runs.get(model)
+        if runs is None:
+            runs = self.runs[model] = self._runs(model)
+        if self.config.drop_late:
+            # A query that not even the fastest slot, idle, finishes in time is dropped at once: every slot's
+            # predicted finish is at least that, so no slot would be found in time. Else the first slot in
+            # order that finishes it in time takes it, found in the bounds' tree.
+            key = (model, size)
+            if key not in self.fastest:
+                self.fastest[key] = min((run[2][size] for run in runs if size <= run[3]), default=None)
+            fastest = self.fastest[key]
+            if fastest is None:
+                cluster.drop([task], "too large")
+                return
+            if now + fastest <= deadline:
+                for lo, hi, mean, largest, head in runs:
+                    if size > largest:
+                        continue
+                    latency = mean[size]
+                    # The run's first slots directly (while the cluster keeps up most queries go to one of
+                    # them), the rest through the tree.
+                    for s in head:
+                        if max(now, s.busy_until) + latency <= deadline:
+                            slot = s.index
+                            break
+                    else:
+                        slot = -1
+                        if hi > lo + DIRECT:
+                            if self.bounds is None:
+                                self.bounds = _Bounds(self.slots)
+                            i = self.bounds.first(lo + DIRECT, hi, lambda t: max(now, t) + latency <= deadline)
+                            slot = self.order[i] if i >= 0 else -1
+                    if slot >= 0:
+                        cluster.dispatch(slot, model, [task])
+                        self.idle.discard(slot)
+                        return
+            cluster.drop([task], "late")
+            return
+        # The paper's rule: the first slot in order that finishes in time, else the one that finishes first.
         first = None                                   # (finish, slot) of the earliest finisher
-        for slot in self.order:
-            s = cluster.slots[slot]
-            if task.model not in s.models:
+        for lo, hi, mean, largest, _ in runs:
+            if size > largest:
                 continue
-            curve = cluster.curve(task.model, slot)
-            if task.size > curve.max_batch:
-                continue
-            finish = max(now, s.busy_until) + curve.mean[task.size]
-            if finish <= task.deadline:
-                first = (finish, slot)
-                break
-            if first is None or finish < first[0]:
-                first = (finish, slot)
+            for slot in self.order[lo:hi]:
+                finish = max(now, cluster.slots[slot].busy_until) + mean[size]
+                if finish <= deadline:
+                    cluster.dispatch(slot, model, [task])
+                    self.idle.discard(slot)
+                    return
+                if first is None or finish < first[0]:
+                    first = (finish, slot)
         if first is None:
             cluster.drop([task], "too large")
-        elif self.config.drop_late and first[0] > task.deadline:
-            cluster.drop([task], "late")
         else:
-            cluster.dispatch(first[1], task.model, [task])
+            cluster.dispatch(first[1], model, [task])
             self.idle.discard(first[1])
 
     def _feed(self) -> None:
@@ -304,8 +431,33 @@ class ParisElsa(Policy):
     def _add(self, slot: int) -> None:
         self.order.append(slot)
         self.order.sort(key=lambda i: (self.cluster.slots[i].share, i))
+        self._reorder()
         if self.cluster.slots[slot].outstanding == 0:
             self.idle.add(slot)
+
+    def _runs(self, model: str) -> list[tuple[int, int, list[float], int, list[Slot]]]:
+        """The slots in order that hold `model`, as runs [lo, hi) of indices in `order` whose slots hold it
+        with the same latencies: (lo, hi, the curve's means, its largest batch, the run's first DIRECT
+        slots). In a run a slot's predicted finish depends on its busy_until alone, so the tree can search
+        it."""
+        spans: list[list] = []
+        for i, slot in enumerate(self.order):
+            s = self.cluster.slots[slot]
+            if model not in s.models:
+                continue
+            curve = self.cluster.curve(model, slot)
+            if spans and spans[-1][1] == i and spans[-1][3] == curve.max_batch and spans[-1][2] == curve.mean:
+                spans[-1][1] = i + 1
+            else:
+                spans.append([i, i + 1, curve.mean, curve.max_batch])
+        return [(lo, hi, mean, largest, self.slots[lo:min(hi, lo + DIRECT)]) for lo, hi, mean, largest in spans]
+
+    def _reorder(self) -> None:
+        self.slots = [self.cluster.slots[slot] for slot in self.order]
+        self.position = {slot: i for i, slot in enumerate(self.order)}
+        self.runs.clear()
+        self.fastest.clear()
+        self.bounds = None
 
     # -- partitioning -----------------------------------------------------------------------------
     def _partition(self) -> None:
