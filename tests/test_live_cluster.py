@@ -143,6 +143,26 @@ def test_dispatch_sends_the_action_window_as_seconds_from_now():
     assert within == pytest.approx(0.02, abs=0.002) and no_window is None
 
 
+def test_a_slot_slower_than_its_profile_keeps_its_backlog_in_busy_until():
+    # Three batches of 1 (profiled 6 ms each) held by one slot; the first replies 50 ms late. What the slot
+    # still holds (2 x 6 ms) runs from then on, so busy_until must not stay at the predicted 18 ms.
+    async def main():
+        cluster, policy, pool = make(1, policy_cls=Holder)
+        pool.hold = True
+        for i in range(3):
+            arrive(cluster, "m", i)
+        batches = [cluster.dispatch(0, "m", [task]) for task in policy.held]
+        predicted = cluster.slots[0].busy_until - cluster.now()
+        await asyncio.sleep(0.05)
+        pool.futures[batches[0].id].set_result({"batch": batches[0].id, "status": "ok", "exec": 0.05, "wait": 0.0})
+        await asyncio.sleep(0)
+        return predicted, cluster.slots[0].busy_until - cluster.now()
+
+    predicted, ahead = run(main())
+    assert predicted == pytest.approx(0.018, abs=0.002)
+    assert ahead == pytest.approx(0.012, abs=0.003)
+
+
 def test_lost_slot_fails_its_requests_tells_the_policy_once_and_others_go_on():
     async def main():
         pool = FakePool()
