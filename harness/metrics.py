@@ -62,6 +62,7 @@ def request_metrics(requests: pd.DataFrame, window: Window) -> dict:
         "error_rate": (counts.get("error", 0) + counts.get("timeout", 0)) / n if n else float("nan"),
         "status_counts": {k: int(v) for k, v in counts.items()},
     }
+    out["latency_mean_ms"] = float(lat_ms.mean()) if len(lat_ms) else float("nan")   # average response time
     for q in (50, 90, 99, 99.9):
         out[f"latency_p{q:g}_ms"] = float(np.percentile(lat_ms, q)) if len(lat_ms) else float("nan")
     return out

@@ -269,7 +269,8 @@ class LiveCluster:
             # real GPU beside busy siblings), the predicted busy_until fell behind and would show a backlog
             # as gone to the policies that plan on it (ELSA's finish times). The sim knows each batch's time.
             expected = self._expected
-            rest = now + sum(expected.get(b.id, 0.0) for b in self.ledger.inflight[batch.slot].values() if b is not batch)
+            rest = now + sum(expected.get(b.id, 0.0) for b in self.ledger.inflight[batch.slot].values()
+                             if b is not batch)
             if rest > s.busy_until:
                 s.busy_until = rest
         status = reply.get("status")

@@ -25,8 +25,8 @@ from harness.report.runs import Run, find_searches, load_runs
 from harness.search import TARGET
 
 # Figure files this module writes (stems, possibly with a _<workload> suffix): stale ones are removed first.
-FIGURE_STEMS = ("goodput_vs_rate", "attainment_vs_rate", "throughput_vs_p99", "fewest_gpus", "search_paths",
-                "latency_cdf", "latency_breakdown", "gpus_over_time", "batch_sizes", "batch_timeline")
+FIGURE_STEMS = ("goodput_vs_rate", "attainment_vs_rate", "latency_vs_rate", "throughput_vs_p99", "fewest_gpus",
+                "search_paths", "latency_cdf", "latency_breakdown", "gpus_over_time", "batch_sizes", "batch_timeline")
 # Columns of the results table: (column, header, format); `<column>_ci` is shown beside where present.
 RESULT_COLUMNS = [
     ("system", "system", "str"), ("workload", "workload", "str"), ("cluster", "cluster", "str"),
@@ -75,6 +75,10 @@ def build(inputs: list[Path], out: Path, title: str | None = None, reference: st
          f"Top: share of requests in the window finished within SLO (drops count as violations); bottom: "
          f"violation rate on a log axis. Dotted: the {target:.0%} target.",
          lambda: figures.attainment_vs_rate(summary, page.styles, target)),
+        ("latency_vs_rate", "Latency vs offered load",
+         "Top: the mean latency (average response time) of the requests served (ok, whatever their latency); "
+         "bottom: their p99; both on a log axis.",
+         lambda: figures.latency_vs_rate(summary, page.styles)),
         ("throughput_vs_p99", "p99 latency vs throughput",
          "Each point is one offered rate: the requests served per second (ok, whatever their latency) and the "
          "p99 latency of those requests, on a log axis. A curve that turns up sharply marks the system's knee.",

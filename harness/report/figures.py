@@ -191,6 +191,31 @@ def attainment_vs_rate(summary: pd.DataFrame, st: dict[str, Style], target: floa
     return fig
 
 
+def latency_vs_rate(summary: pd.DataFrame, st: dict[str, Style]) -> Figure:
+    """Per scenario, each system's mean (average response time) and p99 latency of the requests it served."""
+    if summary["latency_mean_ms"].isna().all():
+        raise Skip("no run records its mean latency (summaries written before latency_mean_ms)")
+    panels = _panels(summary)
+    with _theme():
+        fig, axes = _figure(2, len(panels), panel=(5.2, 3.0), sharex="col")
+        for col, (key, g) in enumerate(panels):
+            for row, metric in enumerate(("latency_mean_ms", "latency_p99_ms")):
+                ax = axes[row, col]
+                for system, s in _curves(g):
+                    ax.errorbar(s["offered_rate"], s[metric], yerr=_ci(s, metric), **ERRORBAR, **st[system].line())
+                ax.set_yscale("log")
+                ax.yaxis.set_major_locator(mticker.LogLocator(subs=(1, 2, 5)))
+                ax.yaxis.set_major_formatter(PLAIN)
+                ax.yaxis.set_minor_formatter(mticker.NullFormatter())
+                ax.set(ylabel=("mean" if row == 0 else "p99") + " latency (ms, log)")
+            axes[0, col].set(title=panel_title(*key))
+            axes[1, col].set(xlabel="offered load (req/s)")
+            axes[1, col].xaxis.set_major_formatter(PER_SECOND)
+        fig.suptitle("Latency of the requests served vs offered load")
+        _legend_below(fig, _system_handles(sorted(summary["system"].unique()), st))
+    return fig
+
+
 def throughput_vs_p99(summary: pd.DataFrame, st: dict[str, Style]) -> Figure:
     """Per scenario, each system's p99 latency against the throughput it served, one point per offered rate."""
     panels = _panels(summary)
