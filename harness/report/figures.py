@@ -191,6 +191,14 @@ def attainment_vs_rate(summary: pd.DataFrame, st: dict[str, Style], target: floa
     return fig
 
 
+def _log_ms(ax) -> None:
+    """The y axis in milliseconds on a log scale, labelled 1, 2, 5, 10, 20, 50, ...: labels stay in range."""
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(mticker.LogLocator(subs=(1, 2, 5)))
+    ax.yaxis.set_major_formatter(PLAIN)
+    ax.yaxis.set_minor_formatter(mticker.NullFormatter())
+
+
 def latency_vs_rate(summary: pd.DataFrame, st: dict[str, Style]) -> Figure:
     """Per scenario, each system's mean (average response time) and p99 latency of the requests it served."""
     if summary["latency_mean_ms"].isna().all():
@@ -203,10 +211,7 @@ def latency_vs_rate(summary: pd.DataFrame, st: dict[str, Style]) -> Figure:
                 ax = axes[row, col]
                 for system, s in _curves(g):
                     ax.errorbar(s["offered_rate"], s[metric], yerr=_ci(s, metric), **ERRORBAR, **st[system].line())
-                ax.set_yscale("log")
-                ax.yaxis.set_major_locator(mticker.LogLocator(subs=(1, 2, 5)))
-                ax.yaxis.set_major_formatter(PLAIN)
-                ax.yaxis.set_minor_formatter(mticker.NullFormatter())
+                _log_ms(ax)
                 ax.set(ylabel=("mean" if row == 0 else "p99") + " latency (ms, log)")
             axes[0, col].set(title=panel_title(*key))
             axes[1, col].set(xlabel="offered load (req/s)")
@@ -225,10 +230,7 @@ def throughput_vs_p99(summary: pd.DataFrame, st: dict[str, Style]) -> Figure:
             for system, s in _curves(g):
                 ax.errorbar(s["throughput"], s["latency_p99_ms"], xerr=_ci(s, "throughput"),
                             yerr=_ci(s, "latency_p99_ms"), **ERRORBAR, **st[system].line())
-            ax.set_yscale("log")
-            ax.yaxis.set_major_locator(mticker.LogLocator(subs=(1, 2, 5)))     # 10, 20, 50, 100: labels in range
-            ax.yaxis.set_major_formatter(PLAIN)
-            ax.yaxis.set_minor_formatter(mticker.NullFormatter())
+            _log_ms(ax)
             ax.xaxis.set_major_formatter(PER_SECOND)
             ax.set(title=panel_title(*key), xlabel="throughput (req/s served)", ylabel="p99 latency (ms, log scale)")
             ax.set_xlim(left=0)
