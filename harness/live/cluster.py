@@ -69,7 +69,6 @@ class LiveCluster:
         self._apps = apps or {}
         self._item_apps: dict[str, App] = {}     # a model's one-node app, for requests of several items
         self._rows: dict[Task, tuple[int, int]] = {}   # a task between stages: (batch, row) of its activations
-        self._expected: dict[int, float] = {}         # batch id -> its profiled time, until it replies
         self._payload: dict[Task, list] = {}  # where a task's tensor is: [ingress, arena slot, offset, bytes]
         self._loop = asyncio.get_running_loop()
         # Run time -> loop time: both count on the monotonic clock, so one offset does.
@@ -151,7 +150,6 @@ class LiveCluster:
         payload = None
         if self._payload and not stage:   # the first stage reads the tasks' tensors; later ones, activations
             payload = [self._payload.get(task) for task in tasks]
-        self._expected[batch.id] = mean
         self.pool.submit(slot, batch.id, model, batch.size, start_within, payload, mean, stage, rows,
                          on_reply=functools.partial(self._on_reply, batch))
         return batch
@@ -255,7 +253,6 @@ class LiveCluster:
             return
         now = self.clock.now()
         exec_time = float(reply.get("exec") or 0.0)
-        self._expected.pop(batch.id, None)
         if batch.status == PREEMPTED:           # the worker confirms when it really stopped
             batch.t_end, batch.t_start = now, now - exec_time
             return
@@ -268,9 +265,9 @@ class LiveCluster:
             # What the slot still holds runs from now on: where it runs slower than profiled (shares of a
             # real GPU beside busy siblings), the predicted busy_until fell behind and would show a backlog
             # as gone to the policies that plan on it (ELSA's finish times). The sim knows each batch's time.
-            expected = self._expected
-            rest = now + sum(expected.get(b.id, 0.0) for b in self.ledger.inflight[batch.slot].values()
-                             if b is not batch)
+            curves = self.ledger.curves[batch.slot]
+            rest = now + sum((curves[b.model] if b.stage is None else curves[b.model].stages[b.stage]).mean[b.size]
+                             for b in self.ledger.inflight[batch.slot].values() if b is not batch)
             if rest > s.busy_until:
                 s.busy_until = rest
         status = reply.get("status")
@@ -292,8 +289,6 @@ class LiveCluster:
                 self._call_policy("on_arrival", task)
 
     def _on_lost(self, slot: int, reason: str) -> None:
-        for b in self.ledger.inflight[slot].values():   # they will not reply
-            self._expected.pop(b.id, None)
         if self._finished or not self.ledger.lose(slot, self.clock.now(), reason):
             return
         self._call_policy("on_slot_lost", slot)
