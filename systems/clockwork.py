@@ -89,7 +89,9 @@ class Clockwork(Policy):
                               for held in self.held]
         self.active: dict[str, _ModelState] = {}    # models with queued requests: what each decision scans
         self.uniform = all(len(h) == len(models) for h in self.held)   # every slot holds every model
-        self.free_at = [0.0] * n          # predicted time each slot drains what it was sent
+        # Predicted time each slot drains what it was sent; never yet: free at any time, a live run's
+        # clock too (it reads below 0 before the start), where the pool counts an idle slot free now.
+        self.free_at = [-INF] * n
         self.work = [0.0] * n             # predicted execution time of its outstanding batches
         self.sent: dict[int, float] = {}  # batch id -> its estimate, until it finishes
         self.timers = [None] * n

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -134,18 +135,32 @@ def test_an_external_client_drives_a_run_and_its_requests_are_the_records(tmp_pa
         port = s.getsockname()[1]
     run = subprocess.Popen([sys.executable, "-m", "harness", "runtime.load=external", f"runtime.port={port}",
                             "system=eager", "cluster=sleep1000", "cluster.count=2", "models=sleep10",
-                            "duration_s=10", "warmup_s=0", "cooldown_s=0", "runtime.start_lead_s=1",
+                            "duration_s=10", "warmup_s=0", "cooldown_s=0", "runtime.start_lead_s=4",
                             f"hydra.run.dir={tmp_path}"], cwd=ROOT, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
+
+    def get(route: str, body: bytes | None = None) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{route}", data=body, timeout=2) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
     try:
         deadline = time.time() + 60
         while time.time() < deadline:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1):
+                if get("/v2/health/live")[0] == 200:
                     break
             except OSError:
-                time.sleep(0.2)
-        time.sleep(1.5)                  # past the start lead: earlier requests are served but precede the window
+                time.sleep(0.1)
+        # Up but not yet at the run's start: not ready, and a request sent anyway is refused, saying why.
+        assert get("/v2/health/ready")[0] == 503
+        code, answer = get("/v2/models/m0/infer", json.dumps(
+            {"inputs": [{"name": "x", "datatype": "INT32", "shape": [1, 1], "data": [1]}]}).encode())
+        assert code == 503 and b"wait until /v2/health/ready" in answer, answer
+        while time.time() < deadline and get("/v2/health/ready")[0] != 200:
+            time.sleep(0.05)
         c = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
         x = httpclient.InferInput("x", [1, 1], "INT32")
         x.set_data_from_numpy(np.array([[3]], dtype=np.int32))

@@ -123,6 +123,13 @@ class Scheduler:
             if self.stopping:
                 self._send(channel, [token, wire.OUTCOME_INDEX["error"], -1, "server shutting down"])
                 continue
+            if self.external and clock.now() < 0:
+                # An external client that did not wait for readiness: its request would precede the window,
+                # and the slots count as free only from time 0, so deadline-aware policies would drop it.
+                self._send(channel, [token, wire.OUTCOME_INDEX["dropped"], -1,
+                                     f"the run starts in {-clock.now():.1f} s: wait until /v2/health/ready "
+                                     "answers 200"])
+                continue
             self.start_policy()                       # an arrival at time 0 may come before the start timer
             if rid is None or self.external:          # an external client's ids are its own, not the schedule's
                 rid = next(self.auto_ids)
@@ -166,7 +173,9 @@ class Scheduler:
     def query(self, what: str):
         cluster = self.cluster
         if what == "ready":
-            return not self.stopping and cluster is not None and any(s.alive for s in cluster.slots)
+            # Ready once the run's clock has started: what a client sends from then on is served and measured.
+            return (not self.stopping and cluster is not None and cluster.now() >= 0
+                    and any(s.alive for s in cluster.slots))
         if what == "stats":
             return {"models": self.stats.snapshot(), "pending": cluster.pending if cluster else 0,
                     "slots_alive": sum(s.alive for s in cluster.slots) if cluster else 0}
