@@ -466,6 +466,7 @@ def main(argv: list[str] | None = None) -> int:
         if len(partitions) > 1 and "{partition}" not in args.out:
             raise HarnessError("several partitions need --out with a {partition} placeholder")
         if args.sibling_load:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)   # the profiler ends its siblings so: their normal end
             sibling_load(args.models, args.sibling_batch, Path(args.sibling_load), args)
             return 0
         if args.in_process:
