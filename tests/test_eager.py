@@ -41,3 +41,16 @@ def test_requests_that_cannot_make_it_are_dropped_when_drop_late():
     assert [r.status for r in tasks] == ["ok", "dropped"]
     tasks, _, _ = replay(Eager, EagerConfig(max_batch=1, drop_late=False), {"m": 10}, 1, CURVE, arrivals)
     assert [r.status for r in tasks] == ["ok", "ok"]
+
+
+def test_drop_late_reserves_the_serving_path_per_request_as_symphony_plans():
+    # Busy until 6 ms; 10 requests due at 31 ms queue meanwhile. A batch of b ends at 6 + (b + 5) ms, and the
+    # path needs d_ctrl + b * d_data + allowance on top: with 1 ms per request, 10 and 9 miss (33.1, 31.1 ms)
+    # and 8 fit (29.1 ms), so two heads go; with no per-request cost all ten fit.
+    arrivals = [(0.0, "m")] + [(0.001, "m")] * 10
+    paths = {1000.0: ["ok"] + ["dropped"] * 2 + ["ok"] * 8, 0.0: ["ok"] * 11}
+    for d_data, statuses in paths.items():
+        cfg = EagerConfig(d_ctrl_us=100, d_data_us=d_data, response_allowance_us=2000)
+        tasks, sim, _ = replay(Eager, cfg, {"m": 30}, 1, CURVE, arrivals)
+        assert [r.status for r in tasks] == statuses
+        assert [b.size for b in sim.batches] == [1, len(statuses) - statuses.count("dropped") - 1]
