@@ -99,6 +99,13 @@ def theirs(system: str, mode: str, rate: float, intervals: np.ndarray, out: Path
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         (out / f"{system}-{mode}.log").write_text(done.stdout + done.stderr)
         if done.returncode != 0 or not report.exists():
+            # perf_analyzer stops at the first request that is not answered 200 and says so per client thread.
+            said = (done.stdout + done.stderr).splitlines()
+            refused = sorted({line.split("had error:", 1)[1].strip() for line in said if "had error:" in line})
+            if refused:
+                raise RuntimeError(f"perf_analyzer ({mode}) stopped: the server answered {'; '.join(refused)[:300]} "
+                                   "(perf_analyzer counts any answer but 200 as an error: use a --rate this system "
+                                   "serves with no drops)")
             raise RuntimeError(f"perf_analyzer ({mode}) failed: {(done.stdout + done.stderr).strip()[-500:]}")
         row = next(csv.DictReader(report.open()))
         return {"throughput": float(row["Inferences/Second"]),
