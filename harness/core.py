@@ -45,6 +45,9 @@ T = TypeVar("T")
 OK, DROPPED, REJECTED, TIMEOUT, ERROR = "ok", "dropped", "rejected", "timeout", "error"
 # Outcomes of batches beside ok and error: discarded unstarted past its latest start, or stopped early.
 LATE, PREEMPTED = "late", "preempted"
+# "Not yet" for times (t_done, t_start, t_end): one float shared by every task and batch, where float("nan")
+# per object costs a call each (a live run makes one task and often one batch per request).
+NAN = float("nan")
 
 
 class Task:
@@ -68,7 +71,7 @@ class Task:
         self.deadline = deadline
         self.status: str | None = None   # None while pending
         self.reason = ""
-        self.t_done = float("nan")
+        self.t_done = NAN
         self.batch_id = -1               # the batch that served it; slot and times come from that batch
 
     def __repr__(self) -> str:
@@ -115,7 +118,7 @@ class Request:
         self.deadline = deadline
         self.status: str | None = None
         self.reason = ""
-        self.t_done = float("nan")
+        self.t_done = NAN
         self.batch_id = -1
         self.graph = graph               # harness.apps.App, which keeps the progress fields below
         self.copies = list(copies)       # tasks per graph node for this request (a detection's objects)
@@ -146,8 +149,8 @@ class Batch:
         self.tasks = tasks
         self.t_dispatch = t_dispatch
         self.latest_start = latest_start
-        self.t_start = float("nan")
-        self.t_end = float("nan")
+        self.t_start = NAN
+        self.t_end = NAN
         self.status = ""                 # ok | late (started after latest_start) | error | preempted
         self.size = len(tasks) if size is None else size   # Triton's batches carry no task objects
         self.stage = stage

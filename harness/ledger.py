@@ -135,7 +135,7 @@ class Ledger:
                     raise ValueError(f"stage {stage} of {task!r} on slot {slot}, but its last stage ran "
                                      f"{'nowhere' if held is None else f'as stage {held[1]} on slot {held[0]}'}")
         size = sum(task.size for task in tasks) if self.has_sizes else len(tasks)
-        if size > curve.max_batch:
+        if size >= len(curve.mean):       # (curve.max_batch, without its property call: once per batch)
             raise ValueError(f"batch of {size} exceeds the profiled maximum {curve.max_batch} for {model}")
         for task in tasks:
             if task.status is not None:
@@ -160,16 +160,16 @@ class Ledger:
     def complete(self, batch: Batch, t_start: float, t_end: float) -> list[Task] | None:
         """The batch ran: its tasks are ok. Returns the app tasks this releases (None in a run of plain requests)."""
         batch.status, batch.t_start, batch.t_end = OK, t_start, t_end
-        self._close(batch)
+        slot, bid, tasks = batch.slot, batch.id, batch.tasks
+        self.slots[slot].outstanding -= 1            # (_close, inline: once per batch)
+        del self.inflight[slot][bid]
         if not batch.final:
-            for task in batch.tasks:      # a stage before the last: its tasks go on, still pending
-                self.staged[task] = (batch.slot, batch.stage)
+            for task in tasks:            # a stage before the last: its tasks go on, still pending
+                self.staged[task] = (slot, batch.stage)
             return None
         if batch.stage is not None:
-            for task in batch.tasks:
+            for task in tasks:
                 self.staged.pop(task, None)
-        bid = batch.id
-        tasks = batch.tasks
         for task in tasks:
             task.status = OK
             task.t_done = t_end

@@ -283,7 +283,10 @@ class LiveCluster:
         else:
             self.ledger.fail(batch, now, reply.get("error") or f"worker replied {status!r}", exec_time)
         if s.alive:
-            self._call_policy("on_batch_done", batch)
+            try:                           # (as _call_policy, without its lookup by name: once per batch)
+                self._policy.on_batch_done(batch)
+            except Exception:
+                self._policy_failed("on_batch_done")
         if released:
             for task in released:
                 self._call_policy("on_arrival", task)

@@ -260,7 +260,8 @@ class WorkerPool:
         s.address = address
         s.last_seen = 0.0
         try:
-            s.channel = await connect(address, lambda channel, msg, s=s: self._on_message(s, msg),
+            # (partial, not a lambda: one Python call per reply, not two)
+            s.channel = await connect(address, functools.partial(self._on_message, s),
                                       lambda channel, s=s: self._on_closed(s))
         except (OSError, ValueError) as exc:
             raise HarnessError(f"cannot reach the worker of slot {s.index} at {address}: {exc}{_tail(s.log)}") \
@@ -355,7 +356,7 @@ class WorkerPool:
             s.proc.stdout.close()
 
     # -- running ----------------------------------------------------------------
-    def _on_message(self, s: _Slot, msg) -> None:
+    def _on_message(self, s: _Slot, channel: Channel, msg) -> None:
         now = time.monotonic()
         s.last_seen = now
         batch = msg.get("batch") if isinstance(msg, dict) else None
