@@ -79,20 +79,17 @@ class Rollout:
         self.cluster = cluster
         self.target: Placement | None = None
         self.starting: Counter = Counter()     # specs of the current wave not yet joined
-        self.waiting = 0                       # how many slots that is (a join need not add up the Counter)
 
     def to(self, target: Placement) -> None:
         self.target = target
         self.starting.clear()
-        self.waiting = 0
         self._next_wave()
 
     def joined(self, slot: int) -> None:
         spec = spec_of(self.cluster.slots[slot])
         if self.starting[spec] > 0:
             self.starting[spec] -= 1
-            self.waiting -= 1
-            if not self.waiting:
+            if not +self.starting:
                 self._next_wave()
 
     def _next_wave(self) -> None:
@@ -108,7 +105,6 @@ class Rollout:
         wave = set(changed[:-(-len(devices) // ROLL_WAVES)])
         step = Placement(tuple(s for d in devices for s in (want if d in wave else have).get(d, ())))
         self.starting = Counter(step.slots) - Counter(current.slots)
-        self.waiting = sum(self.starting.values())
         self.cluster.reconfigure(step)
         if not self.starting:                  # the wave only removed slots: nothing to wait for
             self._next_wave()

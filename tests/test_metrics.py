@@ -15,7 +15,6 @@ def test_send_lag_counts_the_window_only_not_the_warm_up():
     assert metrics.send_lag_p99_ms(requests, metrics.Window(0.0, 9.0)) > 400
 
 
-
 def test_latency_mean_and_percentiles_are_of_the_served_requests_in_the_window():
     # In the window: three served (10, 20 and 60 ms; one past its 50 ms SLO) and one dropped; one served before it.
     requests = pd.DataFrame({
