@@ -77,7 +77,8 @@ def wait_ready(url: str, timeout: float = 600.0) -> None:
     raise RuntimeError(f"{url} never became ready")
 
 
-def theirs(system: str, mode: str, rate: float, intervals: np.ndarray, out: Path, tool: str, extra: list[str]) -> dict:
+def theirs(system: str, mode: str, rate: float, intervals: np.ndarray, out: Path, tool: str, window_ms: int,
+           extra: list[str]) -> dict:
     port = free_port()
     run = out / f"{system}-perf_analyzer-{mode}"
     server = harness(f"system={system}", "models=resnet50", "runtime.load=external", f"runtime.port={port}",
@@ -87,7 +88,7 @@ def theirs(system: str, mode: str, rate: float, intervals: np.ndarray, out: Path
         wait_ready(f"http://127.0.0.1:{port}")
         report = out / f"{system}-{mode}.csv"
         cmd = [tool, "-m", MODEL, "-u", f"127.0.0.1:{port}", "-i", "http", "-b", "1", "--percentile", "99",
-               "--measurement-interval", "4000", "--max-trials", "10", "--stability-percentage", "20",
+               "--measurement-interval", str(window_ms), "--max-trials", "10", "--stability-percentage", "20",
                "-f", str(report),
                "--max-threads", "64"]   # synchronous calls: enough threads for rate x latency in flight
         if mode == "rate":
@@ -126,6 +127,9 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path("perf-analyzer-results"))
     ap.add_argument("--perf-analyzer", default="perf_analyzer")
     ap.add_argument("--jobs", type=int, default=1, help="systems measured at once (each its own server)")
+    ap.add_argument("--window-ms", type=int, default=8000,
+                    help="perf_analyzer's measurement window; it stops at 3 windows within 20%% of each other "
+                         "(4 s windows never settled for clockwork, whose p99 swings between them)")
     args, extra = ap.parse_known_args()
     tool = shutil.which(args.perf_analyzer) or args.perf_analyzer
     if not os.path.exists(tool):
@@ -139,7 +143,7 @@ def main() -> int:
         try:
             base = ours(system, args.rate, args.seconds, args.out, extra)
             for mode in ("rate", "intervals"):
-                pa = theirs(system, mode, args.rate, base["intervals_us"], args.out, tool, extra)
+                pa = theirs(system, mode, args.rate, base["intervals_us"], args.out, tool, args.window_ms, extra)
                 rows.append({"system": system, "perf_analyzer mode": mode,
                              **{f"ours {k}": base[k] for k in ("throughput", "p50", "p90", "p99")},
                              **{f"PA {k}": pa[k] for k in ("throughput", "p50", "p90", "p99")},
