@@ -57,6 +57,9 @@ def ours(system: str, rate: float, seconds: float, out: Path, extra: list[str]) 
     s = json.loads((run / "summary.json").read_text())
     window = r[(r["t_sched"] >= s["window_s"][0]) & (r["t_sched"] < s["window_s"][1])]
     ok = window[window["status"] == "ok"]
+    if ok.empty:
+        counts = ", ".join(f"{k} {v}" for k, v in window["status"].value_counts().items()) or "none"
+        raise RuntimeError(f"our run served no request in its window (statuses: {counts}); see {run}")
     from_send = (ok["t_done"] - ok["t_sent"]) * 1e3
     schedule = pd.read_parquet(run / "schedule.parquet")
     return {"throughput": len(ok) / (s["window_s"][1] - s["window_s"][0]),
