@@ -27,6 +27,8 @@ from harness.core import Batch, Policy, Task, SystemConfig, slots_holding
 from harness.errors import HarnessError
 from systems._pool import Pools
 
+INF = float("inf")
+
 
 @dataclass
 class EagerConfig(SystemConfig):
@@ -46,7 +48,6 @@ class Eager(Policy):
         super().__init__(cluster, models, config)
         self.pools = Pools(cluster.slots)
         self.queues = {m: deque() for m in models}
-        self.held = {g.index: sorted(g.models & models.keys()) for g in cluster.slots}
         for name in ("d_ctrl_us", "d_data_us", "response_allowance_us"):
             if not getattr(config, name) >= 0:
                 raise HarnessError(f"eager: {name} must be >= 0 (got {getattr(config, name)}); fix system.{name}")
@@ -57,47 +58,58 @@ class Eager(Policy):
             curve = cluster.curve(m, slots_holding(cluster.slots, m)[0])
             fit = config.max_batch or curve.largest_batch_within(spec.slo)
             self.max_batch[m] = max(1, min(fit, curve.max_batch))
+        # Per slot, what _serve reads for each model it holds (it runs on every arrival to an idle slot).
+        self.serving = {g.index: self._serving(g.index) for g in cluster.slots}
+
+    def _serving(self, slot: int) -> list[tuple[deque, object, int]]:
+        return [(self.queues[m], self.cluster.curve(m, slot).mean, self.max_batch[m])
+                for m in sorted(self.cluster.slots[slot].models & self.models.keys())]
 
     def on_arrival(self, task: Task) -> None:
         self.queues[task.model].append(task)
         now = self.cluster.now()
         rank, free = self.pools.of(task.model).peek(now)
         if free <= now:
-            self._serve(rank)
+            self._serve(rank, now)
 
     def on_batch_done(self, batch: Batch) -> None:
         if self.cluster.slots[batch.slot].outstanding == 0:
-            self.pools.release(batch.slot, self.cluster.now())
-            self._serve(batch.slot)
+            now = self.cluster.now()
+            self.pools.release(batch.slot, now)
+            self._serve(batch.slot, now)
 
     def on_slot_lost(self, slot: int) -> None:
         self.pools.remove(slot)
 
     def on_slot_added(self, slot: int) -> None:
-        self.held[slot] = sorted(self.cluster.slots[slot].models & self.models.keys())
-        self.pools.add(slot, self.cluster.now())
-        self._serve(slot)
+        self.serving[slot] = self._serving(slot)
+        now = self.cluster.now()
+        self.pools.add(slot, now)
+        self._serve(slot, now)
 
-    def _serve(self, gpu: int) -> None:
-        cluster, now = self.cluster, self.cluster.now()
-        best = None
-        for m in self.held[gpu]:
-            q = self.queues[m]
-            if self.config.drop_late and q:
-                mean, largest = cluster.curve(m, gpu).mean, self.max_batch[m]
-                late, allowance, d_data = [], self.allowance, self.d_data
+    def _serve(self, gpu: int, now: float) -> None:
+        best, best_deadline, best_largest = None, INF, 0
+        drop_late, allowance, d_data = self.config.drop_late, self.allowance, self.d_data
+        for q, mean, largest in self.serving[gpu]:
+            if not q:
+                continue
+            if drop_late:
+                late = []
                 while q:
-                    b = min(len(q), largest)
+                    n = len(q)
+                    b = n if n < largest else largest
                     if now + mean[b] + b * d_data + allowance <= q[0].deadline:
                         break
                     late.append(q.popleft())
                 if late:
-                    cluster.drop(late, "late")
-            if q and (best is None or q[0].deadline < best[0].deadline):
-                best = q
+                    self.cluster.drop(late, "late")
+                    if not q:
+                        continue
+            deadline = q[0].deadline
+            if best is None or deadline < best_deadline:     # the earliest head; ties: the first model held
+                best, best_deadline, best_largest = q, deadline, largest
         if best is None:
             return
-        model = best[0].model
-        tasks = [best.popleft() for _ in range(min(len(best), self.max_batch[model]))]
-        cluster.dispatch(gpu, model, tasks)
-        self.pools.book(gpu, float("inf"))
+        tasks = [best.popleft() for _ in range(min(len(best), best_largest))]
+        self.cluster.dispatch(gpu, tasks[0].model, tasks)
+        self.pools.book(gpu, INF)
