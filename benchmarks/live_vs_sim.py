@@ -6,7 +6,11 @@ with that calibration, so the sim charges the delays this host's live path
 measured -- one source of truth, not delays tuned per system. `triton` is
 real tritonserver live and the dynamic-batcher model in the sim.
 
-    python benchmarks/live_vs_sim.py [--systems eager,symphony,...] [--calibration FILE] [overrides...]
+    python benchmarks/live_vs_sim.py [--systems eager,symphony,...] [--calibration FILE] [--out DIR] [overrides...]
+
+Besides goodput it prints each side's mean batch size and p50 / p99 latency:
+a model of a batcher can match goodput at a load both serve while forming
+other batches.
 """
 
 from __future__ import annotations
@@ -37,10 +41,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--systems", default="eager,symphony,nexus,clockwork,shepherd,triton")
     ap.add_argument("--calibration", type=Path, help="a calibration file of this host (default: make one first)")
+    ap.add_argument("--out", type=Path, help="keep the calibration and the run directories here")
     args, overrides = ap.parse_known_args()
     overrides = overrides or DEFAULT
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = args.out or Path(scratch)
+        tmp.mkdir(parents=True, exist_ok=True)
         calibration = args.calibration or Path(tmp) / "calibration.json"
         if args.calibration is None:
             made = subprocess.run([sys.executable, "-m", "harness.calibrate", "--out", str(calibration)], cwd=ROOT,
@@ -56,6 +63,9 @@ def main() -> None:
             rows.append({"system": system, "live goodput": live["goodput"], "sim goodput": sim["goodput"],
                          "live/sim": live["goodput"] / sim["goodput"] if sim["goodput"] else float("nan"),
                          "live attain.": live["slo_attainment"], "sim attain.": sim["slo_attainment"],
+                         "live batch": live["mean_batch_size"], "sim batch": sim["mean_batch_size"],
+                         "live p50 ms": live["latency_p50_ms"], "sim p50 ms": sim["latency_p50_ms"],
+                         "live p99 ms": live["latency_p99_ms"], "sim p99 ms": sim["latency_p99_ms"],
                          "live valid": live["validity"]["valid"]})
             print(f"  {system}: live {live['goodput']:.1f} / sim {sim['goodput']:.1f} req/s", flush=True)
     table = pd.DataFrame(rows)
