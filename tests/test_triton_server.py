@@ -206,3 +206,28 @@ def test_setup_hands_every_option_after_it_to_pip(tmp_path, monkeypatch, capsys)
     assert triton.main(["setup", "--no-index", "--find-links", str(wheels)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: pip could not install") and err.count("\n") == 1
+
+
+def test_pytriton_receive_patch_keeps_a_completed_receive_and_still_times_out():
+    import asyncio
+
+    from harness.live.triton import _keep_received
+
+    ns: dict = {}
+    _keep_received(ns)
+    wait_for = ns["asyncio"].wait_for
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        loop.call_soon(done.set_result, "msg")
+        got = await wait_for(done, 0)            # completes in the iteration where the timeout expires
+        never = loop.create_future()
+        try:
+            await wait_for(never, 0.01)
+        except asyncio.TimeoutError:
+            return got, never.cancelled()
+        return got, "no timeout"
+
+    assert asyncio.run(scenario()) == ("msg", True)
+    assert ns["asyncio"].sleep is asyncio.sleep             # the rest of asyncio is untouched

@@ -43,6 +43,16 @@ here rather than left to the user:
 - Installed with `pip install --target`, pytriton takes itself for an
   editable install and misses its bundled libraries: the wheel's
   nvidia_pytriton.libs directory goes into LD_LIBRARY_PATH too.
+- Python 3.12's asyncio.wait_for. PyTriton's proxy (communication.py, in this
+  process and in each stub) polls its ZeroMQ sockets with
+  wait_for(socket.recv_multipart(), 1 s). From 3.12 a receive that completes in
+  the loop iteration where that timeout expires has taken the message off the
+  socket and still raises TimeoutError, so the message is lost; a lost batch
+  holds its model instance forever and every later request times out. The
+  load starts a whole number of seconds after the handler connected, so the
+  first batch lands on that tick in about half the runs. Its wait_for is
+  replaced by one that keeps a completed receive (_KEEP_RECEIVED), here and in
+  the proxy files each model load sends to the stub.
 - pytriton waits two minutes for a server that died at start; here a dead
   server ends the start at once with its log's diagnosis (HarnessError).
 
@@ -85,6 +95,41 @@ _MARKER = "harness-triton-stub.json"
 TIMEOUT_ACTIONS = ("REJECT", "DELAY")
 EXIT_TIMEOUT_S = 10                             # tritonserver's wait for in-flight requests and model unloading on stop
 LOAD_ATTEMPTS = 3                               # loads of one model, when its instances lose PyTriton's handshake race
+
+# Appended to pytriton.proxy.communication (see the module docstring): its functions look `asyncio` up
+# at call time, so only their wait_for changes, to one that never discards a completed awaitable.
+_KEEP_RECEIVED = """
+
+import asyncio as _harness_asyncio
+
+
+async def _harness_wait_for(aw, timeout):
+    fut = _harness_asyncio.ensure_future(aw)
+    try:
+        done, _ = await _harness_asyncio.wait({fut}, timeout=timeout)
+    except BaseException:
+        fut.cancel()
+        raise
+    if not done and fut.cancel():
+        raise _harness_asyncio.TimeoutError
+    return fut.result()
+
+
+class _HarnessAsyncio:
+    wait_for = staticmethod(_harness_wait_for)
+
+    def __getattr__(self, name):
+        return getattr(_harness_asyncio, name)
+
+
+asyncio = _HarnessAsyncio()
+"""
+
+
+def _keep_received(namespace: dict) -> None:
+    """Patch pytriton's communication module (its namespace) in this process, once."""
+    if "_harness_wait_for" not in namespace:
+        exec(compile(_KEEP_RECEIVED, namespace.get("__file__", "<communication>"), "exec"), namespace)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -355,6 +400,8 @@ class TritonHandle:
         # 600 req/s goodput rose from 108 to 425 req/s. PyTriton reads the switch when a model is bound
         # (here) and in each stub (the server inherits this process's environment).
         os.environ["PYTRITON_NO_TENSORSTORE"] = "1"
+        import pytriton.proxy.communication
+        _keep_received(vars(pytriton.proxy.communication))
 
         class _Triton(Triton):
             def _initialize_server(self) -> None:
@@ -379,6 +426,7 @@ class TritonHandle:
         # waits for a ready server, and a model that failed to load keeps the server unready.
         def load(model, *_) -> None:
             config, files = json.dumps(model.get_model_config()), model.get_proxy_model_files()
+            files = {k: v + _KEEP_RECEIVED.encode() if k.endswith("/communication.py") else v for k, v in files.items()}
             for attempt in range(1, LOAD_ATTEMPTS + 1):
                 try:
                     with self._client() as client:
