@@ -46,9 +46,9 @@ def main() -> None:
     overrides = overrides or DEFAULT
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
-        tmp = args.out or Path(scratch)
-        tmp.mkdir(parents=True, exist_ok=True)
-        calibration = args.calibration or Path(tmp) / "calibration.json"
+        work = args.out or Path(scratch)
+        work.mkdir(parents=True, exist_ok=True)
+        calibration = args.calibration or work / "calibration.json"
         if args.calibration is None:
             made = subprocess.run([sys.executable, "-m", "harness.calibrate", "--out", str(calibration)], cwd=ROOT,
                                   capture_output=True, text=True, timeout=600)
@@ -56,7 +56,7 @@ def main() -> None:
                 raise SystemExit(f"calibration failed: {made.stderr.strip()[-500:]}")
             print(made.stdout.strip())
         for system in args.systems.split(","):
-            live_dir, sim_dir = Path(tmp) / f"{system}-live", Path(tmp) / f"{system}-sim"
+            live_dir, sim_dir = work / f"{system}-live", work / f"{system}-sim"
             live = harness(live_dir, "runtime=live", f"system={system}", *overrides)
             sim = harness(sim_dir, "runtime=sim", f"system={system}", *overrides,
                           f"runtime.calibration={calibration}")

@@ -25,9 +25,7 @@ from dataclasses import dataclass
 
 from harness.core import Batch, Policy, Task, SystemConfig, slots_holding
 from harness.errors import HarnessError
-from systems._pool import Pools
-
-INF = float("inf")
+from systems._pool import INF, Pools
 
 
 @dataclass
