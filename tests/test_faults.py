@@ -165,6 +165,16 @@ def test_locust_killed_mid_run_keeps_what_it_measured(tmp_path, process, workers
     assert (requests["status"] == "ok").sum() > 100                 # the part files flushed are the run's
 
 
+def test_locust_killed_before_it_sends_leaves_every_request_marked_unsent(tmp_path):
+    run = Run(tmp_path / "run", "runtime.locust_workers=0", "runtime.start_lead_s=8")
+    (locust,) = run.wait_for("-m locust", timeout=60)             # killed long before the schedule starts
+    locust.send_signal(signal.SIGKILL)
+    code, out, err = assert_run_ends(run)
+    requests = assert_broke(run, code, err, "the load generator failed", "exited with code -9")
+    assert (requests["status"] == "error").all()                     # no record from the client: none served
+    assert run.summary()["goodput"] == 0
+
+
 def test_orchestrator_killed_leaves_a_directory_that_no_run_reuses(tmp_path):
     run = Run(tmp_path / "run")
     run.server_url()

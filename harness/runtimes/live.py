@@ -221,12 +221,18 @@ def _serve_external(server, epoch: float, seconds: float) -> list[str]:
     return []
 
 
+def _no_records(columns: list[str]) -> pd.DataFrame:
+    """An empty table of request records whose text columns hold text, so that marking its rows (an error
+    for every request that has no record) works as it does on a full one."""
+    text = {"model", "status", "reason"}
+    return pd.DataFrame({c: pd.Series(dtype=object if c in text else float) for c in columns})
+
+
 def _server_view(out_dir: Path) -> pd.DataFrame:
     """With an external client the server's records are all there is: sent = arrived, latency from arrival."""
     path = out_dir / "server_requests.parquet"
     if not path.exists():
-        return pd.DataFrame({c: pd.Series(dtype=float) for c in
-                             ["id", "model", "t_sched", "t_sent", "t_done", "status", "reason", "batch_id", "t_arrival"]})
+        return _no_records(["id", "model", "t_sched", "t_sent", "t_done", "status", "reason", "batch_id", "t_arrival"])
     server = pd.read_parquet(path).drop(columns=["t_scheduler"], errors="ignore")
     return server.assign(t_sched=server["t_arrival"], t_sent=server["t_arrival"])
 
@@ -252,7 +258,7 @@ def _client_view(schedule: pd.DataFrame, client: pd.DataFrame | None, out_dir: P
     """The client's records for every scheduled request, with the server's arrival time added."""
     columns = ["id", "model", "t_sched", "t_sent", "t_done", "status", "reason", "batch_id"]
     if client is None or client.empty:
-        client = pd.DataFrame({c: pd.Series(dtype=float) for c in columns})
+        client = _no_records(columns)
     view = schedule[["id", "model", "t_sched"]].merge(client.drop(columns=["model", "t_sched"], errors="ignore"),
                                                       on="id", how="left")
     unsent = view["status"].isna()
