@@ -5,11 +5,14 @@ Locust; (2) the same system serves with `runtime.load=external` while
 Triton's perf_analyzer drives it twice, in request-rate mode (Poisson, the
 same rate) and with `--request-intervals` written from the run's own
 schedule. It prints throughput and latency percentiles side by side, with
-each perf_analyzer figure over ours (the latencies from each client's send).
-perf_analyzer (PyPI perf-analyzer) needs glibc >= 2.38.
+each perf_analyzer figure over ours (the latencies from each client's send),
+and beside them the server's own p50 of each run (arrival to completion, as
+the scheduler saw them): where the clients differ and the servers agree, the
+difference is in the clients. perf_analyzer (PyPI perf-analyzer) needs
+glibc >= 2.38.
 
     python benchmarks/perf_analyzer.py --systems eager,symphony --rate 1000 --seconds 20 --out pa-results \
-        [--jobs 3] [--perf-analyzer perf_analyzer] [any harness override, e.g. cluster=h200x1]
+        [--jobs 3] [--perf-analyzer perf_analyzer] [--pa-arg=--async] [any harness override, e.g. cluster=h200x1]
 """
 
 from __future__ import annotations
@@ -45,6 +48,17 @@ def harness(*overrides: str, **popen) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "harness", *overrides], cwd=ROOT, **popen)
 
 
+def server_p50(run: Path, ids: pd.Series | None = None) -> float:
+    """The server's p50 latency (ms) of the run's served requests (of those with `ids`, if given), from arrival
+    at an ingress to completion; nan where the system's server reports no arrivals (Triton)."""
+    path = run / "server_requests.parquet"
+    if not path.exists():
+        return float("nan")
+    seen = pd.read_parquet(path, columns=["id", "t_arrival", "t_done", "status"])
+    ok = seen[(seen["status"] == "ok") & (True if ids is None else seen["id"].isin(ids))]
+    return float(np.percentile((ok["t_done"] - ok["t_arrival"]) * 1e3, 50)) if len(ok) else float("nan")
+
+
 def ours(system: str, rate: float, seconds: float, out: Path, extra: list[str]) -> dict:
     run = out / f"{system}-locust"
     proc = harness(f"system={system}", "models=resnet50", "workload=poisson", f"workload.rate={rate}",
@@ -64,7 +78,7 @@ def ours(system: str, rate: float, seconds: float, out: Path, extra: list[str]) 
     schedule = pd.read_parquet(run / "schedule.parquet")
     return {"throughput": len(ok) / (s["window_s"][1] - s["window_s"][0]),
             **{f"p{q}": float(np.percentile(from_send, q)) for q in (50, 90, 99)},
-            "intervals_us": np.diff(schedule["t_sched"].to_numpy()) * 1e6}
+            "server p50": server_p50(run, ok["id"]), "intervals_us": np.diff(schedule["t_sched"].to_numpy()) * 1e6}
 
 
 def wait_ready(url: str, timeout: float = 600.0) -> None:
@@ -81,7 +95,7 @@ def wait_ready(url: str, timeout: float = 600.0) -> None:
 
 
 def theirs(system: str, mode: str, rate: float, intervals: np.ndarray, out: Path, tool: str, window_ms: int,
-           extra: list[str]) -> dict:
+           pa_args: list[str], extra: list[str]) -> dict:
     port = free_port()
     run = out / f"{system}-perf_analyzer-{mode}"
     server = harness(f"system={system}", "models=resnet50", "runtime.load=external", f"runtime.port={port}",
@@ -93,7 +107,8 @@ def theirs(system: str, mode: str, rate: float, intervals: np.ndarray, out: Path
         cmd = [tool, "-m", MODEL, "-u", f"127.0.0.1:{port}", "-i", "http", "-b", "1", "--percentile", "99",
                "--measurement-interval", str(window_ms), "--max-trials", "10", "--stability-percentage", "20",
                "-f", str(report),
-               "--max-threads", "64"]   # synchronous calls: enough threads for rate x latency in flight
+               "--max-threads", "64",   # synchronous calls: enough threads for rate x latency in flight
+               *pa_args]
         if mode == "rate":
             cmd += ["--request-rate-range", f"{rate:g}", "--request-distribution", "poisson"]
         else:
@@ -112,14 +127,15 @@ def theirs(system: str, mode: str, rate: float, intervals: np.ndarray, out: Path
                                    "serves with no drops)")
             raise RuntimeError(f"perf_analyzer ({mode}) failed: {(done.stdout + done.stderr).strip()[-500:]}")
         row = next(csv.DictReader(report.open()))
-        return {"throughput": float(row["Inferences/Second"]),
-                **{f"p{q}": float(row[f"p{q} latency"]) / 1000 for q in (50, 90, 99)}}
     finally:
         server.send_signal(signal.SIGINT)
         try:
             server.wait(120)
         except subprocess.TimeoutExpired:
             server.kill()
+    return {"throughput": float(row["Inferences/Second"]),
+            **{f"p{q}": float(row[f"p{q} latency"]) / 1000 for q in (50, 90, 99)},
+            "server p50": server_p50(run)}      # written once the server has ended
 
 
 def main() -> int:
@@ -133,6 +149,8 @@ def main() -> int:
     ap.add_argument("--window-ms", type=int, default=8000,
                     help="perf_analyzer's measurement window; it stops at 3 windows within 20%% of each other "
                          "(4 s windows never settled for clockwork, whose p99 swings between them)")
+    ap.add_argument("--pa-arg", action="append", default=[], metavar="ARG",
+                    help="one more perf_analyzer argument (repeat for several), e.g. --pa-arg=--async")
     args, extra = ap.parse_known_args()
     tool = shutil.which(args.perf_analyzer) or args.perf_analyzer
     if not os.path.exists(tool):
@@ -146,11 +164,13 @@ def main() -> int:
         try:
             base = ours(system, args.rate, args.seconds, args.out, extra)
             for mode in ("rate", "intervals"):
-                pa = theirs(system, mode, args.rate, base["intervals_us"], args.out, tool, args.window_ms, extra)
+                pa = theirs(system, mode, args.rate, base["intervals_us"], args.out, tool, args.window_ms,
+                            args.pa_arg, extra)
                 rows.append({"system": system, "perf_analyzer mode": mode,
                              **{f"ours {k}": base[k] for k in ("throughput", "p50", "p90", "p99")},
                              **{f"PA {k}": pa[k] for k in ("throughput", "p50", "p90", "p99")},
-                             **{f"PA/ours {k}": pa[k] / base[k] for k in ("throughput", "p50", "p99")}})
+                             **{f"PA/ours {k}": pa[k] / base[k] for k in ("throughput", "p50", "p99")},
+                             "ours server p50": base["server p50"], "PA server p50": pa["server p50"]})
                 print(json.dumps(rows[-1]), flush=True)
         except (RuntimeError, subprocess.TimeoutExpired) as exc:
             print(f"{system}: {exc}", flush=True)
