@@ -95,7 +95,7 @@ def wait_ready(url: str, timeout: float = 600.0) -> None:
 
 
 def theirs(system: str, mode: str, rate: float, intervals: np.ndarray, out: Path, tool: str, window_ms: int,
-           pa_args: list[str], extra: list[str]) -> dict:
+           stability: int, pa_args: list[str], extra: list[str]) -> dict:
     port = free_port()
     run = out / f"{system}-perf_analyzer-{mode}"
     server = harness(f"system={system}", "models=resnet50", "runtime.load=external", f"runtime.port={port}",
@@ -105,7 +105,7 @@ def theirs(system: str, mode: str, rate: float, intervals: np.ndarray, out: Path
         wait_ready(f"http://127.0.0.1:{port}")
         report = out / f"{system}-{mode}.csv"
         cmd = [tool, "-m", MODEL, "-u", f"127.0.0.1:{port}", "-i", "http", "-b", "1", "--percentile", "99",
-               "--measurement-interval", str(window_ms), "--max-trials", "10", "--stability-percentage", "20",
+               "--measurement-interval", str(window_ms), "--max-trials", "10", "--stability-percentage", str(stability),
                "-f", str(report),
                "--max-threads", "64",   # synchronous calls: enough threads for rate x latency in flight
                *pa_args]
@@ -149,6 +149,9 @@ def main() -> int:
     ap.add_argument("--window-ms", type=int, default=8000,
                     help="perf_analyzer's measurement window; it stops at 3 windows within 20%% of each other "
                          "(4 s windows never settled for clockwork, whose p99 swings between them)")
+    ap.add_argument("--stability", type=int, default=20,
+                    help="perf_analyzer's --stability-percentage: how far (%%) its 3 last windows' throughput and p99 "
+                         "may differ for it to stop (a server whose p99 swings between windows needs more)")
     ap.add_argument("--pa-arg", action="append", default=[], metavar="ARG",
                     help="one more perf_analyzer argument (repeat for several), e.g. --pa-arg=--async")
     args, extra = ap.parse_known_args()
@@ -165,7 +168,7 @@ def main() -> int:
             base = ours(system, args.rate, args.seconds, args.out, extra)
             for mode in ("rate", "intervals"):
                 pa = theirs(system, mode, args.rate, base["intervals_us"], args.out, tool, args.window_ms,
-                            args.pa_arg, extra)
+                            args.stability, args.pa_arg, extra)
                 rows.append({"system": system, "perf_analyzer mode": mode,
                              **{f"ours {k}": base[k] for k in ("throughput", "p50", "p90", "p99")},
                              **{f"PA {k}": pa[k] for k in ("throughput", "p50", "p90", "p99")},
