@@ -8,8 +8,12 @@ schedule. It prints throughput and latency percentiles side by side, with
 each perf_analyzer figure over ours (the latencies from each client's send),
 and beside them the server's own p50 of each run (arrival to completion, as
 the scheduler saw them): where the clients differ and the servers agree, the
-difference is in the clients. perf_analyzer (PyPI perf-analyzer) needs
-glibc >= 2.38.
+difference is in the clients. The clients start their clocks at different
+points: perf_analyzer before it builds and sends each request (its "Client
+Send", which it reports as a mean), ours once the request, built already,
+starts on the wire. The "from the wire" ratios take perf_analyzer's mean
+client send off its percentiles, so that both count the same span.
+perf_analyzer (PyPI perf-analyzer) needs glibc >= 2.38.
 
     python benchmarks/perf_analyzer.py --systems eager,symphony --rate 1000 --seconds 20 --out pa-results \
         [--jobs 3] [--perf-analyzer perf_analyzer] [--pa-arg=--async] [any harness override, e.g. cluster=h200x1]
@@ -135,6 +139,7 @@ def theirs(system: str, mode: str, rate: float, intervals: np.ndarray, out: Path
             server.kill()
     return {"throughput": float(row["Inferences/Second"]),
             **{f"p{q}": float(row[f"p{q} latency"]) / 1000 for q in (50, 90, 99)},
+            "client send": float(row["Client Send"]) / 1000,
             "server p50": server_p50(run)}      # written once the server has ended
 
 
@@ -147,7 +152,7 @@ def main() -> int:
     ap.add_argument("--perf-analyzer", default="perf_analyzer")
     ap.add_argument("--jobs", type=int, default=1, help="systems measured at once (each its own server)")
     ap.add_argument("--window-ms", type=int, default=8000,
-                    help="perf_analyzer's measurement window; it stops at 3 windows within 20%% of each other "
+                    help="perf_analyzer's measurement window; it stops at 3 windows within --stability of each other "
                          "(4 s windows never settled for clockwork, whose p99 swings between them)")
     ap.add_argument("--stability", type=int, default=20,
                     help="perf_analyzer's --stability-percentage: how far (%%) its 3 last windows' throughput and p99 "
@@ -173,6 +178,9 @@ def main() -> int:
                              **{f"ours {k}": base[k] for k in ("throughput", "p50", "p90", "p99")},
                              **{f"PA {k}": pa[k] for k in ("throughput", "p50", "p90", "p99")},
                              **{f"PA/ours {k}": pa[k] / base[k] for k in ("throughput", "p50", "p99")},
+                             "PA client send": pa["client send"],
+                             **{f"PA/ours {k} from the wire": (pa[k] - pa["client send"]) / base[k]
+                                for k in ("p50", "p99")},
                              "ours server p50": base["server p50"], "PA server p50": pa["server p50"]})
                 print(json.dumps(rows[-1]), flush=True)
         except (RuntimeError, subprocess.TimeoutExpired) as exc:
