@@ -55,10 +55,14 @@ def test_busy_instance_makes_requests_accumulate_up_to_max_batch():
     assert all(r.status == "ok" for r in tasks)
 
 
-def test_lowest_free_slot_takes_the_batch():
+def test_the_instance_free_the_longest_takes_the_batch():
     # Two slots, two requests at once with delay 0: slot 0 takes the first, slot 1 (free) the second.
     _, sim, _ = replay(Triton, TritonConfig(), SLO, 2, CURVE, [(0.0, "m"), (0.0, "m"), (0.5, "m")])
     assert [b.slot for b in sim.batches] == [0, 1, 0]
+    # Requests far apart, both instances idle each time: they take turns (tritonserver spreads a model's
+    # batches over its instances), where the lowest free slot would take them all.
+    _, sim, _ = replay(Triton, TritonConfig(), SLO, 2, CURVE, [(0.1 * i, "m") for i in range(5)])
+    assert [b.slot for b in sim.batches] == [0, 1, 0, 1, 0]
 
 
 def test_max_queue_size_rejects_arrivals_beyond_it():
