@@ -114,7 +114,7 @@ class RuntimeConfig:
     spin_us: float = 500.0              # the event loop busy-waits this close to a timer
     slot_start_s: float = 0.5           # sim: seconds a slot takes to start (an emulated worker, measured live)
     faults: List[FaultConfig] = field(default_factory=list)   # scripted slot losses, for fault studies
-    locust_workers: int = -1            # -1: sized to the host (harness.load.default_workers); 0: one process;
+    locust_workers: int = -1            # -1: sized to the host and the rate (harness.load.default_workers); 0: one process;
                                         # N: a master and N workers
     start_lead_s: float = 4.0           # the schedule starts this long after the load generator is launched
 

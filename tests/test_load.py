@@ -232,3 +232,14 @@ def test_reading_while_a_shard_folds_its_parts_into_its_final_file(tmp_path, mon
     monkeypatch.setattr(records_module.feather, "read_table", shard_finishes_first)
     records = load.read_records(tmp_path)
     assert records["id"].tolist() == [0, 1]
+
+
+def test_default_workers_follow_the_host_and_the_schedules_busiest_second():
+    from harness.load import default_workers, peak_rate
+    assert default_workers(2, peak_rate=50_000) == 0              # a small host: one process whatever the rate
+    assert default_workers(16) == 4                                # a quarter of the cores
+    assert default_workers(16, peak_rate=32_816) == 10             # one per 3,500 req/s of the busiest second
+    assert default_workers(16, peak_rate=1e6) == 10                # never past five eighths of the cores
+    bursty = np.concatenate([np.arange(0, 10, 1 / 1000), 10 + np.arange(0, 1, 1 / 20_000)])
+    assert peak_rate(bursty) == pytest.approx(20_000, rel=1e-3)    # the burst, not the mean rate
+    assert peak_rate(np.array([])) == 0

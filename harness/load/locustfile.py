@@ -79,6 +79,7 @@ from harness.core import DROPPED, ERROR, OK, REJECTED, TIMEOUT  # noqa: E402
 from harness.live.loop import Clock  # noqa: E402
 from harness.live.protocol import (HEADER_LENGTH, HTTP_CODE, IMAGE, IMAGE_BYTES, infer_request,  # noqa: E402
                                    infer_response, outcome)
+from harness.load import peak_in_window  # noqa: E402
 from harness.load.http import Connection, Endpoint, HttpError  # noqa: E402
 from harness.records import write_table  # noqa: E402
 
@@ -197,13 +198,6 @@ def open_files_limit() -> int:
         except (ValueError, OSError):
             pass
     return soft if soft != resource.RLIM_INFINITY else 1 << 20
-
-
-def peak_in_window(t: np.ndarray, window: float) -> int:
-    """The most scheduled times (sorted) within any `window` seconds."""
-    if len(t) == 0:
-        return 0
-    return int((np.searchsorted(t, t + window, side="right") - np.arange(len(t))).max())
 
 
 def _atomic(path: Path, write) -> None:

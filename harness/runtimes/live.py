@@ -35,7 +35,7 @@ from rich.table import Column
 from harness.core import DROPPED, ERROR, OK, REJECTED, TIMEOUT
 from harness.errors import HarnessError
 from harness.gpu.telemetry import NvmlSampler
-from harness.load import ReplayAborted, default_workers, read_records, replay
+from harness.load import ReplayAborted, default_workers, peak_rate, read_records, replay
 from harness.records import LEDGER_TABLES, empty_gpus_frame, empty_tables
 from harness.runtimes import Outcome
 
@@ -141,7 +141,7 @@ def run_live(assembly, out_dir: Path, schedule: pd.DataFrame) -> Outcome:
     epoch = None
     slo = {m: s.slo for m, s in assembly.models.items()} | {a: app.slo for a, app in assembly.apps.items()}
     timeout_s = max(30.0, 10 * max(slo.values()))
-    client, interrupted, telemetry, failures = None, False, None, []
+    client, interrupted, telemetry, failures, workers = None, False, None, [], None
     started = time.perf_counter()
     window = (cfg.warmup_s, cfg.duration_s - cfg.cooldown_s)
     with _sigterm_as_interrupt(), _progress(out_dir, lambda: epoch, cfg.duration_s, slo, window,
@@ -161,7 +161,8 @@ def run_live(assembly, out_dir: Path, schedule: pd.DataFrame) -> Outcome:
                     failures += _serve_external(server, epoch, cfg.duration_s + rt.drain_s)
                 else:
                     try:
-                        workers = rt.locust_workers if rt.locust_workers >= 0 else default_workers()
+                        workers = (rt.locust_workers if rt.locust_workers >= 0
+                                   else default_workers(peak_rate=peak_rate(schedule["t_sched"].to_numpy())))
                         client = replay(out_dir / "schedule.parquet", server.url, epoch, out_dir / "client",
                                         workers=workers, timeout_s=timeout_s, abort=server.died,
                                         payload=rt.payload, seed=cfg.seeds.payload)
@@ -192,6 +193,9 @@ def run_live(assembly, out_dir: Path, schedule: pd.DataFrame) -> Outcome:
                      "arrival at the server, and the client's own view is the client's")
         return Outcome(client=_server_view(out_dir), tables=tables, gpus=gpus, failures=failures,
                        interrupted=interrupted, wall_seconds=wall, notes=notes + server.get("notes", []))
+    if workers is not None:
+        notes.append(f"load generator: {'one Locust process' if workers == 0 else f'{workers} Locust workers'}"
+                     + ("" if rt.locust_workers >= 0 else " (sized to the host and the schedule's busiest second)"))
     return Outcome(client=_client_view(schedule, client, out_dir, interrupted or bool(failures)),
                    tables=tables, gpus=gpus, failures=failures, interrupted=interrupted, wall_seconds=wall,
                    notes=notes + server.get("notes", []))
