@@ -4,9 +4,12 @@ The host's live path is calibrated first (python -m harness.calibrate, or
 --calibration FILE made earlier); each system then runs live and in the sim
 with that calibration, so the sim charges the delays this host's live path
 measured -- one source of truth, not delays tuned per system. `triton` is
-real tritonserver live and the dynamic-batcher model in the sim.
+real tritonserver live and the dynamic-batcher model in the sim; its path
+(tritonserver, the Python backend stub, pytriton's proxy) is not the other
+systems' frontend, so it is calibrated on its own (`system=triton`).
 
-    python benchmarks/live_vs_sim.py [--systems eager,symphony,...] [--calibration FILE] [--out DIR] [overrides...]
+    python benchmarks/live_vs_sim.py [--systems eager,symphony,...] [--calibration FILE]
+        [--triton-calibration FILE] [--out DIR] [overrides...]
 
 Besides goodput it prints each side's mean batch size and p50 / p99 latency:
 a model of a batcher can match goodput at a load both serve while forming
@@ -37,29 +40,39 @@ def harness(run_dir: Path, *overrides: str) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
 
 
+def calibrate(path: Path, *overrides: str) -> None:
+    made = subprocess.run([sys.executable, "-m", "harness.calibrate", "--out", str(path), *overrides], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    if made.returncode != 0:
+        raise SystemExit(f"calibration failed: {made.stderr.strip()[-500:]}")
+    print(made.stdout.strip())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--systems", default="eager,symphony,nexus,clockwork,shepherd,triton")
     ap.add_argument("--calibration", type=Path, help="a calibration file of this host (default: make one first)")
+    ap.add_argument("--triton-calibration", type=Path,
+                    help="a calibration of this host's tritonserver path, for triton (default: make one first)")
     ap.add_argument("--out", type=Path, help="keep the calibration and the run directories here")
     args, overrides = ap.parse_known_args()
     overrides = overrides or DEFAULT
+    systems = args.systems.split(",")
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         work = args.out or Path(scratch)
         work.mkdir(parents=True, exist_ok=True)
-        calibration = args.calibration or work / "calibration.json"
-        if args.calibration is None:
-            made = subprocess.run([sys.executable, "-m", "harness.calibrate", "--out", str(calibration)], cwd=ROOT,
-                                  capture_output=True, text=True, timeout=600)
-            if made.returncode != 0:
-                raise SystemExit(f"calibration failed: {made.stderr.strip()[-500:]}")
-            print(made.stdout.strip())
-        for system in args.systems.split(","):
+        calibration = {"frontend": args.calibration or work / "calibration.json",
+                       "triton": args.triton_calibration or work / "calibration-triton.json"}
+        if args.calibration is None and systems != ["triton"]:
+            calibrate(calibration["frontend"])
+        if args.triton_calibration is None and "triton" in systems:
+            calibrate(calibration["triton"], "system=triton")
+        for system in systems:
             live_dir, sim_dir = work / f"{system}-live", work / f"{system}-sim"
             live = harness(live_dir, "runtime=live", f"system={system}", *overrides)
             sim = harness(sim_dir, "runtime=sim", f"system={system}", *overrides,
-                          f"runtime.calibration={calibration}")
+                          f"runtime.calibration={calibration['triton' if system == 'triton' else 'frontend']}")
             rows.append({"system": system, "live goodput": live["goodput"], "sim goodput": sim["goodput"],
                          "live/sim": live["goodput"] / sim["goodput"] if sim["goodput"] else float("nan"),
                          "live attain.": live["slo_attainment"], "sim attain.": sim["slo_attainment"],

@@ -13,6 +13,10 @@ A short live run (eager on two emulated slots of a 2 ms sleep model, Poisson
   worker and back, as the scheduler sees it: the worker's start is its reply minus its execution);
 - response: the batch ends -> the client has the answer (the hop back, the ingress, HTTP);
 
+With `system=triton` it measures tritonserver's path instead (request: client
+send -> Triton calls the model, for requests that found their model idle;
+dispatch and response as above): a calibration per serving path.
+
 each as its distribution (percentiles 0..100), and writes them with the
 host's description. Given `runtime.calibration`, the sim delays each
 request's arrival, each batch's start and each answer by a draw from those
@@ -92,14 +96,24 @@ def load_calibration(path: str | os.PathLike) -> Overheads:
 def measure(run_dir: Path) -> Overheads:
     """The delays from a live run's records (requests, server_requests, batches)."""
     r = pd.read_parquet(run_dir / "requests.parquet")
-    seen = pd.read_parquet(run_dir / "server_requests.parquet", columns=["id", "t_arrival", "t_scheduler"])
     b = pd.read_parquet(run_dir / "batches.parquet").sort_values(["slot", "t_dispatch"])
-    ok = r[r["status"] == "ok"].merge(seen, on="id").merge(
-        b[["id", "t_end"]].rename(columns={"id": "batch_id"}), on="batch_id")
+    ok = r[r["status"] == "ok"].merge(
+        b[["id", "t_dispatch", "t_end", "size"]].rename(columns={"id": "batch_id"}), on="batch_id")
     # A batch dispatched to an idle slot: its slot's previous batch had ended (else it queued there).
     previous_end = b.groupby("slot")["t_end"].shift()
     idle = b[(b["status"] == "ok") & ~(previous_end > b["t_dispatch"])]
-    parts = {"request": ok["t_scheduler"] - ok["t_sent"], "ingress": ok["t_arrival"] - ok["t_sent"],
+    arrivals = run_dir / "server_requests.parquet"
+    if arrivals.exists():
+        seen = pd.read_parquet(arrivals, columns=["id", "t_arrival", "t_scheduler"])
+        ok = ok.merge(seen, on="id")
+        request, ingress = ok["t_scheduler"] - ok["t_sent"], ok["t_arrival"] - ok["t_sent"]
+    else:
+        # tritonserver reports no arrivals. A request sent while no batch of its model was running went
+        # out alone at once (no queue delay), so Triton calling the model (its batch's dispatch) ends its
+        # way in: HTTP, tritonserver, the Python backend stub and pytriton's proxy. The deadline is the
+        # client's (Triton plans with none), so the ingress part is the same.
+        request = ingress = _alone(ok, b)
+    parts = {"request": request, "ingress": ingress,
              "dispatch": idle["t_start"] - idle["t_dispatch"], "response": ok["t_done"] - ok["t_end"]}
     if any(len(v.dropna()) < 50 for v in parts.values()):
         raise HarnessError(f"the calibration run in {run_dir} served too few requests to measure; see its summary")
@@ -110,6 +124,18 @@ def measure(run_dir: Path) -> Overheads:
         out[f"{name}_p99_s"] = float(np.percentile(v, 99))
         quantiles[name] = np.percentile(v, np.arange(101)).tolist()
     return Overheads(**out, quantiles=quantiles)
+
+
+def _alone(ok: pd.DataFrame, batches: pd.DataFrame) -> pd.Series:
+    """t_dispatch - t_sent of the requests served in a batch of one, sent when no batch of their model
+    was running (the latest end of the model's batches dispatched before the send had passed)."""
+    ran = batches[batches["status"] == "ok"].sort_values("t_dispatch")
+    ran = ran.assign(ended=ran.groupby("model")["t_end"].cummax())[["model", "t_dispatch", "ended"]]
+    sent = ok[ok["size"] == 1].sort_values("t_sent")
+    before = pd.merge_asof(sent, ran.rename(columns={"t_dispatch": "t_before"}), left_on="t_sent",
+                           right_on="t_before", by="model", allow_exact_matches=False)
+    alone = before[before["ended"].isna() | (before["ended"] < before["t_sent"])]
+    return alone["t_dispatch"] - alone["t_sent"]
 
 
 def main(argv: list[str] | None = None) -> int:

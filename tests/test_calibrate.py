@@ -1,0 +1,96 @@
+"""Calibration: the live path's delays measured from a run's records, and the sim charging them."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from harness.calibrate import load_calibration, measure
+from harness.errors import HarnessError
+
+ROOT = Path(__file__).resolve().parent.parent
+MS = 1e-3
+
+
+def write_run(run: Path, requests: list[dict], batches: list[dict], arrivals: list[dict] | None) -> Path:
+    run.mkdir()
+    pd.DataFrame(requests).assign(status="ok").to_parquet(run / "requests.parquet")
+    pd.DataFrame(batches).assign(status="ok").to_parquet(run / "batches.parquet")
+    if arrivals is not None:
+        pd.DataFrame(arrivals).to_parquet(run / "server_requests.parquet")
+    return run
+
+
+def test_frontend_delays_come_from_the_scheduler_and_ingress_stamps(tmp_path):
+    # 60 requests, each alone on an idle slot: sent at i*10 ms, stamped by the ingress 0.1 ms later, read by
+    # the scheduler at 0.3 ms, its batch dispatched at 0.4, started at 0.6, ended at 2.6, answered at 3.1 ms.
+    t = np.arange(60) * 10 * MS
+    requests = [{"id": i, "model": "m", "t_sent": s, "t_done": s + 3.1 * MS, "batch_id": i} for i, s in enumerate(t)]
+    batches = [{"id": i, "slot": 0, "model": "m", "size": 1, "t_dispatch": s + 0.4 * MS, "t_start": s + 0.6 * MS,
+                "t_end": s + 2.6 * MS} for i, s in enumerate(t)]
+    arrivals = [{"id": i, "t_arrival": s + 0.1 * MS, "t_scheduler": s + 0.3 * MS} for i, s in enumerate(t)]
+    o = measure(write_run(tmp_path / "run", requests, batches, arrivals))
+    assert (o.request_s, o.ingress_s, o.dispatch_s, o.response_s) == pytest.approx((0.3 * MS, 0.1 * MS, 0.2 * MS,
+                                                                                     0.5 * MS))
+    assert len(o.quantiles["request"]) == 101
+
+
+def test_triton_request_path_counts_only_requests_that_found_their_model_idle(tmp_path):
+    # No arrival stamps (tritonserver). 60 requests found their model idle: Triton called the model 1.5 ms
+    # after each send. 60 more were sent while their model's batch ran and waited for it: they must not count.
+    requests, batches = [], []
+    for i in range(60):
+        s = i * 20 * MS
+        requests.append({"id": i, "model": "m", "t_sent": s, "t_done": s + 5 * MS, "batch_id": i})
+        batches.append({"id": i, "slot": i % 2, "model": "m", "size": 1, "t_dispatch": s + 1.5 * MS,
+                        "t_start": s + 1.7 * MS, "t_end": s + 3.7 * MS})
+        queued = 100 + i                          # sent 0.5 ms into the batch above, dispatched after it ended
+        requests.append({"id": queued, "model": "m", "t_sent": s + 2.0 * MS, "t_done": s + 9 * MS,
+                         "batch_id": queued})
+        batches.append({"id": queued, "slot": i % 2, "model": "m", "size": 1, "t_dispatch": s + 3.9 * MS,
+                        "t_start": s + 4.1 * MS, "t_end": s + 6.1 * MS})
+    o = measure(write_run(tmp_path / "run", requests, batches, None))
+    assert o.request_s == pytest.approx(1.5 * MS) and o.request_p99_s == pytest.approx(1.5 * MS)
+    assert o.ingress_s == o.request_s                       # Triton plans with no deadline: the same span
+
+
+def test_too_few_requests_and_missing_files_say_what_to_do(tmp_path):
+    requests = [{"id": 0, "model": "m", "t_sent": 0.0, "t_done": 0.003, "batch_id": 0}]
+    batches = [{"id": 0, "slot": 0, "model": "m", "size": 1, "t_dispatch": 0.001, "t_start": 0.001, "t_end": 0.002}]
+    with pytest.raises(HarnessError, match="served too few requests"):
+        measure(write_run(tmp_path / "run", requests, batches, None))
+    with pytest.raises(HarnessError, match="not found; make one: python -m harness.calibrate"):
+        load_calibration(tmp_path / "none.json")
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(HarnessError, match="unreadable"):
+        load_calibration(tmp_path / "bad.json")
+
+
+def test_a_live_calibration_is_what_the_sim_then_charges(tmp_path):
+    # The real command: a short live run (processes, HTTP, Locust), its delays written, then a sim run that
+    # draws each request's way in and out from them: its latency is execution plus those delays.
+    out = tmp_path / "calibration.json"
+    made = subprocess.run([sys.executable, "-m", "harness.calibrate", "--out", str(out), "duration_s=6",
+                           "warmup_s=1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stderr
+    doc = json.loads(out.read_text())
+    o = load_calibration(out)
+    assert 0 < o.ingress_s <= o.request_s < 0.05 and 0 < o.dispatch_s < 0.05 and 0 < o.response_s < 0.05
+    assert doc["host"]["cores"] and doc["run"][0] == "runtime=live"
+    run = tmp_path / "sim"
+    sim = subprocess.run([sys.executable, "-m", "harness", "runtime=sim", "system=eager", "cluster=sleep1000",
+                          "cluster.count=2", "cluster.sleep.a_ms=0.1", "cluster.sleep.c_ms=2", "models=sleep10",
+                          "workload=poisson", "workload.rate=50", "duration_s=10", f"runtime.calibration={out}",
+                          f"hydra.run.dir={run}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert sim.returncode == 0, sim.stderr
+    r = pd.read_parquet(run / "requests.parquet")
+    b = pd.read_parquet(run / "batches.parquet").set_index("id")
+    ok = r[r["status"] == "ok"]
+    beyond = ok["latency"].to_numpy() - (b.loc[ok["batch_id"], "t_end"] - b.loc[ok["batch_id"], "t_start"]).to_numpy()
+    # At 50 req/s nothing queues: what is not execution is the way in, the dispatch and the way out.
+    expected = o.request_s + o.dispatch_s + o.response_s
+    assert np.median(beyond) == pytest.approx(expected, rel=0.35)
