@@ -1,0 +1,178 @@
+"""Real against emulated GPUs, repeated over seeds: each system's goodput on the GPU and on its emulation.
+
+    python benchmarks/real_vs_emulated.py --out DIR [--systems eager,symphony,...] [--clusters mps25x4,whole]
+        [--loads reference,overload] [--seeds 0,1,2] [--gpu-type h200] [--stop-after-s 540] [overrides...]
+    python benchmarks/real_vs_emulated.py --out DIR --table      # only the table of what DIR holds
+
+On a GPU host, each run of `experiment=reference_gpu` (live, real HTTP and
+Locust, the vision models, bursty load) is made twice in a row: on the GPU
+(`cluster=auto`) and emulated from the same profiles
+(`cluster.gpu_type=<gpu-type>`), same host, same settings.
+
+- clusters: `mps25x4`, the GPU as four 25% MPS shares; `whole`, the whole GPU.
+- loads: `reference`, the experiment's rate; `overload`, 1.5 x eager's
+  capacity on that cluster, found once by a capacity search in the sim on
+  the emulated cluster (kept in DIR/<cluster>/eager-capacity.json).
+- seeds: `seeds.schedule`, `seeds.mapping` and `seeds.runtime` all set to k;
+  Locust workers sized to each schedule (`runtime.locust_workers=-1`).
+
+Runs go seed by seed, so a call cut short has every system at the first
+seeds. A run whose summary is in DIR already is not made again, so the
+matrix can be filled over several calls (`--stop-after-s`: start no run
+after that many seconds), and the directories of several hosts' calls merged
+into one DIR. The table gives, per cluster, load and system, the mean over
+seeds of real / emulated goodput with its 95% confidence interval, and flags
+those more than 5% from 1 or with an invalid run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from harness.assembly import detect_gpus  # noqa: E402
+from harness.report.analysis import mean_ci  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+SYSTEMS = "eager,symphony,nexus,clockwork,shepherd,triton"
+CLUSTERS = {"mps25x4": [], "whole": ["cluster.partition=whole", "cluster.count=1"]}
+SIDES = ("gpu", "emulated")
+TARGET = 0.05
+OVERLOAD = 1.5
+
+
+def run_dir(out: Path, cluster: str, load: str, system: str, seed: int, side: str) -> Path:
+    return out / cluster / load / f"{system}-seed{seed}-{side}"
+
+
+def plan(out: Path, systems: list[str], clusters: list[str], loads: list[str], seeds: list[int]) -> list[tuple]:
+    """The runs still to make, in order: seed by seed, each system's real run then its emulated one."""
+    return [(c, load, s, k, side) for k in seeds for c in clusters for load in loads for s in systems
+            for side in SIDES if not (run_dir(out, c, load, s, k, side) / "summary.json").exists()]
+
+
+def harness(*overrides: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness", *overrides], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def eager_capacity(out: Path, cluster: str, gpu_type: str, extra: list[str]) -> float:
+    """Eager's capacity on the emulated cluster, from a sim capacity search (made once, then read)."""
+    path = out / cluster / "eager-capacity.json"
+    if not path.exists():
+        search = out / cluster / "eager-capacity-search"
+        done = subprocess.run([sys.executable, "-m", "harness.search", "capacity", "experiment=reference_gpu",
+                               "runtime=sim", "system=eager", f"cluster.gpu_type={gpu_type}", *CLUSTERS[cluster],
+                               *extra, "--out", str(search)], cwd=ROOT, capture_output=True, text=True, timeout=1800)
+        if done.returncode != 0:
+            raise SystemExit(f"error: eager's capacity search on {cluster} failed: {done.stderr.strip()[-400:]}")
+        found = json.loads((search / "search.json").read_text())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if found.get("status") != "found":
+            raise SystemExit(f"error: eager's capacity search on {cluster} ended {found.get('status')}; see {search}")
+        path.write_text(json.dumps({"capacity": found["answer"], "search": str(search)}) + "\n")
+    return float(json.loads(path.read_text())["capacity"])
+
+
+def one_run(out: Path, cluster: str, load: str, system: str, seed: int, side: str, rate: float | None,
+            gpu_type: str, extra: list[str]) -> str:
+    where = run_dir(out, cluster, load, system, seed, side)
+    # Locust sized to each schedule's busiest second (the experiment's four workers fall behind past capacity).
+    overrides = ["experiment=reference_gpu", f"system={system}", *CLUSTERS[cluster], "runtime.locust_workers=-1",
+                 *([f"workload.rate={rate:.1f}"] if rate else []),
+                 f"seeds.schedule={seed}", f"seeds.mapping={seed}", f"seeds.runtime={seed}",
+                 *([f"cluster.gpu_type={gpu_type}"] if side == "emulated" else []), *extra,
+                 f"hydra.run.dir={where}"]
+    done = harness(*overrides)
+    if not (where / "summary.json").exists():
+        return f"no summary ({done.stderr.strip()[-300:]})"
+    summary = json.loads((where / "summary.json").read_text())
+    if side == "gpu" and summary["emulated"]:
+        (where / "summary.json").rename(where / "summary-emulated.json")   # never counted as a real run
+        raise SystemExit(f"error: the GPU side ran on emulated slots ({summary.get('notes')}); see {where}")
+    return f"goodput {summary['goodput']:,.1f} req/s, valid {summary['validity']['valid']}"
+
+
+def table(out: Path) -> pd.DataFrame:
+    rows = []
+    for path in sorted(out.glob("*/*/*-seed*-gpu/summary.json")):
+        emulated = path.parent.with_name(path.parent.name[: -len("gpu")] + "emulated") / "summary.json"
+        if not emulated.exists():
+            continue
+        real, emu = json.loads(path.read_text()), json.loads(emulated.read_text())
+        system, seed = path.parent.name[: -len("-gpu")].rsplit("-seed", 1)
+        rows.append({"cluster": path.parents[2].name, "load": path.parents[1].name, "system": system,
+                     "seed": int(seed), "offered": real["offered_rate"], "real": real["goodput"],
+                     "emulated": emu["goodput"],
+                     "ratio": real["goodput"] / emu["goodput"] if emu["goodput"] else math.nan,
+                     "valid": real["validity"]["valid"] and emu["validity"]["valid"]})
+    if not rows:
+        return pd.DataFrame()
+    per_seed = pd.DataFrame(rows)
+    out_rows = []
+    for (cluster, load, system), g in per_seed.groupby(["cluster", "load", "system"], sort=False):
+        mean, ci = mean_ci(g["ratio"])
+        within = abs(mean - 1) <= TARGET
+        out_rows.append({"cluster": cluster, "load": load, "system": system, "seeds": len(g),
+                         "offered": g["offered"].mean(), "real goodput": g["real"].mean(),
+                         "emulated goodput": g["emulated"].mean(), "real / emulated": mean, "95% CI +-": ci,
+                         "within 5%": "yes" if within and g["valid"].all() else
+                         ("no" if g["valid"].all() else "invalid run")})
+    return pd.DataFrame(out_rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, required=True, help="the runs' directory (made, or added to)")
+    ap.add_argument("--systems", default=SYSTEMS)
+    ap.add_argument("--clusters", default=",".join(CLUSTERS))
+    ap.add_argument("--loads", default="reference,overload")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--gpu-type", default="h200", help="the GPU's profiles, for the emulated side")
+    ap.add_argument("--stop-after-s", type=float, default=math.inf, help="start no run after this many seconds")
+    ap.add_argument("--table", action="store_true", help="print the table of what --out holds, run nothing")
+    args, extra = ap.parse_known_args(argv)
+    clusters, loads = args.clusters.split(","), args.loads.split(",")
+    bad = [c for c in clusters if c not in CLUSTERS] + [x for x in loads if x not in ("reference", "overload")]
+    if bad:
+        print(f"error: unknown cluster or load {bad}; clusters: {', '.join(CLUSTERS)}; loads: reference, overload",
+              file=sys.stderr)
+        return 2
+    if not args.table and not detect_gpus():
+        print("error: no NVIDIA GPU here (NVML sees none): run this on a GPU host, or --table to read what "
+              f"{args.out} holds", file=sys.stderr)
+        return 2
+    if not args.table:
+        todo = plan(args.out, args.systems.split(","), clusters, loads, [int(k) for k in args.seeds.split(",")])
+        started = time.monotonic()
+        rates: dict[tuple[str, str], float | None] = {}
+        for i, (cluster, load, system, seed, side) in enumerate(todo):
+            if time.monotonic() - started > args.stop_after_s:
+                print(f"stopped after {args.stop_after_s:g} s: {len(todo) - i} runs left (run again to go on)")
+                break
+            if (cluster, load) not in rates:
+                rates[cluster, load] = (OVERLOAD * eager_capacity(args.out, cluster, args.gpu_type, extra)
+                                        if load == "overload" else None)
+            said = one_run(args.out, cluster, load, system, seed, side, rates[cluster, load], args.gpu_type, extra)
+            print(f"[{time.monotonic() - started:5.0f} s] {cluster} {load} {system} seed {seed} {side}: {said}",
+                  flush=True)
+    result = table(args.out)
+    if result.empty:
+        print(f"no real / emulated pairs under {args.out} yet")
+        return 0
+    result.to_csv(args.out / "real_vs_emulated.csv", index=False)
+    print(result.to_string(index=False, float_format=lambda v: f"{v:,.3f}"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""The real-versus-emulated benchmark's bookkeeping: what it still has to run, and its table over seeds.
+
+Its runs need a GPU host; here the summaries are written by hand, as those runs would leave them.
+"""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+spec = importlib.util.spec_from_file_location("real_vs_emulated", ROOT / "benchmarks" / "real_vs_emulated.py")
+rve = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(rve)
+
+
+def summary(path: Path, goodput: float, valid: bool = True, emulated: bool = False) -> None:
+    path.mkdir(parents=True)
+    (path / "summary.json").write_text(json.dumps({"goodput": goodput, "offered_rate": 1500.0, "emulated": emulated,
+                                                   "validity": {"valid": valid}}))
+
+
+def test_plan_skips_what_is_done_and_goes_seed_by_seed(tmp_path):
+    summary(rve.run_dir(tmp_path, "whole", "reference", "eager", 0, "gpu"), 1500)
+    todo = rve.plan(tmp_path, ["eager", "nexus"], ["whole"], ["reference"], [0, 1])
+    assert todo[0] == ("whole", "reference", "eager", 0, "emulated")      # its real half is there already
+    assert [t[3] for t in todo] == [0, 0, 0, 1, 1, 1, 1]                  # every system at seed 0 first
+    assert ("whole", "reference", "eager", 0, "gpu") not in todo
+
+
+def test_table_is_the_mean_ratio_over_seeds_with_its_interval_and_the_5_percent_flag(tmp_path):
+    for seed, (real, emu) in enumerate([(1400, 1500), (1450, 1500), (1420, 1500)]):
+        summary(rve.run_dir(tmp_path, "mps25x4", "reference", "symphony", seed, "gpu"), real)
+        summary(rve.run_dir(tmp_path, "mps25x4", "reference", "symphony", seed, "emulated"), emu)
+    for seed in range(3):
+        summary(rve.run_dir(tmp_path, "mps25x4", "reference", "eager", seed, "gpu"), 1500, valid=seed != 2)
+        summary(rve.run_dir(tmp_path, "mps25x4", "reference", "eager", seed, "emulated"), 1500)
+    summary(rve.run_dir(tmp_path, "whole", "overload", "nexus", 0, "gpu"), 900)   # no emulated half: left out
+    t = rve.table(tmp_path).set_index("system")
+    assert list(t.index) == ["eager", "symphony"]
+    sym = t.loc["symphony"]
+    assert sym["seeds"] == 3 and sym["real / emulated"] == pytest.approx((1400 + 1450 + 1420) / 4500)
+    assert sym["95% CI +-"] > 0 and sym["within 5%"] == "no"                 # 0.947: more than 5% off
+    assert t.loc["eager", "real / emulated"] == 1 and t.loc["eager", "within 5%"] == "invalid run"
+
+
+def test_without_a_gpu_it_runs_nothing_and_says_why(tmp_path):
+    if rve.detect_gpus():
+        pytest.skip("a GPU is here: the benchmark would run")
+    done = subprocess.run([sys.executable, "benchmarks/real_vs_emulated.py", "--out", str(tmp_path / "x")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "no NVIDIA GPU here" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "x").exists()
