@@ -34,6 +34,7 @@ Where it must differ from the simulation:
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import sys
 import traceback
@@ -70,6 +71,10 @@ class LiveCluster:
         self._item_apps: dict[str, App] = {}     # a model's one-node app, for requests of several items
         self._rows: dict[Task, tuple[int, int]] = {}   # a task between stages: (batch, row) of its activations
         self._payload: dict[Task, list] = {}  # where a task's tensor is: [ingress, arena slot, offset, bytes]
+        # Per slot, the profiled time of its batches dispatched and not yet answered: what a reply leaves it
+        # holding is this less the reply's own batch, kept as a sum so that a slot queueing many batches
+        # (Clockwork's) costs each reply O(1), not a pass over them all.
+        self._queued_s: dict[int, float] = collections.defaultdict(float)
         self._loop = asyncio.get_running_loop()
         # Run time -> loop time: both count on the monotonic clock, so one offset does.
         self._to_loop = self._loop.time() - clock.now()
@@ -143,6 +148,7 @@ class LiveCluster:
         s = self.slots[slot]
         mean = curve.mean[batch.size]
         s.busy_until = (s.busy_until if s.busy_until > now else now) + mean
+        self._queued_s[slot] += mean
         start_within = None if latest_start is None else latest_start - now
         rows = None
         if stage:          # a later stage takes its tasks' rows of the activations earlier stages left
@@ -151,7 +157,7 @@ class LiveCluster:
         if self._payload and not stage:   # the first stage reads the tasks' tensors; later ones, activations
             payload = [self._payload.get(task) for task in tasks]
         self.pool.submit(slot, batch.id, model, batch.size, start_within, payload, mean, stage, rows,
-                         on_reply=functools.partial(self._on_reply, batch))
+                         on_reply=functools.partial(self._on_reply, batch, mean))
         return batch
 
     def drop(self, tasks: Sequence[Task], reason: str, status: str = DROPPED) -> None:
@@ -169,6 +175,8 @@ class LiveCluster:
         now = self.clock.now()
         self.slots[slot].busy_until = now
         tasks = self.ledger.preempt(batch, now)
+        curve = self.ledger.curves[slot][batch.model]
+        self._queued_s[slot] -= (curve if batch.stage is None else curve.stages[batch.stage]).mean[batch.size]
         self.pool.abort(slot, batch.id)
         return tasks
 
@@ -248,7 +256,7 @@ class LiveCluster:
             self.on_answer(origin, item)
 
     # -- replies, losses and reconfigurations ------------------------------------------
-    def _on_reply(self, batch: Batch, reply: dict) -> None:
+    def _on_reply(self, batch: Batch, mean: float, reply: dict) -> None:
         if self._finished:
             return
         now = self.clock.now()
@@ -259,15 +267,15 @@ class LiveCluster:
         if batch.status:                        # already failed: its slot was lost
             return
         s = self.slots[batch.slot]
+        others = self._queued_s[batch.slot] - mean
+        self._queued_s[batch.slot] = others if s.outstanding > 1 else 0.0   # (no float residue when empty)
         if s.outstanding == 1 and s.busy_until > now:
             s.busy_until = now
         elif s.outstanding > 1:
             # What the slot still holds runs from now on: where it runs slower than profiled (shares of a
             # real GPU beside busy siblings), the predicted busy_until fell behind and would show a backlog
             # as gone to the policies that plan on it (ELSA's finish times). The sim knows each batch's time.
-            curves = self.ledger.curves[batch.slot]
-            rest = now + sum((curves[b.model] if b.stage is None else curves[b.model].stages[b.stage]).mean[b.size]
-                             for b in self.ledger.inflight[batch.slot].values() if b is not batch)
+            rest = now + others
             if rest > s.busy_until:
                 s.busy_until = rest
         status = reply.get("status")
@@ -294,6 +302,7 @@ class LiveCluster:
     def _on_lost(self, slot: int, reason: str) -> None:
         if self._finished or not self.ledger.lose(slot, self.clock.now(), reason):
             return
+        self._queued_s[slot] = 0.0              # what it held failed with it
         self._call_policy("on_slot_lost", slot)
 
     def inject_loss(self, slot: int) -> None:
