@@ -73,7 +73,9 @@ def server_p50(run: Path, ids: pd.Series | None = None) -> float:
     if not path.exists():
         return float("nan")
     seen = pd.read_parquet(path, columns=["id", "t_arrival", "t_done", "status"])
-    ok = seen[(seen["status"] == "ok") & (True if ids is None else seen["id"].isin(ids))]
+    ok = seen[seen["status"] == "ok"]
+    if ids is not None:
+        ok = ok[ok["id"].isin(ids)]
     return float(np.percentile((ok["t_done"] - ok["t_arrival"]) * 1e3, 50)) if len(ok) else float("nan")
 
 

@@ -175,8 +175,7 @@ class LiveCluster:
         now = self.clock.now()
         self.slots[slot].busy_until = now
         tasks = self.ledger.preempt(batch, now)
-        curve = self.ledger.curves[slot][batch.model]
-        self._queued_s[slot] -= (curve if batch.stage is None else curve.stages[batch.stage]).mean[batch.size]
+        self._queued_s[slot] = 0.0              # it was the slot's one batch in flight
         self.pool.abort(slot, batch.id)
         return tasks
 
