@@ -48,6 +48,7 @@ import os
 import re
 import signal
 import sys
+import threading
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -290,6 +291,34 @@ def knob_for(kind: str, cfg) -> str:
     return "workload.rate_scale" if cfg.workload.process in TRACE_PROCESSES else "workload.rate"
 
 
+STOPS = (signal.SIGINT, signal.SIGTERM)
+_held: list[int] = []                           # stops that came between probes, not yet heard
+_handlers: dict[int, object] = {}               # the handlers set aside while they are held
+
+
+def _hold(signum, frame) -> None:
+    _held.append(signum)
+
+
+def _hear_stops(hear: bool) -> None:
+    """Ctrl-C and SIGTERM reach a search only while a probe runs; in between they are held and heard when
+    the next probe starts (or the search ends), so that the probe just measured is recorded first and the
+    search's file says what it found. (A handler, not a signal mask: any thread may take a signal.)"""
+    if threading.current_thread() is not threading.main_thread():
+        return                                  # only the main thread sets handlers (and hears signals)
+    if hear:
+        for sig, handler in _handlers.items():
+            signal.signal(sig, handler)
+        _handlers.clear()
+        if _held:
+            _held.clear()
+            raise KeyboardInterrupt
+    else:
+        for sig in STOPS:
+            if signal.getsignal(sig) is signal.default_int_handler:   # (an ignored one stays ignored)
+                _handlers[sig] = signal.signal(sig, _hold)
+
+
 def real_probe(kind: str, overrides: list[str], out: Path, knob: str) -> ProbeFn:
     """Each call runs one probe through harness.run.execute into <out>/probes/<n>_<knob>=<value>/."""
     from harness.run import execute
@@ -301,9 +330,12 @@ def real_probe(kind: str, overrides: list[str], out: Path, knob: str) -> ProbeFn
         run_overrides = [*overrides, f"{knob}={text}"]
         run_dir = out / "probes" / f"{next(counter):02d}_{knob.rsplit('.', 1)[-1]}={text}"
         try:
+            _hear_stops(True)
             summary = execute(compose(run_overrides), run_dir, run_overrides)
         except KeyboardInterrupt:               # the sim, or a live run before it served
             raise ProbeStopped("interrupted", float(text), rundir.abandon(run_dir)) from None
+        finally:
+            _hear_stops(False)
         run = run_dir.relative_to(out).as_posix()
         if summary["validity"]["interrupted"]:  # a live run cut short: its attainment is no verdict
             raise ProbeStopped("interrupted", float(text), "interrupted; its records are kept", run)
@@ -332,14 +364,18 @@ def search(kind: str, overrides: list[str], out: Path, target: float = TARGET, t
     overrides = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != knob]
     rundir.claim(rundir.SEARCH, out)
     probe = real_probe(kind, overrides, out, knob)
-    if kind == "capacity":
-        first = start or (cfg.workload.rate_scale if knob.endswith("rate_scale") else cfg.workload.rate)
-        result = find_capacity(probe, float(first), target, tolerance, max_probes, max_rate)
-    else:
-        result = find_fewest_gpus(probe, int(start or cfg.cluster.count), target, max_gpus, max_probes)
-    result = {"knob": knob, "system": cfg.system.name, "workload": cfg.workload.name, "cluster": cfg.cluster.name,
-              "gpus": cfg.cluster.count, "runtime": cfg.runtime.name, "overrides": overrides, **result}
-    write_search(result, out)
+    try:
+        if kind == "capacity":
+            first = start or (cfg.workload.rate_scale if knob.endswith("rate_scale") else cfg.workload.rate)
+            result = find_capacity(probe, float(first), target, tolerance, max_probes, max_rate)
+        else:
+            result = find_fewest_gpus(probe, int(start or cfg.cluster.count), target, max_gpus, max_probes)
+        result = {"knob": knob, "system": cfg.system.name, "workload": cfg.workload.name,
+                  "cluster": cfg.cluster.name, "gpus": cfg.cluster.count, "runtime": cfg.runtime.name,
+                  "overrides": overrides, **result}
+        write_search(result, out)
+    finally:
+        _hear_stops(True)                       # a stop that came after the last probe is heard now
     return result
 
 

@@ -110,6 +110,33 @@ def test_ctrl_c_during_a_sim_search_writes_what_it_found_marked_interrupted(tmp_
     assert again.returncode == 2 and "already holds a search; choose another --out" in one_line(again.stderr)
 
 
+def test_ctrl_c_between_probes_waits_for_the_next_probe_and_keeps_the_one_measured(tmp_path):
+    # Ctrl-C at the worst moment, deterministically: the instant a probe has measured, while the search does
+    # its own bookkeeping (records the probe, prints its line). It stops the next probe, not the record.
+    script = """
+import os, signal, sys
+import harness.search as search
+measure = search.real_probe
+def stop_after_each(*args):
+    probe = measure(*args)
+    def probed(value):
+        p = probe(value)
+        os.kill(os.getpid(), signal.SIGINT)
+        return p
+    return probed
+search.real_probe = stop_after_each
+sys.exit(search.main(sys.argv[1:]))
+"""
+    out = tmp_path / "search"
+    done = subprocess.run([sys.executable, "-c", script, "capacity", *SIM, "cluster=h200x4", "workload.rate=16000",
+                           "duration_s=5", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 130 and "Traceback" not in done.stderr, done.stderr
+    result = json.loads((out / "search.json").read_text())
+    (first,) = result["probes"]
+    assert result["status"] == "interrupted" and first["value"] == 16000
+    assert result["stopped_at"]["value"] == (32000 if first["passed"] else 8000)
+
+
 def test_ctrl_c_during_a_live_search_is_not_a_failed_probe(tmp_path):
     out = tmp_path / "search"
     proc = start("-m", "harness.search", "capacity", "runtime=live", "system=eager", "cluster=h200x1",
