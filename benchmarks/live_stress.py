@@ -49,7 +49,7 @@ class FakePool:
         self.on_lost = None
 
     def submit(self, slot, batch_id, model, size, start_within, payload=None, expected=0.0, stage=None, rows=None,
-               on_reply=None):
+               on_reply=None, through=None):
         if self.instant:
             # A batch takes no time, so its slot is free whenever one comes: it starts at once (late only if its
             # latest start has already passed) and replies in the next turn, the very replies the general case
@@ -73,6 +73,9 @@ class FakePool:
 
     def abort(self, slot, batch_id):
         pass
+
+    def stop_at_boundary(self, slot, batch_id):
+        pass                  # a chain of stages runs whole here: its end is already booked
 
     # A reconfiguration (jigsaw, dstack, paris_elsa, the autoscaler): slots start and stop at once here, where
     # real workers take seconds to load models; the policy's own cost is what this measures.

@@ -135,14 +135,16 @@ class Batch:
     """Tasks handed to one slot as one execution. The runtime fills in the times and status."""
 
     __slots__ = ("id", "slot", "model", "tasks", "t_dispatch", "t_start", "t_end", "latest_start", "status",
-                 "size", "stage", "final")
+                 "size", "stage", "through", "final")
 
     def __init__(self, id: int, slot: int, model: str, tasks: list[Task], t_dispatch: float,
                  latest_start: float | None, size: int | None = None, stage: int | None = None,
-                 final: bool = True):
+                 final: bool = True, through: int | None = None):
         """`size` counts items: the tasks' sizes added up (given, for queries; else one per task).
-        `stage`: the stage of the model it runs (None: the whole model); `final`: its tasks are done
-        when it ends (the whole model, or its last stage)."""
+        `stage`: the stage of the model it runs first (None: the whole model); `through`: the last
+        stage it runs (default: `stage` alone), which becomes the last stage it ran if it was told to
+        stop at a boundary before; `final`: its tasks are done when it ends (the whole model, or a run
+        through its last stage)."""
         self.id = id
         self.slot = slot
         self.model = model
@@ -154,6 +156,7 @@ class Batch:
         self.status = ""                 # ok | late (started after latest_start) | error | preempted
         self.size = len(tasks) if size is None else size   # Triton's batches carry no task objects
         self.stage = stage
+        self.through = stage if through is None else through
         self.final = final
 
     @property
@@ -203,7 +206,7 @@ class Cluster(Protocol):
     def now(self) -> float: ...
 
     def dispatch(self, slot: int, model: str, tasks: list[Task], latest_start: float | None = None,
-                 stage: int | None = None) -> Batch:
+                 stage: int | None = None, through: int | None = None) -> Batch:
         """Queue `tasks` as one batch of `model` on `slot` (a slot runs its batches in order).
 
         With `latest_start`, the slot discards the batch if it cannot start
@@ -212,7 +215,16 @@ class Cluster(Protocol):
         With `stage` k, the batch runs stage k of the model only (its latency
         is curve(model, slot).stages[k]); the tasks stay pending until a batch
         runs their last stage. The policy keeps track of where each task is.
+        With `through` e as well, it runs stages k..e back to back on the
+        slot, with no round trip to the policy between them (a chain), unless
+        `stop_at_boundary` cuts it short.
         """
+
+    def stop_at_boundary(self, slot: int) -> None:
+        """Ask the chain of stages running on `slot` (its only batch in flight) to stop at its next stage
+        boundary: on_batch_done then fires with `batch.through` the last stage it ran, its tasks still
+        pending there. No effect once the chain runs its last stage. Live, the request reaches the worker
+        on its way; in the sim, after the same delay as a dispatch."""
 
     def drop(self, tasks: Sequence[Task], reason: str, status: str = DROPPED) -> None:
         """Resolve `tasks` unserved: status dropped (the policy gave up) or rejected (admission refused)."""

@@ -11,7 +11,7 @@ The runtime keeps time and runs batches; the ledger keeps the books:
 
     task = ledger.arrive(id, model, t, deadline)          # a plain request: its own task
     tasks = ledger.arrive_app(id, app, t, copies)        # an app request: its root tasks
-    batch, curve = ledger.open_batch(slot, model, tasks, t, latest_start)   # checks, then records
+    batch, curves = ledger.open_batch(slot, model, tasks, t, latest_start)   # checks, then records
     released = ledger.complete(batch, t_start, t_end)    # tasks ok; an app's next tasks, if any
     ledger.discard(batch, t) / ledger.fail(batch, t, reason) / ledger.preempt(batch, t)
     ledger.drop(tasks, t, reason, status)
@@ -111,9 +111,9 @@ class Ledger:
 
     # -- batches -----------------------------------------------------------------------------------
     def open_batch(self, slot: int, model: str, tasks: list[Task], t: float, latest_start: float | None,
-                   stage: int | None = None) -> tuple[Batch, LatencyCurve]:
+                   stage: int | None = None, through: int | None = None) -> tuple[Batch, tuple[LatencyCurve, ...]]:
         """Check a dispatch (a failure is a bug in the policy: ValueError, nothing recorded), then record it.
-        Returns the batch and the curve it runs by (the stage's, for a stage)."""
+        Returns the batch and the curves it runs by, in order: the model's, or each stage's it runs."""
         s = self.slots[slot]
         if not tasks:
             raise ValueError("dispatch of an empty batch")
@@ -123,28 +123,43 @@ class Ledger:
             raise ValueError(f"dispatch to slot {slot}, which is not in the cluster (it left, was lost or has "
                              "not joined yet)")
         curve = self.curves[slot][model]
+        curves = (curve,)
         final = True
         if stage is not None:
-            if not 0 <= stage < len(curve.stages):
-                raise ValueError(f"{model} has {len(curve.stages)} profiled stages on slot {slot}; no stage {stage}")
-            final = stage == len(curve.stages) - 1
-            curve = curve.stages[stage]
+            n = len(curve.stages)
+            last = stage if through is None else through
+            if not 0 <= stage <= last < n:
+                raise ValueError(f"{model} has {n} profiled stages on slot {slot}; no stages {stage}..{last}")
+            final = last == n - 1
+            curves = curve.stages[stage:last + 1]
+            curve = min(curves, key=lambda c: len(c.mean))   # the smallest profiled maximum bounds the batch
             for task in tasks:              # a task's activations stay on the slot that ran its last stage
                 held = self.staged.get(task)
                 if (held is None) != (stage == 0) or (held is not None and held != (slot, stage - 1)):
                     raise ValueError(f"stage {stage} of {task!r} on slot {slot}, but its last stage ran "
                                      f"{'nowhere' if held is None else f'as stage {held[1]} on slot {held[0]}'}")
+        elif through is not None:
+            raise ValueError("dispatch with `through` but no `stage`: a chain runs stages of a model")
         size = sum(task.size for task in tasks) if self.has_sizes else len(tasks)
         if size >= len(curve.mean):       # (curve.max_batch, without its property call: once per batch)
             raise ValueError(f"batch of {size} exceeds the profiled maximum {curve.max_batch} for {model}")
         for task in tasks:
             if task.status is not None:
                 raise ValueError(f"dispatch of {task!r}, which is already resolved ({task.status})")
-        batch = Batch(len(self.batches), slot, model, tasks, t, latest_start, size, stage, final)
+        batch = Batch(len(self.batches), slot, model, tasks, t, latest_start, size, stage, final, through)
         self.batches.append(batch)
         s.outstanding += 1
         self.inflight[slot][batch.id] = batch
-        return batch, curve
+        return batch, curves
+
+    def cut(self, batch: Batch, last: int) -> None:
+        """A chain of stages stops after stage `last` (it was told to stop at a boundary)."""
+        if not batch.stage <= last <= batch.through:
+            raise ValueError(f"batch {batch.id} runs stages {batch.stage}..{batch.through}; it cannot stop "
+                             f"after stage {last}")
+        if last < batch.through:
+            batch.through = last
+            batch.final = False
 
     def open_external_batch(self, slot: int, model: str, size: int, t: float) -> Batch:
         """A batch formed outside any policy (tritonserver's own batcher): no task objects, only its size."""
@@ -165,7 +180,7 @@ class Ledger:
         del self.inflight[slot][bid]
         if not batch.final:
             for task in tasks:            # a stage before the last: its tasks go on, still pending
-                self.staged[task] = (slot, batch.stage)
+                self.staged[task] = (slot, batch.through)
             return None
         if batch.stage is not None:
             for task in tasks:

@@ -110,12 +110,16 @@ def accuracy_served(requests: pd.DataFrame, tasks: pd.DataFrame, batches: pd.Dat
 
 
 def batch_metrics(batches: pd.DataFrame, window: Window) -> dict:
+    """Batches run, and their mean size per execution of the model or of one of its stages: a chain of k
+    stages counts k times, so the mean does not depend on how a policy groups stages into dispatches."""
     ran = batches[(batches["status"] == "ok") & (batches["t_start"] >= window.start)
                   & (batches["t_start"] < window.end)]
-    return {
-        "batches": len(ran),
-        "mean_batch_size": float(ran["size"].mean()) if len(ran) else float("nan"),
-    }
+    if "through" in ran.columns:           # (records written before chains have no `through`)
+        runs = ran["through"] - ran["stage"] + 1
+        mean = float((ran["size"] * runs).sum() / runs.sum()) if len(ran) else float("nan")
+    else:
+        mean = float(ran["size"].mean()) if len(ran) else float("nan")
+    return {"batches": len(ran), "mean_batch_size": mean}
 
 
 def gpus_used(batches: pd.DataFrame, window: Window, bucket: float = 1.0) -> pd.DataFrame:

@@ -7,7 +7,9 @@ on the run's clock: 0 is the schedule's start; one clock per file):
   latency, slo, slot, device, batch_id, queue_time, exec_time (latency from
   t_sched; slot, device and the split from the serving batch)
 - batches:  id, slot, device, share, partition, model, size, t_dispatch,
-  t_start, t_end, status, stage (the model's stage it ran; -1: the whole model)
+  t_start, t_end, status, stage, through (the model's stages it ran, the
+  first and the last: a chain runs several; -1: the whole model; records
+  written before chains have no `through`, which was then `stage`)
 - tasks:    request_id, node, model, t_ready, deadline, t_done, status,
   reason, batch_id, slot  (the tasks of app requests; a plain request is
   its own task and has no row here)
@@ -41,7 +43,7 @@ SCHEMA_VERSION = 2
 REQUEST_COLUMNS = ["id", "model", "t_sched", "t_sent", "t_done", "status", "reason", "latency", "slo",
                    "slot", "device", "batch_id", "queue_time", "exec_time"]
 BATCH_COLUMNS = ["id", "slot", "device", "share", "partition", "model", "size", "t_dispatch", "t_start", "t_end",
-                 "status", "stage"]
+                 "status", "stage", "through"]
 TASK_COLUMNS = ["request_id", "node", "model", "t_ready", "deadline", "t_done", "status", "reason", "batch_id",
                 "slot"]
 SLOT_COLUMNS = ["slot", "name", "gpu_type", "partition", "device", "share", "models"]
@@ -70,6 +72,7 @@ def batches_frame(batches: Sequence[Batch], slots: Sequence[Slot]) -> pd.DataFra
         "t_end": np.fromiter((b.t_end for b in batches), float, n),
         "status": [b.status for b in batches],
         "stage": np.fromiter((-1 if b.stage is None else b.stage for b in batches), np.int64, n),
+        "through": np.fromiter((-1 if b.stage is None else b.through for b in batches), np.int64, n),
     }, columns=BATCH_COLUMNS)
 
 

@@ -12,8 +12,17 @@ each at the stage it runs next; requests at the same stage are one group. At eve
    At an empty slot whose oldest arrival can no longer make its deadline even alone, arrivals join
    up to a full batch without the slack check: a backlog gets back under its deadlines soonest in
    full batches (the prototype's "fully batch").
-2. The least advanced group of the model runs its next stage; when it reaches the stage of the
+2. The least advanced group of the model runs its next stages; when it reaches the stage of the
    group ahead of it, the two are one group (one batch) from there on.
+
+The stages a group runs up to the group ahead (or to the end) go to the slot as one chain
+(Cluster.dispatch with `through`): the slot runs them back to back, with no round trip to the policy
+between stages (on a real GPU that round trip costs about as much as a small stage). A boundary inside
+a chain is a decision point only when an arrival could join there: an arrival that finds every slot
+holding its model busy stops the first chain at whose next boundary rule 1 would admit it
+(Cluster.stop_at_boundary), judged with the running group at the stage it reaches there. A chain that
+would not admit it runs on, as it would stage by stage: while it runs, the slack of its requests does
+not change (time passes and the work left shrinks by as much), so no boundary before its end would.
 
 Remaining work is what rule 2 runs before a request finishes if nothing else joins: the least
 advanced group runs up to the group ahead, they merge, and so on, so all of a model's requests on
@@ -43,6 +52,8 @@ and why:
 - A node is a stage of a few layers (ResNet-50: stem, four layers, head), not a layer: on a GPU
   each stage is a CUDA graph per batch size, and a launch per layer would cost more than it saves.
 - Several slots and models, as above; the prototype has one of each.
+- Boundaries are decided when an arrival comes or a chain ends, as above, not at every node: the same
+  decisions where the profile's means hold, without a round trip to the scheduler per stage.
 As in the prototype, in-flight requests per slot are capped at one batch, and nothing is dropped:
 a late request still runs.
 """
@@ -96,8 +107,9 @@ class LazyBatching(Policy):
         self.waiting: set[str] = set()
         self.held: dict[int, dict[str, _Stack]] = {}       # slot -> a stack per model it holds, by name
         self.stacks: dict[int, dict[str, _Stack]] = {}     # slot -> those with requests in flight there
-        self.running: dict[int, tuple[_Stack, int, list[Task]]] = {}   # slot -> (stack, stage, tasks)
+        self.running: dict[int, tuple[_Stack, list[Task], Batch]] = {}   # slot -> (stack, tasks, its batch)
         self.busy: set[int] = set()
+        self.stopping: set[int] = set()      # slots whose chain was told to stop at its next boundary
         for s in cluster.slots:
             if s.alive:
                 self._set_up(s.index)
@@ -121,17 +133,22 @@ class LazyBatching(Policy):
         self.queues[model].append(task)
         self.waiting.add(model)
         now = self.cluster.now()
-        rank, free = self.pools.of(model).peek(now)
+        pool = self.pools.of(model)
+        rank, free = pool.peek(now)
         if free <= now:                      # an idle slot: its stage boundary is now
             self._serve(rank, now)
+        elif self.queues[model][0] is task:  # (behind an arrival held back, it is held back too)
+            self._stop_a_chain_for(task, pool.ranks, now)
 
     def on_batch_done(self, batch: Batch) -> None:
         slot = batch.slot
-        stack, stage, tasks = self.running.pop(slot)
-        if batch.status == OK and stage + 1 < len(stack.stages):
+        stack, tasks, _ = self.running.pop(slot)
+        self.stopping.discard(slot)
+        reached = batch.through if stack.staged else 0
+        if batch.status == OK and reached + 1 < len(stack.stages):
             # The group that ran goes first in a merge: on a GPU its rows are already where the next
             # stage reads them, so only the rows of the group that waited are copied.
-            stack.groups[stage + 1] = tasks + stack.groups.get(stage + 1, [])
+            stack.groups[reached + 1] = tasks + stack.groups.get(reached + 1, [])
         else:                                # done, or failed (the ledger resolved them): they leave
             stack.size -= len(tasks)
             if stack.size == 0:              # none left in flight (so no group either)
@@ -144,6 +161,7 @@ class LazyBatching(Policy):
     def on_slot_lost(self, slot: int) -> None:
         self.pools.remove(slot)
         self.busy.discard(slot)
+        self.stopping.discard(slot)
         self.running.pop(slot, None)         # lost: its batch failed; removed: it runs to its end unheard
         stranded = [t for stack in self.stacks.pop(slot, {}).values() for group in stack.groups.values()
                     for t in group]
@@ -171,8 +189,12 @@ class LazyBatching(Policy):
                 continue
             stage = min(stack.groups)
             tasks = stack.groups.pop(stage)
-            self.running[slot] = (stack, stage, tasks)
-            self.cluster.dispatch(slot, m, tasks, stage=stage if stack.staged else None)
+            if stack.staged:                 # on, stage after stage, up to the group ahead (then they merge)
+                through = min(stack.groups, default=len(stack.stages)) - 1
+                batch = self.cluster.dispatch(slot, m, tasks, stage=stage, through=through)
+            else:
+                batch = self.cluster.dispatch(slot, m, tasks)
+            self.running[slot] = (stack, tasks, batch)
             if slot not in self.busy:
                 self.busy.add(slot)
                 self.pools.book(slot, float("inf"))
@@ -180,6 +202,38 @@ class LazyBatching(Policy):
         if slot in self.busy:
             self.busy.discard(slot)
             self.pools.release(slot, now)
+
+    def _stop_a_chain_for(self, task: Task, ranks: list[int], now: float) -> None:
+        """Every slot holding `task`'s model is busy: stop the chain of stages on the first of them at whose
+        next boundary rule 1 would let it join, so that it joins there. A chain that would not admit it runs
+        on: its requests' slack does not change while it runs (the work left shrinks as time passes), so it
+        would not admit it at any boundary before the chain ends either."""
+        for slot in ranks:
+            running = self.running.get(slot)
+            if running is None or slot in self.stopping:
+                continue
+            stack, tasks, batch = running
+            joining = self.held[slot][task.model]
+            if not stack.staged or joining.size >= joining.cap:
+                continue
+            # Only the model that runs next takes arrivals: none with requests in flight here may come first.
+            urgency = (min(joining.deadline, task.deadline), task.model)
+            if any((other.deadline, m) < urgency for m, other in self.stacks[slot].items() if m != task.model):
+                continue
+            # Which stage runs now, by the profile's means from the dispatch, and when it ends: the boundary.
+            n, stage, last = batch.size, batch.stage, batch.through
+            boundary = batch.t_dispatch
+            while True:
+                boundary += stack.stages[stage].mean[n]
+                if boundary > now or stage == last:
+                    break
+                stage += 1
+            if stage == last:                # it ends there anyway: the boundary comes without a stop
+                continue
+            if self._keeps_deadlines(slot, task, boundary, (stack, stage + 1, tasks)):
+                self.stopping.add(slot)
+                self.cluster.stop_at_boundary(slot)
+                return
 
     def _by_deadline(self, slot: int) -> list[tuple[float, str]]:
         """(deadline, model) of the slot's models with requests in flight here or waiting, earliest first."""
@@ -213,10 +267,12 @@ class LazyBatching(Policy):
         if not queue:
             self.waiting.discard(model)
 
-    def _keeps_deadlines(self, slot: int, extra: Task, now: float) -> bool:
+    def _keeps_deadlines(self, slot: int, extra: Task, now: float,
+                         moving: tuple[_Stack, int, list[Task]] | None = None) -> bool:
         """Whether every request in flight on `slot` still finishes by its deadline once `extra` joins at
-        stage 0 and nothing else does: models run one after another by earliest deadline, each as its
-        groups merge, and each model's requests finish together."""
+        stage 0 at `now` and nothing else does: models run one after another by earliest deadline, each as
+        its groups merge, and each model's requests finish together. `moving`: (stack, stage, tasks) of a
+        chain that will stop at `now` with those tasks to run that stage next (a group as the others)."""
         stacks = self.stacks[slot]
         joining = extra.model
         order = [(stack.deadline, m) for m, stack in stacks.items() if m != joining]
@@ -228,6 +284,8 @@ class LazyBatching(Policy):
         for _, m in order:
             stack = held[m]                  # its groups are empty while it has none in flight
             groups, curves = stack.groups, stack.stages
+            if moving is not None and moving[0] is stack:
+                groups = {**groups, moving[1]: moving[2] + groups.get(moving[1], [])}
             n = 1 if m == joining else 0
             for k in range(0 if n else min(groups), len(curves)):
                 n += len(groups.get(k, ()))

@@ -115,3 +115,44 @@ class Staged(Policy):
     def _run(self, slot: int, task: Task, stage: int) -> None:
         batch = self.cluster.dispatch(slot, task.model, [task], stage=stage)
         self.stage_of[batch.id] = (task, stage)
+
+
+@dataclass
+class ChainedConfig(SystemConfig):
+    name: str = "tests.policies:Chained"
+
+
+class Chained(Policy):
+    """Each request runs its model's stages as one chain, alone, on the slot it started on (taken in turn);
+    one arriving at a busy slot stops the chain running there at its next stage boundary and runs first,
+    and the stopped request runs the rest of its stages after it."""
+
+    Config = ChainedConfig
+
+    def __init__(self, cluster, models, config):
+        super().__init__(cluster, models, config)
+        self.turn = 0
+        self.queues = [deque() for _ in cluster.slots]        # per slot: (task, the stage it runs next)
+        self.running: dict[int, Task] = {}
+
+    def on_arrival(self, task: Task) -> None:
+        slot = self.turn % len(self.cluster.slots)
+        self.turn += 1
+        self.queues[slot].appendleft((task, 0))
+        if slot in self.running:
+            self.cluster.stop_at_boundary(slot)
+        else:
+            self._next(slot)
+
+    def on_batch_done(self, batch: Batch) -> None:
+        task = self.running.pop(batch.slot)
+        if batch.status == "ok" and not batch.final:
+            self.queues[batch.slot].append((task, batch.through + 1))
+        self._next(batch.slot)
+
+    def _next(self, slot: int) -> None:
+        if self.queues[slot]:
+            task, stage = self.queues[slot].popleft()
+            last = len(self.cluster.curve(task.model, slot).stages) - 1
+            self.cluster.dispatch(slot, task.model, [task], stage=stage, through=last)
+            self.running[slot] = task

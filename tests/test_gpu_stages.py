@@ -74,6 +74,27 @@ def test_groups_at_different_stages_merge_with_their_rows_intact(resnet, newer_f
     assert resnet.held_batches == 0
 
 
+def chain(ex, model, batch, first, last, size, payload=None, rows=None):
+    """Stages first..last as a worker runs a chain: every stage after the first takes the rows the one
+    before left under the batch's own id."""
+    ex.run_stage(model, first, batch, size, payload, rows)
+    for k in range(first + 1, last + 1):
+        ex.run_stage(model, k, batch, size, None, [(batch, r) for r in range(size)])
+
+
+def test_a_chain_keeps_its_rows_under_its_own_id_and_merges_after_a_stop(resnet):
+    # A (3 images) is a chain stopped after layer1; B (2 images) runs stem..layer1 as a chain of its own
+    # (writing over the buffer A's rows sit in, so A keeps a copy); then one chain of five takes both
+    # groups' rows at layer2 and runs to the head, as LazyBatching dispatches them.
+    a, b = images(3, seed=5), images(2, seed=6)
+    chain(resnet, "resnet50", 40, 0, 1, 3, a.tobytes())
+    chain(resnet, "resnet50", 41, 0, 1, 2, b.tobytes())
+    rows = [(41, 0), (41, 1)] + [(40, r) for r in range(3)]
+    chain(resnet, "resnet50", 42, 2, 5, 5, rows=rows)
+    assert rel_err(resnet.last_output.clone(), whole(resnet, "resnet50", np.concatenate([b, a]))) < 1e-2
+    assert resnet.held_batches == 0
+
+
 def test_rows_no_stage_took_are_kept_until_freed(resnet):
     resnet.run_stage("resnet50", 0, 20, 2, images(2, seed=4).tobytes(), None)
     resnet.run_stage("resnet50", 1, 21, 1, None, [(20, 1)])        # row 0 of batch 20 stays behind

@@ -21,14 +21,21 @@ STAGED = LatencyCurve.linear(3, 6, 64, stages=3)
 
 
 def run(arrivals, slos_ms=None, n_gpus=1, curve=STAGED, **config):
-    """Arrivals [(t_ms, model)]; returns (tasks in arrival order, batches as (stage, task indices, start, end))."""
+    """Arrivals [(t_ms, model)]; returns (tasks in arrival order, batches as (stages, task indices, start, end)),
+    stages "k-e" for a chain of stages k..e, "k" for one stage, None for the whole model."""
     slos_ms = slos_ms or {"m": 1000}
     tasks, sim, _ = simkit.replay(LazyBatching, LazyBatchingConfig(**config), slos_ms, n_gpus, curve,
                                   [(t * MS, m) for t, m in arrivals])
     index = {task.id: i for i, task in enumerate(tasks)}
-    batches = [(b.stage, [index[t.id] for t in b.tasks], round(b.t_start / MS, 6), round(b.t_end / MS, 6))
+    batches = [(_stages(b), [index[t.id] for t in b.tasks], round(b.t_start / MS, 6), round(b.t_end / MS, 6))
                for b in sim.batches]
     return tasks, batches, sim
+
+
+def _stages(batch):
+    if batch.stage is None:
+        return None
+    return f"{batch.stage}" if batch.through == batch.stage else f"{batch.stage}-{batch.through}"
 
 
 def done_ms(task):
@@ -36,21 +43,21 @@ def done_ms(task):
 
 
 def test_a_new_group_runs_first_and_merges_with_the_group_ahead_at_its_stage():
-    # A runs stage 0 alone (0-3). B and C arrive meanwhile and join at the boundary as one group at
-    # stage 0 (3-7, two of them), which then reaches A at stage 1: one batch of three from there
-    # (7-12, 12-17).
+    # A starts its three stages as one chain (0-9). B arrives at 1: it could join at A's next boundary,
+    # so A stops there (3). C, arriving at 2 behind B, joins with it: one group at stage 0 (3-7, two of
+    # them), which then reaches A at stage 1: one batch of three from there, its last two stages as one
+    # chain (7-12-17).
     tasks, batches, _ = run([(0, "m"), (1, "m"), (2, "m")])
-    assert batches == [(0, [0], 0, 3), (0, [1, 2], 3, 7), (1, [1, 2, 0], 7, 12), (2, [1, 2, 0], 12, 17)]
+    assert batches == [("0", [0], 0, 3), ("0", [1, 2], 3, 7), ("1-2", [1, 2, 0], 7, 17)]
     assert [done_ms(t) for t in tasks] == [17, 17, 17]
 
 
 def test_an_arrival_waits_while_joining_would_make_a_request_in_flight_late():
     # SLO 13: A (deadline 13) would finish at 9 without B (3 + stages 1 and 2 alone, 3 + 3) and at 14
-    # with B (B's stage 0, 3, then both: 4 + 4). So B waits; at A's next boundary (6) joining would
-    # still end A at 6 + 3 + 3 + 4 = 16. B starts once A is done (9), alone: 9-12-15-18, late but served.
+    # with B joining at its first boundary (B's stage 0, 3, then both: 4 + 4). So A's chain runs on, and
+    # B starts once A is done (9), alone: 9-18, late but served.
     tasks, batches, _ = run([(0, "m"), (1, "m")], slos_ms={"m": 13})
-    assert batches == [(0, [0], 0, 3), (1, [0], 3, 6), (2, [0], 6, 9), (0, [1], 9, 12), (1, [1], 12, 15),
-                       (2, [1], 15, 18)]
+    assert batches == [("0-2", [0], 0, 9), ("0-2", [1], 9, 18)]
     assert (done_ms(tasks[0]), done_ms(tasks[1])) == (9, 18)
     assert tasks[0].status == tasks[1].status == OK
 
@@ -58,36 +65,33 @@ def test_an_arrival_waits_while_joining_would_make_a_request_in_flight_late():
 def test_an_arrival_joins_when_the_request_in_flight_still_makes_its_deadline_exactly():
     # SLO 14: with B, A finishes at 14 = its deadline, so B joins at 3 and both end at 14.
     tasks, batches, _ = run([(0, "m"), (1, "m")], slos_ms={"m": 14})
-    assert batches == [(0, [0], 0, 3), (0, [1], 3, 6), (1, [1, 0], 6, 10), (2, [1, 0], 10, 14)]
+    assert batches == [("0", [0], 0, 3), ("0", [1], 3, 6), ("1-2", [1, 0], 6, 14)]
     assert (done_ms(tasks[0]), done_ms(tasks[1])) == (14, 14)
 
 
 def test_a_late_request_holds_arrivals_back_and_a_late_backlog_runs_as_one_batch():
     # SLO 5: A ends at 9 at best, past its deadline (5); it still holds B and C back (joining would end
-    # it at 14, later still). At 9 the slot is empty and its oldest arrival, B, cannot make its deadline
-    # (6) even alone (9 + 9): B and C join as one full batch without the slack check (the prototype's
-    # "fully batch"; otherwise C would wait on B's deadline): 9-13, 13-17, 17-21. (No batch fits an SLO
-    # of 5 ms, so the default cap would be one request: max_batch lifts it.)
+    # it at 14, later still), so its chain runs on. At 9 the slot is empty and its oldest arrival, B,
+    # cannot make its deadline (6) even alone (9 + 9): B and C join as one full batch without the slack
+    # check (the prototype's "fully batch"; otherwise C would wait on B's deadline): 9-13-17-21. (No
+    # batch fits an SLO of 5 ms, so the default cap would be one request: max_batch lifts it.)
     tasks, batches, _ = run([(0, "m"), (1, "m"), (2, "m")], slos_ms={"m": 5}, max_batch=8)
-    assert batches == [(0, [0], 0, 3), (1, [0], 3, 6), (2, [0], 6, 9), (0, [1, 2], 9, 13), (1, [1, 2], 13, 17),
-                       (2, [1, 2], 17, 21)]
+    assert batches == [("0-2", [0], 0, 9), ("0-2", [1, 2], 9, 21)]
     assert [done_ms(t) for t in tasks] == [9, 21, 21]
 
 
 def test_requests_in_flight_on_a_slot_never_exceed_one_batch():
-    # max_batch 2: at 3 only B joins A; C waits until both are done (14), then runs alone: 14-17-20-23.
+    # max_batch 2: at 3 only B joins A; C waits until both are done (14), then runs alone: 14-23.
     tasks, batches, _ = run([(0, "m"), (1, "m"), (2, "m")], max_batch=2)
-    assert batches == [(0, [0], 0, 3), (0, [1], 3, 6), (1, [1, 0], 6, 10), (2, [1, 0], 10, 14),
-                       (0, [2], 14, 17), (1, [2], 17, 20), (2, [2], 20, 23)]
+    assert batches == [("0", [0], 0, 3), ("0", [1], 3, 6), ("1-2", [1, 0], 6, 14), ("0-2", [2], 14, 23)]
     assert max(len(b[1]) for b in batches) == 2 and done_ms(tasks[2]) == 23
 
 
 def test_between_models_the_earliest_deadline_runs_and_their_groups_never_merge():
     # A (m0, deadline 100) runs stage 0 (0-3). B (m1, deadline 1 + 50 = 51) joins at 3: it runs first,
-    # all three stages (3-6-9-12), then A goes on (12-15-18). A still ends well before 100.
+    # all three stages (3-12), then A goes on (12-18). A still ends well before 100.
     tasks, batches, _ = run([(0, "m0"), (1, "m1")], slos_ms={"m0": 100, "m1": 50})
-    assert batches == [(0, [0], 0, 3), (0, [1], 3, 6), (1, [1], 6, 9), (2, [1], 9, 12), (1, [0], 12, 15),
-                       (2, [0], 15, 18)]
+    assert batches == [("0", [0], 0, 3), ("0-2", [1], 3, 12), ("1-2", [0], 12, 18)]
     assert (done_ms(tasks[0]), done_ms(tasks[1])) == (18, 12)
 
 
@@ -117,8 +121,9 @@ def test_a_model_profiled_without_stages_runs_whole_with_the_same_admission():
 
 
 def test_a_slot_lost_drops_the_groups_whose_activations_it_held():
-    # B's stage 0 runs 3-6 while A waits at stage 1; the slot is lost at 4: B's batch fails, and A,
-    # whose activations were on that slot, is dropped as an error rather than left pending.
+    # B's stage 0 runs 3-6 while A, stopped at its first boundary for B, waits at stage 1; the slot is
+    # lost at 4: B's batch fails, and A, whose activations were on that slot, is dropped as an error
+    # rather than left pending.
     sim = simkit.cluster({"m": 1000}, 1, STAGED)
     policy = LazyBatching(sim, simkit.specs({"m": 1000}), LazyBatchingConfig())
     sim.call_at(4 * MS, lambda: sim.lose(0, "scripted fault"))
@@ -134,7 +139,7 @@ def test_bad_max_batch_is_one_line_naming_the_key():
         run([(0, "m")], max_batch=65)
 
 
-def test_a_run_on_the_staged_sleep_model_serves_every_request_stage_by_stage(tmp_path):
+def test_a_run_on_the_staged_sleep_model_serves_every_request_through_every_stage(tmp_path):
     args = ["system=lazybatching", "runtime=sim", "cluster=sleep1000", "cluster.count=2", "cluster.sleep.stages=4",
             "models=sleep10", "workload=poisson", "workload.rate=400", "duration_s=3", "warmup_s=0.5",
             "cooldown_s=0.5"]
@@ -142,6 +147,8 @@ def test_a_run_on_the_staged_sleep_model_serves_every_request_stage_by_stage(tmp
     assert summary["slo_attainment"] == 1.0
     requests, batches = (pd.read_parquet(tmp_path / f"{name}.parquet") for name in ("requests", "batches"))
     assert (requests["status"] == OK).all()
-    per_stage = batches.groupby("stage")["size"].sum()
-    assert per_stage.index.tolist() == [0, 1, 2, 3] and (per_stage == len(requests)).all()
-    assert requests["batch_id"].isin(batches.loc[batches["stage"] == 3, "id"]).all()
+    # Every request runs each of the four stages once, in chains of stages (first..through).
+    per_stage = [batches.loc[(batches["stage"] <= k) & (batches["through"] >= k), "size"].sum() for k in range(4)]
+    assert per_stage == [len(requests)] * 4
+    assert requests["batch_id"].isin(batches.loc[batches["through"] == 3, "id"]).all()
+    assert (batches["through"] > batches["stage"]).any()        # chains: no round trip per stage

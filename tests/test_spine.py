@@ -179,3 +179,29 @@ def test_a_model_run_stage_by_stage_finishes_each_request_after_its_last_stage_i
         # Each stage runs its third of l(b); live, one may overrun when the OS preempts its worker.
         assert np.median(per_stage) == pytest.approx(10e-3 / 3, abs=1e-3), runtime
         assert per_stage.min() > 10e-3 / 3 - 1e-3 and np.mean(per_stage > 10e-3 / 3 + 2e-3) < 0.05, runtime
+
+
+def test_a_chain_of_stages_runs_back_to_back_and_stops_at_the_next_boundary_when_told_in_both_runtimes(tmp_path):
+    # Three equal stages of l(b) = 1*b + 9 ms (10/3 ms each at batch 1). Each request runs all three as one
+    # chain; one arriving at a busy slot stops the chain there at its next boundary, and the stopped request
+    # runs the rest afterwards. At 40 req/s over two slots a few arrive at a busy slot.
+    cfg = config("workload=poisson", "workload.rate=40", "duration_s=3", "warmup_s=0.5", "cooldown_s=0.5",
+                 "cluster.count=2", "cluster.sleep.a_ms=1", "cluster.sleep.c_ms=9", "cluster.sleep.stages=3",
+                 system={"name": "tests.policies:Chained"})
+    dirs = both(tmp_path, cfg)
+    stage_s = 10e-3 / 3
+    for runtime, run in dirs.items():
+        requests, batches = table(run, "requests"), table(run, "batches")
+        assert (requests["status"] == "ok").all() and (batches["status"] == "ok").all(), runtime
+        # Every request ran each stage exactly once, and is done by the batch that ran its last stage.
+        for k in range(3):
+            assert batches.loc[(batches["stage"] <= k) & (batches["through"] >= k), "size"].sum() == len(requests)
+        assert requests["batch_id"].isin(batches.loc[batches["through"] == 2, "id"]).all(), runtime
+        cut = batches[(batches["stage"] == 0) & (batches["through"] < 2)]
+        assert len(cut) >= 2, runtime                             # some chains were stopped short
+        # A batch runs whole stages: its time is that of the stages it ran, stopped or not (live, allow
+        # for an OS preemption of the worker now and then).
+        stages = (batches["through"] - batches["stage"] + 1).to_numpy()
+        per_stage = (batches["t_end"] - batches["t_start"]).to_numpy() / stages
+        assert np.median(per_stage) == pytest.approx(stage_s, abs=0.5e-3), runtime
+        assert np.mean(np.abs(per_stage - stage_s) > 1e-3) < 0.05, runtime

@@ -142,11 +142,12 @@ class LiveCluster:
         return self.ledger.curves[slot][model]
 
     def dispatch(self, slot: int, model: str, tasks: list[Task], latest_start: float | None = None,
-                 stage: int | None = None) -> Batch:
+                 stage: int | None = None, through: int | None = None) -> Batch:
         now = self.clock.now()
-        batch, curve = self.ledger.open_batch(slot, model, tasks, now, latest_start, stage)
+        batch, curves = self.ledger.open_batch(slot, model, tasks, now, latest_start, stage, through)
         s = self.slots[slot]
-        mean = curve.mean[batch.size]
+        b = batch.size
+        mean = curves[0].mean[b] if len(curves) == 1 else sum(c.mean[b] for c in curves)
         s.busy_until = (s.busy_until if s.busy_until > now else now) + mean
         self._queued_s[slot] += mean
         start_within = None if latest_start is None else latest_start - now
@@ -157,7 +158,7 @@ class LiveCluster:
         if self._payload and not stage:   # the first stage reads the tasks' tensors; later ones, activations
             payload = [self._payload.get(task) for task in tasks]
         self.pool.submit(slot, batch.id, model, batch.size, start_within, payload, mean, stage, rows,
-                         on_reply=functools.partial(self._on_reply, batch, mean))
+                         on_reply=functools.partial(self._on_reply, batch, mean), through=batch.through)
         return batch
 
     def drop(self, tasks: Sequence[Task], reason: str, status: str = DROPPED) -> None:
@@ -178,6 +179,16 @@ class LiveCluster:
         self._queued_s[slot] = 0.0              # it was the slot's one batch in flight
         self.pool.abort(slot, batch.id)
         return tasks
+
+    def stop_at_boundary(self, slot: int) -> None:
+        inflight = self.ledger.inflight[slot]
+        if not inflight:
+            return                             # the chain is answered already (its reply is on its way)
+        if len(inflight) != 1:
+            raise ValueError(f"stop_at_boundary needs the chain to be the only batch in flight on slot {slot}")
+        batch = next(iter(inflight.values()))
+        if batch.through != batch.stage:       # a chain: the worker stops it at its next boundary, and says where
+            self.pool.stop_at_boundary(slot, batch.id)
 
     @property
     def placement(self) -> Placement:
@@ -280,6 +291,9 @@ class LiveCluster:
         status = reply.get("status")
         released = None
         if status == OK:
+            reached = reply.get("reached")
+            if reached is not None:            # a chain told to stop at a boundary: the last stage it ran
+                self.ledger.cut(batch, reached)
             released = self.ledger.complete(batch, now - exec_time, now)
             if not batch.final:            # where each task's activations now are, for its next stage
                 self._rows.update((task, (batch.slot, batch.id, row)) for row, task in enumerate(batch.tasks))

@@ -19,12 +19,19 @@ the client is harness.live.workers.WorkerPool):
 
     {"op": "run", "batch": int, "model": str, "size": int, "start_within": float | None,
      "payload": [[ingress, arena slot, offset, bytes] or None, ...] | None,
-     "stage": int | None, "rows": [[batch, row], ...] | None}
+     "stage": int | None, "rows": [[batch, row], ...] | None, "through": int | None}
         -> {"batch", "status": "ok" | "late" | "error" | "preempted",
-            "exec": seconds executing, "wait": seconds queued here, "error": str}
+            "exec": seconds executing, "wait": seconds queued here, "error": str,
+            "reached": the last stage run, where a chain was cut short}
     {"op": "abort", "batch": int}   stop that batch early (reply "preempted") if the executor can
+    {"op": "cut", "batch": int}     stop that chain of stages at its next stage boundary
     {"op": "ping"}                  -> {"pong": slot}
     {"op": "stop"}                  -> {"stopped": slot}, then the process exits
+
+With `through`, a batch is a chain: stages `stage`..`through` of the model
+run back to back, each reading the rows the one before left, with no round
+trip to the scheduler between them; a cut ends it at the next boundary, and
+its activations stay held for a later batch, as after any stage.
 
 `payload` says where each task's tensor is in the ingresses' shared memory
 (harness.live.arena; the worker maps the arenas it is given with
@@ -164,8 +171,8 @@ def _check_images(views: list, size: int) -> None:
 
 
 class _Job:
-    __slots__ = ("channel", "batch", "model", "size", "start_within", "payload", "stage", "rows", "t_arrival",
-                 "abort")
+    __slots__ = ("channel", "batch", "model", "size", "start_within", "payload", "stage", "rows", "through",
+                 "t_arrival", "abort", "cut")
 
     def __init__(self, channel: BlockingChannel, msg: dict, t_arrival: float):
         self.channel = channel
@@ -176,8 +183,10 @@ class _Job:
         self.payload = msg.get("payload")
         self.stage = msg.get("stage")
         self.rows = msg.get("rows")
+        self.through = msg.get("through")
         self.t_arrival = t_arrival
         self.abort = threading.Event()
+        self.cut = False                 # set by a cut message; read at each stage boundary of a chain
 
 
 class _Free:
@@ -254,6 +263,10 @@ class Worker:
                 job = self._jobs.get((client, msg.get("batch")))
                 if job is not None:
                     job.abort.set()
+            elif op == "cut":
+                job = self._jobs.get((client, msg.get("batch")))
+                if job is not None:
+                    job.cut = True
             elif op == "free":
                 self._queue.put(_Free(msg.get("rows") or []))      # after what is queued: the executor's own
             elif op == "stop":
@@ -297,9 +310,13 @@ class Worker:
                     payload = gather(self.arenas, job.payload) if job.payload else None
                     if job.stage is None:
                         run(job.model, job.size, payload, job.abort if abortable else None)
-                    else:
+                    elif job.through is None or job.through == job.stage:
                         self.executor.run_stage(job.model, job.stage, job.batch, job.size, payload, job.rows,
                                                 job.abort if abortable else None)
+                    else:
+                        reached = self._run_chain(job, payload, abortable)
+                        if reached < job.through:
+                            reply["reached"] = reached
                 except Aborted:
                     reply["status"] = "preempted"
                 except Exception as exc:  # a failing batch is reported, the slot goes on
@@ -307,6 +324,19 @@ class Worker:
                 reply["exec"] = perf() - start
             self._jobs.pop((id(job.channel), job.batch), None)
             job.channel.send(reply)              # a client gone (stopping) is nobody to answer
+
+
+    def _run_chain(self, job: _Job, payload, abortable: bool) -> int:
+        """Stages job.stage..job.through back to back, each reading what the one before left under the
+        batch's own id; returns the last stage run (earlier than job.through where a cut came)."""
+        run_stage, abort = self.executor.run_stage, job.abort if abortable else None
+        own = [(job.batch, row) for row in range(job.size)]
+        stage = job.stage
+        run_stage(job.model, stage, job.batch, job.size, payload, job.rows, abort)
+        while stage < job.through and not job.cut:
+            stage += 1
+            run_stage(job.model, stage, job.batch, job.size, None, own, abort)
+        return stage
 
 
 def build_executor(kind: str, config_path: str, slot: int, spec: dict | None = None) -> Executor:

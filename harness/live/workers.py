@@ -162,7 +162,8 @@ class WorkerPool:
 
     def submit(self, slot: int, batch_id: int, model: str, size: int, start_within: float | None,
                payload: list | None = None, expected: float = 0.0, stage: int | None = None,
-               rows: list | None = None, on_reply: Callable[[dict], None] | None = None) -> asyncio.Future | None:
+               rows: list | None = None, on_reply: Callable[[dict], None] | None = None,
+               through: int | None = None) -> asyncio.Future | None:
         """Send a batch to `slot`; the future resolves to the worker's reply (never raises).
 
         `start_within`: seconds from now by which the batch must start, else
@@ -171,7 +172,9 @@ class WorkerPool:
         is, [[ingress, arena slot, offset, bytes] or None, ...] (the worker reads
         them from the arenas). `stage`: the model's stage to run
         (None: all of it); `rows`: for a stage after the first, where each
-        task's activations are: [(batch, row), ...] of earlier stages' batches.
+        task's activations are: [(batch, row), ...] of earlier stages' batches;
+        `through`: the last stage to run, stages `stage`..`through` back to
+        back (a chain; None: `stage` alone).
         """
         s = self._slots.get(slot)
         fut = None
@@ -186,20 +189,27 @@ class WorkerPool:
             return fut
         s.outstanding[batch_id] = (on_reply, time.monotonic(), expected)
         s.channel.send({"op": "run", "batch": batch_id, "model": model, "size": size,
-                        "start_within": start_within, "payload": payload, "stage": stage, "rows": rows})
+                        "start_within": start_within, "payload": payload, "stage": stage, "rows": rows,
+                        "through": through})
         return fut
 
     def free(self, slot: int, rows: list) -> None:
         """Tell `slot` that these (batch, row) activations of earlier stages will not be needed."""
-        s = self._slots.get(slot)
-        if s is not None and not s.lost and not s.stopping and not self._closed:
-            s.channel.send({"op": "free", "rows": rows})
+        self._tell(slot, {"op": "free", "rows": rows})
+
+    def stop_at_boundary(self, slot: int, batch_id: int) -> None:
+        """Ask `slot` to stop the chain `batch_id` at its next stage boundary; its reply says where it stopped."""
+        self._tell(slot, {"op": "cut", "batch": batch_id})
 
     def abort(self, slot: int, batch_id: int) -> None:
         """Ask `slot` to stop `batch_id` early; its reply then says "preempted" (or "ok" if it had finished)."""
+        self._tell(slot, {"op": "abort", "batch": batch_id})
+
+    def _tell(self, slot: int, msg: dict) -> None:
+        """A message that needs no answer, to a slot whose worker still takes batches (else nobody to tell)."""
         s = self._slots.get(slot)
         if s is not None and not s.lost and not s.stopping and not self._closed:
-            s.channel.send({"op": "abort", "batch": batch_id})
+            s.channel.send(msg)
 
     async def close(self, grace_s: float = 2.0) -> None:
         """Stop every worker this pool started (stop message, then SIGTERM, then SIGKILL) and reap it."""

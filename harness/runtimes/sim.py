@@ -78,6 +78,7 @@ class SimCluster:
         self._z: list[float] = []
         self.slot_start_s = slot_start_s
         self._running: dict[int, list] = {}   # slot -> completion entry of its last batch
+        self._chains: dict[int, tuple] = {}   # slot -> its last chain: (batch, completion entry, stage ends)
         self._policy: Policy | None = None
 
     @property
@@ -105,11 +106,11 @@ class SimCluster:
         return self.ledger.curves[slot][model]
 
     def dispatch(self, slot: int, model: str, tasks: list[Task], latest_start: float | None = None,
-                 stage: int | None = None) -> Batch:
+                 stage: int | None = None, through: int | None = None) -> Batch:
         now = self._now
-        batch, curve = self.ledger.open_batch(slot, model, tasks, now, latest_start, stage)
+        batch, curves = self.ledger.open_batch(slot, model, tasks, now, latest_start, stage, through)
         s = self.slots[slot]
-        delay = self._dispatch_delays.pop() if self._dispatch_delays else self._next_dispatch_delay()
+        delay = self._dispatch_delays.pop() if self._dispatch_delays else self._next_delay()
         ready = now + delay
         start = s.busy_until if s.busy_until > ready else ready
         if latest_start is not None and start > latest_start + delay + 1e-12:
@@ -119,13 +120,40 @@ class SimCluster:
             self._push(start, self._discard, batch)
             return batch
         b = batch.size
+        batch.t_start = start
+        if len(curves) == 1:
+            batch.t_end = s.busy_until = start + self._exec_time(curves[0], b)
+            self._running[slot] = self._push(batch.t_end, self._complete, batch)
+        else:                                 # a chain: where each stage ends, for a stop at a boundary
+            ends = list(itertools.accumulate((self._exec_time(c, b) for c in curves), initial=start))[1:]
+            batch.t_end = s.busy_until = ends[-1]
+            self._running[slot] = entry = self._push(batch.t_end, self._complete, batch)
+            self._chains[slot] = (batch, entry, ends)
+        return batch
+
+    def _exec_time(self, curve: LatencyCurve, b: int) -> float:
+        """The profiled mean, or with noise a draw around it (clipped at half the mean)."""
         exec_time = curve.mean[b]
         if self._noise and curve.std[b] > 0:
             exec_time = max(0.5 * exec_time, exec_time + curve.std[b] * self._normal())
-        batch.t_start = start
-        batch.t_end = s.busy_until = start + exec_time
+        return exec_time
+
+    def stop_at_boundary(self, slot: int) -> None:
+        chain = self._chains.get(slot)
+        if chain is None or chain[0].status or chain[1][2] is None:
+            return                            # no chain running there (it ended, failed or never was)
+        batch, entry, ends = chain
+        if len(self.ledger.inflight[slot]) != 1:
+            raise ValueError(f"stop_at_boundary needs the chain to be the only batch in flight on slot {slot}")
+        told = self._now + self._next_delay()     # the request travels as a dispatch does
+        i = next((i for i, end in enumerate(ends) if end >= told), len(ends) - 1)
+        if i == len(ends) - 1:
+            return                            # it runs its last stage already
+        self.ledger.cut(batch, batch.stage + i)
+        entry[2] = None                       # the old completion never fires
+        batch.t_end = self.slots[slot].busy_until = ends[i]
         self._running[slot] = self._push(batch.t_end, self._complete, batch)
-        return batch
+        del self._chains[slot]
 
     def drop(self, tasks: Sequence[Task], reason: str, status: str = DROPPED) -> None:
         self.ledger.drop(tasks, self._now, reason, status)
@@ -162,8 +190,10 @@ class SimCluster:
         heapq.heappush(self._heap, entry)
         return entry
 
-    def _next_dispatch_delay(self) -> float:
-        self._dispatch_delays = self._dispatch_draw(4096).tolist()
+    def _next_delay(self) -> float:
+        """The way from the policy to a slot (a dispatch, a stop request): the calibration's dispatch delay."""
+        if not self._dispatch_delays:
+            self._dispatch_delays = self._dispatch_draw(4096).tolist()
         return self._dispatch_delays.pop()
 
     def _normal(self) -> float:
@@ -189,6 +219,7 @@ class SimCluster:
         """The slot is lost now (a scripted fault): what it runs fails, the policy hears on_slot_lost."""
         if self.ledger.lose(slot, self._now, reason):
             self._running.pop(slot, None)
+            self._chains.pop(slot, None)
             for entry in self._heap:          # its queued completions and discards never fire
                 if len(entry) == 4 and isinstance(entry[3], Batch) and entry[3].slot == slot:
                     entry[2] = None
