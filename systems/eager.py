@@ -23,20 +23,16 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from harness.core import Batch, Policy, Task, SystemConfig, slots_holding
-from harness.errors import HarnessError
+from harness.core import Batch, Policy, Task, slots_holding
+from systems._path import US, ServingPath, ServingPathConfig
 from systems._pool import INF, Pools
 
 
 @dataclass
-class EagerConfig(SystemConfig):
+class EagerConfig(ServingPathConfig):   # the serving path's time, for drop_late
     name: str = "eager"
     max_batch: int = 0          # 0: the largest profiled batch whose latency fits the model's SLO
     drop_late: bool = True      # drop heads that would finish after their deadline in the batch about to run
-    # The serving path's time, for drop_late (Symphony's defaults): to the worker, per request, back.
-    d_ctrl_us: float = 100.0
-    d_data_us: float = 50.0
-    response_allowance_us: float = 2000.0
 
 
 class Eager(Policy):
@@ -46,11 +42,8 @@ class Eager(Policy):
         super().__init__(cluster, models, config)
         self.pools = Pools(cluster.slots)
         self.queues = {m: deque() for m in models}
-        for name in ("d_ctrl_us", "d_data_us", "response_allowance_us"):
-            if not getattr(config, name) >= 0:
-                raise HarnessError(f"eager: {name} must be >= 0 (got {getattr(config, name)}); fix system.{name}")
-        self.allowance = (config.d_ctrl_us + config.response_allowance_us) * 1e-6
-        self.d_data = config.d_data_us * 1e-6
+        self.d_data = ServingPath.of(config).d_data
+        self.allowance = (config.d_ctrl_us + config.response_allowance_us) * US   # (one rounding, as planned)
         self.max_batch = {}
         for m, spec in models.items():
             curve = cluster.curve(m, slots_holding(cluster.slots, m)[0])

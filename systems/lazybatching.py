@@ -28,7 +28,12 @@ Remaining work is what rule 2 runs before a request finishes if nothing else joi
 advanced group runs up to the group ahead, they merge, and so on, so all of a model's requests on
 a slot finish together, after sum over stages k of l_k(requests that have reached stage k) (the
 profile's means). A new arrival therefore preempts the groups in flight at a stage boundary, and
-only when every request in flight still makes its deadline with it.
+only when every request in flight still makes its deadline with it. The serving path's time counts
+too, as Symphony and eager plan it (systems/_path.py): `d_ctrl_us` for each chain the slot is sent,
+and `d_data_us` per request plus `response_allowance_us` after the last stage, for the answers to
+reach their clients. Without it (all three 0, the prototype's in-process runtime) the rule fills
+the slack to the deadline's edge, and on a real H200 a fifth of the requests missed their SLO at a
+quarter of the GPU's capacity.
 
 A group stays on its slot: its activations live there. Several slots: an arrival goes at once to an
 idle slot that holds its model (the lowest rank, so use stays load-proportional); with none idle it
@@ -63,15 +68,16 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from harness.core import ERROR, OK, Batch, Policy, SystemConfig, Task
+from harness.core import ERROR, OK, Batch, Policy, Task
 from harness.errors import HarnessError
+from systems._path import ServingPath, ServingPathConfig
 from systems._pool import Pools
 
 EPS = 1e-9      # finish times are sums of profile means: a deadline met exactly counts as met
 
 
 @dataclass
-class LazyBatchingConfig(SystemConfig):
+class LazyBatchingConfig(ServingPathConfig):   # the serving path's time, which the slack rule counts
     name: str = "lazybatching"
     max_batch: int = 0     # a model's requests in flight on one slot; 0: the largest profiled batch within its SLO
 
@@ -100,6 +106,7 @@ class LazyBatching(Policy):
         super().__init__(cluster, models, config)
         if config.max_batch < 0:
             raise HarnessError(f"lazybatching: max_batch must be >= 0 (got {config.max_batch}); fix system.max_batch")
+        self.path = ServingPath.of(config)
         self.pools = Pools(cluster.slots)
         self.queues: dict[str, deque[Task]] = {m: deque() for m in models}
         # The models whose queue is not empty: a stage boundary looks at these and at the slot's stacks
@@ -254,7 +261,8 @@ class LazyBatching(Policy):
         if not queue:
             return
         stack = self.held[slot][model]
-        backlog = not stacks and now + stack.alone > queue[0].deadline + EPS
+        path = self.path
+        backlog = not stacks and now + path.d_ctrl + stack.alone + path.d_data + path.response > queue[0].deadline + EPS
         while queue and stack.size < stack.cap:
             if stacks and not backlog and not self._keeps_deadlines(slot, queue[0], now):
                 break
@@ -281,15 +289,20 @@ class LazyBatching(Policy):
         order.sort()
         t = now
         held = self.held[slot]
+        d_ctrl, d_data, response = self.path.d_ctrl, self.path.d_data, self.path.response
         for _, m in order:
             stack = held[m]                  # its groups are empty while it has none in flight
             groups, curves = stack.groups, stack.stages
             if moving is not None and moving[0] is stack:
                 groups = {**groups, moving[1]: moving[2] + groups.get(moving[1], [])}
             n = 1 if m == joining else 0
+            t += d_ctrl                      # the least advanced group's chain goes to the slot
             for k in range(0 if n else min(groups), len(curves)):
-                n += len(groups.get(k, ()))
+                joins = len(groups.get(k, ()))
+                if joins and n:              # a merge: the merged group's chain goes to the slot
+                    t += d_ctrl
+                n += joins
                 t += curves[k].mean[n]
-            if m in stacks and stack.deadline < t - EPS:
+            if m in stacks and stack.deadline < t + d_data * n + response - EPS:
                 return False
         return True

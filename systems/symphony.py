@@ -132,11 +132,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Dict
 
-from harness.core import Policy, SystemConfig, Task, slots_holding
+from harness.core import Policy, Task, slots_holding
 from harness.errors import HarnessError
+from systems._path import US, ServingPath, ServingPathConfig
 from systems._pool import Pools
-
-US = 1e-6
 INF = float("inf")
 TICK = 1e-9            # past a boundary instant: virtual timers fire on it, real ones after it
 SLOT_CHOICES = ("earliest_free", "lowest_rank")
@@ -146,11 +145,8 @@ ALLOCATIONS = ("none", "epoch")
 
 
 @dataclass
-class SymphonyConfig(SystemConfig):
+class SymphonyConfig(ServingPathConfig):   # d_ctrl_us, d_data_us, response_allowance_us
     name: str = "symphony"
-    d_ctrl_us: float = 100.0               # control delay before a dispatched batch can start
-    d_data_us: float = 50.0                # input transfer per request
-    response_allowance_us: float = 2000.0  # returning results after the batch ends
     timer_slack_us: float = 100.0          # timer jitter allowance
     rate_sample_ms: float = 50.0           # arrivals are counted over samples this long ...
     rate_samples: int = 100                # ... and the rate is the mean of the last this many
@@ -229,10 +225,10 @@ class Symphony(Policy):
             got = f"{config.rate_sample_ms}, {config.rate_samples}"
             raise HarnessError(f"symphony: rate_sample_ms must be > 0 and rate_samples >= 1 (got {got}); "
                                "fix system.rate_sample_ms/rate_samples")
-        delays = (config.d_ctrl_us, config.d_data_us, config.response_allowance_us, config.timer_slack_us)
-        if min(delays) < 0 or config.max_batch < 0:
-            raise HarnessError("symphony: d_ctrl_us, d_data_us, response_allowance_us, timer_slack_us and "
-                               "max_batch must be >= 0; fix system.*")
+        path = ServingPath.of(config)
+        if not config.timer_slack_us >= 0 or config.max_batch < 0:
+            raise HarnessError(f"symphony: timer_slack_us and max_batch must be >= 0 (got {config.timer_slack_us}, "
+                               f"{config.max_batch}); fix system.timer_slack_us / system.max_batch")
         if config.overheads not in OVERHEADS:
             raise HarnessError(f"symphony: overheads must be one of {', '.join(OVERHEADS)} "
                                f"(got {config.overheads!r}); fix system.overheads")
@@ -241,9 +237,7 @@ class Symphony(Policy):
                                f"(got {config.allocation!r}); fix system.allocation")
         # The models' memory in GiB where the allocation is on (None: off).
         self.memory = self._model_memory(models) if config.allocation == "epoch" else None
-        self.d_ctrl = config.d_ctrl_us * US
-        self.d_data = config.d_data_us * US
-        self.resp = config.response_allowance_us * US
+        self.d_ctrl, self.d_data, self.resp = path.d_ctrl, path.d_data, path.response
         measured = cluster.overheads
         if config.overheads == "measured":
             if measured is None:

@@ -20,10 +20,15 @@ MS = 1e-3
 STAGED = LatencyCurve.linear(3, 6, 64, stages=3)
 
 
+IN_PROCESS = {"d_ctrl_us": 0, "d_data_us": 0, "response_allowance_us": 0}   # the prototype's: no serving path
+
+
 def run(arrivals, slos_ms=None, n_gpus=1, curve=STAGED, **config):
     """Arrivals [(t_ms, model)]; returns (tasks in arrival order, batches as (stages, task indices, start, end)),
-    stages "k-e" for a chain of stages k..e, "k" for one stage, None for the whole model."""
+    stages "k-e" for a chain of stages k..e, "k" for one stage, None for the whole model. The serving path
+    takes no time unless the config says so."""
     slos_ms = slos_ms or {"m": 1000}
+    config = {**IN_PROCESS, **config}
     tasks, sim, _ = simkit.replay(LazyBatching, LazyBatchingConfig(**config), slos_ms, n_gpus, curve,
                                   [(t * MS, m) for t, m in arrivals])
     index = {task.id: i for i, task in enumerate(tasks)}
@@ -67,6 +72,16 @@ def test_an_arrival_joins_when_the_request_in_flight_still_makes_its_deadline_ex
     tasks, batches, _ = run([(0, "m"), (1, "m")], slos_ms={"m": 14})
     assert batches == [("0", [0], 0, 3), ("0", [1], 3, 6), ("1-2", [1, 0], 6, 14)]
     assert (done_ms(tasks[0]), done_ms(tasks[1])) == (14, 14)
+
+
+def test_the_serving_path_time_counts_in_the_slack():
+    # The SLO-14 case above, now with a serving path: each chain sent costs 0.5 ms and the answers 1 ms
+    # after the last stage. Alone, A answers at 0.5 + 9 + 1 = 10.5; with B joining at its first boundary
+    # it would answer at 0.5 + 3 + 0.5 (B's chain) + 3 + 0.5 (the merged chain) + 8 + 1 = 16.5 > 14, so B
+    # waits until A is done and runs alone (this sim charges no path: 0-9, 9-18; the policy plans for one).
+    tasks, batches, _ = run([(0, "m"), (1, "m")], slos_ms={"m": 14}, d_ctrl_us=500, response_allowance_us=1000)
+    assert [b[0] for b in batches] == ["0-2", "0-2"] and batches[1][1] == [1]
+    assert (done_ms(tasks[0]), done_ms(tasks[1])) == (9, 18)
 
 
 def test_a_late_request_holds_arrivals_back_and_a_late_backlog_runs_as_one_batch():
