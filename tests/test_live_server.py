@@ -53,7 +53,17 @@ def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("live")
     cfg = resolved_config(tmp / "config.yaml")
     with start_server(cfg, time.time(), tmp / "run", extra_args=["--ingresses", "2"], start=time.time()) as fe:
+        wait_ready(fe.url)
         yield fe
+
+
+def wait_ready(url: str, timeout: float = 30.0) -> None:
+    """As a client does: the server answers ready once its scheduler has read the start line, which comes
+    after its ready line (on a busy machine, after the first requests of a test that did not wait)."""
+    deadline = time.monotonic() + timeout
+    while call(url, "/v2/health/ready")[0] != 200:
+        assert time.monotonic() < deadline, f"not ready within {timeout:g} s"
+        time.sleep(0.02)
 
 
 def test_health_and_metadata_routes(server):
