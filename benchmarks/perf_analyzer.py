@@ -24,8 +24,14 @@ stopped. Measure one system at a time (the default): systems side by side
 on one host slow each other's servers (their p50 moved by up to 22%
 between the two clients' runs), and the clients' figures with them.
 
+With `--repeats R` each system is measured R times (a Locust replay, then
+both perf_analyzer runs, each time), and the agreement table gives each
+ratio's mean over the repeats with its 95% confidence interval, judged
+within 5% on throughput and on p50 and p99 from the wire: one run's p99 of
+a few ms moved by more than 5% between runs of the same client on one host.
+
     python benchmarks/perf_analyzer.py --systems eager,symphony --rate 1000 --seconds 20 --out pa-results \
-        [--jobs 3] [--perf-analyzer perf_analyzer] [--pa-arg=--async] [any harness override, e.g. cluster=h200x1]
+        [--repeats 3] [--jobs 3] [--perf-analyzer perf_analyzer] [--pa-arg=--async] [any harness override]
 """
 
 from __future__ import annotations
@@ -47,12 +53,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from harness.report.analysis import mean_ci  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "resnet50"
 # What each system needs to serve 500 req/s with no drop under both clients (measured on the H200 host):
 # Symphony plans each batch at its deadline's edge, and a 0.1 ms timer slack (its default) dropped 2 of
 # 9,162 requests under perf_analyzer; Triton's p99 swings between 8 s windows (9-38 ms), so perf_analyzer
 # stops only with a 50% stability rule.
+TARGET = 0.05            # perf_analyzer's figures over ours must be within this of 1
+JUDGED = {"throughput": "PA/ours throughput", "p50 wire": "PA/ours p50 from the wire",
+          "p99 wire": "PA/ours p99 from the wire"}
 PER_SYSTEM = {"symphony": {"overrides": ["system.timer_slack_us=1000"]}, "triton": {"stability": 50}}
 
 
@@ -79,8 +92,8 @@ def server_p50(run: Path, ids: pd.Series | None = None) -> float:
     return float(np.percentile((ok["t_done"] - ok["t_arrival"]) * 1e3, 50)) if len(ok) else float("nan")
 
 
-def ours(system: str, rate: float, seconds: float, out: Path, extra: list[str]) -> dict:
-    run = out / f"{system}-locust"
+def ours(system: str, rate: float, seconds: float, out: Path, extra: list[str], tag: str = "") -> dict:
+    run = out / f"{system}{tag}-locust"
     proc = harness(f"system={system}", "models=resnet50", "workload=poisson", f"workload.rate={rate}",
                    f"duration_s={seconds}", "warmup_s=2", "cooldown_s=1", f"hydra.run.dir={run}", *extra,
                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -115,15 +128,15 @@ def wait_ready(url: str, timeout: float = 600.0) -> None:
 
 
 def theirs(system: str, mode: str, rate: float, intervals: np.ndarray, out: Path, tool: str, window_ms: int,
-           stability: int, pa_args: list[str], extra: list[str]) -> dict:
+           stability: int, pa_args: list[str], extra: list[str], tag: str = "") -> dict:
     port = free_port()
-    run = out / f"{system}-perf_analyzer-{mode}"
+    run = out / f"{system}{tag}-perf_analyzer-{mode}"
     server = harness(f"system={system}", "models=resnet50", "runtime.load=external", f"runtime.port={port}",
                      "duration_s=600", "warmup_s=1", "cooldown_s=1", "validity.min_duration_s=0",
                      f"hydra.run.dir={run}", *extra, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_ready(f"http://127.0.0.1:{port}")
-        report = out / f"{system}-{mode}.csv"
+        report = out / f"{system}{tag}-{mode}.csv"
         cmd = [tool, "-m", MODEL, "-u", f"127.0.0.1:{port}", "-i", "http", "-b", "1", "--percentile", "99",
                "--measurement-interval", str(window_ms), "--max-trials", "10", "--stability-percentage", str(stability),
                "-f", str(report),
@@ -132,11 +145,11 @@ def theirs(system: str, mode: str, rate: float, intervals: np.ndarray, out: Path
         if mode == "rate":
             cmd += ["--request-rate-range", f"{rate:g}", "--request-distribution", "poisson"]
         else:
-            path = out / f"{system}-intervals.txt"
+            path = out / f"{system}{tag}-intervals.txt"
             path.write_text("\n".join(str(max(1, int(v))) for v in intervals) + "\n")
             cmd += ["--request-intervals", str(path)]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-        (out / f"{system}-{mode}.log").write_text(done.stdout + done.stderr)
+        (out / f"{system}{tag}-{mode}.log").write_text(done.stdout + done.stderr)
         if done.returncode != 0 or not report.exists():
             # perf_analyzer stops at the first request that is not answered 200 and says so per client thread.
             said = (done.stdout + done.stderr).splitlines()
@@ -159,6 +172,36 @@ def theirs(system: str, mode: str, rate: float, intervals: np.ndarray, out: Path
             "server p50": server_p50(run)}      # written once the server has ended
 
 
+def row(system: str, mode: str, repeat: int, base: dict, pa: dict) -> dict:
+    """One comparison: both clients' figures and perf_analyzer's over ours (from the wire: less its client send)."""
+    return {"system": system, "perf_analyzer mode": mode, "repeat": repeat,
+            **{f"ours {k}": base[k] for k in ("throughput", "p50", "p90", "p99")},
+            **{f"PA {k}": pa[k] for k in ("throughput", "p50", "p90", "p99")},
+            **{f"PA/ours {k}": pa[k] / base[k] for k in ("throughput", "p50", "p99")},
+            "PA client send": pa["client send"],
+            **{f"PA/ours {k} from the wire": (pa[k] - pa["client send"]) / base[k] for k in ("p50", "p99")},
+            "ours server p50": base["server p50"], "PA server p50": pa["server p50"]}
+
+
+def agreement(table: pd.DataFrame) -> pd.DataFrame:
+    """Per system and mode, over repeats: the mean of each ratio that is judged, its 95% CI half-width (NaN with
+    one repeat), and whether every mean is within TARGET of 1. One run's p99 near 3 ms moved by more than 5%
+    between runs of either client on one host, so a judgement of tails wants several repeats."""
+    if "repeat" not in table:
+        table = table.assign(repeat=0)                    # rows kept before repeats existed
+    out = []
+    for (system, mode), g in table.groupby(["system", "perf_analyzer mode"], sort=False):
+        r = {"system": system, "mode": mode, "repeats": g["repeat"].nunique()}
+        within = True
+        for name, column in JUDGED.items():
+            mean, ci = mean_ci(g[column])
+            r[name], r[f"{name} +-"] = mean, ci
+            within = within and abs(mean - 1) <= TARGET
+        r[f"within {TARGET:.0%}"] = "yes" if within else "no"
+        out.append(r)
+    return pd.DataFrame(out)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--systems", default="eager,symphony,nexus,clockwork,shepherd,triton")
@@ -175,9 +218,15 @@ def main() -> int:
                     help="perf_analyzer's --stability-percentage: how far (%%) its 3 last windows' throughput and p99 "
                          "may differ for it to stop (default 20, triton 50: a server whose p99 swings between "
                          "windows needs more)")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="Locust replays and perf_analyzer runs per system, alternated; the agreement table gives "
+                         "the mean ratio over them with its 95%% CI (tails vary between runs: use 3 or more)")
     ap.add_argument("--pa-arg", action="append", default=[], metavar="ARG",
                     help="one more perf_analyzer argument (repeat for several), e.g. --pa-arg=--async")
     args, extra = ap.parse_known_args()
+    if args.repeats < 1:
+        print(f"error: --repeats must be at least 1 (got {args.repeats})", file=sys.stderr)
+        return 2
     tool = shutil.which(args.perf_analyzer) or args.perf_analyzer
     if not os.path.exists(tool):
         print(f"error: perf_analyzer not found ({args.perf_analyzer}); pip install perf-analyzer (glibc >= 2.38)",
@@ -198,19 +247,16 @@ def main() -> int:
         stability = args.stability or own.get("stability", 20)
         rows = []
         try:
-            base = ours(system, args.rate, args.seconds, args.out, overrides)
-            for mode in ("rate", "intervals"):
-                pa = theirs(system, mode, args.rate, base["intervals_us"], args.out, tool, args.window_ms,
-                            stability, args.pa_arg, overrides)
-                rows.append({"system": system, "perf_analyzer mode": mode,
-                             **{f"ours {k}": base[k] for k in ("throughput", "p50", "p90", "p99")},
-                             **{f"PA {k}": pa[k] for k in ("throughput", "p50", "p90", "p99")},
-                             **{f"PA/ours {k}": pa[k] / base[k] for k in ("throughput", "p50", "p99")},
-                             "PA client send": pa["client send"],
-                             **{f"PA/ours {k} from the wire": (pa[k] - pa["client send"]) / base[k]
-                                for k in ("p50", "p99")},
-                             "ours server p50": base["server p50"], "PA server p50": pa["server p50"]})
-                print(json.dumps(rows[-1]), flush=True)
+            for repeat in range(args.repeats):
+                # Each repeat is one Locust replay and both perf_analyzer runs, in that order: a host that drifts
+                # drifts under every run of a repeat alike.
+                tag = f"-r{repeat}" if args.repeats > 1 else ""
+                base = ours(system, args.rate, args.seconds, args.out, overrides, tag)
+                for mode in ("rate", "intervals"):
+                    pa = theirs(system, mode, args.rate, base["intervals_us"], args.out, tool, args.window_ms,
+                                stability, args.pa_arg, overrides, tag)
+                    rows.append(row(system, mode, repeat, base, pa))
+                    print(json.dumps(rows[-1]), flush=True)
             kept.write_text(json.dumps(rows, indent=1) + "\n")
         except (RuntimeError, subprocess.TimeoutExpired) as exc:
             print(f"{system}: {exc}", flush=True)
@@ -224,6 +270,12 @@ def main() -> int:
     table.to_csv(args.out / "comparison.csv", index=False)
     print(f"\noffered {args.rate:g} req/s of {MODEL}; latencies in ms from each client's send")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if not table.empty:
+        judged = agreement(table)
+        judged.to_csv(args.out / "agreement.csv", index=False)
+        print(f"\nperf_analyzer over ours, mean over repeats (+- the 95% CI's half-width); within {TARGET:.0%}: the mean "
+              "of throughput and of p50 and p99 from the wire")
+        print(judged.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return 0
 
 
