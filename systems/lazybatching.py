@@ -117,6 +117,7 @@ class LazyBatching(Policy):
         self.running: dict[int, tuple[_Stack, list[Task], Batch]] = {}   # slot -> (stack, tasks, its batch)
         self.busy: set[int] = set()
         self.stopping: set[int] = set()      # slots whose chain was told to stop at its next boundary
+        self.chains = False                  # whether any slot runs a model in stages (else no chain can stop)
         for s in cluster.slots:
             if s.alive:
                 self._set_up(s.index)
@@ -127,6 +128,7 @@ class LazyBatching(Policy):
         for m in sorted(self.cluster.slots[slot].models & self.models.keys()):
             curve = self.cluster.curve(m, slot)
             stages = curve.stages or (curve,)
+            self.chains = self.chains or bool(curve.stages)
             largest = min(c.max_batch for c in stages)
             if self.config.max_batch > largest:
                 raise HarnessError(f"lazybatching: max_batch {self.config.max_batch} exceeds the profiled maximum "
@@ -144,7 +146,7 @@ class LazyBatching(Policy):
         rank, free = pool.peek(now)
         if free <= now:                      # an idle slot: its stage boundary is now
             self._serve(rank, now)
-        elif self.queues[model][0] is task:  # (behind an arrival held back, it is held back too)
+        elif self.chains and self.queues[model][0] is task:   # (behind one held back, it is held back too)
             self._stop_a_chain_for(task, pool.ranks, now)
 
     def on_batch_done(self, batch: Batch) -> None:
