@@ -114,6 +114,10 @@ def table(out: Path) -> pd.DataFrame:
                      "seed": int(seed), "offered": real["offered_rate"], "real": real["goodput"],
                      "emulated": emu["goodput"],
                      "ratio": real["goodput"] / emu["goodput"] if emu["goodput"] else math.nan,
+                     # Beside the goodput, where a gap comes from: SLOs met and the median latency of each side.
+                     **{f"{side} {name}": got.get(key, math.nan)
+                        for side, got in (("real", real), ("emulated", emu))
+                        for name, key in (("attainment", "slo_attainment"), ("p50 ms", "latency_p50_ms"))},
                      "valid": real["validity"]["valid"] and emu["validity"]["valid"]})
     if not rows:
         return pd.DataFrame()
@@ -125,6 +129,8 @@ def table(out: Path) -> pd.DataFrame:
         out_rows.append({"cluster": cluster, "load": load, "system": system, "seeds": len(g),
                          "offered": g["offered"].mean(), "real goodput": g["real"].mean(),
                          "emulated goodput": g["emulated"].mean(), "real / emulated": mean, "95% CI +-": ci,
+                         **{c: g[c].mean() for c in ("real attainment", "emulated attainment", "real p50 ms",
+                                                     "emulated p50 ms")},
                          "within 5%": "yes" if within and g["valid"].all() else
                          ("no" if g["valid"].all() else "invalid run")})
     return pd.DataFrame(out_rows)

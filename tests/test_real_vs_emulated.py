@@ -20,7 +20,8 @@ spec.loader.exec_module(rve)
 def summary(path: Path, goodput: float, valid: bool = True, emulated: bool = False) -> None:
     path.mkdir(parents=True)
     (path / "summary.json").write_text(json.dumps({"goodput": goodput, "offered_rate": 1500.0, "emulated": emulated,
-                                                   "validity": {"valid": valid}}))
+                                                   "slo_attainment": round(goodput / 1500, 2),
+                                                   "latency_p50_ms": 20.0, "validity": {"valid": valid}}))
 
 
 def test_plan_skips_what_is_done_and_goes_seed_by_seed(tmp_path):
@@ -45,6 +46,7 @@ def test_table_is_the_mean_ratio_over_seeds_with_its_interval_and_the_5_percent_
     assert sym["seeds"] == 3 and sym["real / emulated"] == pytest.approx((1400 + 1450 + 1420) / 4500)
     assert sym["95% CI +-"] > 0 and sym["within 5%"] == "no"                 # 0.947: more than 5% off
     assert t.loc["eager", "real / emulated"] == 1 and t.loc["eager", "within 5%"] == "invalid run"
+    assert sym["real attainment"] == pytest.approx((0.93 + 0.97 + 0.95) / 3) and sym["emulated attainment"] == 1.0
 
 
 def test_without_a_gpu_it_runs_nothing_and_says_why(tmp_path):
