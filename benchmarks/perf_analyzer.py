@@ -53,11 +53,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 from harness.report.analysis import mean_ci  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 MODEL = "resnet50"
 # What each system needs to serve 500 req/s with no drop under both clients (measured on the H200 host):
 # Symphony plans each batch at its deadline's edge, and a 0.1 ms timer slack (its default) dropped 2 of
