@@ -1,13 +1,17 @@
-"""Triton's own load generator against ours: perf_analyzer and our Locust replay, same server, same load.
+"""Triton's own load generator against ours: perf_analyzer and our Locust replay, one server, same load.
 
-For each system: (1) a live run replays a Poisson schedule of one model with
-Locust; (2) the same system serves with `runtime.load=external` while
-Triton's perf_analyzer drives it twice, in request-rate mode (Poisson, the
-same rate) and with `--request-intervals` written from the run's own
-schedule. It prints throughput and latency percentiles side by side, with
-each perf_analyzer figure over ours (the latencies from each client's send),
-and beside them the server's own p50 of each run (arrival to completion, as
-the scheduler saw them): where the clients differ and the servers agree, the
+For each system, each repeat starts one server (`runtime.load=external`,
+serving whoever comes) and drives it three times in turn: (1) our Locust
+replay of a Poisson schedule of one model, (2) Triton's perf_analyzer in
+request-rate mode (Poisson, the same rate) and (3) perf_analyzer with
+`--request-intervals` written from that schedule. Both clients meet the same
+server process, so a server that comes up slower or faster than the last
+one (its median moved by up to 12% between processes on one host) moves
+both clients' figures alike and not their ratio. It prints throughput and
+latency percentiles side by side, with each perf_analyzer figure over ours
+(the latencies from each client's send), and beside them the server's own
+p50 of each client's share of the run (arrival to completion, as the
+scheduler saw them): where the clients differ and the server agrees, the
 difference is in the clients. The clients start their clocks at different
 points: perf_analyzer before it builds and sends each request (its "Client
 Send", which it reports as a mean), ours once the request, built already,
@@ -18,20 +22,24 @@ perf_analyzer (PyPI perf-analyzer) needs glibc >= 2.38.
 perf_analyzer stops at the first answer that is not 200, so each system
 runs with the settings under which it serves the load with no drop
 (PER_SYSTEM; an override on the command line wins). Each system's rows are
-kept in <out>/<system>-comparison.json as soon as it is done, and a system
-that has them is not measured again: a call cut short goes on where it
-stopped. Measure one system at a time (the default): systems side by side
-on one host slow each other's servers (their p50 moved by up to 22%
-between the two clients' runs), and the clients' figures with them.
+kept in <out>/<system>-comparison.json after each whole repeat, and a
+system is measured again only for the repeats it lacks: a call cut short,
+or a repeat that failed, goes on from where it stopped. Measure one system
+at a time (the default): systems side by side on one host slow each
+other's servers (their p50 moved by up to 22% between the two clients'
+runs), and the clients' figures with them.
 
-With `--repeats R` each system is measured R times (a Locust replay, then
-both perf_analyzer runs, each time), and the agreement table gives each
-ratio's mean over the repeats with its 95% confidence interval, judged
-within 5% on throughput and on p50 and p99 from the wire: one run's p99 of
-a few ms moved by more than 5% between runs of the same client on one host.
+With `--repeats R` each system is measured R times, and the agreement
+table gives each ratio's mean over the repeats with its 95% confidence
+interval, judged within 5% on throughput and on p50 and p99 from the wire:
+one run's p99 of a few ms moved by more than 5% between runs of the same
+client on one host.
 
     python benchmarks/perf_analyzer.py --systems eager,symphony --rate 1000 --seconds 20 --out pa-results \
         [--repeats 3] [--jobs 3] [--perf-analyzer perf_analyzer] [--pa-arg=--async] [any harness override]
+
+Harness overrides go to the server; `runtime.locust_workers=N` sizes our
+client as well (by default sized to the host and the rate, as runs are).
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ import sys
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -56,17 +65,22 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from harness.errors import HarnessError  # noqa: E402
+from harness.load import default_workers, replay  # noqa: E402
 from harness.report.analysis import mean_ci  # noqa: E402
 
 MODEL = "resnet50"
+LEAD_S, TAIL_S = 2.0, 1.0  # our schedule's unmeasured lead-in and tail around the measured window
 # What each system needs to serve 500 req/s with no drop under both clients (measured on the H200 host):
 # Symphony plans each batch at its deadline's edge, and a 0.1 ms timer slack (its default) dropped 2 of
-# 9,162 requests under perf_analyzer; Triton's p99 swings between 8 s windows (9-38 ms), so perf_analyzer
+# 9,162 requests under perf_analyzer; eager's drop_late answered one request of about 25,000 "dropped: late"
+# under perf_analyzer (its third repeat), so it serves late heads late here; Triton's p99 swings between 8 s windows (9-38 ms), so perf_analyzer
 # stops only with a 50% stability rule.
 TARGET = 0.05            # perf_analyzer's figures over ours must be within this of 1
 JUDGED = {"throughput": "PA/ours throughput", "p50 wire": "PA/ours p50 from the wire",
           "p99 wire": "PA/ours p99 from the wire"}
-PER_SYSTEM = {"symphony": {"overrides": ["system.timer_slack_us=1000"]}, "triton": {"stability": 50}}
+PER_SYSTEM = {"eager": {"overrides": ["system.drop_late=false"]},
+              "symphony": {"overrides": ["system.timer_slack_us=1000"]}, "triton": {"stability": 50}}
 
 
 def free_port() -> int:
@@ -79,44 +93,48 @@ def harness(*overrides: str, **popen) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "harness", *overrides], cwd=ROOT, **popen)
 
 
-def server_p50(run: Path, ids: pd.Series | None = None) -> float:
-    """The server's p50 latency (ms) of the run's served requests (of those with `ids`, if given), from arrival
-    at an ingress to completion; nan where the system's server reports no arrivals (Triton)."""
-    path = run / "server_requests.parquet"
-    if not path.exists():
-        return float("nan")
-    seen = pd.read_parquet(path, columns=["id", "t_arrival", "t_done", "status"])
-    ok = seen[seen["status"] == "ok"]
-    if ids is not None:
-        ok = ok[ok["id"].isin(ids)]
-    return float(np.percentile((ok["t_done"] - ok["t_arrival"]) * 1e3, 50)) if len(ok) else float("nan")
+def poisson_schedule(rate: float, seconds: float, seed: int) -> pd.DataFrame:
+    """Our client's schedule: Poisson arrivals of MODEL over a lead-in, `seconds` measured, and a tail."""
+    span = LEAD_S + seconds + TAIL_S
+    rng = np.random.default_rng(seed)
+    t = np.cumsum(rng.exponential(1.0 / rate, int(rate * span * 1.2) + 100))
+    t = t[t < span]
+    return pd.DataFrame({"id": np.arange(len(t), dtype=np.int64), "model": MODEL, "t_sched": t})
 
 
-def ours(system: str, rate: float, seconds: float, out: Path, extra: list[str], tag: str = "") -> dict:
-    run = out / f"{system}{tag}-locust"
-    proc = harness(f"system={system}", "models=resnet50", "workload=poisson", f"workload.rate={rate}",
-                   f"duration_s={seconds}", "warmup_s=2", "cooldown_s=1", f"hydra.run.dir={run}", *extra,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _, err = proc.communicate(timeout=900)
-    if proc.returncode not in (0, 3):
-        raise RuntimeError(f"{system}: our run failed: {err.strip()[-500:]}")
-    r = pd.read_parquet(run / "requests.parquet")
-    s = json.loads((run / "summary.json").read_text())
-    window = r[(r["t_sched"] >= s["window_s"][0]) & (r["t_sched"] < s["window_s"][1])]
-    ok = window[window["status"] == "ok"]
-    if ok.empty:
-        counts = ", ".join(f"{k} {v}" for k, v in window["status"].value_counts().items()) or "none"
-        raise RuntimeError(f"our run served no request in its window (statuses: {counts}); see {run}")
-    from_send = (ok["t_done"] - ok["t_sent"]) * 1e3
-    schedule = pd.read_parquet(run / "schedule.parquet")
-    return {"throughput": len(ok) / (s["window_s"][1] - s["window_s"][0]),
-            **{f"p{q}": float(np.percentile(from_send, q)) for q in (50, 90, 99)},
-            "server p50": server_p50(run, ok["id"]), "intervals_us": np.diff(schedule["t_sched"].to_numpy()) * 1e6}
+def client_workers(extra: list[str], rate: float) -> int:
+    """Locust workers for our client: `runtime.locust_workers=N` among the overrides, else as a run sizes them."""
+    given = [o.split("=", 1)[1] for o in extra if o.startswith("runtime.locust_workers=")]
+    if given and int(given[-1]) >= 0:
+        return int(given[-1])
+    return default_workers(peak_rate=rate)
 
 
-def wait_ready(url: str, timeout: float = 600.0) -> None:
+@contextmanager
+def serving(system: str, run: Path, overrides: list[str]):
+    """One server of `system` for external clients, its records in `run` once it ends; yields its URL."""
+    port = free_port()
+    log = run.with_name(run.name + ".log").open("w")
+    server = harness(f"system={system}", "models=resnet50", "runtime.load=external", f"runtime.port={port}",
+                     "duration_s=3600", "warmup_s=1", "cooldown_s=1", "validity.min_duration_s=0",
+                     f"hydra.run.dir={run}", *overrides, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", server, run)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.send_signal(signal.SIGINT)             # the run ends and writes the server's records
+        try:
+            server.wait(120)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+def wait_ready(url: str, server: subprocess.Popen, run: Path, timeout: float = 600.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"the server exited ({server.returncode}) before it was ready; see {run}.log")
         try:
             with urllib.request.urlopen(url + "/v2/health/ready", timeout=2) as r:
                 if r.status == 200:
@@ -127,49 +145,80 @@ def wait_ready(url: str, timeout: float = 600.0) -> None:
     raise RuntimeError(f"{url} never became ready")
 
 
-def theirs(system: str, mode: str, rate: float, intervals: np.ndarray, out: Path, tool: str, window_ms: int,
-           stability: int, pa_args: list[str], extra: list[str], tag: str = "") -> dict:
-    port = free_port()
-    run = out / f"{system}{tag}-perf_analyzer-{mode}"
-    server = harness(f"system={system}", "models=resnet50", "runtime.load=external", f"runtime.port={port}",
-                     "duration_s=600", "warmup_s=1", "cooldown_s=1", "validity.min_duration_s=0",
-                     f"hydra.run.dir={run}", *extra, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def ours(url: str, schedule: pd.DataFrame, seconds: float, out: Path, workers: int) -> dict:
+    """Our Locust replay of `schedule` against `url`: throughput and percentiles (ms, from the send) of the
+    requests scheduled in the measured window."""
+    path = out.with_name(out.name + "-schedule.parquet")
+    schedule.to_parquet(path, index=False)
+    epoch = time.time() + (2.0 if workers == 0 else 5.0)       # Locust's start, and its workers' joining
     try:
-        wait_ready(f"http://127.0.0.1:{port}")
-        report = out / f"{system}{tag}-{mode}.csv"
-        cmd = [tool, "-m", MODEL, "-u", f"127.0.0.1:{port}", "-i", "http", "-b", "1", "--percentile", "99",
-               "--measurement-interval", str(window_ms), "--max-trials", "10", "--stability-percentage", str(stability),
-               "-f", str(report),
-               "--max-threads", "64",   # synchronous calls: enough threads for rate x latency in flight
-               *pa_args]
-        if mode == "rate":
-            cmd += ["--request-rate-range", f"{rate:g}", "--request-distribution", "poisson"]
-        else:
-            path = out / f"{system}{tag}-intervals.txt"
-            path.write_text("\n".join(str(max(1, int(v))) for v in intervals) + "\n")
-            cmd += ["--request-intervals", str(path)]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-        (out / f"{system}{tag}-{mode}.log").write_text(done.stdout + done.stderr)
-        if done.returncode != 0 or not report.exists():
-            # perf_analyzer stops at the first request that is not answered 200 and says so per client thread.
-            said = (done.stdout + done.stderr).splitlines()
-            refused = sorted({line.split("had error:", 1)[1].strip() for line in said if "had error:" in line})
-            if refused:
-                raise RuntimeError(f"perf_analyzer ({mode}) stopped: the server answered {'; '.join(refused)[:300]} "
-                                   "(perf_analyzer counts any answer but 200 as an error: use a --rate this system "
-                                   "serves with no drops)")
-            raise RuntimeError(f"perf_analyzer ({mode}) failed: {(done.stdout + done.stderr).strip()[-500:]}")
-        row = next(csv.DictReader(report.open()))
-    finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(120)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        client = replay(path, url, epoch, out, workers=workers)
+    except HarnessError as exc:
+        raise RuntimeError(f"our replay failed: {exc}") from exc
+    window = client[(client["t_sched"] >= LEAD_S) & (client["t_sched"] < LEAD_S + seconds)]
+    ok = window[window["status"] == "ok"]
+    if ok.empty:
+        counts = ", ".join(f"{k} {v}" for k, v in window["status"].value_counts().items()) or "none"
+        raise RuntimeError(f"our replay had no request served in its window (statuses: {counts}); see {out}")
+    from_send = (ok["t_done"] - ok["t_sent"]) * 1e3
+    return {"throughput": len(ok) / seconds, **{f"p{q}": float(np.percentile(from_send, q)) for q in (50, 90, 99)}}
+
+
+def theirs(url: str, mode: str, rate: float, intervals: np.ndarray, out: Path, tool: str, window_ms: int,
+           stability: int, pa_args: list[str]) -> dict:
+    """One perf_analyzer run against `url`; its report is <out>.csv and its output <out>.log."""
+    report = out.with_suffix(".csv")
+    host = url.split("//", 1)[1]
+    cmd = [tool, "-m", MODEL, "-u", host, "-i", "http", "-b", "1", "--percentile", "99",
+           "--measurement-interval", str(window_ms), "--max-trials", "10", "--stability-percentage", str(stability),
+           "-f", str(report),
+           "--max-threads", "64",   # synchronous calls: enough threads for rate x latency in flight
+           *pa_args]
+    if mode == "rate":
+        cmd += ["--request-rate-range", f"{rate:g}", "--request-distribution", "poisson"]
+    else:
+        path = out.with_suffix(".txt")
+        path.write_text("\n".join(str(max(1, int(v))) for v in intervals) + "\n")
+        cmd += ["--request-intervals", str(path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    out.with_suffix(".log").write_text(done.stdout + done.stderr)
+    if done.returncode != 0 or not report.exists():
+        # perf_analyzer stops at the first request that is not answered 200 and says so per client thread.
+        said = (done.stdout + done.stderr).splitlines()
+        refused = sorted({line.split("had error:", 1)[1].strip() for line in said if "had error:" in line})
+        if refused:
+            raise RuntimeError(f"perf_analyzer ({mode}) stopped: the server answered {'; '.join(refused)[:300]} "
+                               "(perf_analyzer counts any answer but 200 as an error: use a --rate this system "
+                               "serves with no drops)")
+        raise RuntimeError(f"perf_analyzer ({mode}) failed: {(done.stdout + done.stderr).strip()[-500:]}")
+    row = next(csv.DictReader(report.open()))
     return {"throughput": float(row["Inferences/Second"]),
             **{f"p{q}": float(row[f"p{q} latency"]) / 1000 for q in (50, 90, 99)},
-            "client send": float(row["Client Send"]) / 1000,
-            "server p50": server_p50(run)}      # written once the server has ended
+            "client send": float(row["Client Send"]) / 1000}
+
+
+def client_shares(run: Path, clients: int) -> list[pd.DataFrame] | None:
+    """The server's records of each of its `clients` runs in turn (arrival, completion, status): its arrivals
+    split at their `clients - 1` widest gaps (between two clients' runs the server waits for a process to
+    start; within one, at a few hundred requests per second, gaps are ms). None where the system's server
+    reports no arrivals (Triton)."""
+    path = run / "server_requests.parquet"
+    if not path.exists():
+        return None
+    seen = pd.read_parquet(path, columns=["t_arrival", "t_done", "status"]).sort_values("t_arrival", kind="stable")
+    if len(seen) < clients:
+        return None
+    cuts = np.sort(np.argsort(np.diff(seen["t_arrival"].to_numpy()))[len(seen) - clients:] + 1)
+    return [seen.iloc[lo:hi] for lo, hi in zip([0, *cuts], [*cuts, len(seen)])]
+
+
+def server_p50s(run: Path, clients: int) -> list[float]:
+    """The server's p50 latency (ms, arrival at an ingress to completion, requests served) of each client's run."""
+    shares = client_shares(run, clients)
+    if shares is None:
+        return [float("nan")] * clients
+    ok = [share[share["status"] == "ok"] for share in shares]
+    return [float(np.percentile((o["t_done"] - o["t_arrival"]) * 1e3, 50)) if len(o) else float("nan") for o in ok]
 
 
 def row(system: str, mode: str, repeat: int, base: dict, pa: dict) -> dict:
@@ -235,31 +284,42 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
 
     def compare(system: str) -> list[dict]:
+        # Rows are kept after each whole repeat (a Locust replay and both perf_analyzer runs): a call cut short,
+        # or a repeat that fails, loses only the repeat under way, and a later call goes on from the first
+        # repeat missing.
         kept = args.out / f"{system}-comparison.json"
-        if kept.exists():
+        rows = json.loads(kept.read_text()) if kept.exists() else []
+        done = {r.get("repeat", 0) for r in rows}
+        if len(done) >= args.repeats:
             print(f"{system}: measured already ({kept})", flush=True)
-            return json.loads(kept.read_text())
-        for stale in args.out.glob(f"{system}-*"):          # a run of it cut short: set aside, never reused
-            if stale.is_dir() and not stale.name.endswith(".stale"):
-                stale.rename(stale.with_name(f"{stale.name}.{time.strftime('%Y%m%d-%H%M%S')}.stale"))
+            return rows
         own = PER_SYSTEM.get(system, {})
         overrides = own.get("overrides", []) + extra
         stability = args.stability or own.get("stability", 20)
-        rows = []
-        try:
-            for repeat in range(args.repeats):
-                # Each repeat is one Locust replay and both perf_analyzer runs, in that order: a host that drifts
-                # drifts under every run of a repeat alike.
-                tag = f"-r{repeat}" if args.repeats > 1 else ""
-                base = ours(system, args.rate, args.seconds, args.out, overrides, tag)
-                for mode in ("rate", "intervals"):
-                    pa = theirs(system, mode, args.rate, base["intervals_us"], args.out, tool, args.window_ms,
-                                stability, args.pa_arg, overrides, tag)
-                    rows.append(row(system, mode, repeat, base, pa))
-                    print(json.dumps(rows[-1]), flush=True)
+        workers = client_workers(extra, args.rate)
+        for repeat in (k for k in range(args.repeats) if k not in done):
+            # One server per repeat, driven by our replay and then both perf_analyzer runs, in that order.
+            tag = f"-r{repeat}" if args.repeats > 1 else ""
+            for stale in args.out.glob(f"{system}{tag}-*"):      # a run of it cut short: set aside, never reused
+                if stale.is_dir() and not stale.name.endswith(".stale"):
+                    stale.rename(stale.with_name(f"{stale.name}.{time.strftime('%Y%m%d-%H%M%S')}.stale"))
+            schedule = poisson_schedule(args.rate, args.seconds, seed=repeat)
+            intervals = np.diff(schedule["t_sched"].to_numpy()) * 1e6
+            run = args.out / f"{system}{tag}-server"
+            try:
+                with serving(system, run, overrides) as url:
+                    base = ours(url, schedule, args.seconds, args.out / f"{system}{tag}-locust", workers)
+                    pas = {mode: theirs(url, mode, args.rate, intervals, args.out / f"{system}{tag}-{mode}", tool,
+                                        args.window_ms, stability, args.pa_arg) for mode in ("rate", "intervals")}
+            except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                print(f"{system}, repeat {repeat}: {exc}", flush=True)
+                break
+            base["server p50"], pas["rate"]["server p50"], pas["intervals"]["server p50"] = server_p50s(run, 3)
+            measured = [row(system, mode, repeat, base, pas[mode]) for mode in ("rate", "intervals")]
+            for r in measured:
+                print(json.dumps(r), flush=True)
+            rows += measured
             kept.write_text(json.dumps(rows, indent=1) + "\n")
-        except (RuntimeError, subprocess.TimeoutExpired) as exc:
-            print(f"{system}: {exc}", flush=True)
         return rows
 
     # Systems side by side (--jobs): each has its own server, ports and clients, but they share the host's

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -60,3 +61,30 @@ def test_repeats_below_one_is_a_one_line_error(tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "perf_analyzer.py"), "--repeats", "0",
                            "--out", str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and done.stderr.strip() == "error: --repeats must be at least 1 (got 0)"
+
+
+def test_the_servers_records_split_at_the_widest_gaps_into_each_clients_share(tmp_path):
+    # Three clients in turn at about 500 req/s, a second apart; one share's requests all dropped.
+    t = np.concatenate([np.arange(0, 2, 0.002), np.arange(3, 5, 0.002), np.arange(6, 6.5, 0.002)])
+    status = ["ok"] * 1000 + ["dropped"] * 1000 + ["ok"] * 250
+    latency = np.concatenate([np.full(1000, 1e-3), np.full(1000, 2e-3), np.full(250, 3e-3)])
+    pd.DataFrame({"t_arrival": t, "t_done": t + latency, "status": status}).to_parquet(
+        tmp_path / "server_requests.parquet")
+    shares = bench.client_shares(tmp_path, 3)
+    assert [len(s) for s in shares] == [1000, 1000, 250]
+    p50s = bench.server_p50s(tmp_path, 3)
+    assert p50s[0] == pytest.approx(1.0) and math.isnan(p50s[1]) and p50s[2] == pytest.approx(3.0)
+    assert all(math.isnan(p) for p in bench.server_p50s(tmp_path / "none", 3))     # no records: Triton's case
+
+
+def test_one_server_serves_our_replays_in_turn_and_tells_each_ones_share(tmp_path):
+    """The repeat's design without perf_analyzer (it needs glibc 2.38): one emulated server, our Locust replay
+    twice against it, and the server's records split back into the two replays."""
+    schedules = [bench.poisson_schedule(200, 1.0, seed=k) for k in (0, 1)]
+    assert not schedules[0]["t_sched"].equals(schedules[1]["t_sched"])
+    with bench.serving("eager", tmp_path / "server", []) as url:
+        figures = [bench.ours(url, s, 1.0, tmp_path / f"locust{k}", workers=0) for k, s in enumerate(schedules)]
+    for f in figures:
+        assert 150 < f["throughput"] < 250 and 0 < f["p50"] <= f["p99"] < 100
+    assert [len(s) for s in bench.client_shares(tmp_path / "server", 2)] == [len(s) for s in schedules]
+    assert all(0 < p50 < 50 for p50 in bench.server_p50s(tmp_path / "server", 2))
