@@ -3,7 +3,7 @@
     python -m harness.regression                  # run, print the table, exit 1 on a regression
     python -m harness.regression --update         # refresh the committed baseline on purpose
     python -m harness.regression --update --systems dstack   # refresh one system's entries only
-    python -m harness.regression --systems symphony,eager --no-capacity
+    python -m harness.regression --systems symphony,eager --no-capacity [--jobs 2]
 
 Every system runs every cell (workload x cluster size) of MATRIX in the sim
 runtime, which is deterministic for its seeds, and every system's capacity is
@@ -22,10 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import platform
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,25 +75,37 @@ class Finding:
         return f"{(self.new - self.old) / abs(self.old):+.1%}"
 
 
-def run_matrix(system_names: list[str], capacity: bool = True, out: Path | None = None) -> dict:
-    """Metrics per "<system>/<cell>", plus "<system>/capacity" when asked."""
+def run_matrix(system_names: list[str], capacity: bool = True, out: Path | None = None, jobs: int = 0) -> dict:
+    """Metrics per "<system>/<cell>", plus "<system>/capacity" when asked. `jobs` systems run at once, each in
+    a process of its own (0: one per core); the sim is deterministic, so the results do not depend on it."""
+    jobs = min(jobs or os.cpu_count() or 1, len(system_names))
+    with tempfile.TemporaryDirectory(prefix="regression-") as tmp:
+        root = Path(out or tmp)
+        if jobs <= 1:
+            parts = [_run_system(system, capacity, root) for system in system_names]
+        else:
+            # spawned, not forked: a worker starts from the modules as written, whatever its parent changed
+            with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+                parts = list(pool.map(_run_system, system_names, [capacity] * len(system_names),
+                                      [root] * len(system_names)))
+    return {key: metrics for part in parts for key, metrics in part.items()}
+
+
+def _run_system(system: str, capacity: bool, root: Path) -> dict:
     from harness.run import execute
     from harness.search import compose, search
 
     results: dict[str, dict] = {}
-    with tempfile.TemporaryDirectory(prefix="regression-") as tmp:
-        root = Path(out or tmp)
-        for system in system_names:
-            for cell, overrides in MATRIX.items():
-                args = [f"system={system}", "runtime=sim", *overrides]
-                summary = execute(compose(args), root / system / cell, args)
-                results[f"{system}/{cell}"] = {m: summary[m] for m in TOLERANCES if m in summary}
-                print(f"  {system:<10} {cell:<16} goodput {summary['goodput']:>10,.1f}  "
-                      f"attainment {summary['slo_attainment']:.2%}", flush=True)
-            if capacity:
-                args = [f"system={system}", "runtime=sim", *MATRIX[CAPACITY_CELL], "duration_s=10"]
-                found = search("capacity", args, root / system / "capacity", tolerance=0.02)
-                results[f"{system}/capacity"] = {"capacity": found["answer"]}
+    for cell, overrides in MATRIX.items():
+        args = [f"system={system}", "runtime=sim", *overrides]
+        summary = execute(compose(args), root / system / cell, args)
+        results[f"{system}/{cell}"] = {m: summary[m] for m in TOLERANCES if m in summary}
+        print(f"  {system:<10} {cell:<16} goodput {summary['goodput']:>10,.1f}  "
+              f"attainment {summary['slo_attainment']:.2%}", flush=True)
+    if capacity:
+        args = [f"system={system}", "runtime=sim", *MATRIX[CAPACITY_CELL], "duration_s=10"]
+        found = search("capacity", args, root / system / "capacity", tolerance=0.02)
+        results[f"{system}/capacity"] = {"capacity": found["answer"]}
     return results
 
 
@@ -155,12 +170,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-capacity", action="store_true", help="skip the capacity searches")
     ap.add_argument("--update", action="store_true", help="write the results as the new baseline")
     ap.add_argument("--out", type=Path, help="keep the run directories here")
+    ap.add_argument("--jobs", type=int, default=0, help="systems run at once, each in a process (0: one per core)")
     args = ap.parse_args(argv)
     try:
         names = [s for s in args.systems.split(",") if s] or systems.names()
         for name in names:
             systems.policy_class(name)
-        results = run_matrix(names, capacity=not args.no_capacity, out=args.out)
+        results = run_matrix(names, capacity=not args.no_capacity, out=args.out, jobs=args.jobs)
     except HarnessError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -57,7 +57,7 @@ def test_updating_some_systems_keeps_the_others_entries(tmp_path, monkeypatch):
     path.write_text(json.dumps({"eager/c": {"goodput": 1.0}, "symphony/c": {"goodput": 2.0},
                                 "symphony/capacity": {"capacity": 9.0}}))
     monkeypatch.setattr(regression, "BASELINE", path)
-    monkeypatch.setattr(regression, "run_matrix", lambda names, capacity, out=None: {"symphony/c": {"goodput": 3.0}})
+    monkeypatch.setattr(regression, "run_matrix", lambda names, capacity, out=None, jobs=0: {"symphony/c": {"goodput": 3.0}})
     assert regression.main(["--systems", "symphony", "--no-capacity", "--update"]) == 0
     assert json.loads(path.read_text()) == {"eager/c": {"goodput": 1.0}, "symphony/c": {"goodput": 3.0},
                                             "symphony/capacity": {"capacity": 9.0}}
