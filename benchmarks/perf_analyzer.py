@@ -281,6 +281,12 @@ def main() -> int:
         print(f"error: perf_analyzer not found ({args.perf_analyzer}); pip install perf-analyzer (glibc >= 2.38)",
               file=sys.stderr)
         return 2
+    try:
+        workers = client_workers(extra, args.rate)
+    except ValueError:
+        print("error: runtime.locust_workers must be a whole number (-1: sized to the host and the rate)",
+              file=sys.stderr)
+        return 2
     args.out.mkdir(parents=True, exist_ok=True)
 
     def compare(system: str) -> list[dict]:
@@ -296,7 +302,6 @@ def main() -> int:
         own = PER_SYSTEM.get(system, {})
         overrides = own.get("overrides", []) + extra
         stability = args.stability or own.get("stability", 20)
-        workers = client_workers(extra, args.rate)
         for repeat in (k for k in range(args.repeats) if k not in done):
             # One server per repeat, driven by our replay and then both perf_analyzer runs, in that order.
             tag = f"-r{repeat}" if args.repeats > 1 else ""

@@ -88,3 +88,11 @@ def test_one_server_serves_our_replays_in_turn_and_tells_each_ones_share(tmp_pat
         assert 150 < f["throughput"] < 250 and 0 < f["p50"] <= f["p99"] < 100
     assert [len(s) for s in bench.client_shares(tmp_path / "server", 2)] == [len(s) for s in schedules]
     assert all(0 < p50 < 50 for p50 in bench.server_p50s(tmp_path / "server", 2))
+
+
+def test_a_client_size_that_is_not_a_number_is_a_one_line_error(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "perf_analyzer.py"), "--perf-analyzer",
+                           sys.executable, "--out", str(tmp_path), "runtime.locust_workers=two"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stderr.strip().startswith("error: runtime.locust_workers must be a whole")
+    assert not list(tmp_path.iterdir())                       # nothing started, nothing written
