@@ -17,6 +17,7 @@ up to its whole (real MIG would also need a legal layout).
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter
 from typing import Hashable, Mapping, Sequence
 
@@ -80,14 +81,20 @@ def _best_fit(kept: list[SlotSpec], left: Counter, gpu_type: str, devices: int |
     out = list(kept)
     todo = sorted(((parse_partition(p).share, p, sorted(m)) for (p, m), k in left.items() for _ in range(k)),
                   reverse=True)
+    # Best fit: the device of least free share among those it fits, the lowest of equals, i.e. the first
+    # (free, device) at or above the segment's share in this sorted list -- a bisection instead of a scan of
+    # every device per segment (this runs off the event loop, but holding the GIL: live, the loop waits on it).
+    room = sorted((f, d) for d, f in enumerate(free))
     for share, partition, models in todo:
-        fits = [d for d in range(len(free)) if free[d] >= share - SHARE_TOLERANCE]
-        if not fits:
+        k = bisect.bisect_left(room, (share - SHARE_TOLERANCE, -1))
+        if k == len(room):
             if devices is not None:
                 return None
             free.append(1.0)
-            fits = [len(free) - 1]
-        d = min(fits, key=lambda d: (free[d], d))
+            d = len(free) - 1
+        else:
+            d = room.pop(k)[1]
         free[d] -= share
+        bisect.insort(room, (free[d], d))
         out.append(SlotSpec(gpu_type, partition, d, frozenset(models)))
     return out

@@ -271,7 +271,7 @@ def placement_of(levels: Sequence[Level], gpu_type: str, models: Iterable[str]) 
 class _Lane:
     """A slot's turns and where it is in the current cycle."""
 
-    __slots__ = ("turns", "curves", "first", "sizes", "kind", "cycle", "owed", "next", "timer", "wake")
+    __slots__ = ("turns", "curves", "first", "sizes", "kind", "cycle", "owed", "state", "next", "timer", "wake")
 
     def __init__(self, turns: list[tuple[float, str]], curves: dict[str, LatencyCurve], wake):
         self.turns = turns
@@ -284,6 +284,7 @@ class _Lane:
         self.kind = -1                 # set by DStack._open_lane
         self.cycle = -1                # index of the cycle `owed` belongs to
         self.owed: list[int] = []      # turns not yet taken in that cycle, in order
+        self.state: int | None = None  # number of (kind, owed) while they stay (DStack._state_of); None: unknown
         self.next: dict[str, float] | None = None   # model -> its next turn, while `owed` stays (_next_turns)
         self.timer = None
         self.wake = wake               # the timer's callback: serve the slot
@@ -354,6 +355,7 @@ class DStack(Policy):
         self.counts = dict.fromkeys(models, 0)
         self.drops = 0                               # requests dropped late so far
         self.kinds: dict[tuple, int] = {}            # lanes' turns and curves -> a number (_Lane.kind)
+        self.states: dict[tuple, int] = {}           # (kind, turns owed) -> a number (_Lane.state)
         self.rates: dict[str, float] | None = None  # the rates the plan was made for
         self.rate_timer = None                       # set by the first arrival
         self.rollout = Rollout(cluster)
@@ -419,12 +421,19 @@ class DStack(Policy):
         q = self.queues[model]
         now = self.cluster.now()
         cycle = self._cycle_at(now)
-        decided: dict[tuple, float] = {}                       # state -> the turn its slots wait for
+        decided: dict[int, float] = {}                         # state -> the turn its slots wait for
         shared: dict[float, _Wakeup] = {}                      # turn -> the timer of the slots waiting for it
+        lanes = self.lanes
+        # Every idle slot holding the model is visited on every arrival, so the per-slot steps are inlined
+        # (_enter_cycle, and _wait with a shared timer) and a lane's state is kept as a number while its turns
+        # owed stay (_state_of): the same steps in the same order, without a call and a tuple per slot.
         for slot in sorted(self.idle & self.holders[model]):
-            lane = self.lanes[slot]
-            self._enter_cycle(lane, cycle)
-            state = (lane.kind, cycle, tuple(lane.owed))
+            lane = lanes[slot]
+            if cycle != lane.cycle:                            # (_enter_cycle)
+                lane.cycle, lane.owed, lane.next, lane.state = cycle, list(range(len(lane.turns))), None, None
+            state = lane.state
+            if state is None:
+                state = self._state_of(lane)
             turn = decided.get(state)
             if turn is None:
                 drops = self.drops
@@ -438,14 +447,33 @@ class DStack(Policy):
                     if not q:
                         return
                     continue
-                turn = decided[state] = choice
-            self._wait(lane, turn, shared)
+                turn = decided[state] = choice                 # (a wait leaves the turns owed as they were)
+            # (_wait(lane, turn, shared), inlined)
+            old = lane.timer
+            if old is not None:
+                old.remove(lane)
+            if turn < INF:
+                wakeup = shared.get(turn)
+                if wakeup is None:
+                    wakeup = shared[turn] = _Wakeup(self.cluster, turn)
+                wakeup.lanes[lane] = None
+                lane.timer = wakeup
             if not q:
                 return
 
+    def _state_of(self, lane: _Lane) -> int:
+        """A number for the lane's (kind, turns owed): lanes in one state decide alike (_sweep). A sweep sees
+        every lane in its own cycle, so the cycle need not be part of it."""
+        key = (lane.kind, tuple(lane.owed))
+        state = self.states.get(key)
+        if state is None:
+            state = self.states[key] = len(self.states)
+        lane.state = state
+        return state
+
     def _enter_cycle(self, lane: _Lane, cycle: int) -> None:
         if cycle != lane.cycle:
-            lane.cycle, lane.owed, lane.next = cycle, list(range(len(lane.turns))), None
+            lane.cycle, lane.owed, lane.next, lane.state = cycle, list(range(len(lane.turns))), None, None
 
     def _wait(self, lane: _Lane, turn: float, shared: dict[float, _Wakeup] | None = None) -> None:
         """The lane's timer: its next serve at `turn` (inf: none until an event). `shared`: a sweep's timers
@@ -473,7 +501,7 @@ class DStack(Policy):
                 break
             if model in waiting:
                 lane.owed.remove(k)
-                lane.next = None
+                lane.next = lane.state = None
                 return model, self._size(lane, model, now)
         if lane.next is None:
             lane.next = self._next_turns(lane, begin)

@@ -153,6 +153,7 @@ class Jigsaw(Policy):
                 raise HarnessError(f"system.segments: {exc}") from None
         self.apps: dict[str, App] = {}
         self.keys: dict[str, str] = {}
+        self.default_choice: dict[str, tuple[str, ...]] = {}   # per app: each node's own model
         self.arrivals: Counter[str] = Counter()
         self.copies: dict[str, list[float]] = {}          # per app: tasks per node, summed over the window
         self.branching: dict[str, tuple[float, ...]] = {}  # per app: the last measured mean tasks per node
@@ -173,6 +174,7 @@ class Jigsaw(Policy):
         self.unbound: list[tuple[str, frozenset, tuple]] = []   # (partition, models, groups) of segments to join
         self.slot_groups: dict[int, list[_Group]] = {}
         self.envelopes: dict[tuple[int, str], list[float]] = {}
+        self.alone: dict[tuple[int, str], float] = {}     # (slot, model) -> its latency at batch 1 (_alone)
         self.seq = itertools.count()
         # Until the first allocation: a group per model on the configured slots.
         self.bootstrap = {m: _Group(m) for m in models}
@@ -197,15 +199,22 @@ class Jigsaw(Policy):
             if name not in self.apps:
                 self.apps[name] = app
                 self.keys[name] = f"models.{name}" if name in self.models else f"apps.{name}"
+                self.default_choice[name] = tuple(n.model for n in app.nodes)
             self.arrivals[name] += 1
-            sums = self.copies.setdefault(name, [0.0] * len(app.nodes))
-            for i, k in enumerate(request.copies if request is not None else (1,)):
-                sums[i] += k
+            sums = self.copies.get(name)
+            if sums is None:             # (not setdefault: its default list would be built on every arrival)
+                sums = self.copies[name] = [0.0] * len(app.nodes)
+            if request is not None:
+                for i, k in enumerate(request.copies):
+                    sums[i] += k
+            else:
+                sums[0] += 1
             if not self._admit(name):
                 self.cluster.drop([task], self.allocation.note, REJECTED)
                 return
             mix = self.mixes.get(name)
-            choice = mix.pick() if mix is not None else tuple(n.model for n in app.nodes)
+            # Without a mix, each node's own model; an app's nodes never change, so that tuple is built once.
+            choice = mix.pick() if mix is not None else self.default_choice[name]
             if request is not None:
                 self.chosen[task.id] = (request, choice)
         else:
@@ -252,8 +261,17 @@ class Jigsaw(Policy):
         best = None
         for group in self.slot_groups.get(slot, ()):
             q = group.queue
+            if not q:                    # (most of a slot's groups, most of the time: nothing to look at)
+                continue
+            task = q[0][2]
+            request = task.request
+            alone = self._alone(slot, group.model)
+            if (request is None or request.status is None) and now + alone <= task.deadline:
+                # The head is neither failed nor late (the usual case): nothing to drop.
+                if best is None or q[0][0] < best.queue[0][0]:
+                    best = group
+                continue
             late, failed = [], []
-            alone = cluster.curve(group.model, slot).mean[1]
             while q:
                 task = q[0][2]
                 if task.request is not None and task.request.status is not None:
@@ -294,6 +312,15 @@ class Jigsaw(Policy):
                 group.idle.add(slot)
             else:
                 group.idle.discard(slot)
+
+    def _alone(self, slot: int, model: str) -> float:
+        """The model's profiled latency at batch 1 on the slot (a slot's curves never change: cached, as
+        _envelope)."""
+        key = (slot, model)
+        alone = self.alone.get(key)
+        if alone is None:
+            alone = self.alone[key] = self.cluster.curve(model, slot).mean[1]
+        return alone
 
     def _envelope(self, slot: int, model: str) -> list[float]:
         """The profile's mean latencies made non-decreasing in the batch size, for bisection."""
