@@ -120,6 +120,10 @@ def test_results_table_has_one_row_per_run_with_known_numbers(built):
     assert ok["goodput"] == pytest.approx(100) and ok["slo_attainment"] == pytest.approx(1.0)
     # 1000 batches of 50 ms, less the parts of the last four (t = 9.96..9.99 s) past the window's end.
     assert ok["busy_gpu_seconds"] == pytest.approx(1000 * LATENCY - (0.01 + 0.02 + 0.03 + 0.04))
+    # Utilisation: busy over provisioned GPU-seconds (every slot, the whole window), in the report's table too.
+    window = ok["window_end"] - ok["window_start"]
+    assert ok["utilisation"] == pytest.approx(ok["busy_gpu_seconds"] / (ok["slots"] * window))
+    assert "utilisation (busy / provisioned GPU-s)" in (built / "report.md").read_text()
 
 
 def test_capacity_fewest_slots_and_the_best_system(sweep, built):

@@ -37,7 +37,7 @@ SEED_KINDS = ("schedule", "mapping", "payload", "runtime")
 METRICS = ["offered_rate", "throughput", "goodput", "slo_attainment", "violation_rate", "drop_rate",
            "error_rate", "latency_mean_ms", "latency_p50_ms", "latency_p99_ms", "latency_p99.9_ms", "mean_batch_size",
            "gpus_used_mean", "gpus_used_peak", "slots_used_mean", "busy_gpu_seconds", "gpus_provisioned_mean",
-           "oracle_goodput", "goodput_over_oracle", "send_lag_p99_ms", "accuracy_served"]
+           "utilisation", "oracle_goodput", "goodput_over_oracle", "send_lag_p99_ms", "accuracy_served"]
 # Columns that describe a setting: equal for every repeat of it.
 SETTING = ["system", "workload", "cluster", "cluster_name", "runtime", "emulated", "gpus", "slots", "load",
            "time_scale", "day_s"]

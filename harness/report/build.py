@@ -36,6 +36,7 @@ RESULT_COLUMNS = [
     ("latency_p99_ms", "p99 (ms)", "ms"), ("mean_batch_size", "mean batch", "f1"),
     ("gpus_used_mean", "GPUs used mean", "f2"), ("gpus_used_peak", "GPUs used peak", "f2"),
     ("busy_gpu_seconds", "busy GPU-s", "f1"), ("gpus_provisioned_mean", "GPUs provisioned", "f2"),
+    ("utilisation", "utilisation (busy / provisioned GPU-s)", "pct"),
     ("goodput_over_oracle", "goodput / oracle", "ratio"),
     ("accuracy_served", "accuracy served (weakest app)", "ratio"), ("valid", "valid", "str")]
 
