@@ -24,14 +24,15 @@ PER_GPU = {"alpha": 60.0, "beta": 110.0}
 
 
 def make_run(root: Path, system: str, rate: int, gpus: int, requests_file: bool = True, autoscaled: bool = False,
-             seed: int = 0, drop_every: int | None = None) -> Path:
+             seed: int = 0, drop_every: int | None = None, overrides: tuple[str, ...] = ()) -> Path:
     """rate*10 evenly spaced requests over a 10 s window, batches of one on min(gpus, 2) slots.
 
     Requests alternate between models b (even ids) and a (odd ids); with `drop_every`, every
     drop_every-th request (ids drop_every - 1, 2 * drop_every - 1, ...: model a) is dropped instead of
     the overload rule.
     """
-    run = root / f"{system}_r{rate}_g{gpus}{'_autoscaled' if autoscaled else ''}{f'_s{seed}' if seed else ''}"
+    run = root / (f"{system}_r{rate}_g{gpus}{'_autoscaled' if autoscaled else ''}{f'_s{seed}' if seed else ''}"
+                  + "".join(f"_{o}" for o in overrides))
     run.mkdir(parents=True)
     n = rate * 10
     ids = np.arange(n)
@@ -68,7 +69,8 @@ def make_run(root: Path, system: str, rate: int, gpus: int, requests_file: bool 
                **metrics.batch_metrics(batches, WINDOW), **metrics.gpu_metrics(batches, WINDOW, slots),
                "per_model": metrics.per_model_metrics(requests, WINDOW),
                "oracle_goodput": float(rate), "goodput_over_oracle": math.nan,
-               "validity": {"valid": True, "reasons": []}}
+               "validity": {"valid": True, "reasons": []},
+               "provenance": {"overrides": [f"system={system}", *overrides, f"workload.rate={rate}"]}}
     # An autoscaler provisioned one slot, then a second from t = 5 s: 1.5 slots on average.
     starts = [(0.0, 0), (5.0, 1)] if autoscaled else [(0.0, i) for i in range(gpus)]
     events = pd.DataFrame([(t, slot, event, "") for t, slot in starts for event in ("starting", "joined")],
@@ -218,6 +220,18 @@ def test_autoscaled_runs_are_their_own_configuration(tmp_path):
     assert runs.loc["alpha+autoscaler", "gpus_provisioned_mean"] == pytest.approx(1.5)
     assert runs.loc["alpha", "gpus_provisioned_mean"] == pytest.approx(4)
     assert (out / "gpus_over_time.png").exists()
+
+
+def test_a_systems_options_from_the_command_line_or_a_sweep_make_it_its_own_configuration(tmp_path):
+    make_run(tmp_path / "runs", "alpha", 100, 4)
+    make_run(tmp_path / "runs", "alpha", 100, 4, overrides=("system.partitioning=whole", "+system.dispatch=x"))
+    make_run(tmp_path / "runs", "alpha", 100, 4, autoscaled=True, overrides=("system.partitioning=whole",))
+    out = tmp_path / "out"
+    assert main([str(tmp_path / "runs"), "--out", str(out)]) == 0
+    runs = pd.read_parquet(out / "results.parquet")
+    assert sorted(runs["system"]) == ["alpha", "alpha[dispatch=x, partitioning=whole]",
+                                      "alpha[partitioning=whole]+autoscaler"]
+    assert runs["setting"].nunique() == 3
 
 
 REFERENCE = Path(__file__).resolve().parent.parent / "results" / "reference" / "h100-mps25x4"

@@ -82,9 +82,15 @@ def _weakest_app(accuracy: dict | None) -> float:
 
 
 def system_label(run: Run) -> str:
-    """The system's name, marked when an autoscaler provisioned its slots (a different configuration to compare)."""
+    """The system's name, with the options the run was given on its command line or by its sweep
+    (`system.partitioning=whole` -> paris_elsa[partitioning=whole]), and marked when an autoscaler provisioned
+    its slots: each is a different configuration to compare. Options an experiment sets in its own config
+    are that experiment's system, and stay unmarked."""
+    given = sorted(o.lstrip("+").split(".", 1)[1] for o in run.summary.get("provenance", {}).get("overrides", [])
+                   if o.lstrip("+").startswith("system."))
     autoscaled = bool((run.config.get("autoscaler") or {}).get("enabled") or run.summary.get("autoscaler"))
-    return run.summary["system"] + ("+autoscaler" if autoscaled else "")
+    return (run.summary["system"] + (f"[{', '.join(given)}]" if given else "")
+            + ("+autoscaler" if autoscaled else ""))
 
 
 def cluster_label(summary: dict) -> str:
