@@ -102,9 +102,20 @@ def _hide_unused(axes: np.ndarray, used: int) -> None:
         ax.set_visible(False)
 
 
+LEGEND_ROW_CHARS = 110    # about what one row of legend entries holds across a figure
+LEGEND_ROW_INCHES = 0.25  # the height of one row of legend entries
+
+
 def _legend_below(fig: Figure, handles: list, ncols: int | None = None) -> None:
     if handles:
-        fig.legend(handles=handles, loc="outside lower center", ncols=ncols or min(len(handles), 4))
+        # Fewer columns for long labels (a system with its options: paris_elsa[dispatch=..., ...]), so that
+        # the legend stays within the figure.
+        longest = max(len(str(h.get_label())) for h in handles)
+        ncols = min(ncols or min(len(handles), 4), max(1, LEGEND_ROW_CHARS // (longest + 6)))
+        rows = math.ceil(len(handles) / ncols)
+        if rows > 2:                      # the figure grows by the legend's extra rows, not the plots shrink
+            fig.set_figheight(fig.get_figheight() + LEGEND_ROW_INCHES * (rows - 2))
+        fig.legend(handles=handles, loc="outside lower center", ncols=ncols)
 
 
 def _system_handles(names: Sequence[str], st: dict[str, Style], bars: bool = False) -> list:
