@@ -73,9 +73,9 @@ MODEL = "resnet50"
 LEAD_S, TAIL_S = 2.0, 1.0  # our schedule's unmeasured lead-in and tail around the measured window
 # What each system needs to serve 500 req/s with no drop under both clients (measured on the H200 host):
 # Symphony plans each batch at its deadline's edge, and a 0.1 ms timer slack (its default) dropped 2 of
-# 9,162 requests under perf_analyzer; eager's drop_late answered one request of about 25,000 "dropped: late"
-# under perf_analyzer (its third repeat), so it serves late heads late here; Triton's p99 swings between 8 s windows (9-38 ms), so perf_analyzer
-# stops only with a 50% stability rule.
+# 9,162 requests under perf_analyzer; eager's drop_late answered one request of about 25,000 "dropped:
+# late" under perf_analyzer, so here it serves late heads late; Triton's p99 swings between 8 s windows
+# (9-38 ms), so perf_analyzer stops only with a 50% stability rule.
 TARGET = 0.05            # perf_analyzer's figures over ours must be within this of 1
 JUDGED = {"throughput": "PA/ours throughput", "p50 wire": "PA/ours p50 from the wire",
           "p99 wire": "PA/ours p99 from the wire"}

@@ -423,17 +423,13 @@ class DStack(Policy):
         cycle = self._cycle_at(now)
         decided: dict[int, float] = {}                         # state -> the turn its slots wait for
         shared: dict[float, _Wakeup] = {}                      # turn -> the timer of the slots waiting for it
-        lanes = self.lanes
-        # Every idle slot holding the model is visited on every arrival, so the per-slot steps are inlined
-        # (_enter_cycle, and _wait with a shared timer) and a lane's state is kept as a number while its turns
-        # owed stay (_state_of): the same steps in the same order, without a call and a tuple per slot.
+        # Every idle slot holding the model is visited on every arrival: a lane's state is kept as a number
+        # while its turns owed stay (_state_of), not rebuilt as a tuple per slot.
         for slot in sorted(self.idle & self.holders[model]):
-            lane = lanes[slot]
-            if cycle != lane.cycle:                            # (_enter_cycle)
-                lane.cycle, lane.owed, lane.next, lane.state = cycle, list(range(len(lane.turns))), None, None
-            state = lane.state
-            if state is None:
-                state = self._state_of(lane)
+            lane = self.lanes[slot]
+            if cycle != lane.cycle:
+                self._enter_cycle(lane, cycle)
+            state = lane.state if lane.state is not None else self._state_of(lane)
             turn = decided.get(state)
             if turn is None:
                 drops = self.drops
@@ -448,16 +444,7 @@ class DStack(Policy):
                         return
                     continue
                 turn = decided[state] = choice                 # (a wait leaves the turns owed as they were)
-            # (_wait(lane, turn, shared), inlined)
-            old = lane.timer
-            if old is not None:
-                old.remove(lane)
-            if turn < INF:
-                wakeup = shared.get(turn)
-                if wakeup is None:
-                    wakeup = shared[turn] = _Wakeup(self.cluster, turn)
-                wakeup.lanes[lane] = None
-                lane.timer = wakeup
+            self._wait(lane, turn, shared)
             if not q:
                 return
 
