@@ -263,14 +263,7 @@ class Jigsaw(Policy):
             q = group.queue
             if not q:                    # (most of a slot's groups, most of the time: nothing to look at)
                 continue
-            task = q[0][2]
-            request = task.request
             alone = self._alone(slot, group.model)
-            if (request is None or request.status is None) and now + alone <= task.deadline:
-                # The head is neither failed nor late (the usual case): nothing to drop.
-                if best is None or q[0][0] < best.queue[0][0]:
-                    best = group
-                continue
             late, failed = [], []
             while q:
                 task = q[0][2]
