@@ -1,18 +1,21 @@
 """Triton's own load generator against ours: perf_analyzer and our Locust replay, one server, same load.
 
 For each system, each repeat starts one server (`runtime.load=external`,
-serving whoever comes) and drives it three times in turn: (1) our Locust
-replay of a Poisson schedule of one model, (2) Triton's perf_analyzer in
-request-rate mode (Poisson, the same rate) and (3) perf_analyzer with
-`--request-intervals` written from that schedule. Both clients meet the same
-server process, so a server that comes up slower or faster than the last
-one (its median moved by up to 12% between processes on one host) moves
-both clients' figures alike and not their ratio. It prints throughput and
-latency percentiles side by side, with each perf_analyzer figure over ours
-(the latencies from each client's send), and beside them the server's own
-p50 of each client's share of the run (arrival to completion, as the
-scheduler saw them): where the clients differ and the server agrees, the
-difference is in the clients. The clients start their clocks at different
+serving whoever comes) and drives it three times in turn: our Locust replay
+of a Poisson schedule of one model, Triton's perf_analyzer in request-rate
+mode (Poisson, the same rate), and perf_analyzer with `--request-intervals`
+written from that schedule. Both clients meet the same server process, so a
+server that comes up slower or faster than the last one (its median moved
+by up to 12% between processes on one host) moves both clients' figures
+alike and not their ratio. The order of the three turns rotates from one
+repeat to the next (repeat r starts with turn r mod 3), so that over three
+repeats each client meets a fresh server first once: a server's first
+minute is not its tenth. It prints throughput and latency percentiles side
+by side, with each perf_analyzer figure over ours (the latencies from each
+client's send), and beside them the server's own p50 and p99 of each
+client's share of the run (arrival to completion, as the scheduler saw
+them): where the clients differ and the server agrees, the difference is in
+the clients. The clients start their clocks at different
 points: perf_analyzer before it builds and sends each request (its "Client
 Send", which it reports as a mean), ours once the request, built already,
 starts on the wire. The "from the wire" ratios take perf_analyzer's mean
@@ -21,7 +24,8 @@ perf_analyzer (PyPI perf-analyzer) needs glibc >= 2.38.
 
 perf_analyzer stops at the first answer that is not 200, so each system
 runs with the settings under which it serves the load with no drop
-(PER_SYSTEM; an override on the command line wins). Each system's rows are
+(PER_SYSTEM; an override on the command line wins); a repeat that meets a
+drop anyway is reported and left out, and the next repeat goes on. Each system's rows are
 kept in <out>/<system>-comparison.json after each whole repeat, and a
 system is measured again only for the repeats it lacks: a call cut short,
 or a repeat that failed, goes on from where it stopped. Measure one system
@@ -79,8 +83,24 @@ LEAD_S, TAIL_S = 2.0, 1.0  # our schedule's unmeasured lead-in and tail around t
 TARGET = 0.05            # perf_analyzer's figures over ours must be within this of 1
 JUDGED = {"throughput": "PA/ours throughput", "p50 wire": "PA/ours p50 from the wire",
           "p99 wire": "PA/ours p99 from the wire"}
+# Shown beside them, not judged: the server's own p99 of perf_analyzer's share over ours. Near 1 where the
+# clients' p99s differ, the difference is in the clients; moving with them, the server served them differently.
+SHOWN = {"server p99": "PA/ours server p99"}
 PER_SYSTEM = {"eager": {"overrides": ["system.drop_late=false"]},
               "symphony": {"overrides": ["system.timer_slack_us=1000"]}, "triton": {"stability": 50}}
+
+
+class Refused(RuntimeError):
+    """perf_analyzer met an answer that is not 200 (a drop): this repeat is lost, not the system's next one."""
+
+
+TURNS = ("ours", "rate", "intervals")
+
+
+def turns(repeat: int) -> tuple[str, ...]:
+    """The order in which repeat `repeat` drives its server: TURNS rotated by the repeat's number."""
+    k = repeat % len(TURNS)
+    return TURNS[k:] + TURNS[:k]
 
 
 def free_port() -> int:
@@ -187,7 +207,7 @@ def theirs(url: str, mode: str, rate: float, intervals: np.ndarray, out: Path, t
         said = (done.stdout + done.stderr).splitlines()
         refused = sorted({line.split("had error:", 1)[1].strip() for line in said if "had error:" in line})
         if refused:
-            raise RuntimeError(f"perf_analyzer ({mode}) stopped: the server answered {'; '.join(refused)[:300]} "
+            raise Refused(f"perf_analyzer ({mode}) stopped: the server answered {'; '.join(refused)[:300]} "
                                "(perf_analyzer counts any answer but 200 as an error: use a --rate this system "
                                "serves with no drops)")
         raise RuntimeError(f"perf_analyzer ({mode}) failed: {(done.stdout + done.stderr).strip()[-500:]}")
@@ -212,13 +232,16 @@ def client_shares(run: Path, clients: int) -> list[pd.DataFrame] | None:
     return [seen.iloc[lo:hi] for lo, hi in zip([0, *cuts], [*cuts, len(seen)])]
 
 
-def server_p50s(run: Path, clients: int) -> list[float]:
-    """The server's p50 latency (ms, arrival at an ingress to completion, requests served) of each client's run."""
+def server_latencies(run: Path, clients: int) -> list[dict]:
+    """The server's p50 and p99 latency (ms, arrival at an ingress to completion, requests served) of each
+    client's run, as {"server p50": ..., "server p99": ...} (NaN where it has none)."""
+    nothing = {f"server p{q}": float("nan") for q in (50, 99)}
     shares = client_shares(run, clients)
     if shares is None:
-        return [float("nan")] * clients
+        return [dict(nothing) for _ in range(clients)]
     ok = [share[share["status"] == "ok"] for share in shares]
-    return [float(np.percentile((o["t_done"] - o["t_arrival"]) * 1e3, 50)) if len(o) else float("nan") for o in ok]
+    return [{f"server p{q}": float(np.percentile((o["t_done"] - o["t_arrival"]) * 1e3, q)) for q in (50, 99)}
+            if len(o) else dict(nothing) for o in ok]
 
 
 def row(system: str, mode: str, repeat: int, base: dict, pa: dict) -> dict:
@@ -229,7 +252,9 @@ def row(system: str, mode: str, repeat: int, base: dict, pa: dict) -> dict:
             **{f"PA/ours {k}": pa[k] / base[k] for k in ("throughput", "p50", "p99")},
             "PA client send": pa["client send"],
             **{f"PA/ours {k} from the wire": (pa[k] - pa["client send"]) / base[k] for k in ("p50", "p99")},
-            "ours server p50": base["server p50"], "PA server p50": pa["server p50"]}
+            **{f"{who} server p{q}": figures[f"server p{q}"] for who, figures in (("ours", base), ("PA", pa))
+               for q in (50, 99)},
+            "PA/ours server p99": pa["server p99"] / base["server p99"]}
 
 
 def agreement(table: pd.DataFrame) -> pd.DataFrame:
@@ -246,6 +271,8 @@ def agreement(table: pd.DataFrame) -> pd.DataFrame:
             mean, ci = mean_ci(g[column])
             r[name], r[f"{name} +-"] = mean, ci
             within = within and abs(mean - 1) <= TARGET
+        for name, column in SHOWN.items():
+            r[name] = g[column].mean() if column in g else float("nan")     # rows kept before it was measured
         r[f"within {TARGET:.0%}"] = "yes" if within else "no"
         out.append(r)
     return pd.DataFrame(out)
@@ -303,7 +330,7 @@ def main() -> int:
         overrides = own.get("overrides", []) + extra
         stability = args.stability or own.get("stability", 20)
         for repeat in (k for k in range(args.repeats) if k not in done):
-            # One server per repeat, driven by our replay and then both perf_analyzer runs, in that order.
+            # One server per repeat, driven by our replay and both perf_analyzer runs in this repeat's order.
             tag = f"-r{repeat}" if args.repeats > 1 else ""
             for stale in args.out.glob(f"{system}{tag}-*"):      # a run of it cut short: set aside, never reused
                 if stale.is_dir() and not stale.name.endswith(".stale"):
@@ -311,16 +338,27 @@ def main() -> int:
             schedule = poisson_schedule(args.rate, args.seconds, seed=repeat)
             intervals = np.diff(schedule["t_sched"].to_numpy()) * 1e6
             run = args.out / f"{system}{tag}-server"
+            order = turns(repeat)
+            figures: dict[str, dict] = {}
             try:
                 with serving(system, run, overrides) as url:
-                    base = ours(url, schedule, args.seconds, args.out / f"{system}{tag}-locust", workers)
-                    pas = {mode: theirs(url, mode, args.rate, intervals, args.out / f"{system}{tag}-{mode}", tool,
-                                        args.window_ms, stability, args.pa_arg) for mode in ("rate", "intervals")}
+                    for turn in order:        # one client after the other, in this repeat's order
+                        figures[turn] = (ours(url, schedule, args.seconds, args.out / f"{system}{tag}-locust",
+                                              workers) if turn == "ours" else
+                                         theirs(url, turn, args.rate, intervals, args.out / f"{system}{tag}-{turn}",
+                                                tool, args.window_ms, stability, args.pa_arg))
+            except Refused as exc:
+                print(f"{system}, repeat {repeat}: {exc}; this repeat is left out", flush=True)
+                continue
             except (RuntimeError, subprocess.TimeoutExpired) as exc:
                 print(f"{system}, repeat {repeat}: {exc}", flush=True)
                 break
-            base["server p50"], pas["rate"]["server p50"], pas["intervals"]["server p50"] = server_p50s(run, 3)
-            measured = [row(system, mode, repeat, base, pas[mode]) for mode in ("rate", "intervals")]
+            for turn, latencies in zip(order, server_latencies(run, len(order))):
+                figures[turn].update(latencies)
+            base = figures["ours"]
+            pas = {mode: figures[mode] for mode in ("rate", "intervals")}
+            measured = [{**row(system, mode, repeat, base, pas[mode]), "turns": " ".join(order)}
+                        for mode in ("rate", "intervals")]
             for r in measured:
                 print(json.dumps(r), flush=True)
             rows += measured
