@@ -5,6 +5,7 @@ agree with the run's own records -- and what fails before a request is whole ans
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 import urllib.error
@@ -63,6 +64,34 @@ def test_tritonclient_reads_config_and_metadata_and_infers_with_binary_tensors(s
     json_out = c.infer("m3", [x([5])], request_id="102",
                        outputs=[httpclient.InferRequestedOutput("y", binary_data=False)])
     assert json_out.as_numpy("y").tolist() == [[5]] and json_out.get_output("batch_id") is None
+
+
+def test_the_grafana_dashboard_asks_only_for_metrics_the_server_exports(served):
+    """dashboards/grafana.json: every query parses as PromQL and names metrics (and labels) that /metrics of a
+    live run exports, with the types its functions need (rate of counters, histogram_quantile of a histogram)."""
+    promql = pytest.importorskip("promql_parser", reason="pip install -e .[dev] (promql-parser)")
+    server, _ = served
+    with urllib.request.urlopen(server.url + "/metrics", timeout=5) as r:
+        text = r.read().decode()
+    types = dict(line.split()[2:4] for line in text.splitlines() if line.startswith("# TYPE "))
+    labels = set(re.findall(r"[{,]([a-z_]+)=", text))
+    board = json.loads((ROOT / "dashboards" / "grafana.json").read_text())
+    queries = [t["expr"] for p in board["panels"] for t in p["targets"]] + \
+              [v["query"]["query"] for v in board["templating"]["list"]]
+    assert len(queries) >= 10
+    for query in queries:
+        expr = query.replace("$__rate_interval", "1m").replace("$job", ".*").replace("$model", ".*")
+        if expr.startswith("label_values("):                  # Grafana's own function around a selector
+            expr = expr[len("label_values("):].rsplit(",", 1)[0]
+        promql.parse(expr)                                    # ValueError: not PromQL
+        for name in re.findall(r"\b(nv_inference_\w+|harness_\w+)\b", expr):
+            if name.endswith("_bucket"):
+                assert types.get(name.removesuffix("_bucket")) == "histogram", (name, query)
+            else:
+                assert name in types, (name, query)
+                assert "rate(" + name not in expr or types[name] == "counter", (name, query)
+        for group in re.findall(r"by \(([^)]*)\)", expr):
+            assert {g.strip() for g in group.split(",")} <= labels | {"le"}, (group, query)
 
 
 def test_statistics_and_metrics_agree_with_the_records(served, tmp_path):
@@ -174,3 +203,43 @@ def test_an_external_client_drives_a_run_and_its_requests_are_the_records(tmp_pa
     requests = pd.read_parquet(tmp_path / "requests.parquet")
     assert len(requests) == len(ids) and (requests["status"] == "ok").all()
     assert json.loads((tmp_path / "summary.json").read_text())["status_counts"] == {"ok": len(ids)}
+
+
+def test_metrics_count_the_refusals_of_every_ingress_whichever_answers_the_scrape(tmp_path):
+    # Two ingresses in front of one slot whose batches take a second: each holds 2 requests waiting at most
+    # and refuses more at the door (429). A scrape reaches one ingress or the other; both must report the
+    # server's refusals, all of them (a counter Prometheus can take a rate of), not their own share.
+    register()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["system=eager", "system.drop_late=false", "cluster=sleep1000",
+                                           "cluster.count=1", "cluster.sleep.c_ms=1000", "models=sleep10",
+                                           "workload=poisson", "runtime.max_pending=4"])
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    body = json.dumps({"inputs": [{"name": "x", "shape": [1, 1], "datatype": "INT32", "data": [1]}]}).encode()
+
+    def infer(_) -> tuple[int, str]:
+        request = urllib.request.Request(server.url + "/v2/models/m0/infer", body, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as r:
+                return r.status, ""
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def scraped() -> int:
+        with urllib.request.urlopen(server.url + "/metrics", timeout=5) as r:
+            line = next(x for x in r.read().decode().splitlines() if x.startswith("harness_requests_refused_at_door "))
+        return int(float(line.split()[1]))
+
+    from concurrent.futures import ThreadPoolExecutor
+    with start_server(tmp_path / "config.yaml", time.time(), tmp_path / "run", start=time.time(),
+                      extra_args=["--ingresses", "2"]) as server:
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(infer, range(16)))
+        at_door = sum(code == 429 and "waiting here" in text for code, text in answers)
+        assert at_door >= 8 and all(code in (200, 429) for code, _ in answers)     # 4 held, at most, at once
+        deadline = time.monotonic() + 5
+        while scraped() != at_door and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [scraped() for _ in range(12)] == [at_door] * 12
+    counters = json.loads((tmp_path / "run" / "server.json").read_text())["ingresses"]
+    assert sum(c["refused_at_door"] for c in counters) == at_door

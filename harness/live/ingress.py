@@ -158,10 +158,18 @@ class Ingress:
             self.flush_pending = True
             self.loop.call_soon(self.flush)
 
+    def refused_at_door(self) -> None:
+        """Count a refusal and tell the scheduler with this turn's arrivals (or alone): whichever ingress answers a
+        scrape of /metrics, the count it reports is the whole server's."""
+        self.counters["refused_at_door"] += 1
+        if not self.flush_pending:
+            self.flush_pending = True
+            self.loop.call_soon(self.flush)
+
     def flush(self) -> None:
         self.flush_pending = False
         rows, self.outbox = self.outbox, []
-        self.channel.send([wire.ARRIVE, rows])
+        self.channel.send([wire.ARRIVE, rows, self.counters["refused_at_door"]])
 
     async def query(self, what: str):
         qid = next(self.tokens)
@@ -267,9 +275,10 @@ class Ingress:
         snapshot = await self.query("stats")
         if snapshot is None:
             return _error(503, "the scheduler did not answer; try again")
-        gauges = {"harness_pending_requests": snapshot["pending"], "harness_slots_alive": snapshot["slots_alive"],
-                  "harness_requests_refused_at_door": self.counters["refused_at_door"]}
-        return 200, prometheus(snapshot["models"], gauges).encode(), b"X-Ingress: %d\r\n%s" % (self.index, TEXT)
+        gauges = {"harness_pending_requests": snapshot["pending"], "harness_slots_alive": snapshot["slots_alive"]}
+        counters = {"harness_requests_refused_at_door": snapshot["refused_at_door"]}
+        return 200, prometheus(snapshot["models"], gauges, counters).encode(), \
+            b"X-Ingress: %d\r\n%s" % (self.index, TEXT)
 
     def infer(self, request: Request, name: str):
         target = self.targets.get(name)
@@ -288,7 +297,7 @@ class Ingress:
         if self.closing:
             return _json(error_body("error", "server shutting down"), 503)
         if len(self.waiting) >= self.cap:
-            self.counters["refused_at_door"] += 1
+            self.refused_at_door()
             return _json(error_body("rejected", f"overloaded: {len(self.waiting)} requests waiting here"),
                          HTTP_CODE["rejected"])
         arena_slot, payload = -1, None
@@ -296,7 +305,7 @@ class Ingress:
             try:
                 arena_slot = self.arena.alloc()
             except ArenaFull as exc:
-                self.counters["refused_at_door"] += 1
+                self.refused_at_door()
                 return _json(error_body("rejected", f"overloaded: {exc}"), HTTP_CODE["rejected"])
             self.arena.write(arena_slot, call.image)
             payload = [self.index, arena_slot, 0, len(call.image)]

@@ -94,6 +94,7 @@ class Scheduler:
         self.loop = asyncio.get_running_loop()
         self.stopping = False
         self.stats = Stats(list(assembly.models) + list(assembly.apps))
+        self.refused_at_door: dict[Channel, int] = {}  # per ingress, its count so far (it sends it with arrivals)
 
     def begin(self, cluster: LiveCluster, offset: float) -> None:
         self.cluster, self.offset = cluster, offset
@@ -110,6 +111,8 @@ class Scheduler:
         except (TypeError, IndexError, KeyError):     # garbage on the wire must not stop the scheduler
             return
         if kind == wire.ARRIVE:
+            if len(msg) > 2:
+                self.refused_at_door[channel] = msg[2]
             if self.cluster is None:
                 self.early.append((channel, msg[1]))
             else:
@@ -178,7 +181,8 @@ class Scheduler:
                     and any(s.alive for s in cluster.slots))
         if what == "stats":
             return {"models": self.stats.snapshot(), "pending": cluster.pending if cluster else 0,
-                    "slots_alive": sum(s.alive for s in cluster.slots) if cluster else 0}
+                    "slots_alive": sum(s.alive for s in cluster.slots) if cluster else 0,
+                    "refused_at_door": sum(self.refused_at_door.values())}
         return None
 
 

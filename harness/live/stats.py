@@ -6,7 +6,9 @@ an ingress asks for a snapshot and answers
 
     GET /v2/models/{name}/stats   Triton's statistics extension (counts, and durations in ns)
     GET /metrics                  Prometheus text with Triton's metric names (nv_inference_*), plus
-                                  harness_* gauges and a batch-size histogram
+                                  harness_* gauges (pending requests, slots alive), the requests
+                                  refused at the door (a counter, summed over the ingresses) and a
+                                  batch-size histogram
 
 so tools built for Triton (perf_analyzer's server-side breakdown, Grafana
 dashboards over Triton's metrics) read any system under test. Durations
@@ -109,8 +111,8 @@ def _pair(v: list[int]) -> dict:
     return {"count": int(v[0]), "ns": int(v[1])}
 
 
-def prometheus(snapshot: dict, gauges: dict[str, float]) -> str:
-    """Prometheus exposition text: Triton's counters per model, then the harness's own gauges."""
+def prometheus(snapshot: dict, gauges: dict[str, float], counters: dict[str, float] | None = None) -> str:
+    """Prometheus exposition text: Triton's counters per model, then the harness's own gauges and counters."""
     lines = []
 
     def family(metric: str, kind: str, text: str, values: list[tuple[str, float]]) -> None:
@@ -144,7 +146,8 @@ def prometheus(snapshot: dict, gauges: dict[str, float]) -> str:
         lines.append(f'harness_batch_size_bucket{{model="{name}",le="+Inf"}} {total}')
         lines.append(f'harness_batch_size_sum{{model="{name}"}} {sum(size * c for size, (c, _) in sizes.items())}')
         lines.append(f'harness_batch_size_count{{model="{name}"}} {total}')
-    for metric, value in gauges.items():
-        lines.append(f"# TYPE {metric} gauge")
-        lines.append(f"{metric} {value:g}")
+    for kind, values in (("gauge", gauges), ("counter", counters or {})):
+        for metric, value in values.items():
+            lines.append(f"# TYPE {metric} {kind}")
+            lines.append(f"{metric} {value:g}")
     return "\n".join(lines) + "\n"

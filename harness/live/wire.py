@@ -7,7 +7,8 @@ what arrived during one turn of its event loop, the scheduler answers what
 resolved during one turn of its own.
 
     ingress -> scheduler
-        [ARRIVE, [[token, id or None, target index, t_arrival, copies or None, size, payload or None], ...]]
+        [ARRIVE, [[token, id or None, target index, t_arrival, copies or None, size, payload or None], ...],
+         refused]                               refused: this ingress's requests refused at the door so far
         [QUERY, query id, what]                 what: "ready" | "stats"
     scheduler -> ingress
         [DONE, [[token, outcome index, batch id, reason], ...]]
@@ -20,7 +21,10 @@ per node (or a model's request of n items as n tasks: [n]); `size` the
 items of a request the policy takes as one query; `payload` where the
 request's tensor is (runtime.payload=tensor): [ingress, arena slot, 0,
 bytes] in that ingress's harness.live.arena.Arena; `outcome index` indexes
-OUTCOMES.
+OUTCOMES. An ingress that refuses a request at the door sends an ARRIVE
+(with no rows if nothing else arrived) so that the scheduler's count of
+refusals, which /metrics reports for the whole server whichever ingress
+answers the scrape, stays current.
 """
 
 from __future__ import annotations
