@@ -25,13 +25,13 @@ perf_analyzer (PyPI perf-analyzer) needs glibc >= 2.38.
 perf_analyzer stops at the first answer that is not 200, so each system
 runs with the settings under which it serves the load with no drop
 (PER_SYSTEM; an override on the command line wins); a repeat that meets a
-drop anyway is reported and left out, and the next repeat goes on. Each system's rows are
-kept in <out>/<system>-comparison.json after each whole repeat, and a
-system is measured again only for the repeats it lacks: a call cut short,
-or a repeat that failed, goes on from where it stopped. Measure one system
-at a time (the default): systems side by side on one host slow each
-other's servers (their p50 moved by up to 22% between the two clients'
-runs), and the clients' figures with them.
+drop anyway is reported and left out, and the next repeat goes on. Each
+system's rows are kept in <out>/<system>-comparison.json after each whole
+repeat, and a system is measured again only for the repeats it lacks: a
+call cut short, or a repeat that failed, goes on from where it stopped.
+Measure one system at a time (the default): systems side by side on one
+host slow each other's servers (their p50 moved by up to 22% between the
+two clients' runs), and the clients' figures with them.
 
 With `--repeats R` each system is measured R times, and the agreement
 table gives each ratio's mean over the repeats with its 95% confidence

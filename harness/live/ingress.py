@@ -154,14 +154,15 @@ class Ingress:
 
     def send(self, row: list) -> None:
         self.outbox.append(row)
-        if not self.flush_pending:
-            self.flush_pending = True
-            self.loop.call_soon(self.flush)
+        self.flush_soon()
 
     def refused_at_door(self) -> None:
         """Count a refusal and tell the scheduler with this turn's arrivals (or alone): whichever ingress answers a
         scrape of /metrics, the count it reports is the whole server's."""
         self.counters["refused_at_door"] += 1
+        self.flush_soon()
+
+    def flush_soon(self) -> None:
         if not self.flush_pending:
             self.flush_pending = True
             self.loop.call_soon(self.flush)

@@ -111,7 +111,7 @@ def _pair(v: list[int]) -> dict:
     return {"count": int(v[0]), "ns": int(v[1])}
 
 
-def prometheus(snapshot: dict, gauges: dict[str, float], counters: dict[str, float] | None = None) -> str:
+def prometheus(snapshot: dict, gauges: dict[str, float], counters: dict[str, float]) -> str:
     """Prometheus exposition text: Triton's counters per model, then the harness's own gauges and counters."""
     lines = []
 
@@ -146,7 +146,7 @@ def prometheus(snapshot: dict, gauges: dict[str, float], counters: dict[str, flo
         lines.append(f'harness_batch_size_bucket{{model="{name}",le="+Inf"}} {total}')
         lines.append(f'harness_batch_size_sum{{model="{name}"}} {sum(size * c for size, (c, _) in sizes.items())}')
         lines.append(f'harness_batch_size_count{{model="{name}"}} {total}')
-    for kind, values in (("gauge", gauges), ("counter", counters or {})):
+    for kind, values in (("gauge", gauges), ("counter", counters)):
         for metric, value in values.items():
             lines.append(f"# TYPE {metric} {kind}")
             lines.append(f"{metric} {value:g}")
