@@ -47,6 +47,7 @@ class FakePool:
         self.instant = instant
         self.free_at = collections.defaultdict(float)      # slot -> when it is free (slots a reconfiguration adds)
         self.held: set[int] = set(range(n_slots))
+        self.replies: list = []                              # instant batches' replies due next turn
         self.on_lost = None
 
     def submit(self, slot, batch_id, model, size, start_within, payload=None, expected=0.0, stage=None, rows=None,
@@ -55,10 +56,13 @@ class FakePool:
             # A batch takes no time, so its slot is free whenever one comes: it starts at once (late only if its
             # latest start has already passed) and replies in the next turn, the very replies the general case
             # below gives, without its per-slot bookkeeping (half the stand-in's own time per batch, which is
-            # not the runtime's and should not weigh on what this measures).
+            # not the runtime's and should not weigh on what this measures). The replies of one turn come
+            # back together, as a worker's channel hands over all the replies it read in one turn.
             late = start_within is not None and start_within < 0
-            self.loop.call_soon(on_reply, {"batch": batch_id, "status": "late" if late else "ok", "exec": 0.0,
-                                           "wait": 0.0, "error": ""})
+            self.replies.append((on_reply, {"batch": batch_id, "status": "late" if late else "ok", "exec": 0.0,
+                                            "wait": 0.0, "error": ""}))
+            if len(self.replies) == 1:
+                self.loop.call_soon(self.reply)
             return
         now = self.loop.time()
         start = max(now, self.free_at[slot])
@@ -71,6 +75,11 @@ class FakePool:
             self.loop.call_soon(on_reply, reply)   # as a worker's reply: never from inside the dispatch
         else:
             self.loop.call_at(end, on_reply, reply)
+
+    def reply(self):
+        replies, self.replies = self.replies, []
+        for on_reply, reply in replies:
+            on_reply(reply)
 
     def abort(self, slot, batch_id):
         pass

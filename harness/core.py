@@ -197,6 +197,19 @@ class TimerHandle(Protocol):
     def cancel(self) -> None: ...
 
 
+class HeapTimer:
+    """A timer as both runtimes keep it: the entry [time, sequence, fn] in a heap of their own. cancel()
+    empties its fn, so the runtime skips the entry when its time comes (no search of the heap)."""
+
+    __slots__ = ("entry",)
+
+    def __init__(self, entry: list):
+        self.entry = entry
+
+    def cancel(self) -> None:
+        self.entry[2] = None
+
+
 class Cluster(Protocol):
     """What a runtime offers a policy. Implemented by the sim and live runtimes."""
 

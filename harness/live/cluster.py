@@ -36,18 +36,36 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+import heapq
+import itertools
 import sys
 import traceback
 from array import array
 from typing import Callable, Sequence
 
 from harness.apps import App, AppNode
-from harness.core import DROPPED, ERROR, LATE, OK, PREEMPTED, Batch, Policy, Task
+from harness.core import DROPPED, ERROR, LATE, OK, PREEMPTED, Batch, HeapTimer, Policy, Task
 from harness.errors import HarnessError
 from harness.ledger import Ledger, spec_of
 from harness.live.loop import Clock
 from harness.placement import Placement
 from harness.profiles import LatencyCurve
+
+
+INF = float("inf")
+
+
+class _LiveTimer(HeapTimer):
+    __slots__ = ("cluster",)
+
+    def __init__(self, entry: list, cluster: "LiveCluster"):
+        self.entry = entry
+        self.cluster = cluster
+
+    def cancel(self) -> None:
+        if self.entry[2] is not None:
+            self.entry[2] = None
+            self.cluster._cancelled += 1
 
 
 class _NeverFires:
@@ -79,6 +97,11 @@ class LiveCluster:
         # Run time -> loop time: both count on the monotonic clock, so one offset does.
         self._to_loop = self._loop.time() - clock.now()
         self.timer_lag = array("d")           # per timer fired: fire time - planned time, seconds
+        self._timers: list[list] = []         # the policy's timers: [run time, sequence, fn or None if cancelled]
+        self._timer_seq = itertools.count()   # (timers due at one time fire in the order they were set)
+        self._armed: asyncio.TimerHandle | None = None   # the loop's one timer, for the earliest of them
+        self._armed_at = INF
+        self._cancelled = 0                   # cancelled timers still in the heap
         self.policy_errors = 0
         self.reconfiguration_errors: list[str] = []
         self._policy: Policy | None = None
@@ -102,13 +125,41 @@ class LiveCluster:
         return self.clock.now()           # (the instance binds clock.now itself: one call less, per event)
 
     def call_at(self, t: float, fn: Callable[[], None]):
+        # The policies' timers are kept in a heap of our own, as the sim keeps them, under one loop timer set
+        # for the earliest: a policy that plans again on every arrival (Symphony's send time) moves a timer
+        # on every arrival, and a loop timer costs an object, a heap of Python-compared handles, and a
+        # cancelled handle left in it each time.
         if self._finished:
             return _NeverFires()
-        now = self.clock.now
-        planned = t if t > now() else now()
-        lag = self.timer_lag
+        now = self.clock.now()
+        entry = [t if t > now else now, next(self._timer_seq), fn]
+        heap = self._timers
+        if self._cancelled > 256 and 2 * self._cancelled > len(heap):
+            # Mostly cancelled timers (a plan moved on every arrival leaves one behind each time): sweep them
+            # out at once, as asyncio does its own, rather than one heap pop each as their times come.
+            heap[:] = [e for e in heap if e[2] is not None]
+            heapq.heapify(heap)
+            self._cancelled = 0
+        heapq.heappush(heap, entry)
+        if entry[0] < self._armed_at:
+            self._arm(entry[0])
+        return _LiveTimer(entry, self)
 
-        def fire():
+    def _arm(self, t: float) -> None:
+        if self._armed is not None:
+            self._armed.cancel()
+        self._armed, self._armed_at = self._loop.call_at(t + self._to_loop, self._fire_timers), t
+
+    def _fire_timers(self) -> None:
+        """The timers due (those that come due meanwhile wait for the next turn, after what else is ready)."""
+        self._armed, self._armed_at = None, INF
+        now, heap, lag = self.clock.now, self._timers, self.timer_lag
+        due = now() + 1e-7                    # (the loop may wake a hair early: float error between the clocks)
+        while heap and heap[0][0] <= due:
+            planned, _, fn = heapq.heappop(heap)
+            if fn is None:                    # cancelled
+                self._cancelled -= 1
+                continue
             if self._finished:
                 return
             lag.append(now() - planned)
@@ -116,8 +167,11 @@ class LiveCluster:
                 fn()
             except Exception:
                 self._policy_failed("timer")
-
-        return self._loop.call_at(planned + self._to_loop, fire)
+        while heap and heap[0][2] is None:
+            heapq.heappop(heap)
+            self._cancelled -= 1
+        if heap and heap[0][0] < self._armed_at:   # (a timer set by those that fired is armed already)
+            self._arm(heap[0][0])
 
     def offload(self, fn: Callable[[], object], then: Callable[[object], None]) -> None:
         # In the loop's default executor (a thread): the solvers this is for (scipy's HiGHS) release the GIL,
@@ -157,8 +211,9 @@ class LiveCluster:
         payload = None
         if self._payload and not stage:   # the first stage reads the tasks' tensors; later ones, activations
             payload = [self._payload.get(task) for task in tasks]
-        self.pool.submit(slot, batch.id, model, batch.size, start_within, payload, mean, stage, rows,
-                         on_reply=functools.partial(self._on_reply, batch, mean), through=batch.through)
+        # (positionally, in the pool's order: keywords cost a dict per batch)
+        self.pool.submit(slot, batch.id, model, b, start_within, payload, mean, stage, rows,
+                         functools.partial(self._on_reply, batch, mean), batch.through)
         return batch
 
     def drop(self, tasks: Sequence[Task], reason: str, status: str = DROPPED) -> None:
@@ -220,6 +275,15 @@ class LiveCluster:
         `on_answer(origin, request)` is called once it resolves. A model's request with copies [n] is n
         items as n tasks of one request; with `size` n, one query of n items (a QueryTask). `payload`: where
         its tensor is, [ingress, arena slot, offset, bytes] (runtime.payload=tensor)."""
+        if copies is None and payload is None and target not in self._apps:
+            # A model's request without a tensor, nearly every arrival: its one task, straight to the policy
+            # (the general path below costs a list and a loop per arrival, at 100,000 arrivals a second).
+            task = self.ledger.arrive(request_id, target, t_arrival, t_arrival + self._slo[target], origin, size)
+            try:
+                self._policy.on_arrival(task)
+            except Exception:
+                self._arrival_failed(task)
+            return
         app = self._apps.get(target)
         items = app is None and copies is not None
         if items:
@@ -240,9 +304,12 @@ class LiveCluster:
             try:
                 self._policy.on_arrival(task)
             except Exception:
-                self._policy_failed("on_arrival")
-                if task.status is None:
-                    self.ledger.drop([task], self.clock.now(), "policy error", ERROR)
+                self._arrival_failed(task)
+
+    def _arrival_failed(self, task: Task) -> None:
+        self._policy_failed("on_arrival")
+        if task.status is None:
+            self.ledger.drop([task], self.clock.now(), "policy error", ERROR)
 
     def _items_of(self, model: str) -> App:
         app = self._item_apps.get(model)
@@ -255,6 +322,8 @@ class LiveCluster:
         self._finished = True
         for task in self._tasks:
             task.cancel()
+        if self._armed is not None:
+            self._armed.cancel()
         self.ledger.finish(self.clock.now(), reason)
 
     def _resolved(self, item) -> None:

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from harness.calibrate import Overheads
-from harness.core import DROPPED, Batch, Policy, Slot, Task
+from harness.core import DROPPED, Batch, HeapTimer, Policy, Slot, Task
 from harness.errors import HarnessError
 from harness.ledger import Ledger
 from harness.placement import Placement
@@ -48,16 +48,6 @@ def _collector_paused():
     finally:
         if was_enabled:
             gc.enable()
-
-
-class _Timer:
-    __slots__ = ("entry",)
-
-    def __init__(self, entry: list):
-        self.entry = entry
-
-    def cancel(self) -> None:
-        self.entry[2] = None
 
 
 class SimCluster:
@@ -93,10 +83,10 @@ class SimCluster:
     def now(self) -> float:
         return self._now
 
-    def call_at(self, t: float, fn: Callable[[], None]) -> _Timer:
+    def call_at(self, t: float, fn: Callable[[], None]) -> HeapTimer:
         entry = [t if t > self._now else self._now, next(self._seq), fn]
         heapq.heappush(self._heap, entry)
-        return _Timer(entry)
+        return HeapTimer(entry)
 
     def offload(self, fn: Callable[[], object], then: Callable[[object], None]) -> None:
         # At once, at the same virtual time: the policy decides exactly as if it had computed inline.
