@@ -33,7 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import systems  # noqa: E402
 from harness.core import ModelSpec, Slot  # noqa: E402
+from harness.errors import HarnessError  # noqa: E402
 from harness.ledger import Ledger  # noqa: E402
+from harness.live import cores  # noqa: E402
 from harness.live import loop as precise  # noqa: E402
 from harness.live.cluster import LiveCluster  # noqa: E402
 from harness.profiles import LatencyCurve  # noqa: E402
@@ -165,34 +167,6 @@ async def one_rate(system: str, rate: float, seconds: float, n_slots: int, n_mod
             "busy": busy, "timer_lag_ms": timer, "arrival_lag_ms": arrival}
 
 
-def core_speed_ms(repeats: int = 5) -> float:
-    """The best of a few timings of a fixed piece of interpreter work of the kind a scheduler does (objects made,
-    dicts, a heap, method calls): lent hosts differ per core by up to 2x, so a run's lags are read beside it."""
-    import heapq
-
-    class Item:
-        __slots__ = ("t", "k")
-
-        def __init__(self, t, k):
-            self.t, self.k = t, k
-
-    def work():
-        heap, seen = [], {}
-        for i in range(50_000):
-            item = Item((i * 7919) % 10_007 * 1e-6, i)
-            seen[i] = item
-            heapq.heappush(heap, (item.t, i))
-            if i % 3 == 0:
-                seen.pop(heapq.heappop(heap)[1], None)
-
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        work()
-        best = min(best, time.perf_counter() - t0)
-    return best * 1e3
-
-
 def enough_slots(rate: float, curve: LatencyCurve, slo_ms: float) -> int:
     """Slots for 1.3x the load at the Nexus-rule batch size (the largest whose latency fits half the SLO)."""
     b = max(1, curve.largest_batch_within(slo_ms / 2000))
@@ -214,11 +188,20 @@ def main(argv=None) -> int:
     ap.add_argument("--instant", action="store_true", help="batches complete at once instead of after l(b)")
     ap.add_argument("--bound-ms", type=float, default=2.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cpu", default="auto",
+                    help="the core to run on, as the scheduler's runtime.scheduler_cpu: auto (the fastest, measured, "
+                         f"on hosts of {cores.MIN_CORES}+ cores), none, or a core number")
     args = ap.parse_args(argv)
+    try:
+        core, measured = cores.choose(args.cpu)
+    except HarnessError as exc:
+        ap.error(str(exc))
+    if core is not None:
+        cores.pin(core)
     curve = LatencyCurve.linear(args.a_ms, args.c_ms, 64)
     slots = (lambda rate: args.gpus) if args.gpus else (lambda rate: enough_slots(rate, curve, args.slo_ms))
-    print(f"Python {sys.version.split()[0]}; one core runs the reference work in {core_speed_ms():.1f} ms "
-          "(core_speed_ms: lower is faster)")
+    print(f"Python {sys.version.split()[0]}; {cores.describe(core, measured)}; this process runs the reference "
+          f"work in {cores.core_speed_ms():.1f} ms (lower is faster)")
     print(f"{args.system} on {args.gpus or 'enough'} emulated slots, {args.models} models, SLO {args.slo_ms:g} ms, "
           f"l(b) = {args.a_ms:g}*b + {args.c_ms:g} ms{' (instant batches)' if args.instant else ''}")
     head = (f"{'rate/s':>8} {'requests':>8} {'timers':>7} {'timer p50':>9} {'p99':>7} {'max':>7} "

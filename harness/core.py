@@ -330,3 +330,11 @@ class Policy:
 
 def slots_holding(slots: Sequence[Slot], model: str) -> list[int]:
     return [s.index for s in slots if model in s.models]
+
+
+def take(queue, n: int) -> list:
+    """The first `n` tasks of a queue (a deque), removed from it: what a policy dispatches. A batch of one,
+    the common case when slots keep up, skips the comprehension (a function made and called each time)."""
+    if n == 1:
+        return [queue.popleft()]
+    return [queue.popleft() for _ in range(n)]

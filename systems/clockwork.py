@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from harness.core import Batch, Policy, Task, SystemConfig, slots_holding
+from harness.core import Batch, Policy, SystemConfig, Task, slots_holding, take
 from systems._pool import Pools
 
 MS = 1e-3
@@ -211,7 +211,7 @@ class Clockwork(Policy):
             if best is None:
                 return False
             q = best.queue
-            tasks = [q.popleft() for _ in range(best_b)]
+            tasks = take(q, best_b)
             if not q:
                 del active[best.name]
             batch = self.cluster.dispatch(gpu, best.name, tasks, latest_start=best_latest)

@@ -102,7 +102,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
-from harness.core import Batch, Policy, SystemConfig, Task
+from harness.core import Batch, Policy, SystemConfig, Task, take
 from harness.errors import HarnessError
 from harness.placement import SHARE_TOLERANCE, Placement, SlotSpec
 from harness.profiles import LatencyCurve
@@ -536,7 +536,7 @@ class DStack(Policy):
 
     def _run(self, slot: int, model: str, n: int) -> None:
         q = self.queues[model]
-        tasks = [q.popleft() for _ in range(n)]
+        tasks = take(q, n)
         self.cluster.dispatch(slot, model, tasks)
         self.idle.discard(slot)
 

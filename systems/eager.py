@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from harness.core import Batch, Policy, Task, slots_holding
+from harness.core import Batch, Policy, Task, slots_holding, take
 from systems._path import US, ServingPath, ServingPathConfig
 from systems._pool import INF, Pools
 
@@ -42,6 +42,7 @@ class Eager(Policy):
         super().__init__(cluster, models, config)
         self.pools = Pools(cluster.slots)
         self.queues = {m: deque() for m in models}
+        self.queued = 0             # tasks in all the queues: a slot that frees with none waiting looks at none
         self.d_data = ServingPath.of(config).d_data
         self.allowance = (config.d_ctrl_us + config.response_allowance_us) * US   # (one rounding, as planned)
         self.max_batch = {}
@@ -58,6 +59,7 @@ class Eager(Policy):
 
     def on_arrival(self, task: Task) -> None:
         self.queues[task.model].append(task)
+        self.queued += 1
         now = self.cluster.now()
         rank, free = self.pools.of(task.model).peek(now)
         if free <= now:
@@ -79,6 +81,8 @@ class Eager(Policy):
         self._serve(slot, now)
 
     def _serve(self, gpu: int, now: float) -> None:
+        if not self.queued:
+            return
         best, best_deadline, best_largest = None, INF, 0
         drop_late, allowance, d_data = self.config.drop_late, self.allowance, self.d_data
         for q, mean, largest in self.serving[gpu]:
@@ -93,6 +97,7 @@ class Eager(Policy):
                         break
                     late.append(q.popleft())
                 if late:
+                    self.queued -= len(late)
                     self.cluster.drop(late, "late")
                     if not q:
                         continue
@@ -101,6 +106,8 @@ class Eager(Policy):
                 best, best_deadline, best_largest = q, deadline, largest
         if best is None:
             return
-        tasks = [best.popleft() for _ in range(min(len(best), best_largest))]
+        n = min(len(best), best_largest)
+        tasks = take(best, n)
+        self.queued -= n
         self.cluster.dispatch(gpu, tasks[0].model, tasks)
         self.pools.book(gpu, INF)

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from harness.core import Batch, Policy, SystemConfig, Task, slots_holding
+from harness.core import Batch, Policy, SystemConfig, Task, slots_holding, take
 from harness.errors import HarnessError
 from systems._pool import Pools
 
@@ -95,7 +95,7 @@ class GraphBatching(Policy):
 
     def _dispatch(self, slot: int, model: str) -> None:
         queue = self.queues[model]
-        tasks = [queue.popleft() for _ in range(min(len(queue), self.max_batch[model]))]
+        tasks = take(queue, min(len(queue), self.max_batch[model]))
         self.cluster.dispatch(slot, model, tasks)
         self.pools.book(slot, float("inf"))
         self._arm(model, self.cluster.now())

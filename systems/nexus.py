@@ -52,7 +52,7 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
-from harness.core import Batch, Policy, Task, SystemConfig
+from harness.core import Batch, Policy, SystemConfig, Task, take
 from harness.errors import HarnessError
 
 MIN_RATE = 0.1          # task/s: Nexus's floor on an estimated rate
@@ -335,7 +335,7 @@ class Nexus(Policy):
                 cluster.drop(late, "early drop")
                 if not q:
                     continue
-            tasks = [q.popleft() for _ in range(min(cap, len(q)))]
+            tasks = take(q, min(cap, len(q)))
             slot.queued -= len(tasks)
             cluster.dispatch(slot.index, info.name, tasks)
             slot.busy = True

@@ -31,7 +31,7 @@ from collections import deque
 from dataclasses import dataclass
 from itertools import accumulate
 
-from harness.core import Batch, Policy, Task, SystemConfig, slots_holding
+from harness.core import Batch, Policy, SystemConfig, Task, slots_holding, take
 from systems._pool import Pools
 
 INF = float("inf")
@@ -157,7 +157,7 @@ class Shepherd(Policy):
     def _run(self, gpu: int, st: _ModelState, b: int) -> None:
         q = st.queue
         self.queued -= b
-        batch = self.cluster.dispatch(gpu, st.name, [q.popleft() for _ in range(b)])
+        batch = self.cluster.dispatch(gpu, st.name, take(q, b))
         self.running[gpu] = batch
         self.pools.book(gpu, INF)
         for heap in self.heaps_of_slot[gpu]:

@@ -132,7 +132,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Dict
 
-from harness.core import Policy, Task, slots_holding
+from harness.core import Policy, Task, slots_holding, take
 from harness.errors import HarnessError
 from systems._path import US, ServingPath, ServingPathConfig
 from systems._pool import Pools
@@ -421,7 +421,7 @@ class Symphony(Policy):
             return
         exec_at = self._start_time(st, now, b, deadline, free)
         q = st.queue
-        tasks = [q.popleft() for _ in range(b)]
+        tasks = take(q, b)
         st.prefix = max(0, st.prefix - b)
         self.cluster.dispatch(rank, st.name, tasks, latest_start=deadline - st.l[b])
         self.pools.book(rank, exec_at + st.l[b])

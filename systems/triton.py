@@ -55,7 +55,7 @@ from bisect import bisect_right
 from collections import deque
 from dataclasses import dataclass, field
 
-from harness.core import REJECTED, Batch, Policy, Task, SystemConfig, slots_holding
+from harness.core import REJECTED, Batch, Policy, SystemConfig, Task, slots_holding, take
 from harness.errors import HarnessError
 
 US = 1e-6
@@ -232,7 +232,7 @@ class Triton(Policy):
             tasks = list(q)
             q.clear()
         else:
-            tasks = [q.popleft() for _ in range(size)]
+            tasks = take(q, size)
         d = b.delayed
         while len(tasks) < size:
             tasks.append(d.popleft())

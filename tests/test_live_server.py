@@ -286,3 +286,24 @@ def test_tensor_payloads_reach_the_workers_through_shared_memory_and_its_slots_a
     batches = pd.read_parquet(tmp_path / "run" / "server_batches.parquet")
     assert (requests["status"] == "ok").sum() == 30          # the workers checked every batch's images
     assert batches["size"].sum() == 45 and (batches["status"] == "ok").all()
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores: one for the scheduler alone")
+def test_a_pinned_scheduler_keeps_its_ingresses_and_workers_off_its_core(tmp_path):
+    core = max(os.sched_getaffinity(0))
+    cfg = resolved_config(tmp_path / "config.yaml", f"runtime.scheduler_cpu={core}")
+    fe = start_server(cfg, time.time(), tmp_path / "run", start=time.time())
+    try:
+        assert fe.ready["cpu"] == core
+        scheduler = psutil.Process(fe.pid)
+        assert scheduler.cpu_affinity() == [core]
+        children = scheduler.children()
+        assert len(children) == 2 + len(fe.ready["ingresses"])     # the workers and the ingresses
+        for child in children:
+            assert core not in child.cpu_affinity(), child.cmdline()
+        assert call(fe.url, "/v2/models/m1/infer", infer_request(1))[0] == 200
+        assert fe.stop() == 0
+    finally:
+        fe.stop()
+    report = json.loads((tmp_path / "run" / "server.json").read_text())
+    assert report["scheduler_cpu"] == {"core": core, "speeds_ms": {}}

@@ -50,6 +50,7 @@ import numpy as np
 from harness.assembly import Assembly, load
 from harness.errors import HarnessError
 from harness.ledger import Ledger
+from harness.live import cores
 from harness.live import loop as precise
 from harness.live import wire
 from harness.live.arena import Arena
@@ -214,6 +215,7 @@ class Ingresses:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, env=env,
                                     start_new_session=True, pass_fds=fds)
             self.procs.append(proc)
+            cores.keep_off(proc.pid)
             line = await asyncio.get_running_loop().run_in_executor(None, proc.stdout.readline)
             try:
                 port = int(json.loads(line)["port"])
@@ -290,6 +292,12 @@ async def serve(args: argparse.Namespace) -> int:
     rt = assembly.cfg.runtime
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    # Pinned before anything starts: the processes started from here on are kept off its core.
+    core, measured = cores.choose(rt.scheduler_cpu)
+    if core is not None:
+        cores.pin(core)
+    print(cores.describe(core, measured), file=sys.stderr, flush=True)
+    state["cpu"] = {"core": core, "speeds_ms": measured}
     ledger = Ledger(assembly.slots(emulated=rt.executor != "gpu"), assembly.curves(), assembly.curves_of)
     n_ingresses = args.ingresses or rt.ingresses or default_ingresses()
     arenas = payload_arenas(rt, n_ingresses)
@@ -307,7 +315,8 @@ async def serve(args: argparse.Namespace) -> int:
                                                   out / HEARTBEAT)))
         state["serving"] = True
         print(json.dumps({"ready": True, "url": f"http://{args.host}:{http_port}", "pid": os.getpid(),
-                          "slots": len(ledger.slots), "ingresses": [p.pid for p in ingresses.procs]}), flush=True)
+                          "slots": len(ledger.slots), "ingresses": [p.pid for p in ingresses.procs],
+                          "cpu": core}), flush=True)
         epoch = await _start_line(stop)
         if epoch is None:
             request_stop("no start line")
@@ -414,6 +423,7 @@ def _write_records(out: Path, scheduler: Scheduler, ingresses: Ingresses, epoch:
         "lost_slots": lost,
         "policy_errors": cluster.policy_errors,
         "timer_lag_ms": timers,
+        "scheduler_cpu": state["cpu"],
         "ingresses": ingresses.counters(),
         # Cyclic garbage left by quiet_gc() (harness.live.loop) for the exit: should stay small.
         "gc_unreachable_at_exit": gc.collect(),

@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from harness.errors import HarnessError
+from harness.live import cores
 from harness.live.channel import Channel, connect, remove_socket
 from harness.processes import log_tail, signal_group
 
@@ -261,6 +262,7 @@ class WorkerPool:
             s.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=s.log,
                                       env=slot_env, start_new_session=True,
                                       pass_fds=[arena.fd for arena in self.arenas])
+            cores.keep_off(s.proc.pid)           # off the scheduler's core, when it has one of its own
         addresses = await asyncio.get_running_loop().run_in_executor(None, self._wait_ready, slots)
         for s in slots:
             await self._connect(s, addresses[s.index])

@@ -30,11 +30,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import pandas as pd
 
 from harness.errors import HarnessError
+from harness.live import cores
 from harness.load.records import read_records
 from harness.processes import log_tail, signal_group
 
@@ -54,14 +55,16 @@ class ReplayAborted(HarnessError):
 def replay(schedule_path: str | os.PathLike, url: str, epoch: float, out_dir: str | os.PathLike, workers: int = 0,
            timeout_s: float = 30.0, master_host: str | None = None, master_port: int = 0,
            expect_workers: int | None = None, max_connections: int = 0,
-           abort: Callable[[], str] | None = None, payload: str = "synthetic", seed: int = 0) -> pd.DataFrame:
+           abort: Callable[[], str] | None = None, payload: str = "synthetic", seed: int = 0,
+           avoid_cpus: Sequence[int] = ()) -> pd.DataFrame:
     """Replay the schedule against `url` with Locust; the client records, sorted by id.
 
     workers=0: one local process. workers=N: a local master and N local workers, or, with
     `master_host`, N workers joining that host's master. timeout_s: per request, from its send.
     abort: polled while the replay runs; a non-empty answer stops Locust (which writes what it
     measured) and raises ReplayAborted with that reason and the records. payload: synthetic (one INT32
-    per item) or tensor (an FP16 3x224x224 image per item, random values from `seed`).
+    per item) or tensor (an FP16 3x224x224 image per item, random values from `seed`). avoid_cpus: cores
+    Locust's processes stay off (the scheduler's own, when it has one).
     Raises HarnessError (with the tail of Locust's log) if Locust fails or does not finish in time.
     """
     schedule_path, out_dir = Path(schedule_path).resolve(), Path(out_dir).resolve()
@@ -109,7 +112,7 @@ def replay(schedule_path: str | os.PathLike, url: str, epoch: float, out_dir: st
 
     t_last = float(schedule["t_sched"].max()) if len(schedule) else 0.0
     deadline = max(time.time(), epoch) + t_last + timeout_s + STARTUP_S + SHUTDOWN_S
-    procs = _Processes(out_dir)
+    procs = _Processes(out_dir, avoid_cpus)
     reason = ""
     try:
         for name, args in commands:
@@ -145,8 +148,9 @@ def _free_port() -> int:
 class _Processes:
     """The Locust processes of one replay, each in its own session, logging to <out_dir>/<name>.log."""
 
-    def __init__(self, out_dir: Path):
+    def __init__(self, out_dir: Path, avoid_cpus: Sequence[int] = ()):
         self.out_dir = out_dir
+        self.avoid_cpus = tuple(avoid_cpus)
         self.running: list[tuple[str, subprocess.Popen, object]] = []
 
     def start(self, name: str, args: list[str]) -> None:
@@ -161,6 +165,8 @@ class _Processes:
             log.close()
             raise HarnessError(f"cannot start Locust ({exc})") from None
         self.running.append((name, proc, log))
+        if self.avoid_cpus:
+            cores.keep_off(proc.pid, self.avoid_cpus)
 
     def wait(self, deadline: float, abort: Callable[[], str] | None = None) -> str:
         """Until every process exits ("") or `abort` gives a reason (returned); HarnessError as soon as

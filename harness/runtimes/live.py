@@ -165,7 +165,8 @@ def run_live(assembly, out_dir: Path, schedule: pd.DataFrame) -> Outcome:
                                    else default_workers(peak_rate=peak_rate(schedule["t_sched"].to_numpy())))
                         client = replay(out_dir / "schedule.parquet", server.url, epoch, out_dir / "client",
                                         workers=workers, timeout_s=timeout_s, abort=server.died,
-                                        payload=rt.payload, seed=cfg.seeds.payload)
+                                        payload=rt.payload, seed=cfg.seeds.payload,
+                                        avoid_cpus=_scheduler_cpus(server))
                     except ReplayAborted as exc:
                         failures.append(str(exc))
                         client = exc.records
@@ -210,6 +211,13 @@ def _serve_frontend(assembly, out_dir: Path, clock_zero: float):
     with start_server(out_dir / "config.yaml", clock_zero, out_dir, host=rt.host, port=rt.port,
                       ready_timeout_s=rt.worker_start_timeout_s + 30, stall_s=max(5.0, 2 * rt.worker_timeout_s)) as server:
         yield server
+
+
+def _scheduler_cpus(server) -> list[int]:
+    """The core the scheduler pinned itself to, for the load generator to stay off (none: not pinned, or
+    a server that says nothing of it, as tritonserver's)."""
+    core = getattr(server, "ready", {}).get("cpu")
+    return [core] if isinstance(core, int) else []
 
 
 def _serve_external(server, epoch: float, seconds: float) -> list[str]:

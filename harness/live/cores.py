@@ -1,0 +1,148 @@
+"""Which CPU core the scheduler's event loop runs on.
+
+The scheduler is one process on one core: every arrival, timer and reply of
+a run passes through its loop, so that core's speed is the runtime's
+ceiling. Lent hosts are not uniform: on one 16-core H200 host a fixed piece
+of interpreter work ran in 35-39 ms on twelve cores and in 66-74 ms on the
+other four, so a scheduler that lands on a slow core has half the capacity
+of one that does not. With `runtime.scheduler_cpu=auto` (the default) on a
+host of at least MIN_CORES usable cores, the scheduler measures each core
+(reference_work, about a second in all), pins itself to the fastest, and
+keeps the run's other processes (ingresses, workers, the load generator) on
+the remaining cores, so nothing competes with it for its core. On smaller
+hosts it is left to the operating system: giving it a core of its own
+would starve the rest. `none` never pins; a number pins to that core.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import time
+
+from harness.errors import HarnessError
+
+MIN_CORES = 8              # auto pins only on hosts with at least this many usable cores
+_others: set[int] = set()  # when this process is pinned: the cores left to the processes it starts
+
+
+def reference_work(n: int = 50_000) -> None:
+    """A fixed piece of the interpreter work a scheduler does: objects made, dicts, a heap, method calls."""
+
+    class Item:
+        __slots__ = ("t", "k")
+
+        def __init__(self, t, k):
+            self.t, self.k = t, k
+
+    heap, seen = [], {}
+    for i in range(n):
+        item = Item((i * 7919) % 10_007 * 1e-6, i)
+        seen[i] = item
+        heapq.heappush(heap, (item.t, i))
+        if i % 3 == 0:
+            seen.pop(heapq.heappop(heap)[1], None)
+
+
+def core_speed_ms(repeats: int = 5, n: int = 50_000) -> float:
+    """The best of `repeats` timings of reference_work on the core this runs on, in ms (lower is faster)."""
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        reference_work(n)
+        best = min(best, time.perf_counter() - t0)
+    return best * 1e3
+
+
+def usable() -> set[int]:
+    """The cores this process may run on."""
+    return set(os.sched_getaffinity(0))
+
+
+def speeds(cores=None, repeats: int = 2, n: int = 25_000) -> dict[int, float]:
+    """core -> ms of reference_work(n) there, the best of `repeats` (this process visits each core in turn,
+    then runs where it ran before)."""
+    allowed = usable()
+    out = {}
+    try:
+        for core in sorted(allowed if cores is None else cores):
+            os.sched_setaffinity(0, {core})
+            out[core] = core_speed_ms(repeats, n)
+    finally:
+        os.sched_setaffinity(0, allowed)
+    return out
+
+
+def parse(setting) -> str | int:
+    """runtime.scheduler_cpu as "auto", "none" or a core number (HarnessError for anything else)."""
+    text = str(setting).strip().lower()
+    if text in ("auto", "none"):
+        return text
+    try:
+        core = int(text)
+    except ValueError:
+        core = -1
+    if core < 0:
+        raise HarnessError(f"runtime.scheduler_cpu must be auto, none or a core number (got {setting!r}); "
+                           "set runtime.scheduler_cpu=auto")
+    return core
+
+
+def choose(setting) -> tuple[int | None, dict[int, float]]:
+    """(the core to pin to, or None; each core's speed where they were measured) for runtime.scheduler_cpu
+    (parse). HarnessError for a core this process may not use."""
+    core = parse(setting)
+    allowed = usable()
+    if core == "none":
+        return None, {}
+    if core == "auto":
+        if len(allowed) < MIN_CORES:
+            return None, {}
+        measured = speeds(allowed)
+        return min(measured, key=lambda c: (measured[c], c)), measured
+    if core not in allowed:
+        raise HarnessError(f"runtime.scheduler_cpu={core} is not a core this host lets the scheduler use "
+                           f"({_ranges(allowed)}); pick one of those, or set runtime.scheduler_cpu=auto")
+    return core, {}
+
+
+def pin(core: int) -> None:
+    """Run this process on `core` alone; keep_off puts the processes it starts on the other cores."""
+    global _others
+    allowed = usable()
+    os.sched_setaffinity(0, {core})
+    _others = allowed - {core}
+
+
+def keep_off(pid: int, cores=()) -> None:
+    """A process this one started: off `cores`, and off this process's own core when it is pinned (children
+    inherit it). Best effort: a process that has already exited, or a host that refuses, keeps its cores."""
+    try:
+        wanted = (_others or set(os.sched_getaffinity(pid))) - set(cores)
+        if wanted:
+            os.sched_setaffinity(pid, wanted)
+    except OSError:
+        pass
+
+
+def _ranges(cores: set[int]) -> str:
+    """0-3,6 for {0, 1, 2, 3, 6}."""
+    out, run = [], []
+    for c in sorted(cores):
+        if run and c != run[-1] + 1:
+            out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+            run = []
+        run.append(c)
+    if run:
+        out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+    return ",".join(out)
+
+
+def describe(core: int | None, measured: dict[int, float]) -> str:
+    """One line for the logs: where the scheduler runs and how the cores compared."""
+    if core is None:
+        return "scheduler core: not pinned"
+    if not measured:
+        return f"scheduler core: {core} (as configured)"
+    return (f"scheduler core: {core} ({measured[core]:.1f} ms of reference work; cores ranged "
+            f"{min(measured.values()):.1f}-{max(measured.values()):.1f} ms)")
