@@ -110,6 +110,7 @@ class FakePool:
 async def one_rate(system: str, rate: float, seconds: float, n_slots: int, n_models: int, slo_ms: float,
                    curve: LatencyCurve, instant: bool, seed: int) -> dict:
     loop = asyncio.get_running_loop()
+    loop.set_default_executor(cores.executor())     # offloaded solves off the loop's core, when it is pinned
     rng = np.random.default_rng(seed)
     n = max(1, int(rate * seconds))
     times = np.cumsum(rng.exponential(1.0 / rate, n)).tolist()
@@ -188,9 +189,9 @@ def main(argv=None) -> int:
     ap.add_argument("--instant", action="store_true", help="batches complete at once instead of after l(b)")
     ap.add_argument("--bound-ms", type=float, default=2.0)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--cpu", default="auto",
-                    help="the core to run on, as the scheduler's runtime.scheduler_cpu: auto (the fastest, measured, "
-                         f"on hosts of {cores.MIN_CORES}+ cores), none, or a core number")
+    ap.add_argument("--cpu", default="none",
+                    help="the core to run on, as the scheduler's runtime.scheduler_cpu: none (the OS places it), a "
+                         f"core number, or auto (the fastest, measured, on hosts of {cores.MIN_CORES}+ cores)")
     args = ap.parse_args(argv)
     try:
         core, measured = cores.choose(args.cpu)

@@ -112,8 +112,8 @@ class RuntimeConfig:
     max_pending: int = 20000            # admission cap: beyond it new requests are rejected (429)
     ingresses: int = 0                  # HTTP ingress processes; 0: a quarter of the cores, 1 to 8
     spin_us: float = 500.0              # the event loop busy-waits this close to a timer
-    scheduler_cpu: str = "auto"         # the scheduler's core: auto (the fastest, measured, on hosts of 8+ cores;
-                                        # the run's other processes kept off it) | none | a core number
+    scheduler_cpu: str = "none"         # the scheduler's core: none (the OS places it) | a core number | auto (the
+                                        # fastest, measured, on hosts of 8+ cores); the run's other processes kept off it
     slot_start_s: float = 0.5           # sim: seconds a slot takes to start (an emulated worker, measured live)
     faults: List[FaultConfig] = field(default_factory=list)   # scripted slot losses, for fault studies
     locust_workers: int = -1            # -1: sized to the host and the rate (harness.load.default_workers); 0: one process;

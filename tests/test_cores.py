@@ -1,5 +1,6 @@
 """The scheduler's core (harness.live.cores): the setting, the measurement, pinning and keeping others off."""
 
+import json
 import os
 import subprocess
 import sys
@@ -42,17 +43,19 @@ def test_each_core_is_measured_where_it_is_and_the_process_runs_where_it_did():
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores: one for the pinned process")
-def test_a_pinned_process_keeps_what_it_starts_off_its_core():
+def test_a_pinned_loop_keeps_the_processes_and_solver_threads_it_starts_off_its_core():
     core = min(os.sched_getaffinity(0))
     code = ("import json, os, subprocess, sys; from harness.live import cores; "
             f"cores.pin({core}); child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)']); "
             "cores.keep_off(child.pid); "
-            "print(json.dumps([sorted(os.sched_getaffinity(0)), sorted(os.sched_getaffinity(child.pid))])); "
+            "thread = cores.executor().submit(lambda: sorted(os.sched_getaffinity(0))).result(); "
+            "print(json.dumps([sorted(os.sched_getaffinity(0)), sorted(os.sched_getaffinity(child.pid)), thread])); "
             "child.kill()")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True,
                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
-    mine, childs = eval(out.stdout)
-    assert mine == [core] and core not in childs and set(childs) == os.sched_getaffinity(0) - {core}
+    mine, childs, thread = json.loads(out.stdout)
+    others = os.sched_getaffinity(0) - {core}
+    assert mine == [core] and set(childs) == others and set(thread) == others
 
 
 def test_keep_off_moves_a_process_off_the_given_cores_and_ignores_one_that_is_gone():

@@ -1,17 +1,22 @@
-"""Which CPU core the scheduler's event loop runs on.
+"""Which CPU core the scheduler's event loop runs on (runtime.scheduler_cpu).
 
 The scheduler is one process on one core: every arrival, timer and reply of
-a run passes through its loop, so that core's speed is the runtime's
-ceiling. Lent hosts are not uniform: on one 16-core H200 host a fixed piece
-of interpreter work ran in 35-39 ms on twelve cores and in 66-74 ms on the
-other four, so a scheduler that lands on a slow core has half the capacity
-of one that does not. With `runtime.scheduler_cpu=auto` (the default) on a
-host of at least MIN_CORES usable cores, the scheduler measures each core
-(reference_work, about a second in all), pins itself to the fastest, and
-keeps the run's other processes (ingresses, workers, the load generator) on
-the remaining cores, so nothing competes with it for its core. On smaller
-hosts it is left to the operating system: giving it a core of its own
-would starve the rest. `none` never pins; a number pins to that core.
+a run passes through its loop, so that core is the runtime's ceiling. With
+a core number, or `auto` (on a host of at least MIN_CORES usable cores:
+each core measured with reference_work, about a second in all, and the
+fastest taken), the scheduler's loop runs on that core alone, and the run's
+other processes (ingresses, workers, the load generator) and the threads
+its solvers run in are kept off it, so nothing competes for it. `none`, the
+default, leaves placement to the operating system.
+
+Why it is not the default: lent hosts are not uniform, across cores or over
+time. On one 16-core H200 host four cores ran the reference work in 66-74
+ms and the other twelve in 35-39 ms; on another, the core measured fastest
+(17.6 ms for a quarter of the work) ran the whole work in 37-75 ms over the
+next minutes. In the scheduler-only stress at 100,000 req/s on two such
+hosts, runs pinned to the core measured fastest were no better than runs
+the operating system placed. Pinning is for hosts whose cores are the
+scheduler's to give: set the core, and keep other work off it.
 """
 
 from __future__ import annotations
@@ -19,10 +24,11 @@ from __future__ import annotations
 import heapq
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from harness.errors import HarnessError
 
-MIN_CORES = 8              # auto pins only on hosts with at least this many usable cores
+MIN_CORES = 8              # auto pins only on hosts with at least this many usable cores (else none)
 _others: set[int] = set()  # when this process is pinned: the cores left to the processes it starts
 
 
@@ -107,11 +113,24 @@ def choose(setting) -> tuple[int | None, dict[int, float]]:
 
 
 def pin(core: int) -> None:
-    """Run this process on `core` alone; keep_off puts the processes it starts on the other cores."""
+    """Run the calling thread (the event loop's) on `core` alone; keep_off puts the processes it starts on the
+    other cores, and executor() the threads it starts."""
     global _others
     allowed = usable()
     os.sched_setaffinity(0, {core})
     _others = allowed - {core}
+
+
+def executor() -> ThreadPoolExecutor:
+    """Threads for what the loop offloads (the solvers, which release the GIL while they run): on the cores
+    left to others, where they run beside the loop, not on its core (a thread inherits its creator's core:
+    measured on an H200 host, a plan solved on the loop's own core held jigsaw's arrivals up 30-40 ms)."""
+    return ThreadPoolExecutor(initializer=_leave_core)
+
+
+def _leave_core() -> None:
+    if _others:
+        os.sched_setaffinity(0, _others)
 
 
 def keep_off(pid: int, cores=()) -> None:

@@ -296,6 +296,7 @@ async def serve(args: argparse.Namespace) -> int:
     core, measured = cores.choose(rt.scheduler_cpu)
     if core is not None:
         cores.pin(core)
+        loop.set_default_executor(cores.executor())
     print(cores.describe(core, measured), file=sys.stderr, flush=True)
     state["cpu"] = {"core": core, "speeds_ms": measured}
     ledger = Ledger(assembly.slots(emulated=rt.executor != "gpu"), assembly.curves(), assembly.curves_of)
