@@ -90,25 +90,32 @@ def parse(setting) -> str | int:
         core = -1
     if core < 0:
         raise HarnessError(f"runtime.scheduler_cpu must be auto, none or a core number (got {setting!r}); "
-                           "set runtime.scheduler_cpu=auto")
+                           "set runtime.scheduler_cpu=none")
+    return core
+
+
+def check(setting) -> str | int:
+    """runtime.scheduler_cpu parsed (parse), and a core number one this host lets the process use (the
+    scheduler runs on the orchestrator's host): HarnessError otherwise."""
+    core = parse(setting)
+    if isinstance(core, int) and core not in usable():
+        raise HarnessError(f"runtime.scheduler_cpu={core} is not a core this host lets the scheduler use "
+                           f"({_ranges(usable())}); pick one of those, or set runtime.scheduler_cpu=none")
     return core
 
 
 def choose(setting) -> tuple[int | None, dict[int, float]]:
     """(the core to pin to, or None; each core's speed where they were measured) for runtime.scheduler_cpu
-    (parse). HarnessError for a core this process may not use."""
-    core = parse(setting)
-    allowed = usable()
+    (check)."""
+    core = check(setting)
     if core == "none":
         return None, {}
     if core == "auto":
+        allowed = usable()
         if len(allowed) < MIN_CORES:
             return None, {}
         measured = speeds(allowed)
         return min(measured, key=lambda c: (measured[c], c)), measured
-    if core not in allowed:
-        raise HarnessError(f"runtime.scheduler_cpu={core} is not a core this host lets the scheduler use "
-                           f"({_ranges(allowed)}); pick one of those, or set runtime.scheduler_cpu=auto")
     return core, {}
 
 
