@@ -180,7 +180,7 @@ def check_run_config(cfg: Config) -> None:
         raise HarnessError(f"runtime.max_body_bytes must be >= 1024 (got {rt.max_body_bytes})")
     if rt.ingresses < 0:
         raise HarnessError(f"runtime.ingresses must be >= 0 (got {rt.ingresses}); 0 sizes it to the host")
-    cores.check(rt.scheduler_cpu)
+    cores.parse(rt.scheduler_cpu)            # (the core itself is checked where the scheduler runs: run.execute)
     if rt.locust_workers < -1:
         raise HarnessError(f"runtime.locust_workers must be >= -1 (got {rt.locust_workers}); -1 sizes it to the "
                            "host, 0 is one process")

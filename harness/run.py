@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 
 from harness import metrics, rundir
 from harness.assembly import Assembly, assemble
+from harness.live import cores
 from harness.profiles import load_profile, profile_path
 from harness.records import (SCHEMA_VERSION, requests_frame, write_json, write_table)
 from harness.runtimes import Outcome
@@ -33,6 +34,10 @@ def execute(cfg, out_dir: Path, overrides: list[str]) -> dict:
     out_dir = Path(out_dir)
     rundir.claim(rundir.RUN, out_dir)         # refused if it holds a run or part of one, or another run has it
     assembly = assemble(cfg)
+    if assembly.cfg.runtime.name == "live":
+        # A core the scheduler may not use, refused before anything starts; on this host, not in the processes
+        # that load the config later (the workers, kept off the scheduler's core, may not use it either).
+        cores.check(assembly.cfg.runtime.scheduler_cpu)
     schedule = make_schedule(assembly)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     write_table(schedule, out_dir / "schedule.parquet")

@@ -89,7 +89,7 @@ def test_a_directory_holding_part_of_a_run_is_refused_untouched(tmp_path):
     (["runtime.max_pending=0"], "runtime.max_pending must be >= 1"),
     (["runtime.worker_timeout_s=0"], "runtime.worker_timeout_s must be > 0"),
     (["runtime.scheduler_cpu=fastest"], "runtime.scheduler_cpu must be auto, none or a core number"),
-    (["runtime.scheduler_cpu=4096"], "runtime.scheduler_cpu=4096 is not a core this host lets the scheduler use"),
+    (["runtime=live", "runtime.scheduler_cpu=4096"], "runtime.scheduler_cpu=4096 is not a core this host lets the scheduler use"),
     (["workload.mix={nope: 1}"], "remove it from workload.mix (~workload.mix.nope)"),
     (["workload=timestamp_trace", "workload.trace_unit=minutes"], "workload.trace_unit 'minutes' is unknown"),
 ])
