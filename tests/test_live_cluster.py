@@ -269,3 +269,24 @@ def test_each_task_takes_its_part_of_its_requests_tensor_to_the_worker_and_lets_
     assert pool.payloads == [[[0, 4, 0, 100]],
                              [[1, 7, 0, 100], [1, 7, 100, 100], [1, 7, 200, 100], [0, 5, 0, 100]]]
     assert cluster._payload == {}                 # every reference let go once its request was answered
+
+
+def test_timers_fire_in_order_cancelled_ones_never_and_a_cancel_after_firing_leaves_no_count():
+    async def main():
+        cluster, _, _ = make(1, policy_cls=Holder)
+        fired, now = [], cluster.now()
+        handles = [cluster.call_at(now + 0.02 + 0.001 * (i % 7), lambda i=i: fired.append(i)) for i in range(600)]
+        for h in handles[::2] + handles[1:2]:
+            h.cancel()                                   # 301 of 600 cancelled, over half: swept on the next call_at
+        late = cluster.call_at(now + 0.05, lambda: fired.append("late"))
+        assert cluster._cancelled == 0 and len(cluster._timers) == 300
+        await asyncio.sleep(0.08)
+        for h in [*handles, late]:
+            h.cancel()                                   # after they fired: nothing left to count or sweep
+        assert cluster._cancelled == 0 and not cluster._timers
+        return cluster, fired
+
+    cluster, fired = run(main())
+    # By time, then in the order they were set; each timer's lag recorded once.
+    assert fired == sorted(range(3, 600, 2), key=lambda i: (i % 7, i)) + ["late"]
+    assert len(cluster.timer_lag) == 300 and min(cluster.timer_lag) > -1e-6

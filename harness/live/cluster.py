@@ -156,10 +156,12 @@ class LiveCluster:
         now, heap, lag = self.clock.now, self._timers, self.timer_lag
         due = now() + 1e-7                    # (the loop may wake a hair early: float error between the clocks)
         while heap and heap[0][0] <= due:
-            planned, _, fn = heapq.heappop(heap)
+            entry = heapq.heappop(heap)
+            planned, fn = entry[0], entry[2]
             if fn is None:                    # cancelled
                 self._cancelled -= 1
                 continue
+            entry[2] = None                   # fired: a cancel() now is not counted as one left in the heap
             if self._finished:
                 return
             lag.append(now() - planned)
