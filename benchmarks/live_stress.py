@@ -206,16 +206,18 @@ def main(argv=None) -> int:
     print(f"{args.system} on {args.gpus or 'enough'} emulated slots, {args.models} models, SLO {args.slo_ms:g} ms, "
           f"l(b) = {args.a_ms:g}*b + {args.c_ms:g} ms{' (instant batches)' if args.instant else ''}")
     head = (f"{'rate/s':>8} {'requests':>8} {'timers':>7} {'timer p50':>9} {'p99':>7} {'max':>7} "
-            f"{'arrival p50':>11} {'p99':>7} {'slots':>5} {'ok':>6} {'batch':>6} {'busy':>5}")
+            f"{'arrival p50':>11} {'p99':>7} {'slots':>5} {'ok':>6} {'batch':>6} {'busy':>5} {'core':>5}")
     print(head + "\n" + "-" * len(head))
     best = None
     for rate in (float(r) for r in args.rates.split(",")):
         r = precise.run(one_rate(args.system, rate, args.seconds, slots(rate), args.models, args.slo_ms, curve,
                                  args.instant, args.seed))
+        # The core's speed right after the rate: a lent host's cores change speed over minutes.
+        speed = cores.core_speed_ms(repeats=2)
         print(f"{r['rate']:>8.0f} {r['requests']:>8} {r['timers']:>7} {r['timer_p50']:>9.3f} {r['timer_p99']:>7.3f} "
               f"{r['timer_max']:>7.2f} {r['arrival_p50']:>11.3f} {r['arrival_p99']:>7.3f} {r['slots']:>5} "
               f"{r['ok']:>6.1%} "
-              f"{r['batch']:>6.1f} {r['busy']:>5.0%}", flush=True)
+              f"{r['batch']:>6.1f} {r['busy']:>5.0%} {speed:>5.0f}", flush=True)
         within = max(r["timer_p99"], r["arrival_p99"]) <= args.bound_ms
         if within:
             best = rate
@@ -223,7 +225,8 @@ def main(argv=None) -> int:
             print("(saturated: higher rates skipped)")
             break
     print("lag in ms; ok: requests served; batch: mean size; busy: the loop's time not spent waiting for events "
-          "or timers (100%: saturated)")
+          "or timers (100%: saturated); core: ms this process took for the reference work right after (lower is "
+          "faster; a slowed core shows here)")
     print(f"highest rate with p99 scheduling lag <= {args.bound_ms:g} ms: "
           + (f"{best:.0f} requests/s" if best else "none of those tried"))
     return 0
