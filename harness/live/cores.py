@@ -12,11 +12,11 @@ default, leaves placement to the operating system.
 Why it is not the default: lent hosts are not uniform, across cores or over
 time. On one 16-core H200 host four cores ran the reference work in 66-74
 ms and the other twelve in 35-39 ms; on another, the core measured fastest
-(17.6 ms for a quarter of the work) ran the whole work in 37-75 ms over the
-next minutes. In the scheduler-only stress at 100,000 req/s on two such
-hosts, runs pinned to the core measured fastest were no better than runs
-the operating system placed. Pinning is for hosts whose cores are the
-scheduler's to give: set the core, and keep other work off it.
+(17.6 ms for half the work) ran the whole work in 37-75 ms over the next
+minutes. In the scheduler-only stress at 100,000 req/s on a third, runs
+pinned to the core measured fastest were no better than runs the operating
+system placed. Pinning is for hosts whose cores are the scheduler's to
+give: set the core, and keep other work off it.
 """
 
 from __future__ import annotations
