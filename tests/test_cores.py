@@ -65,10 +65,15 @@ def test_keep_off_moves_a_process_off_the_given_cores_and_ignores_one_that_is_go
         if len(usable) >= 2:
             cores.keep_off(child.pid, [min(usable)])
             assert os.sched_getaffinity(child.pid) == usable - {min(usable)}
+        before = os.sched_getaffinity(child.pid)
         cores.keep_off(child.pid, usable)                    # every core: nothing left to move it to, kept
-        assert os.sched_getaffinity(child.pid)
+        assert os.sched_getaffinity(child.pid) == before
     finally:
         child.kill()
         child.wait()
     time.sleep(0.05)
     cores.keep_off(child.pid, [min(usable)])                 # reaped: no error
+
+
+def test_a_range_of_cores_reads_as_the_affinity_tools_write_it():
+    assert cores._ranges({0, 1, 2, 3, 6}) == "0-3,6" and cores._ranges({5}) == "5" and cores._ranges(set()) == ""

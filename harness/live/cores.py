@@ -143,6 +143,8 @@ def _leave_core() -> None:
 def keep_off(pid: int, cores=()) -> None:
     """A process this one started: off `cores`, and off this process's own core when it is pinned (children
     inherit it). Best effort: a process that has already exited, or a host that refuses, keeps its cores."""
+    if not _others and not cores:
+        return                                     # not pinned, nothing to avoid: it keeps what it inherited
     try:
         wanted = (_others or set(os.sched_getaffinity(pid))) - set(cores)
         if wanted:
@@ -153,15 +155,13 @@ def keep_off(pid: int, cores=()) -> None:
 
 def _ranges(cores: set[int]) -> str:
     """0-3,6 for {0, 1, 2, 3, 6}."""
-    out, run = [], []
+    runs: list[list[int]] = []                     # [first, last] of each run of consecutive cores
     for c in sorted(cores):
-        if run and c != run[-1] + 1:
-            out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
-            run = []
-        run.append(c)
-    if run:
-        out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
-    return ",".join(out)
+        if runs and runs[-1][1] == c - 1:
+            runs[-1][1] = c
+        else:
+            runs.append([c, c])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
 def describe(core: int | None, measured: dict[int, float]) -> str:

@@ -165,8 +165,7 @@ class _Processes:
             log.close()
             raise HarnessError(f"cannot start Locust ({exc})") from None
         self.running.append((name, proc, log))
-        if self.avoid_cpus:
-            cores.keep_off(proc.pid, self.avoid_cpus)
+        cores.keep_off(proc.pid, self.avoid_cpus)
 
     def wait(self, deadline: float, abort: Callable[[], str] | None = None) -> str:
         """Until every process exits ("") or `abort` gives a reason (returned); HarnessError as soon as
