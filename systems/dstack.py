@@ -36,17 +36,29 @@ laid out earliest due first among those released, each as soon as the one
 before ends; a run's start in its cycle is its turn.
 
 Serving. A slot runs one batch at a time. When it is free, in the current
-cycle: (1) the earliest turn whose time has come, of a model with requests
-waiting, runs (a model with nothing waiting at its turn keeps the turn until
-the cycle ends); (2) else the spare time goes earliest-deadline-first to the
-models it holds that have a run's worth of requests waiting, or whose first
-request would miss its deadline waiting for the model's next turn, for a
-batch that ends before the next turn of another model with requests waiting
-(in this cycle or the next); (3) else the slot waits for that turn. A batch
-takes up to the model's batch of its most urgent requests, fewer if the
-first one would miss its deadline. Requests that cannot make their deadline
-in a run of the planned size started now are dropped (so a backlog does not
-shrink every batch to its oldest request's slack).
+cycle: (1) the earliest of its turns whose time has come, of a model with
+requests waiting, runs (a model with nothing waiting at its turn keeps the
+turn until the cycle ends: its next request runs at once); (2) else the
+spare time goes earliest-deadline-first to the models it holds that have a
+run's worth of requests waiting, or whose first request would miss its
+deadline waiting for the model's next turn (on any slot), for a batch that
+ends before the slot's next turn of another model with requests waiting (in
+this cycle or the next); (3) else the slot stays idle. A batch takes up to
+the model's batch of its most urgent requests, fewer if the first one would
+miss its deadline. Requests that cannot make their deadline in a run of the
+planned size started now are dropped (so a backlog does not shrink every
+batch to its oldest request's slack).
+
+Free slots decide when something that can change their decision happens,
+and only those it concerns: a slot that frees up; a model's turn that comes
+while it has requests waiting (one timer per model, at its next turn on any
+slot), for the free slots whose turn of it has come, lowest slot first; and
+a model's requests arriving, for the same slots, then, if the model needs
+spare time, for the free slots holding it, in slot order. A model for which
+no free slot had spare time is looked at again at its next turn, or when a
+slot frees up: more requests only lengthen its batch. An arrival so costs a
+few steps, not a visit of every free slot (at 100,000 requests/s over 158
+slots, the difference between keeping up and falling behind).
 
 Re-sizing. Arrivals are counted over windows of rate_window_s from the first
 request on. After each window, if a model's rate moved by more than
@@ -97,7 +109,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from bisect import insort
+from bisect import bisect_right, insort
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
@@ -271,56 +283,58 @@ def placement_of(levels: Sequence[Level], gpu_type: str, models: Iterable[str]) 
 class _Lane:
     """A slot's turns and where it is in the current cycle."""
 
-    __slots__ = ("turns", "curves", "first", "sizes", "kind", "cycle", "owed", "state", "next", "timer", "wake")
+    __slots__ = ("turns", "curves", "first", "sizes", "cycle", "owed", "next")
 
-    def __init__(self, turns: list[tuple[float, str]], curves: dict[str, LatencyCurve], wake):
+    def __init__(self, turns: list[tuple[float, str]], curves: dict[str, LatencyCurve]):
         self.turns = turns
         self.curves = curves           # model -> its curve on this slot, for the models the slot serves
         self.first: dict[str, float] = {}   # model -> its earliest turn in a cycle (its turn in the next one)
         for offset, model in turns:
             if offset < self.first.get(model, INF):
                 self.first[model] = offset
-        self.sizes: dict[str, tuple[list[float], int, int]] = {}   # set by resize()
-        self.kind = -1                 # set by DStack._open_lane
+        self.sizes: dict[str, tuple[list[float], int, int, bool]] = {}   # set by resize()
         self.cycle = -1                # index of the cycle `owed` belongs to
         self.owed: list[int] = []      # turns not yet taken in that cycle, in order
-        self.state: int | None = None  # number of (kind, owed) while they stay (DStack._state_of); None: unknown
-        self.next: dict[str, float] | None = None   # model -> its next turn, while `owed` stays (_next_turns)
-        self.timer = None
-        self.wake = wake               # the timer's callback: serve the slot
+        self.next: list[tuple[float, str]] | None = None   # (next turn, model), in order, while `owed` stays
 
     def resize(self, rects: Mapping[str, Rectangle]) -> None:
         """The plan's run sizes on this slot, read on every serve: model -> (its curve's means, a run's planned
-        requests, its largest batch), both within the curve, in `curves` order."""
-        self.sizes = {m: (c.mean, min(rects[m].items, c.max_batch), min(rects[m].batch, c.max_batch))
+        requests, its largest batch, whether the means never fall as the batch grows), in `curves` order."""
+        self.sizes = {m: (c.mean, min(rects[m].items, c.max_batch), min(rects[m].batch, c.max_batch),
+                          c.mean[1:] == sorted(c.mean[1:]))
                       for m, c in self.curves.items()}
 
 
-class _Wakeup:
-    """One timer that serves lanes one after another (DStack._sweep), in the order they were set to wait."""
+class _Turns:
+    """One model's turns on every lane, in time order through the current cycle, and the idle lanes whose turn
+    of it has come (DStack's serving section).
 
-    __slots__ = ("lanes", "handle")
+    The calendar is (offset in a cycle, slot) for every turn of the model on every lane, sorted. `passed`
+    counts the turns whose time has come in cycle `cycle`; their lanes, and the idle lanes that still owe one
+    of them, are in `come` (a heap of slots, so the lowest slot serves first), each once (`listed`). An entry
+    may be stale (its lane busy, or its turn taken): the lane's own decision tells, when it is popped."""
 
-    def __init__(self, cluster, t: float):
-        self.lanes: dict[_Lane, None] = {}
-        self.handle = cluster.call_at(t, self._fire)
+    __slots__ = ("calendar", "cycle", "passed", "come", "listed", "at", "slot", "until", "timer")
 
-    def add(self, lane: _Lane) -> None:
-        self.lanes[lane] = None
-        lane.timer = self
+    def __init__(self, calendar: list[tuple[float, int]]):
+        self.calendar = calendar
+        self.cycle = -1
+        self.passed = 0
+        self.come: list[int] = []
+        self.listed: set[int] = set()
+        self.at, self.slot = INF, -1   # the next turn: when, and on which slot (_come)
+        self.until = -INF              # what _come found holds until then: no turn comes, the cycle goes on
+        self.timer = None              # at the next turn, while the model has requests waiting
 
-    def remove(self, lane: _Lane) -> None:
-        del self.lanes[lane]
-        lane.timer = None
-        if not self.lanes:
-            self.handle.cancel()
+    def list(self, slot: int) -> None:
+        if slot not in self.listed:
+            self.listed.add(slot)
+            heapq.heappush(self.come, slot)
 
-    def _fire(self) -> None:
-        while self.lanes:
-            lane = next(iter(self.lanes))
-            del self.lanes[lane]
-            lane.timer = None
-            lane.wake()
+    def pop(self) -> int:
+        slot = heapq.heappop(self.come)
+        self.listed.discard(slot)
+        return slot
 
 
 class DStack(Policy):
@@ -347,18 +361,19 @@ class DStack(Policy):
         self.cycle = min(spec.slo for spec in models.values())
         self.budget = self.cycle * config.max_fill
         self.queues: dict[str, deque[Task]] = {m: deque() for m in models}
+        self.waiting: dict[str, None] = {}           # the models with requests queued, in a set's role (ordered)
+        self.unplaced: set[str] = set()              # waiting models no idle lane had spare time for (_offer)
         self.rects = self._rectangles(None)
         self.lanes: dict[int, _Lane] = {}
         self.holders: dict[str, set[int]] = {m: set() for m in models}   # model -> slots whose lane serves it
+        self.turns: dict[str, _Turns] = {m: _Turns([]) for m in models}
         self.idle: set[int] = set()
         self.planned: dict[SlotSpec, list[Level]] = {}   # levels of the plan not yet given a slot, by spec
         self.counts = dict.fromkeys(models, 0)
-        self.drops = 0                               # requests dropped late so far
-        self.kinds: dict[tuple, int] = {}            # lanes' turns and curves -> a number (_Lane.kind)
-        self.states: dict[tuple, int] = {}           # (kind, turns owed) -> a number (_Lane.state)
         self.rates: dict[str, float] | None = None  # the rates the plan was made for
         self.rate_timer = None                       # set by the first arrival
         self.rollout = Rollout(cluster)
+        self.stale = True                            # the lanes changed since the turns were counted
         for s in cluster.slots:
             if s.alive:
                 self._open_lane(s.index)
@@ -367,142 +382,166 @@ class DStack(Policy):
     def on_arrival(self, task: Task) -> None:
         if self.rate_timer is None:
             self.rate_timer = self.cluster.call_at(self.cluster.now() + self.config.rate_window_s, self._close_window)
-        q = self.queues[task.model]
+        model = task.model
+        q = self.queues[model]
         if q and task.deadline < q[-1].deadline:
             insort(q, task, key=_deadline)
         else:
             q.append(task)
-        self.counts[task.model] += 1
-        self._sweep(task.model)
+        self.waiting[model] = None
+        self.counts[model] += 1
+        self._offer(model, self.cluster.now())
 
     def on_batch_done(self, batch: Batch) -> None:
         if batch.slot in self.lanes and self.cluster.slots[batch.slot].outstanding == 0:
             self.idle.add(batch.slot)
-            self._serve(batch.slot)
+            self._serve(batch.slot, self.cluster.now())
 
     def on_slot_lost(self, slot: int) -> None:
         lane = self.lanes.pop(slot, None)
         if lane is not None:
-            if lane.timer is not None:
-                lane.timer.remove(lane)
             for m in lane.curves:
                 self.holders[m].discard(slot)
+            self.stale = True
         self.idle.discard(slot)
 
     def on_slot_added(self, slot: int) -> None:
         self._open_lane(slot)
-        self._serve(slot)
+        if slot in self.idle:
+            self._serve(slot, self.cluster.now())
         self.rollout.joined(slot)
 
     # -- serving ----------------------------------------------------------------------------------
-    def _serve(self, slot: int) -> None:
-        lane = self.lanes[slot]
-        if slot not in self.idle:
-            self._wait(lane, INF)
-            return
-        now = self.cluster.now()
-        self._enter_cycle(lane, self._cycle_at(now))
-        choice = self._choose(lane, now)
-        if isinstance(choice, tuple):
-            self._wait(lane, INF)
-            self._run(slot, *choice)
-        else:
-            self._wait(lane, choice)
-
-    def _sweep(self, model: str) -> None:
-        """An arrival serves every idle slot holding its model, in slot order, until its queue is empty, all
-        at one moment (as _serve each, but cheaper where many slots wait for their turns):
-        - slots whose lanes are in the same state (kind, cycle, turns owed) decide alike while the queues
-          stay as the last decision left them (nothing more is late, the same turn comes next), so a state
-          is worked out once (_choose) and its other slots only wait for the same turn;
-        - slots set to wait for the same time share one timer, which serves them in the order they were set,
-          until a batch is dispatched (its end may be at that time): timers of one time set one after
-          another, with nothing else scheduled in between, fire one after another in that order."""
+    def _offer(self, model: str, now: float) -> None:
+        """The model has requests waiting (an arrival, or its turn has come): the free slots whose turn of it has
+        come serve, lowest slot first; then, if it needs spare time and has not been found none since its last
+        turn (unplaced), the free slots holding it where its batch fits, in slot order; and its timer is set
+        for its next turn (the module doc's serving section says why no other slot need look)."""
         q = self.queues[model]
-        now = self.cluster.now()
-        cycle = self._cycle_at(now)
-        decided: dict[int, float] = {}                         # state -> the turn its slots wait for
-        shared: dict[float, _Wakeup] = {}                      # turn -> the timer of the slots waiting for it
-        # Every idle slot holding the model is visited on every arrival: a lane's state is kept as a number
-        # while its turns owed stay (_state_of), not rebuilt as a tuple per slot.
-        for slot in sorted(self.idle & self.holders[model]):
-            lane = self.lanes[slot]
-            if cycle != lane.cycle:
-                self._enter_cycle(lane, cycle)
-            state = lane.state if lane.state is not None else self._state_of(lane)
-            turn = decided.get(state)
-            if turn is None:
-                drops = self.drops
-                choice = self._choose(lane, now)
-                if isinstance(choice, tuple) or self.drops != drops:
-                    decided.clear()                            # the queues changed
-                if isinstance(choice, tuple):
-                    self._wait(lane, INF)
-                    self._run(slot, *choice)
-                    shared.clear()                             # its end may come at one of their times
+        turns = self._come(model, now)
+        while q and turns.come:
+            slot = turns.pop()
+            if slot in self.idle:
+                self._serve(slot, now)
+        if q and model not in self.unplaced and self._needed(model, now):
+            lanes = self.lanes
+            for slot in sorted(self.idle & self.holders[model]):
+                lane = lanes[slot]
+                self._enter_cycle(lane, now)
+                if self._fits(lane, model, now):           # (else its decision stays: to wait)
+                    self._serve(slot, now)
                     if not q:
-                        return
-                    continue
-                turn = decided[state] = choice                 # (a wait leaves the turns owed as they were)
-            self._wait(lane, turn, shared)
-            if not q:
-                return
+                        break
+            if q:
+                self.unplaced.add(model)
+        turns = self._come(model, now)         # (as it is now: a serve may have lost a slot)
+        if q and turns.timer is None and turns.at < INF:
+            turns.timer = self.cluster.call_at(turns.at, lambda: self._turn(model))
 
-    def _state_of(self, lane: _Lane) -> int:
-        """A number for the lane's (kind, turns owed): lanes in one state decide alike (_sweep). A sweep sees
-        every lane in its own cycle, so the cycle need not be part of it."""
-        key = (lane.kind, tuple(lane.owed))
-        state = self.states.get(key)
-        if state is None:
-            state = self.states[key] = len(self.states)
-        lane.state = state
-        return state
+    def _turn(self, model: str) -> None:
+        self.turns[model].timer = None
+        self.unplaced.discard(model)
+        if self.queues[model]:
+            self._offer(model, self.cluster.now())
 
-    def _enter_cycle(self, lane: _Lane, cycle: int) -> None:
-        if cycle != lane.cycle:
-            lane.cycle, lane.owed, lane.next, lane.state = cycle, list(range(len(lane.turns))), None, None
-
-    def _wait(self, lane: _Lane, turn: float, shared: dict[float, _Wakeup] | None = None) -> None:
-        """The lane's timer: its next serve at `turn` (inf: none until an event). `shared`: a sweep's timers
-        by time, for the lanes it set to wait one after another (_sweep)."""
-        if lane.timer is not None:
-            lane.timer.remove(lane)
-        if turn < INF:
-            wakeup = None if shared is None else shared.get(turn)
-            if wakeup is None:
-                wakeup = _Wakeup(self.cluster, turn)
-                if shared is not None:
-                    shared[turn] = wakeup
-            wakeup.add(lane)
-
-    def _choose(self, lane: _Lane, now: float) -> tuple[str, int] | float:
-        """Drops the requests that are late (_drop_late), then what the slot does now: (model, batch) to
-        run, or the time of the turn to wait for (inf: nothing waits)."""
+    def _serve(self, slot: int, now: float) -> None:
+        """The idle slot, in the current cycle, drops the requests that are late (_drop_late), then runs (1) the
+        earliest turn whose time has come of a model with requests waiting, else (2) a batch in spare time,
+        else stays idle, listed for each model whose turn has come on it, to serve its next requests at once."""
+        lane = self.lanes[slot]
+        cycle = self._enter_cycle(lane, now)
         waiting = self._drop_late(lane, now)
-        if not waiting:
-            return INF
-        begin = lane.cycle * self.cycle
+        begin = cycle * self.cycle
+        come = []
         for k in lane.owed:                                    # (1) a turn whose time has come
             offset, model = lane.turns[k]
             if begin + offset > now:
                 break
             if model in waiting:
                 lane.owed.remove(k)
-                lane.next = lane.state = None
-                return model, self._size(lane, model, now)
-        if lane.next is None:
-            lane.next = self._next_turns(lane, begin)
-        turns = {m: lane.next[m] for m in waiting}
-        soonest = sorted(turns.values()) + [INF]               # [0]: the next turn of any; [1]: of the others
+                lane.next = None
+                self._run(slot, model, self._size(lane, model, now))
+                return
+            come.append(model)
+        if waiting:
+            choice = self._spare(lane, waiting, now)           # (2)
+            if choice is not None:
+                self._run(slot, *choice)
+                return
+        for model in come:
+            turns = self.turns[model]
+            if turns.cycle == cycle:           # (a later cycle of the model's turns lists its own lanes)
+                turns.list(slot)
+
+    def _come(self, model: str, now: float) -> _Turns:
+        """The model's turns with the ones whose time has come by `now` passed, their lanes listed, and its
+        next turn (at, on which slot) found."""
+        turns = self.turns[model]
+        if now < turns.until and not self.stale:
+            return turns                       # no turn has come since, in the same cycle
+        if self.stale:
+            self._calendars(now)
+            turns = self.turns[model]
+        cycle = self._cycle_at(now)
+        if cycle != turns.cycle:
+            turns.cycle, turns.passed, turns.come, turns.listed = cycle, 0, [], set()
+        calendar, begin, i = turns.calendar, cycle * self.cycle, turns.passed
+        while i < len(calendar) and begin + calendar[i][0] <= now:
+            turns.list(calendar[i][1])
+            i += 1
+        turns.passed = i
+        # The next turn: the first not passed in this cycle, else the first of the next (inf: no lane serves it).
+        end = (cycle + 1) * self.cycle
+        if not calendar:
+            turns.at, turns.slot = INF, -1
+        elif i < len(calendar):
+            turns.at, turns.slot = begin + calendar[i][0], calendar[i][1]
+        else:
+            turns.at, turns.slot = end + calendar[0][0], calendar[0][1]
+        turns.until = min(turns.at, end)
+        return turns
+
+    def _needed(self, model: str, now: float) -> bool:
+        """Whether the model's requests need spare time: a run's worth waits, or the first would miss its
+        deadline waiting for the model's next turn, at that turn's lane's sizes."""
+        turns = self._come(model, now)
+        if turns.at == INF:
+            return True
+        lane = self.lanes[turns.slot]
+        q, (mean, items, _, _) = self.queues[model], lane.sizes[model]
+        return len(q) >= items or turns.at + mean[self._size(lane, model, now)] > q[0].deadline
+
+    def _spare(self, lane: _Lane, waiting: list[str], now: float) -> tuple[str, int] | None:
+        """(model, batch) for the slot's spare time: the first, earliest deadline first among its waiting
+        models, that needs it (_needed) and whose batch fits before the next turn of another (_fits)."""
         queues = self.queues
-        for model in sorted(waiting, key=lambda m: queues[m][0].deadline):   # (2) spare time, EDF
-            q, (mean, items, _) = queues[model], lane.sizes[model]
-            n = self._size(lane, model, now)
-            needed = len(q) >= items or turns[model] + mean[n] > q[0].deadline
-            others = soonest[1] if turns[model] == soonest[0] else soonest[0]   # the next turn of another
-            if needed and now + mean[n] <= others:
+        for model in sorted(waiting, key=lambda m: queues[m][0].deadline):
+            n = self._fits(lane, model, now)
+            if n and self._needed(model, now):
                 return model, n
-        return soonest[0]                                      # (3) wait for the next turn
+        return None
+
+    def _fits(self, lane: _Lane, model: str, now: float) -> int:
+        """The batch the slot would run of the model now (_size) if it ends before the slot's next turn of
+        another model with requests waiting, in this cycle or the next; else 0."""
+        if lane.next is None:
+            lane.next = self._next_turns(lane)
+        n = self._size(lane, model, now)
+        end = now + lane.sizes[model][0][n]
+        waiting = self.waiting
+        for at, other in lane.next:
+            if at >= end:
+                break
+            if other != model and other in waiting:
+                return 0
+        return n
+
+    def _enter_cycle(self, lane: _Lane, now: float) -> int:
+        """The cycle holding `now`; a lane entering it owes every turn again."""
+        cycle = self._cycle_at(now)
+        if cycle != lane.cycle:
+            lane.cycle, lane.owed, lane.next = cycle, list(range(len(lane.turns))), None
+        return cycle
 
     def _cycle_at(self, t: float) -> int:
         """The index k of the cycle [k*T, (k+1)*T) holding t, exact in floating point: a timer set for a
@@ -514,51 +553,62 @@ class DStack(Policy):
             k -= 1
         return k
 
-    def _next_turns(self, lane: _Lane, begin: float) -> dict[str, float]:
-        """When each of the lane's models has its next turn, in this cycle or the next (inf: none); the next
-        turn of several of them is the least of theirs. One pass over the turns for all of them, kept until
-        the lane takes a turn or a cycle begins (the serves in between only read it)."""
-        following = (lane.cycle + 1) * self.cycle
+    def _next_turns(self, lane: _Lane) -> list[tuple[float, str]]:
+        """(next turn, model) for each of the lane's models, in order: its first owed turn in this cycle,
+        else its first in the next (inf: none). One pass over the turns for all of them, kept until the lane
+        takes a turn or a cycle begins."""
+        begin, following = lane.cycle * self.cycle, (lane.cycle + 1) * self.cycle
         turns = {m: following + lane.first[m] if m in lane.first else INF for m in lane.curves}
         for k in lane.owed:
             offset, model = lane.turns[k]
             if model in turns and begin + offset < turns[model]:
                 turns[model] = begin + offset
-        return turns
+        return sorted((at, m) for m, at in turns.items())
 
     def _size(self, lane: _Lane, model: str, now: float) -> int:
         """The batch to run now: up to the model's batch, fewer if the first request would miss its deadline."""
-        q, (mean, _, batch) = self.queues[model], lane.sizes[model]
+        q, (mean, _, batch, rising) = self.queues[model], lane.sizes[model]
         n = min(len(q), batch)
-        while n > 1 and now + mean[n] > q[0].deadline:
+        deadline = q[0].deadline
+        if n > 1 and now + mean[n] > deadline:
+            if rising:    # the first that fits counting down from n, found by bisection (a backlog makes n large)
+                return max(1, bisect_right(mean, deadline, 1, n, key=lambda x: now + x) - 1)
             n -= 1
+            while n > 1 and now + mean[n] > deadline:
+                n -= 1
         return n
 
     def _run(self, slot: int, model: str, n: int) -> None:
         q = self.queues[model]
         tasks = take(q, n)
+        if not q:
+            del self.waiting[model]
+            self.unplaced.discard(model)
         self.cluster.dispatch(slot, model, tasks)
         self.idle.discard(slot)
 
-    def _drop_late(self, lane: _Lane, now: float) -> set[str]:
+    def _drop_late(self, lane: _Lane, now: float) -> list[str]:
         """Drop the requests of the slot's models that cannot make their deadline in a run of the planned
-        size (or of all that wait, if fewer) started now; returns the models with requests left."""
-        waiting = set()
-        queues = self.queues
-        for model, (mean, items, _) in lane.sizes.items():
-            q = queues[model]
-            if not q:
+        size (or of all that wait, if fewer) started now; returns the slot's models with requests left."""
+        left = []
+        sizes = lane.sizes
+        for model in list(self.waiting):
+            size = sizes.get(model)
+            if size is None:
                 continue
+            mean, items = size[0], size[1]
+            q = self.queues[model]
             if now + mean[min(len(q), items)] > q[0].deadline:
                 late = []
                 while q and now + mean[min(len(q), items)] > q[0].deadline:
                     late.append(q.popleft())
                 self.cluster.drop(late, "late")
-                self.drops += len(late)
                 if not q:
+                    del self.waiting[model]
+                    self.unplaced.discard(model)
                     continue
-            waiting.add(model)
-        return waiting
+            left.append(model)
+        return left
 
     # -- planning ---------------------------------------------------------------------------------
     def _rectangles(self, rates: Mapping[str, float] | None) -> dict[str, Rectangle]:
@@ -606,19 +656,33 @@ class DStack(Policy):
                              for m in curves for r in [self.rects[m]] for k in range(r.runs)], self.cycle)
         old = self.lanes.get(slot)
         if old is not None:
-            if old.timer is not None:
-                old.timer.remove(old)
             for m in old.curves:
                 self.holders[m].discard(slot)
         for m in curves:
             self.holders[m].add(slot)
-        lane = self.lanes[slot] = _Lane(turns, curves, lambda: self._serve(slot) if slot in self.lanes else None)
+        lane = self.lanes[slot] = _Lane(turns, curves)
         lane.resize(self.rects)
-        # Lanes of one kind -- the same turns and the same curve objects -- decide alike in one state (_sweep).
-        kind = (tuple(turns), tuple((m, id(c)) for m, c in curves.items()))
-        lane.kind = self.kinds.setdefault(kind, len(self.kinds))
+        self.stale = True
         if s.outstanding == 0:
             self.idle.add(slot)
+
+    def _calendars(self, now: float) -> None:
+        """Every model's turns on the lanes as they are now (they changed: a plan, a slot added or lost),
+        counted again from the cycle's start; a model with requests waiting looks at once at its turns."""
+        calendars: dict[str, list[tuple[float, int]]] = {m: [] for m in self.models}
+        for slot, lane in self.lanes.items():
+            for offset, model in lane.turns:
+                calendars[model].append((offset, slot))
+        for model, calendar in calendars.items():
+            calendar.sort()
+            old = self.turns[model]
+            if old.timer is not None:
+                old.timer.cancel()
+            turns = self.turns[model] = _Turns(calendar)
+            if self.queues[model]:
+                turns.timer = self.cluster.call_at(now, lambda m=model: self._turn(m))
+        self.unplaced.clear()
+        self.stale = False
 
 
 def _deadline(task: Task) -> float:

@@ -212,6 +212,27 @@ def test_every_model_runs_every_cycle_even_when_another_is_always_more_urgent():
     assert all(t.status == "ok" for t in tasks)
 
 
+def test_a_turn_is_kept_through_its_cycle_and_spare_time_goes_to_a_run_that_needs_it():
+    # One whole GPU, l = 2 + 0.5b ms; a: SLO 20 ms, b: SLO 200 ms; cycle 20 ms. Before any rate is measured
+    # (the first second) a runs 2 a cycle (batch 16, 10 ms: turns at most 20 - 10 ms apart), b once (batch 30,
+    # 17 ms); 37 ms of runs squeezed end to end into 20: turns a 0, a 5.41, b 10.81 ms.
+    models = {"a": 20, "b": 200}
+    curve = line(2.0, 0.5, 32)
+    arrivals = [(0.0125, "b"),     # b's turn came at 10.81 with nothing waiting: kept, so it runs at once
+                (0.0300, "a"),     # cycle 1 (from 20 ms): a's turns at 20 and 25.41 have come: runs at once
+                (0.0330, "a"),     # (the slot is free from 32.5 ms) a's second turn of cycle 1: at once
+                (0.0360, "a"),     # both taken; its next turn, at 40 ms, still makes its deadline: waits for it
+                *[(0.0430, "b")] * 30]   # b's turn is at 50.81, but a run's worth (30) waits: spare time, at once
+    ledger = Ledger(slots(models, 1), [{m: curve for m in models}])
+    sim = SimCluster(ledger)
+    policy = DStack(sim, specs(models), DStackConfig())
+    assert [(round(t / MS, 2), m) for t, m in policy.lanes[0].turns] == [(0, "a"), (5.41, "a"), (10.81, "b")]
+    times = np.array([t for t, _ in arrivals])
+    sim.run(policy, np.arange(len(arrivals)), [m for _, m in arrivals], times, slo_of(models), drain=0.5)
+    assert [(b.model, b.size, round(b.t_dispatch / MS, 3)) for b in sim.batches] == \
+        [("b", 1, 12.5), ("a", 1, 30.0), ("a", 1, 33.0), ("a", 1, 40.0), ("b", 30, 43.0)]
+
+
 def test_resizes_only_when_a_rate_moves_past_the_threshold(monkeypatch):
     models = {"m": 50}
     curve = line(2.0, 0.5, 32)
