@@ -173,15 +173,21 @@ class Jigsaw(Policy):
         self.lingering: list = []                          # specs it drops that serve on until its segments join
         self.unbound: list[tuple[str, frozenset, tuple]] = []   # (partition, models, groups) of segments to join
         self.slot_groups: dict[int, list[_Group]] = {}
-        self.envelopes: dict[tuple[int, str], list[float]] = {}
-        self.alone: dict[tuple[int, str], float] = {}     # (slot, model) -> its latency at batch 1 (_alone)
+        self.slot_idle: dict[int, list[set[int]]] = {}     # slot -> the idle sets of its groups, each once (_give)
+        self.envelopes: dict[int, dict[str, list[float]]] = {}   # slot -> model -> _envelope
+        self.alone: dict[int, dict[str, float]] = {}      # slot -> model -> its latency at batch 1 (_alone)
         self.seq = itertools.count()
         # Until the first allocation: a group per model on the configured slots.
         self.bootstrap = {m: _Group(m) for m in models}
-        for s in slots:
-            if s.alive:
-                self.slot_groups[s.index] = [self.bootstrap[m] for m in sorted(s.models) if m in self.bootstrap]
-                self._set_idle(s.index, True)
+        # Models held by the same slots have the same idle slots, set and cleared in the same order: one set
+        # serves them all, so a slot that starts or ends a batch touches one set, not one per model.
+        alive = [s for s in slots if s.alive]
+        shared: dict[tuple[int, ...], set[int]] = {}
+        for m, group in self.bootstrap.items():
+            group.idle = shared.setdefault(tuple(s.index for s in alive if m in s.models), group.idle)
+        for s in alive:
+            self._give(s.index, [self.bootstrap[m] for m in sorted(s.models) if m in self.bootstrap])
+            self._set_idle(s.index, True)
 
     def start(self) -> None:
         self.cluster.call_at(self.config.window_s, self._tick)
@@ -295,32 +301,41 @@ class Jigsaw(Policy):
             cluster.drop(late, "late")
         if not q:
             return
-        tasks = [heapq.heappop(q)[2] for _ in range(size)]
+        tasks = [heapq.heappop(q)[2]] if size == 1 else [heapq.heappop(q)[2] for _ in range(size)]
         self._set_idle(slot, False)
         cluster.dispatch(slot, best.model, tasks)
 
+    def _give(self, slot: int, groups: list[_Group]) -> None:
+        """The slot serves these groups (in this order, for ties), and its idle state is kept in their sets."""
+        self.slot_groups[slot] = groups
+        self.slot_idle[slot] = list({id(g.idle): g.idle for g in groups}.values())
+
     def _set_idle(self, slot: int, idle: bool) -> None:
-        for group in self.slot_groups.get(slot, ()):
+        for slots in self.slot_idle.get(slot, ()):
             if idle:
-                group.idle.add(slot)
+                slots.add(slot)
             else:
-                group.idle.discard(slot)
+                slots.discard(slot)
 
     def _alone(self, slot: int, model: str) -> float:
         """The model's profiled latency at batch 1 on the slot (a slot's curves never change: cached, as
         _envelope)."""
-        key = (slot, model)
-        alone = self.alone.get(key)
+        cache = self.alone.get(slot)
+        if cache is None:
+            cache = self.alone[slot] = {}
+        alone = cache.get(model)
         if alone is None:
-            alone = self.alone[key] = self.cluster.curve(model, slot).mean[1]
+            alone = cache[model] = self.cluster.curve(model, slot).mean[1]
         return alone
 
     def _envelope(self, slot: int, model: str) -> list[float]:
         """The profile's mean latencies made non-decreasing in the batch size, for bisection."""
-        key = (slot, model)
-        envelope = self.envelopes.get(key)
+        cache = self.envelopes.get(slot)
+        if cache is None:
+            cache = self.envelopes[slot] = {}
+        envelope = cache.get(model)
         if envelope is None:
-            envelope = self.envelopes[key] = list(itertools.accumulate(self.cluster.curve(model, slot).mean, max))
+            envelope = cache[model] = list(itertools.accumulate(self.cluster.curve(model, slot).mean, max))
         return envelope
 
     def _size(self, envelope: list[float], group: _Group, now: float) -> int:
@@ -338,6 +353,7 @@ class Jigsaw(Policy):
     def on_slot_lost(self, slot: int) -> None:
         self._set_idle(slot, False)
         self.slot_groups.pop(slot, None)
+        self.slot_idle.pop(slot, None)
 
     def on_slot_added(self, slot: int) -> None:
         self._bind(slot)
@@ -441,7 +457,7 @@ class Jigsaw(Policy):
             if self.desired - serving else []
         if self.desired != current:
             self.cluster.reconfigure(Placement(tuple(specs) + tuple(self.lingering)))
-        self.slot_groups = {}
+        self.slot_groups, self.slot_idle = {}, {}
         for s in self.cluster.slots:
             if s.alive:
                 self._bind(s.index)
@@ -466,10 +482,10 @@ class Jigsaw(Policy):
         for k, (partition, models, groups) in enumerate(self.unbound):
             if s.partition == partition and s.models == models:
                 del self.unbound[k]
-                self.slot_groups[slot] = list(dict.fromkeys(groups))
+                self._give(slot, list(dict.fromkeys(groups)))
                 break
         else:                           # a lingering slot: it serves every group whose variant it holds
-            self.slot_groups[slot] = [g for g in self.groups.values() if g.model in s.models]
+            self._give(slot, [g for g in self.groups.values() if g.model in s.models])
         if s.outstanding == 0:
             self._set_idle(slot, True)
 
