@@ -366,7 +366,7 @@ class DStack(Policy):
         self.rects = self._rectangles(None)
         self.lanes: dict[int, _Lane] = {}
         self.holders: dict[str, set[int]] = {m: set() for m in models}   # model -> slots whose lane serves it
-        self.turns: dict[str, _Turns] = {m: _Turns([]) for m in models}
+        self.turns: dict[str, _Turns] = {m: _Turns([]) for m in models}   # model -> its turns on every lane
         self.idle: set[int] = set()
         self.planned: dict[SlotSpec, list[Level]] = {}   # levels of the plan not yet given a slot, by spec
         self.counts = dict.fromkeys(models, 0)
