@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,12 @@ class LatencyCurve:
     @property
     def max_batch(self) -> int:
         return len(self.mean) - 1
+
+    @cached_property
+    def rising(self) -> bool:
+        """Whether the mean latency never falls as the batch grows (measured profiles may dip): a search
+        over batch sizes may then bisect."""
+        return self.mean[1:] == sorted(self.mean[1:])
 
     def largest_batch_within(self, budget: float) -> int:
         """Largest b with mean l(b) <= budget (0 if even b=1 does not fit)."""

@@ -300,8 +300,7 @@ class _Lane:
     def resize(self, rects: Mapping[str, Rectangle]) -> None:
         """The plan's run sizes on this slot, read on every serve: model -> (its curve's means, a run's planned
         requests, its largest batch, whether the means never fall as the batch grows), in `curves` order."""
-        self.sizes = {m: (c.mean, min(rects[m].items, c.max_batch), min(rects[m].batch, c.max_batch),
-                          c.mean[1:] == sorted(c.mean[1:]))
+        self.sizes = {m: (c.mean, min(rects[m].items, c.max_batch), min(rects[m].batch, c.max_batch), c.rising)
                       for m, c in self.curves.items()}
 
 
