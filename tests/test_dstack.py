@@ -5,6 +5,7 @@ Latencies are linear in the batch between the points given, so l(b) below is exa
 
 import json
 import subprocess
+from collections import deque
 import sys
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 from harness import profiles
+from harness.core import Task
 from harness.errors import HarnessError
 from harness.ledger import Ledger
 from harness.profiles import LatencyCurve, curves_for
@@ -231,6 +233,26 @@ def test_a_turn_is_kept_through_its_cycle_and_spare_time_goes_to_a_run_that_need
     sim.run(policy, np.arange(len(arrivals)), [m for _, m in arrivals], times, slo_of(models), drain=0.5)
     assert [(b.model, b.size, round(b.t_dispatch / MS, 3)) for b in sim.batches] == \
         [("b", 1, 12.5), ("a", 1, 30.0), ("a", 1, 33.0), ("a", 1, 40.0), ("b", 30, 43.0)]
+
+
+def test_a_batch_is_the_largest_that_ends_by_its_first_deadline_on_a_curve_that_rises_or_dips():
+    # The size counting down from the model's batch to the first run that ends by the head's deadline: bisected
+    # where the curve never falls, scanned where a measured profile dips (both must agree with the scan). The
+    # batch rule gives 16 on the rising curve and 10 on the dipping one (10 / 6.0 ms beats 16 / 10.5 ms).
+    rising = line(2.0, 0.5, 16)                                          # 2.5 ... 10 ms
+    dipping = LatencyCurve.from_points(list(range(1, 17)),
+                                       [2.5 + 0.5 * b - (1.5 if b in (9, 10) else 0.0) for b in range(1, 17)])
+    assert rising.rising and not dipping.rising
+    for curve in (rising, dipping):
+        ledger = Ledger(slots({"a": 100}, 1), [{"a": curve}])
+        policy = DStack(SimCluster(ledger), specs({"a": 100}), DStackConfig())
+        lane = policy.lanes[0]
+        top = lane.sizes["a"][2]
+        assert top == (16 if curve is rising else 10)
+        for head_ms in (3.0, 5.9, 6.0, 6.4, 7.0, 7.1, 8.0, 20.0):
+            policy.queues["a"] = deque(Task(i, "a", 0.0, head_ms * MS) for i in range(20))
+            scanned = next((n for n in range(top, 0, -1) if curve.mean[n] <= head_ms * MS), 1)
+            assert policy._size(lane, "a", 0.0) == scanned, (curve.rising, head_ms)
 
 
 def test_resizes_only_when_a_rate_moves_past_the_threshold(monkeypatch):
