@@ -188,6 +188,9 @@ class Jigsaw(Policy):
         for s in alive:
             self._give(s.index, [self.bootstrap[m] for m in sorted(s.models) if m in self.bootstrap])
             self._set_idle(s.index, True)
+            for m in s.models & models.keys():     # worked out now, not by the first requests each slot serves
+                self._alone(s.index, m)
+                self._envelope(s.index, m)
 
     def start(self) -> None:
         self.cluster.call_at(self.config.window_s, self._tick)
