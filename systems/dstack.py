@@ -458,7 +458,11 @@ class DStack(Policy):
                 break
             if model in waiting:
                 lane.owed.remove(k)
-                lane.next = None
+                if lane.next is not None:                      # only this model's next turn moves
+                    at = next((begin + lane.turns[j][0] for j in lane.owed if lane.turns[j][1] == model),
+                              (cycle + 1) * self.cycle + lane.first[model])   # (as _next_turns)
+                    lane.next.remove((begin + offset, model))
+                    insort(lane.next, (at, model))
                 self._run(slot, model, self._size(lane, model, now))
                 return
             come.append(model)
@@ -512,11 +516,17 @@ class DStack(Policy):
 
     def _spare(self, lane: _Lane, waiting: list[str], now: float) -> tuple[str, int] | None:
         """(model, batch) for the slot's spare time: the first, earliest deadline first among its waiting
-        models, that needs it (_needed) and whose batch fits before the next turn of another (_fits)."""
-        queues = self.queues
+        models, that needs it (_needed) and whose batch ends by the slot's next turn of another of them (as
+        _fits, with the slot's two next turns of waiting models found once for all of them)."""
+        if lane.next is None:
+            lane.next = self._next_turns(lane)
+        # The slot's next two turns of waiting models: a model's batch must end by the first that is not its own.
+        soonest = [(at, m) for at, m in lane.next if m in waiting][:2] + [(INF, "")] * 2
+        queues, sizes = self.queues, lane.sizes
         for model in sorted(waiting, key=lambda m: queues[m][0].deadline):
-            n = self._fits(lane, model, now)
-            if n and self._needed(model, now):
+            n = self._size(lane, model, now)
+            others = soonest[0][0] if soonest[0][1] != model else soonest[1][0]
+            if now + sizes[model][0][n] <= others and self._needed(model, now):
                 return model, n
         return None
 
