@@ -116,7 +116,6 @@ async def one_rate(system: str, rate: float, seconds: float, n_slots: int, n_mod
     times = np.cumsum(rng.exponential(1.0 / rate, n)).tolist()
     which = rng.integers(0, n_models, n).tolist()
     lag = np.empty(n)
-    precise.quiet_gc()                                   # the previous rate's garbage goes now, not mid-run
     models = {f"m{i}": ModelSpec(f"m{i}", slo_ms / 1000) for i in range(n_models)}
     names = list(models)
     slots = [Slot(i, f"s{i}", "sleep", "whole", frozenset(models), device=i) for i in range(n_slots)]
@@ -126,6 +125,7 @@ async def one_rate(system: str, rate: float, seconds: float, n_slots: int, n_mod
     ledger = Ledger(slots, [{m: curve for m in models}] * n_slots, lambda spec: {m: curve for m in models})
     cluster = LiveCluster(ledger, FakePool(n_slots, instant), clock, {m: s.slo for m, s in models.items()})
     policy = policy_cls(cluster, models, policy_cls.Config())
+    precise.quiet_gc()     # the previous rate's garbage goes now, not mid-run; the policy's is kept, as the scheduler's
     done = loop.create_future()
     i = 0
 
