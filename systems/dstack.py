@@ -413,9 +413,9 @@ class DStack(Policy):
     # -- serving ----------------------------------------------------------------------------------
     def _offer(self, model: str, now: float) -> None:
         """The model has requests waiting (an arrival, or its turn has come): the free slots whose turn of it has
-        come serve, lowest slot first; then, if it needs spare time and has not been found none since its last
-        turn (unplaced), the free slots holding it where its batch fits, in slot order; and its timer is set
-        for its next turn (the module doc's serving section says why no other slot need look)."""
+        come serve, lowest slot first; then, if it needs spare time (unless a search since its last turn found
+        no free slot with room: unplaced), the free slots holding it where its batch fits, in slot order; and
+        its timer is set for its next turn (the module doc's serving section says why no other slot need look)."""
         q = self.queues[model]
         turns = self._come(model, now)
         while q and turns.come:
