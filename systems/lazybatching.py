@@ -73,6 +73,7 @@ from harness.errors import HarnessError
 from systems._path import ServingPath, ServingPathConfig
 from systems._pool import Pools
 
+INF = float("inf")
 EPS = 1e-9      # finish times are sums of profile means: a deadline met exactly counts as met
 
 
@@ -162,7 +163,7 @@ class LazyBatching(Policy):
             stack.size -= len(tasks)
             if stack.size == 0:              # none left in flight (so no group either)
                 del self.stacks[slot][stack.model]
-                stack.deadline = float("inf")
+                stack.deadline = INF
             else:
                 stack.deadline = min(t.deadline for group in stack.groups.values() for t in group)
         self._serve(slot, self.cluster.now())
@@ -206,7 +207,7 @@ class LazyBatching(Policy):
             self.running[slot] = (stack, tasks, batch)
             if slot not in self.busy:
                 self.busy.add(slot)
-                self.pools.book(slot, float("inf"))
+                self.pools.book(slot, INF)
             return
         if slot in self.busy:
             self.busy.discard(slot)
@@ -254,7 +255,8 @@ class LazyBatching(Policy):
         for m in self.waiting:
             if m not in stacks and m in held:
                 urgency.append((queues[m][0].deadline, m))
-        urgency.sort()
+        if len(urgency) > 1:
+            urgency.sort()
         return urgency
 
     def _admit(self, slot: int, model: str, now: float) -> None:
@@ -273,7 +275,8 @@ class LazyBatching(Policy):
                 stacks[model] = stack
             stack.groups.setdefault(0, []).append(task)
             stack.size += 1
-            stack.deadline = min(stack.deadline, task.deadline)
+            if task.deadline < stack.deadline:
+                stack.deadline = task.deadline
         if not queue:
             self.waiting.discard(model)
 
