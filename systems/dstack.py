@@ -414,7 +414,7 @@ class DStack(Policy):
     def _offer(self, model: str, now: float) -> None:
         """The model has requests waiting (an arrival, or its turn has come): the free slots whose turn of it has
         come serve, lowest slot first; then, if it needs spare time (unless a search since its last turn found
-        no free slot with room: unplaced), the free slots holding it where its batch fits, in slot order; and
+        no free slot with room: unplaced), the free slots holding it where its batch fits (_room), in slot order; and
         its timer is set for its next turn (the module doc's serving section says why no other slot need look)."""
         q = self.queues[model]
         turns = self._come(model, now)
@@ -427,8 +427,9 @@ class DStack(Policy):
             for slot in sorted(self.idle & self.holders[model]):
                 lane = lanes[slot]
                 self._enter_cycle(lane, now)
-                if self._fits(lane, model, now):           # (else its decision stays: to wait)
-                    self._serve(slot, now)
+                n = self._size(lane, model, now)
+                if now + lane.sizes[model][0][n] <= self._room(self._soonest(lane, self.waiting), model):
+                    self._serve(slot, now)                     # (else its decision stays: to wait)
                     if not q:
                         break
             if q:
@@ -516,34 +517,25 @@ class DStack(Policy):
 
     def _spare(self, lane: _Lane, waiting: list[str], now: float) -> tuple[str, int] | None:
         """(model, batch) for the slot's spare time: the first, earliest deadline first among its waiting
-        models, that needs it (_needed) and whose batch ends by the slot's next turn of another of them (as
-        _fits, with the slot's two next turns of waiting models found once for all of them)."""
-        if lane.next is None:
-            lane.next = self._next_turns(lane)
-        # The slot's next two turns of waiting models: a model's batch must end by the first that is not its own.
-        soonest = [(at, m) for at, m in lane.next if m in waiting][:2] + [(INF, "")] * 2
+        models, that needs it (_needed) and whose batch ends by the slot's next turn of another of them."""
+        soonest = self._soonest(lane, waiting)
         queues, sizes = self.queues, lane.sizes
         for model in sorted(waiting, key=lambda m: queues[m][0].deadline):
             n = self._size(lane, model, now)
-            others = soonest[0][0] if soonest[0][1] != model else soonest[1][0]
-            if now + sizes[model][0][n] <= others and self._needed(model, now):
+            if now + sizes[model][0][n] <= self._room(soonest, model) and self._needed(model, now):
                 return model, n
         return None
 
-    def _fits(self, lane: _Lane, model: str, now: float) -> int:
-        """The batch the slot would run of the model now (_size) if it ends before the slot's next turn of
-        another model with requests waiting, in this cycle or the next; else 0."""
+    def _soonest(self, lane: _Lane, waiting) -> list[tuple[float, str]]:
+        """The slot's next two turns, (time, model), of models in `waiting` (then (inf, ''))."""
         if lane.next is None:
             lane.next = self._next_turns(lane)
-        n = self._size(lane, model, now)
-        end = now + lane.sizes[model][0][n]
-        waiting = self.waiting
-        for at, other in lane.next:
-            if at >= end:
-                break
-            if other != model and other in waiting:
-                return 0
-        return n
+        return [(at, m) for at, m in lane.next if m in waiting][:2] + [(INF, "")] * 2
+
+    @staticmethod
+    def _room(soonest: list[tuple[float, str]], model: str) -> float:
+        """When the slot's spare time for `model` ends: its next turn of another waiting model (_soonest)."""
+        return soonest[0][0] if soonest[0][1] != model else soonest[1][0]
 
     def _enter_cycle(self, lane: _Lane, now: float) -> int:
         """The cycle holding `now`; a lane entering it owes every turn again."""
