@@ -175,7 +175,6 @@ class Jigsaw(Policy):
         self.slot_groups: dict[int, list[_Group]] = {}
         self.slot_idle: dict[int, list[set[int]]] = {}     # slot -> the idle sets of its groups, each once (_give)
         self.envelopes: dict[int, dict[str, list[float]]] = {}   # slot -> model -> _envelope
-        self.alone: dict[int, dict[str, float]] = {}      # slot -> model -> its latency at batch 1 (_alone)
         self.seq = itertools.count()
         # Until the first allocation: a group per model on the configured slots.
         self.bootstrap = {m: _Group(m) for m in models}
@@ -189,7 +188,6 @@ class Jigsaw(Policy):
             self._give(s.index, [self.bootstrap[m] for m in sorted(s.models) if m in self.bootstrap])
             self._set_idle(s.index, True)
             for m in s.models & models.keys():     # worked out now, not by the first requests each slot serves
-                self._alone(s.index, m)
                 self._envelope(s.index, m)
 
     def start(self) -> None:
@@ -272,7 +270,7 @@ class Jigsaw(Policy):
             q = group.queue
             if not q:                    # (most of a slot's groups, most of the time: nothing to look at)
                 continue
-            alone = self._alone(slot, group.model)
+            alone = self._envelope(slot, group.model)[1]    # its latency at batch 1
             late, failed = [], []
             while q:
                 task = q[0][2]
@@ -320,19 +318,9 @@ class Jigsaw(Policy):
             else:
                 slots.discard(slot)
 
-    def _alone(self, slot: int, model: str) -> float:
-        """The model's profiled latency at batch 1 on the slot (a slot's curves never change: cached, as
-        _envelope)."""
-        cache = self.alone.get(slot)
-        if cache is None:
-            cache = self.alone[slot] = {}
-        alone = cache.get(model)
-        if alone is None:
-            alone = cache[model] = self.cluster.curve(model, slot).mean[1]
-        return alone
-
     def _envelope(self, slot: int, model: str) -> list[float]:
-        """The profile's mean latencies made non-decreasing in the batch size, for bisection."""
+        """The profile's mean latencies made non-decreasing in the batch size, for bisection (index 0 is 0, so
+        index 1 is the batch-1 latency itself); a slot's curves never change: cached."""
         cache = self.envelopes.get(slot)
         if cache is None:
             cache = self.envelopes[slot] = {}
