@@ -65,7 +65,9 @@ request on. After each window, if a model's rate moved by more than
 resize_threshold of the rate the plan was made for, the rectangles are sized
 and packed again and the cluster moves to the new levels (cluster.reconfigure)
 in two waves of devices (systems._spatial.Rollout), so half the cluster
-serves while the other half restarts. Until the first window ends, the
+serves while the other half restarts. Slots that already are a level of the
+new plan take its turns at once, and the models with requests waiting look at
+their new turns in the plan's own event. Until the first window ends, the
 configured slots serve as levels of their own.
 
 Shares. The knee search runs over the MPS shares (mps<percent>, whole)
@@ -484,7 +486,8 @@ class DStack(Policy):
         if now < turns.until and not self.stale:
             return turns                       # no turn has come since, in the same cycle
         if self.stale:
-            self._calendars(now)
+            for m in self._calendars():        # (they look at once, in an event of their own)
+                self.turns[m].timer = self.cluster.call_at(now, lambda m=m: self._turn(m))
             turns = self.turns[model]
         cycle = self._cycle_at(now)
         if cycle != turns.cycle:
@@ -640,6 +643,11 @@ class DStack(Policy):
             else:
                 self.lanes[slot].resize(self.rects)    # its turns stay; its runs are sized anew
         self.rollout.to(target)
+        # The models with requests waiting look at their new turns at once, in the plan's own event: a timer
+        # would fire only after the arrivals that queued up while the plan was made.
+        now = self.cluster.now()
+        for model in self._calendars() if self.stale else ():
+            self._offer(model, now)
 
     def _open_lane(self, slot: int) -> None:
         """The slot's turns and the models it serves: its level's in the plan, or (a configured slot, or one
@@ -667,9 +675,10 @@ class DStack(Policy):
         if s.outstanding == 0:
             self.idle.add(slot)
 
-    def _calendars(self, now: float) -> None:
+    def _calendars(self) -> list[str]:
         """Every model's turns on the lanes as they are now (they changed: a plan, a slot added or lost),
-        counted again from the cycle's start; a model with requests waiting looks at once at its turns."""
+        counted again from the cycle's start; returns the models with requests waiting, which must look at
+        their turns at once."""
         calendars: dict[str, list[tuple[float, int]]] = {m: [] for m in self.models}
         for slot, lane in self.lanes.items():
             for offset, model in lane.turns:
@@ -679,11 +688,10 @@ class DStack(Policy):
             old = self.turns[model]
             if old.timer is not None:
                 old.timer.cancel()
-            turns = self.turns[model] = _Turns(calendar)
-            if self.queues[model]:
-                turns.timer = self.cluster.call_at(now, lambda m=model: self._turn(m))
+            self.turns[model] = _Turns(calendar)
         self.unplaced.clear()
         self.stale = False
+        return [m for m in self.models if self.queues[m]]
 
 
 def _deadline(task: Task) -> float:

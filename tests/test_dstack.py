@@ -235,6 +235,25 @@ def test_a_turn_is_kept_through_its_cycle_and_spare_time_goes_to_a_run_that_need
         [("b", 1, 12.5), ("a", 1, 30.0), ("a", 1, 33.0), ("a", 1, 40.0), ("b", 30, 43.0)]
 
 
+def test_a_plan_serves_at_once_a_waiting_request_whose_new_turn_has_come():
+    # One whole GPU, l = 2 + 0.5b ms; a: SLO 100 ms, cycle 100 ms. Before the plan a runs twice a cycle (batch
+    # 32, 18 ms, turns at most 100 - 18 ms apart): turns at 0 and 50 ms. The first request (5 ms) opens the
+    # rate window, which closes at 1,005 ms. The request at 1,000 ms takes the turn of 1,000; the one at
+    # 1,003 ms waits for the turn at 1,050 (the slot is free from 1,002.5, and a batch of one is not yet
+    # needed). The plan at 1,005 ms (3 requests/s: batch 1, still twice a cycle at 0 and 50 ms) gives the
+    # slot a new lane that owes this cycle's turns again: the turn at 1,000 has come, so the waiting request
+    # runs at 1,005 ms, in the plan's own event, not at the next event (the arrival at 1,040 ms).
+    models = {"a": 100}
+    ledger = Ledger(slots(models, 1), [{"a": line(2.0, 0.5, 32)}])
+    sim = SimCluster(ledger)
+    policy = DStack(sim, specs(models), DStackConfig())
+    assert [(round(t / MS, 2), m) for t, m in policy.lanes[0].turns] == [(0, "a"), (50, "a")]
+    arrivals = [0.005, 1.000, 1.003, 1.040]
+    sim.run(policy, np.arange(len(arrivals)), ["a"] * len(arrivals), np.array(arrivals), slo_of(models), drain=0.5)
+    assert policy.rates == {"a": 3.0} and not sim.ledger.reconfigurations
+    assert [(b.size, round(b.t_dispatch / MS, 3)) for b in sim.batches][:3] == [(1, 5.0), (1, 1000.0), (1, 1005.0)]
+
+
 def test_a_batch_is_the_largest_that_ends_by_its_first_deadline_on_a_curve_that_rises_or_dips():
     # The size counting down from the model's batch to the first run that ends by the head's deadline: bisected
     # where the curve never falls, scanned where a measured profile dips (both must agree with the scan). The
