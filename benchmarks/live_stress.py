@@ -44,11 +44,10 @@ from harness.profiles import LatencyCurve  # noqa: E402
 class FakePool:
     """Each slot runs its batches in order for their profiled time; nothing leaves the process."""
 
-    def __init__(self, n_slots: int, instant: bool):
+    def __init__(self, instant: bool):
         self.loop = asyncio.get_running_loop()
         self.instant = instant
         self.free_at = collections.defaultdict(float)      # slot -> when it is free (slots a reconfiguration adds)
-        self.held: set[int] = set(range(n_slots))
         self.replies: list = []                              # instant batches' replies due next turn
         self.on_lost = None
 
@@ -92,16 +91,13 @@ class FakePool:
     # A reconfiguration (jigsaw, dstack, paris_elsa, the autoscaler): slots start and stop at once here, where
     # real workers take seconds to load models; the policy's own cost is what this measures.
     async def add(self, slot, spec):
-        self.held.add(slot)
+        pass
 
     async def remove(self, slot):
-        self.held.discard(slot)
+        pass
 
     def kill(self, slot):
-        self.held.discard(slot)
-
-    def holds_device(self, slot):
-        return slot in self.held
+        pass
 
     def free(self, slot, rows):
         pass
@@ -123,7 +119,7 @@ async def one_rate(system: str, rate: float, seconds: float, n_slots: int, n_mod
     clock = precise.Clock(time.time() + 0.1)             # run time 0 is 0.1 s from now
     # Every slot, and any a policy's reconfiguration creates, runs every model on the one sleep curve.
     ledger = Ledger(slots, [{m: curve for m in models}] * n_slots, lambda spec: {m: curve for m in models})
-    cluster = LiveCluster(ledger, FakePool(n_slots, instant), clock, {m: s.slo for m, s in models.items()})
+    cluster = LiveCluster(ledger, FakePool(instant), clock, {m: s.slo for m, s in models.items()})
     policy = policy_cls(cluster, models, policy_cls.Config())
     precise.quiet_gc()     # the previous rate's garbage goes now, not mid-run; the policy's is kept, as the scheduler's
     done = loop.create_future()

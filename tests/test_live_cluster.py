@@ -290,3 +290,52 @@ def test_timers_fire_in_order_cancelled_ones_never_and_a_cancel_after_firing_lea
     # By time, then in the order they were set; each timer's lag recorded once.
     assert fired == sorted(range(3, 600, 2), key=lambda i: (i % 7, i)) + ["late"]
     assert len(cluster.timer_lag) == 300 and min(cluster.timer_lag) > -1e-6
+
+
+class MovingPool(FakePool):
+    """Also starts and stops workers, recording the order, as a reconfiguration asks."""
+
+    def __init__(self):
+        super().__init__()
+        self.hold = True
+        self.moves = []                  # ("remove" | "add", slot), in the order they finished
+
+    async def add(self, slot, spec):
+        await asyncio.sleep(0.002)
+        self.moves.append(("add", slot))
+
+    async def remove(self, slot):
+        await asyncio.sleep(0.002)
+        self.moves.append(("remove", slot))
+
+
+class Mover(Holder):
+    def on_slot_added(self, slot):
+        pass
+
+
+def test_a_reconfiguration_stops_a_slot_once_it_drains_and_starts_its_devices_new_shares_after():
+    # Device 0's whole GPU (slot 0, a batch in flight) becomes two 50% shares; device 1 stays. The new shares
+    # start only once slot 0 has run its batch and its worker is stopped: the device is never over-subscribed.
+    from harness.placement import Placement, SlotSpec
+
+    async def main():
+        pool = MovingPool()
+        cluster, policy, _ = make(2, pool, policy_cls=Mover)
+        req, fut = arrive(cluster, "m", 1)
+        cluster.dispatch(0, "m", policy.held)
+        half = SlotSpec("test", "mps50", 0, frozenset({"m"}))
+        cluster.reconfigure(Placement((half, half, SlotSpec("test", "whole", 1, frozenset({"m"})))))
+        await asyncio.sleep(0.02)
+        held = list(pool.moves)                                  # nothing moves while the batch runs
+        pool.futures[0].set_result({"batch": 0, "status": "ok", "exec": 0.001, "wait": 0.0, "error": ""})
+        for _ in range(100):
+            if len(pool.moves) == 3:
+                break
+            await asyncio.sleep(0.005)
+        return cluster, held, list(pool.moves), await asyncio.wait_for(fut, 1)
+
+    cluster, held, moves, status = run(main())
+    assert held == [] and status == "ok" and cluster.policy_errors == 0
+    assert moves[0] == ("remove", 0) and sorted(moves[1:]) == [("add", 2), ("add", 3)]
+    assert [s.index for s in cluster.slots if s.alive] == [1, 2, 3]

@@ -170,7 +170,7 @@ def test_pool_adds_and_removes_slots_for_a_reconfiguration(tmp_path):
             assert (await asyncio.wait_for(pool.submit(1, 1, "m0", 1, None), 5))["status"] == "ok"
             added = pool._slots[1].proc.pid
             await pool.remove(0)
-            assert not pool.alive(0) and not pool.holds_device(0) and pool.alive(1)
+            assert not pool.alive(0) and pool._slots[0].gone and pool.alive(1)
             gone = await pool.submit(0, 2, "m0", 1, None)
             assert gone["status"] == "error"
         finally:

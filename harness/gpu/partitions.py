@@ -18,6 +18,7 @@ profile file):
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -81,6 +82,7 @@ def mig_emulation_percentage(sms: int, total_sms: int = H100_SMS) -> int:
     return math.ceil(100 * sms / total_sms)
 
 
+@functools.lru_cache(maxsize=None)   # a few names, read per slot whenever a placement of hundreds is checked
 def parse_partition(name: str) -> Partition:
     name = name.strip()
     if name == WHOLE:

@@ -156,11 +156,6 @@ class WorkerPool:
         s = self._slots.get(slot)
         return s is not None and not s.lost and not s.stopping
 
-    def holds_device(self, slot: int) -> bool:
-        """The slot's worker process may still be running (until it is stopped, or found dead)."""
-        s = self._slots.get(slot)
-        return s is not None and not s.gone and not s.lost
-
     def submit(self, slot: int, batch_id: int, model: str, size: int, start_within: float | None,
                payload: list | None = None, expected: float = 0.0, stage: int | None = None,
                rows: list | None = None, on_reply: Callable[[dict], None] | None = None,
