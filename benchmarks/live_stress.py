@@ -1,6 +1,7 @@
 """Scheduler-only real-time stress test of the live runtime (like Symphony's own stress test).
 
     PYTHONPATH=. python benchmarks/live_stress.py [--system symphony] [--rates 1000,2000,5000] [--seconds 3]
+    PYTHONPATH=. python benchmarks/live_stress.py --system all --instant --rates 100000 --seconds 2 --repeats 2
 
 The policy runs inside LiveCluster on the precise event loop exactly as in
 the frontend, but without HTTP or workers: requests are generated in-process
@@ -172,7 +173,9 @@ def enough_slots(rate: float, curve: LatencyCurve, slo_ms: float) -> int:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--system", default="symphony")
+    ap.add_argument("--system", default="symphony",
+                    help="a system, several separated by commas, or all (each in turn, with a summary at the end)")
+    ap.add_argument("--repeats", type=int, default=1, help="runs of each system over the rates")
     ap.add_argument("--rates", default="2000,5000,10000,20000,40000,60000,80000,100000,120000",
                     help="offered rates, requests/s, in increasing order")
     ap.add_argument("--seconds", type=float, default=3.0, help="arrivals per rate, in seconds")
@@ -189,6 +192,17 @@ def main(argv=None) -> int:
                     help="the core to run on, as the scheduler's runtime.scheduler_cpu: none (the OS places it), a "
                          f"core number, or auto (the fastest, measured, on hosts of {cores.MIN_CORES}+ cores)")
     args = ap.parse_args(argv)
+    chosen = systems.names() if args.system == "all" else [n.strip() for n in args.system.split(",") if n.strip()]
+    try:
+        for name in chosen:
+            systems.policy_class(name)
+        rates = [float(r) for r in args.rates.split(",")]
+    except HarnessError as exc:
+        ap.error(str(exc))
+    except ValueError:
+        ap.error(f"--rates takes numbers separated by commas (got '{args.rates}')")
+    if not chosen or args.repeats < 1 or not all(r > 0 for r in rates) or not args.seconds > 0:
+        ap.error("--system must name a system, and --repeats, --rates and --seconds must be positive")
     try:
         core, measured = cores.choose(args.cpu)
     except HarnessError as exc:
@@ -196,18 +210,48 @@ def main(argv=None) -> int:
     if core is not None:
         cores.pin(core)
     curve = LatencyCurve.linear(args.a_ms, args.c_ms, 64)
-    slots = (lambda rate: args.gpus) if args.gpus else (lambda rate: enough_slots(rate, curve, args.slo_ms))
     print(f"Python {sys.version.split()[0]}; {cores.describe(core, measured)}; this process runs the reference "
           f"work in {cores.core_speed_ms():.1f} ms (lower is faster)")
-    print(f"{args.system} on {args.gpus or 'enough'} emulated slots, {args.models} models, SLO {args.slo_ms:g} ms, "
+    summary = []
+    for name in chosen:
+        for _ in range(args.repeats):
+            summary.append((name, stress(name, rates, curve, args)))
+    print("lag in ms; ok: requests served; batch: mean size; busy: the loop's time not spent waiting for events "
+          "or timers (100%: saturated); core: ms this process took for the reference work right after (lower is "
+          "faster; a slowed core shows here)")
+    if len(summary) > 1:
+        print(f"\nsummary at {rates[-1]:.0f} requests/s, over {args.repeats} run(s) each "
+              f"(within: p99 of both lags <= {args.bound_ms:g} ms)")
+        print(f"{'system':<20} {'timer p99':>11} {'arrival p99':>12} {'busy':>9} {'within':>7}")
+        for name in chosen:
+            top = [r[-1] for n, r in summary if n == name and r and r[-1]["rate"] == rates[-1]]
+            if not top:
+                print(f"{name:<20} {'(saturated below this rate)':>42}")
+                continue
+            def span(key, f):
+                low, high = f(min(t[key] for t in top)), f(max(t[key] for t in top))
+                return low if low == high else f"{low}-{high}"
+
+            within = sum(max(t["timer_p99"], t["arrival_p99"]) <= args.bound_ms for t in top)
+            print(f"{name:<20} {span('timer_p99', lambda x: f'{x:.2f}'):>11} "
+                  f"{span('arrival_p99', lambda x: f'{x:.2f}'):>12} {span('busy', lambda x: f'{x:.0%}'):>9} "
+                  f"{within:>3} of {len(top)}")
+    return 0
+
+
+def stress(system: str, rates: list[float], curve: LatencyCurve, args) -> list[dict]:
+    """One system over the rates, in increasing order, a table row each; stops once the loop is saturated."""
+    slots = (lambda rate: args.gpus) if args.gpus else (lambda rate: enough_slots(rate, curve, args.slo_ms))
+    print(f"\n{system} on {args.gpus or 'enough'} emulated slots, {args.models} models, SLO {args.slo_ms:g} ms, "
           f"l(b) = {args.a_ms:g}*b + {args.c_ms:g} ms{' (instant batches)' if args.instant else ''}")
     head = (f"{'rate/s':>8} {'requests':>8} {'timers':>7} {'timer p50':>9} {'p99':>7} {'max':>7} "
             f"{'arrival p50':>11} {'p99':>7} {'slots':>5} {'ok':>6} {'batch':>6} {'busy':>5} {'core':>5}")
     print(head + "\n" + "-" * len(head))
-    best = None
-    for rate in (float(r) for r in args.rates.split(",")):
-        r = precise.run(one_rate(args.system, rate, args.seconds, slots(rate), args.models, args.slo_ms, curve,
+    best, results = None, []
+    for rate in rates:
+        r = precise.run(one_rate(system, rate, args.seconds, slots(rate), args.models, args.slo_ms, curve,
                                  args.instant, args.seed))
+        results.append(r)
         # The core's speed right after the rate: a lent host's cores change speed over minutes.
         speed = cores.core_speed_ms(repeats=2)
         print(f"{r['rate']:>8.0f} {r['requests']:>8} {r['timers']:>7} {r['timer_p50']:>9.3f} {r['timer_p99']:>7.3f} "
@@ -220,12 +264,9 @@ def main(argv=None) -> int:
         elif max(r["timer_p99"], r["arrival_p99"]) > 50 * args.bound_ms:
             print("(saturated: higher rates skipped)")
             break
-    print("lag in ms; ok: requests served; batch: mean size; busy: the loop's time not spent waiting for events "
-          "or timers (100%: saturated); core: ms this process took for the reference work right after (lower is "
-          "faster; a slowed core shows here)")
-    print(f"highest rate with p99 scheduling lag <= {args.bound_ms:g} ms: "
+    print(f"{system}: highest rate with p99 scheduling lag <= {args.bound_ms:g} ms: "
           + (f"{best:.0f} requests/s" if best else "none of those tried"))
-    return 0
+    return results
 
 
 if __name__ == "__main__":
