@@ -416,8 +416,9 @@ class LiveCluster:
     async def _stop_slot(self, slot: int) -> None:
         """A slot that left: its worker goes once it has run what it holds."""
         if self.slots[slot].outstanding:
-            drained = self._draining[slot] = self._loop.create_future()
-            await drained
+            if slot not in self._draining:       # (a slot revived and leaving again waits with the first wait)
+                self._draining[slot] = self._loop.create_future()
+            await self._draining[slot]
         await self.pool.remove(slot)
 
     async def _start_slot(self, slot: int, stopping) -> None:
