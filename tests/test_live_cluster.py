@@ -9,6 +9,7 @@ from harness.core import ModelSpec, Policy
 from harness.ledger import Ledger
 from harness.live import loop as precise
 from harness.live.cluster import LiveCluster
+from harness.placement import Placement, SlotSpec
 from harness.profiles import LatencyCurve
 from systems.eager import Eager, EagerConfig
 from tests.simkit import slots
@@ -317,8 +318,6 @@ class Mover(Holder):
 def test_a_reconfiguration_stops_a_slot_once_it_drains_and_starts_its_devices_new_shares_after():
     # Device 0's whole GPU (slot 0, a batch in flight) becomes two 50% shares; device 1 stays. The new shares
     # start only once slot 0 has run its batch and its worker is stopped: the device is never over-subscribed.
-    from harness.placement import Placement, SlotSpec
-
     async def main():
         pool = MovingPool()
         cluster, policy, _ = make(2, pool, policy_cls=Mover)
