@@ -416,7 +416,7 @@ class DStack(Policy):
     def _offer(self, model: str, now: float) -> None:
         """The model has requests waiting (an arrival, or its turn has come): the free slots whose turn of it has
         come serve, lowest slot first; then, if it needs spare time (unless a search since its last turn found
-        no free slot with room: unplaced), the free slots holding it where its batch fits (_room), in slot order; and
+        no free slot with room: unplaced), the free slots holding it where its batch fits (_fits), in slot order; and
         its timer is set for its next turn (the module doc's serving section says why no other slot need look)."""
         q = self.queues[model]
         turns = self._come(model, now)
@@ -429,8 +429,7 @@ class DStack(Policy):
             for slot in sorted(self.idle & self.holders[model]):
                 lane = lanes[slot]
                 self._enter_cycle(lane, now)
-                n = self._size(lane, model, now)
-                if now + lane.sizes[model][0][n] <= self._room(self._soonest(lane, self.waiting), model):
+                if self._fits(lane, model, now, self._soonest(lane, self.waiting)):
                     self._serve(slot, now)                     # (else its decision stays: to wait)
                     if not q:
                         break
@@ -522,10 +521,10 @@ class DStack(Policy):
         """(model, batch) for the slot's spare time: the first, earliest deadline first among its waiting
         models, that needs it (_needed) and whose batch ends by the slot's next turn of another of them."""
         soonest = self._soonest(lane, waiting)
-        queues, sizes = self.queues, lane.sizes
+        queues = self.queues
         for model in sorted(waiting, key=lambda m: queues[m][0].deadline):
-            n = self._size(lane, model, now)
-            if now + sizes[model][0][n] <= self._room(soonest, model) and self._needed(model, now):
+            n = self._fits(lane, model, now, soonest)
+            if n and self._needed(model, now):
                 return model, n
         return None
 
@@ -535,10 +534,12 @@ class DStack(Policy):
             lane.next = self._next_turns(lane)
         return [(at, m) for at, m in lane.next if m in waiting][:2] + [(INF, "")] * 2
 
-    @staticmethod
-    def _room(soonest: list[tuple[float, str]], model: str) -> float:
-        """When the slot's spare time for `model` ends: its next turn of another waiting model (_soonest)."""
-        return soonest[0][0] if soonest[0][1] != model else soonest[1][0]
+    def _fits(self, lane: _Lane, model: str, now: float, soonest: list[tuple[float, str]]) -> int:
+        """The batch the slot would run of the model now (_size) if it ends by the slot's next turn of another
+        waiting model (`soonest`, from _soonest); else 0."""
+        n = self._size(lane, model, now)
+        room = soonest[0][0] if soonest[0][1] != model else soonest[1][0]
+        return n if now + lane.sizes[model][0][n] <= room else 0
 
     def _enter_cycle(self, lane: _Lane, now: float) -> int:
         """The cycle holding `now`; a lane entering it owes every turn again."""
