@@ -74,6 +74,9 @@ class Ledger:
         self.has_sizes = False                   # some task is a query of several items
         self.staged: dict[Task, tuple[int, int]] = {}   # a task part-way through: (slot, stage) it last ran
         self.origins: dict = {}                  # request -> who waits for it (live: an ingress's HTTP call)
+        self.on_device: dict[int, list[Slot]] = defaultdict(list)   # every slot ever made, by device
+        for s in self.slots:
+            self.on_device[s.device].append(s)
         for s in self.slots:
             if s.alive:
                 self.slot_events.append((t0, s.index, STARTING, "initial placement"))
@@ -357,6 +360,17 @@ class Ledger:
                 rec.t_done, rec.cost_s = t, t - rec.t_request
         return True
 
+    def busy_beside(self, slot: int, t: float) -> float:
+        """The fraction of the rest of the slot's device that works at `t`: the shares of the other slots
+        there with work until after `t` (one leaving still drains), over what the slot leaves of the device
+        (0 on a slot that holds all of it). What an emulated share's time depends on (LatencyCurve.beside)."""
+        s = self.slots[slot]
+        rest = 1.0 - s.share
+        if rest <= 1e-9:
+            return 0.0
+        busy = sum(o.share for o in self.on_device[s.device] if o.busy_until > t and o is not s)
+        return min(1.0, busy / rest)
+
     def _new_slot(self, spec: SlotSpec) -> int:
         if self.curves_of is None:
             raise ValueError("this runtime cannot create slots (no profile lookup given)")
@@ -365,6 +379,7 @@ class Ledger:
         self.slots.append(Slot(i, f"{spec.gpu_type}-{spec.partition}-d{spec.device}-{i}", spec.gpu_type,
                                spec.partition, spec.models, spec.device, spec.share,
                                emulated=template.emulated if template else True, alive=False))
+        self.on_device[spec.device].append(self.slots[-1])
         self.curves.append(self.curves_of(spec))
         self.inflight.append({})
         return i

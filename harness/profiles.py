@@ -1,4 +1,4 @@
-"""Latency profiles: l(b) per (GPU type, partition, model), with interpolation.
+"""Latency profiles: l(b) per (GPU type, partition, model), dense over batch sizes.
 
 A profile file is JSON at profiles/<gpu_type>/<partition>.json:
 
@@ -12,14 +12,26 @@ A model measured in stages also has `"stages": [{"name": "stem", "batch": [...],
 same fields.
 
 `batch` must start at 1 and increase; `std_ms` and `p99_ms` may be omitted
-when only means were measured (std 0, p99 = mean). Between measured batch
-sizes latency is interpolated linearly; the largest measured size is the
-model's largest batch on that slot. `gpu_type: sleep` is the linear model
-l(b) = a*b + c for scheduler-only studies (no file).
+when only means were measured (std 0, p99 = mean). The largest measured size
+is the model's largest batch on that slot. `gpu_type: sleep` is the linear
+model l(b) = a*b + c for scheduler-only studies (no file).
+
+Between measured batch sizes a profile's batch costs the next measured
+size's latency: a GPU slot captures one CUDA graph per measured size and
+runs a batch in between on the next one, padded (harness.gpu.executor), so
+its time is a step function of the batch (real H100 and H200 runs: a batch
+of 5, 6, 7 or 8 takes the same time). Curves made from points in code
+interpolate linearly unless told `step=True`.
 
 An MPS share's latencies are measured beside busy sibling shares (provenance
-`siblings_busy`); its `alone_mean_ms`, measured with the siblings idle, is
-kept for reference and read by nothing (see harness.gpu.profiler).
+`siblings_busy`): `mean_ms` is the share's time while the rest of the GPU
+works, `alone_mean_ms` while it idles. A served share is somewhere between,
+as busy as its siblings are: `LatencyCurve.beside(b, busy)` is the alone
+time plus the fraction `busy` of the rest of the device at work times what
+busy siblings added when profiled. On real H100 and H200 shares that
+predicted served batches within about 5% (busy 0-78%), where the busy
+profile alone overestimated them by up to 25%. Policies plan with `mean`
+(the busy time, a bound); emulated GPUs run `beside`.
 """
 
 from __future__ import annotations
@@ -49,6 +61,8 @@ class LatencyCurve:
     p99: list[float]
     stages: tuple["LatencyCurve", ...] = ()
     stage_names: tuple[str, ...] = ()
+    alone: list[float] | None = None       # measured with the rest of the GPU idle; None: as `mean`
+    sizes: tuple[int, ...] = ()            # the measured batch sizes (the ones a GPU slot captures)
 
     @property
     def max_batch(self) -> int:
@@ -60,6 +74,14 @@ class LatencyCurve:
         over batch sizes may then bisect."""
         return self.mean[1:] == sorted(self.mean[1:])
 
+    def beside(self, b: int, busy: float) -> float:
+        """The mean time of a batch of `b` while the fraction `busy` (0..1) of the rest of its device works:
+        the alone time plus that fraction of what busy siblings added when it was profiled."""
+        if self.alone is None:
+            return self.mean[b]
+        alone = self.alone[b]
+        return alone + busy * (self.mean[b] - alone)
+
     def largest_batch_within(self, budget: float) -> int:
         """Largest b with mean l(b) <= budget (0 if even b=1 does not fit)."""
         best = 0
@@ -69,14 +91,17 @@ class LatencyCurve:
         return best
 
     @classmethod
-    def from_points(cls, batch, mean_ms, std_ms=None, p99_ms=None, where: str = "") -> "LatencyCurve":
+    def from_points(cls, batch, mean_ms, std_ms=None, p99_ms=None, where: str = "", alone_ms=None,
+                    step: bool = False) -> "LatencyCurve":
+        """A curve through measured points: linear between them, or with `step` each size at the next
+        measured size's values (a batch padded to the next captured graph)."""
         batch = [int(b) for b in batch]
         if not batch or batch[0] != 1:
             raise HarnessError(f"{where}: batch sizes must start at 1 (got {batch[:3]}...); "
                                "measure batch 1 or rerun the profiler")
         if any(b2 <= b1 for b1, b2 in zip(batch, batch[1:])):
             raise HarnessError(f"{where}: batch sizes must strictly increase (got {batch}); fix the profile file")
-        columns = {"mean_ms": mean_ms, "std_ms": std_ms, "p99_ms": p99_ms}
+        columns = {"mean_ms": mean_ms, "std_ms": std_ms, "p99_ms": p99_ms, "alone_mean_ms": alone_ms}
         for name, values in columns.items():
             if values is not None and len(values) != len(batch):
                 raise HarnessError(f"{where}: {name} has {len(values)} values for {len(batch)} batch sizes; "
@@ -86,15 +111,17 @@ class LatencyCurve:
         if any(v <= 0 for v in mean_ms):
             raise HarnessError(f"{where}: mean_ms must be > 0 for every batch size; fix the profile file")
         sizes = np.arange(1, batch[-1] + 1)
+        # With `step`, size s takes the values of the first measured size >= s.
+        at = sizes if not step else np.asarray(batch)[np.searchsorted(batch, sizes)]
 
         def dense(values):
-            seconds = np.interp(sizes, batch, np.asarray(values, dtype=float)) / 1000.0
+            seconds = np.interp(at, batch, np.asarray(values, dtype=float)) / 1000.0
             return [0.0] + seconds.tolist()
 
         mean = dense(mean_ms)
         std = dense(std_ms) if std_ms is not None else [0.0] * len(mean)
         p99 = dense(p99_ms) if p99_ms is not None else list(mean)
-        return cls(mean, std, p99)
+        return cls(mean, std, p99, alone=dense(alone_ms) if alone_ms is not None else None, sizes=tuple(batch))
 
     @classmethod
     def linear(cls, a_ms: float, c_ms: float, max_batch: int, stages: int = 0) -> "LatencyCurve":
@@ -112,7 +139,7 @@ class LatencyCurve:
         return cls(whole.mean, whole.std, whole.p99, (part,) * stages, tuple(f"stage{k}" for k in range(stages)))
 
     def with_stages(self, stages: list["LatencyCurve"], names: list[str]) -> "LatencyCurve":
-        return LatencyCurve(self.mean, self.std, self.p99, tuple(stages), tuple(names))
+        return LatencyCurve(self.mean, self.std, self.p99, tuple(stages), tuple(names), self.alone, self.sizes)
 
 
 @dataclass(frozen=True)
@@ -148,11 +175,12 @@ def load_profile(path: str | Path) -> Profile:
         if not isinstance(points, dict) or "batch" not in points or "mean_ms" not in points:
             raise HarnessError(f"{where}: needs 'batch' and 'mean_ms' lists; fix the profile file")
         curves[model] = LatencyCurve.from_points(points["batch"], points["mean_ms"], points.get("std_ms"),
-                                                 points.get("p99_ms"), where)
+                                                 points.get("p99_ms"), where, points.get("alone_mean_ms"), step=True)
         stages = points.get("stages") or []
         if stages:
             parts = [LatencyCurve.from_points(s.get("batch", []), s.get("mean_ms", []), s.get("std_ms"),
-                                              s.get("p99_ms"), f"{where} stage {k}") for k, s in enumerate(stages)]
+                                              s.get("p99_ms"), f"{where} stage {k}", s.get("alone_mean_ms"),
+                                              step=True) for k, s in enumerate(stages)]
             curves[model] = curves[model].with_stages(parts, [str(s.get("name", k)) for k, s in enumerate(stages)])
     return Profile(data.get("gpu_type", path.parent.name), data.get("partition", path.stem),
                    bool(data.get("emulated_partition", False)), data.get("provenance", {}), curves, str(path))

@@ -25,11 +25,11 @@ memory bandwidth or the L2: on an H100, a 25% share runs resnet50 batch 8 in
 same time. So, by default (--siblings auto), a share is measured twice:
 alone, then while the shares that fill the GPU beside it (100 // percent - 1
 of them) each replay the profiled models round robin at --sibling-batch,
-non-stop. The profile's mean, std and p99 are the latter: what policies plan
-with and emulated GPUs run. Served batches on a real H100 share took 1.2-1.4x
-the alone time whether its siblings were busy or idle (reference runs at 18-70%
-utilisation), so the busy figures are the faithful ones; alone_mean_ms keeps
-the alone means for reference. --siblings 0 measures alone only.
+non-stop. The profile's mean, std and p99 are the latter, a bound that
+policies plan with; alone_mean_ms keeps the alone means. A served share runs
+between the two, as busy as its siblings are (harness.profiles,
+LatencyCurve.beside), which is what emulated GPUs run. --siblings 0 measures
+alone only.
 
 --out is a path template with {gpu_type} and {partition}; the default files
 profiles/<gpu_type>/<partition>.json, gpu_type from the GPU's name by

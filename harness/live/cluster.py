@@ -204,8 +204,15 @@ class LiveCluster:
         batch, curves = self.ledger.open_batch(slot, model, tasks, now, latest_start, stage, through)
         s = self.slots[slot]
         b = batch.size
-        mean = curves[0].mean[b] if len(curves) == 1 else sum(c.mean[b] for c in curves)
-        s.busy_until = (s.busy_until if s.busy_until > now else now) + mean
+        start = s.busy_until if s.busy_until > now else now
+        if s.emulated and curves[0].alone is not None:
+            # An emulated share runs as slow as the rest of its device is busy when it starts (see its worker).
+            busy = self.ledger.busy_beside(slot, start)
+            mean = sum(c.beside(b, busy) for c in curves)
+        else:
+            busy = None
+            mean = curves[0].mean[b] if len(curves) == 1 else sum(c.mean[b] for c in curves)
+        s.busy_until = start + mean
         self._queued_s[slot] += mean
         start_within = None if latest_start is None else latest_start - now
         rows = None
@@ -216,7 +223,7 @@ class LiveCluster:
             payload = [self._payload.get(task) for task in tasks]
         # (positionally, in the pool's order: keywords cost a dict per batch)
         self.pool.submit(slot, batch.id, model, b, start_within, payload, mean, stage, rows,
-                         functools.partial(self._on_reply, batch, mean), batch.through)
+                         functools.partial(self._on_reply, batch, mean), batch.through, busy)
         return batch
 
     def drop(self, tasks: Sequence[Task], reason: str, status: str = DROPPED) -> None:

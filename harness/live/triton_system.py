@@ -14,6 +14,7 @@ send time as the arrival (noted in the summary).
 from __future__ import annotations
 
 import asyncio
+import math
 import sys
 import threading
 from contextlib import contextmanager
@@ -61,8 +62,8 @@ class TritonBackend:
     def _call(self, coro):
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
-    async def _submit(self, slot: int, batch_id: int, model: str, size: int) -> dict:
-        return await self.pool.submit(slot, batch_id, model, size, None)
+    async def _submit(self, slot: int, batch_id: int, model: str, size: int, busy: float) -> dict:
+        return await self.pool.submit(slot, batch_id, model, size, None, busy=busy)
 
     def _on_lost(self, slot: int, reason: str) -> None:
         with self._lock:
@@ -72,8 +73,11 @@ class TritonBackend:
         """One Triton batch on its instance's slot; returns the batch id once it has run."""
         slot = self.slots_of[model][instance // self.instance_count]
         with self._lock:
-            batch = self.ledger.open_external_batch(slot, model, size, self.clock.now())
-        reply = self._call(self._submit(slot, batch.id, model, size))
+            now = self.clock.now()
+            batch = self.ledger.open_external_batch(slot, model, size, now)
+            busy = self.ledger.busy_beside(slot, now)
+            self.ledger.slots[slot].busy_until = math.inf     # at work until its instances' batches reply
+        reply = self._call(self._submit(slot, batch.id, model, size, busy))
         t_end = self.clock.now()
         exec_time = float(reply.get("exec") or 0.0)
         status = reply.get("status", "error")
@@ -84,6 +88,8 @@ class TritonBackend:
                 self.ledger.complete(batch, t_end - exec_time, t_end)
             else:
                 self.ledger.fail(batch, t_end, reply.get("error") or f"worker replied {status!r}", exec_time)
+            if not self.ledger.slots[slot].outstanding:
+                self.ledger.slots[slot].busy_until = t_end
         if status != OK:
             raise RuntimeError(f"batch {batch.id} on slot {slot}: {status} {reply.get('error', '')}".strip())
         return batch.id

@@ -84,6 +84,9 @@ class Executor:
     abortable: ClassVar[bool] = False
     # `payload`, where given: the batch's input tensors, one buffer per task in batch order (None where a
     # task brought none), together `size` items.
+    # `busy`: before each batch, the fraction of the rest of the device the scheduler expects at work while
+    # it runs (None: unknown). A real GPU has its own siblings; an emulated one runs slower by it.
+    busy: float | None = None
 
     def run(self, model: str, size: int, payload: bytes | None,
             abort: threading.Event | None = None) -> None:
@@ -99,6 +102,9 @@ class Executor:
 
 class EmulatedExecutor(Executor):
     """Reproduces the profiled latency: sleeps, then busy-waits the last `spin` seconds.
+
+    A share's latency is its profile's beside `busy` of the rest of the device
+    at work (LatencyCurve.beside; the busy-sibling profile where not told).
 
     With `noise`, each batch takes the profile's mean plus Gaussian noise of
     its std, clipped at half the mean (as the sim runtime draws it). A tensor
@@ -124,7 +130,7 @@ class EmulatedExecutor(Executor):
     def _draw(self, curve: LatencyCurve, size: int, what: str) -> float:
         if not 1 <= size <= curve.max_batch:
             raise ValueError(f"batch of {size} outside the profiled sizes 1..{curve.max_batch} of {what}")
-        mean = curve.mean[size]
+        mean = curve.mean[size] if self.busy is None else curve.beside(size, self.busy)
         if self.noise and curve.std[size] > 0:
             return max(0.5 * mean, mean + curve.std[size] * float(self._rng.standard_normal()))
         return mean
@@ -172,7 +178,7 @@ def _check_images(views: list, size: int) -> None:
 
 class _Job:
     __slots__ = ("channel", "batch", "model", "size", "start_within", "payload", "stage", "rows", "through",
-                 "t_arrival", "abort", "cut")
+                 "busy", "t_arrival", "abort", "cut")
 
     def __init__(self, channel: BlockingChannel, msg: dict, t_arrival: float):
         self.channel = channel
@@ -184,6 +190,7 @@ class _Job:
         self.stage = msg.get("stage")
         self.rows = msg.get("rows")
         self.through = msg.get("through")
+        self.busy = msg.get("busy")
         self.t_arrival = t_arrival
         self.abort = threading.Event()
         self.cut = False                 # set by a cut message; read at each stage boundary of a chain
@@ -308,6 +315,7 @@ class Worker:
             else:
                 try:
                     payload = gather(self.arenas, job.payload) if job.payload else None
+                    self.executor.busy = job.busy
                     if job.stage is None:
                         run(job.model, job.size, payload, job.abort if abortable else None)
                     elif job.through is None or job.through == job.stage:
@@ -364,8 +372,8 @@ def build_executor(kind: str, config_path: str, slot: int, spec: dict | None = N
 
         # The slot's GPU is device 0 of what CUDA_VISIBLE_DEVICES shows it (the pool sets that per slot).
         profile = load_profile(profile_path(slot_spec.gpu_type, slot_spec.partition))
-        largest = max(c.max_batch for c in curves.values())
-        sizes = [b for b in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if b <= largest]
+        # A graph at each profiled size: a batch in between runs padded on the next, as the profile assumes.
+        sizes = sorted({b for c in curves.values() for b in c.sizes})
         # Stage graphs where the profile has stage latencies: only there can a policy dispatch a stage.
         return GpuExecutor(sorted(slot_spec.models), device=0, batch_sizes=sizes,
                            channels_last=profile.provenance.get("channels_last"),

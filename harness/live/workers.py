@@ -159,7 +159,7 @@ class WorkerPool:
     def submit(self, slot: int, batch_id: int, model: str, size: int, start_within: float | None,
                payload: list | None = None, expected: float = 0.0, stage: int | None = None,
                rows: list | None = None, on_reply: Callable[[dict], None] | None = None,
-               through: int | None = None) -> asyncio.Future | None:
+               through: int | None = None, busy: float | None = None) -> asyncio.Future | None:
         """Send a batch to `slot`; the future resolves to the worker's reply (never raises).
 
         `start_within`: seconds from now by which the batch must start, else
@@ -170,7 +170,9 @@ class WorkerPool:
         (None: all of it); `rows`: for a stage after the first, where each
         task's activations are: [(batch, row), ...] of earlier stages' batches;
         `through`: the last stage to run, stages `stage`..`through` back to
-        back (a chain; None: `stage` alone).
+        back (a chain; None: `stage` alone). `busy`: the fraction of the rest of the
+        slot's device expected at work when the batch starts, which an emulated
+        share runs slower by (None: as profiled, beside busy siblings).
         """
         s = self._slots.get(slot)
         fut = None
@@ -186,7 +188,7 @@ class WorkerPool:
         s.outstanding[batch_id] = (on_reply, time.monotonic(), expected)
         s.channel.send({"op": "run", "batch": batch_id, "model": model, "size": size,
                         "start_within": start_within, "payload": payload, "stage": stage, "rows": rows,
-                        "through": through})
+                        "through": through, "busy": busy})
         return fut
 
     def free(self, slot: int, rows: list) -> None:

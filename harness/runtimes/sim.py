@@ -3,8 +3,9 @@
 One heap of timed events (timers, batch completions, slots joining) merged
 with the request schedule, which is already sorted, so arrivals cost no heap
 operations. Each slot runs its batches in dispatch order, for the profiled
-latency (optionally with Gaussian noise of the profile's std, clipped at half
-the mean). Every outcome goes through the run's ledger (harness.ledger), as
+latency beside as much of the rest of its device as works when the batch
+starts (harness.profiles; optionally with Gaussian noise of the profile's
+std, clipped at half the mean). Every outcome goes through the run's ledger (harness.ledger), as
 in the live runtime. Deterministic for a seed: heap ties break by insertion
 order.
 
@@ -111,19 +112,22 @@ class SimCluster:
             return batch
         b = batch.size
         batch.t_start = start
+        # A share runs slower the more of the rest of its device works (profiled alone and beside busy siblings).
+        busy = self.ledger.busy_beside(slot, start) if curves[0].alone is not None else 0.0
         if len(curves) == 1:
-            batch.t_end = s.busy_until = start + self._exec_time(curves[0], b)
+            batch.t_end = s.busy_until = start + self._exec_time(curves[0], b, busy)
             self._running[slot] = self._push(batch.t_end, self._complete, batch)
         else:                                 # a chain: where each stage ends, for a stop at a boundary
-            ends = list(itertools.accumulate((self._exec_time(c, b) for c in curves), initial=start))[1:]
+            ends = list(itertools.accumulate((self._exec_time(c, b, busy) for c in curves), initial=start))[1:]
             batch.t_end = s.busy_until = ends[-1]
             self._running[slot] = entry = self._push(batch.t_end, self._complete, batch)
             self._chains[slot] = (batch, entry, ends)
         return batch
 
-    def _exec_time(self, curve: LatencyCurve, b: int) -> float:
-        """The profiled mean, or with noise a draw around it (clipped at half the mean)."""
-        exec_time = curve.mean[b]
+    def _exec_time(self, curve: LatencyCurve, b: int, busy: float) -> float:
+        """The profiled mean beside `busy` of the rest of the device at work, or with noise a draw around it
+        (clipped at half the mean)."""
+        exec_time = curve.beside(b, busy)
         if self._noise and curve.std[b] > 0:
             exec_time = max(0.5 * exec_time, exec_time + curve.std[b] * self._normal())
         return exec_time
