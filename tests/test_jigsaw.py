@@ -242,7 +242,7 @@ class _InstantPool:
         self.held: set[int] = set()
 
     def submit(self, slot, batch_id, model, size, start_within, payload=None, expected=0.0, stage=None, rows=None,
-               on_reply=None, through=None):
+               on_reply=None, through=None, busy=None):
         asyncio.get_running_loop().call_soon(on_reply, {"batch": batch_id, "status": "ok", "exec": 0.0, "error": ""})
 
     async def add(self, slot, spec):

@@ -31,7 +31,7 @@ class FakePool:
         self.futures = {}
 
     def submit(self, slot, batch_id, model, size, start_within, payload=None, expected=0.0, stage=None, rows=None,
-               on_reply=None, through=None):
+               on_reply=None, through=None, busy=None):
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         fut.add_done_callback(lambda f: on_reply(f.result()))
