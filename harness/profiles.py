@@ -29,8 +29,8 @@ works, `alone_mean_ms` while it idles. A served share is somewhere between,
 as busy as its siblings are: `LatencyCurve.beside(b, busy)` is the alone
 time plus the fraction `busy` of the rest of the device at work times what
 busy siblings added when profiled. On real H100 and H200 shares that
-predicted served batches within about 5% (busy 0-78%), where the busy
-profile alone overestimated them by up to 25%. Policies plan with `mean`
+predicted served batches within about 6% (siblings at work 0-78% of the
+time), where the busy profile interpolated between sizes was 24% off. Policies plan with `mean`
 (the busy time, a bound); emulated GPUs run `beside`.
 """
 
