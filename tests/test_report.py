@@ -301,3 +301,16 @@ def test_the_accuracy_column_is_the_weakest_app_served():
     assert _weakest_app({"traffic": 0.952, "moderation": 0.909}) == 0.909
     assert _weakest_app({"traffic": 0.952, "moderation": None}) == 0.952       # one app served nothing
     assert math.isnan(_weakest_app({})) and math.isnan(_weakest_app(None))
+
+
+def test_an_experiment_with_a_run_that_did_not_finish_reports_the_others_and_exits_3(tmp_path, capsys, monkeypatch):
+    # A real sweep of two runs, one with a rate no run accepts: the report holds the other, and the exit
+    # status says that a run is missing (a report of part of an experiment must not pass for all of it).
+    monkeypatch.chdir(tmp_path)
+    status = main(["--experiment", "lazybatching", "system=eager", "workload.rate=100,-5", "duration_s=2",
+                   "warmup_s=0.5", "cooldown_s=0.5", "--jobs", "1", "--out", str(tmp_path / "report")])
+    err = capsys.readouterr().err
+    assert status == 3, err
+    assert "did not finish" in err.splitlines()[-1]
+    results = pd.read_parquet(tmp_path / "report" / "results.parquet")
+    assert len(results) == 1 and results["offered_rate"].iloc[0] == pytest.approx(100, rel=0.2)

@@ -62,11 +62,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=min(os.cpu_count() or 1, 8),
                     help="parallel runs (sweeps) or searches (search experiments)")
     args = ap.parse_args(argv)
+    complete = True                 # every run (or search) of the experiment finished
     try:
         if args.experiment:
             command = f"python -m harness.report --experiment {' '.join([args.experiment, *args.inputs])}"
-            inputs = [latest_results(args.experiment) if args.latest
-                      else run_experiment(args.experiment, args.inputs, args.jobs)]
+            if args.latest:
+                inputs = [latest_results(args.experiment)]
+            else:
+                results, complete = run_experiment(args.experiment, args.inputs, args.jobs)
+                inputs = [results]
             out = args.out or Path("reports") / args.experiment
             title = args.title or experiment_title(args.experiment)
         else:
@@ -81,4 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"report: {path} (and report.html, results.parquet, figures) in {out}")
+    if not complete:
+        print("error: some runs of the experiment did not finish (see above); the report holds only the others",
+              file=sys.stderr)
+        return 3
     return 0

@@ -46,8 +46,9 @@ def latest_results(name: str) -> Path:
     return done[-1]
 
 
-def run_experiment(name: str, overrides: list[str], jobs: int) -> Path:
-    """Run experiment `name` (a sweep, or a search where tagged) into results/experiments/<name>/<time>/."""
+def run_experiment(name: str, overrides: list[str], jobs: int) -> tuple[Path, bool]:
+    """Run experiment `name` (a sweep, or a search where tagged) into results/experiments/<name>/<time>/;
+    returns that directory and whether every run (or search) finished."""
     from harness import search
 
     experiment_file(name)
@@ -62,7 +63,7 @@ def run_experiment(name: str, overrides: list[str], jobs: int) -> Path:
         if failed:
             print(f"warning: {len(failed)} of {len(found)} searches failed; the report shows the rest",
                   file=sys.stderr)
-        return results
+        return results, not failed
     cmd = [sys.executable, "-m", "harness", "-m", *base, f"hydra.sweep.dir={results.as_posix()}"]
     if jobs != 1 and not any(o.startswith("hydra/launcher=") for o in overrides):
         if importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is not None:
@@ -77,4 +78,4 @@ def run_experiment(name: str, overrides: list[str], jobs: int) -> Path:
                                "finished; see its error above")
         print(f"warning: the sweep of experiment {name} ended with exit {done.returncode}; the report shows the "
               "runs that finished", file=sys.stderr)
-    return results
+    return results, done.returncode == 0
