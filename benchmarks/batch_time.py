@@ -64,16 +64,19 @@ def table(run: Path, gpu_type: str) -> pd.DataFrame:
     shares = {int(s): parse_partition(p).share for s, p in zip(batches["slot"], batches["partition"])}
     batches["busy"] = busy_at_start(batches, shares)
     rows = []
-    for (partition, model), g in batches.groupby(["partition", "model"]):
-        points = json.loads(profile_path(gpu_type, partition).read_text())["models"][model]
-        linear = LatencyCurve.from_points(points["batch"], points["mean_ms"])
-        stepped = load_profile(profile_path(gpu_type, partition)).curves[model]
-        took = (g["t_end"] - g["t_start"]).mean()
-        rows.append({"run": run.name, "partition": partition, "model": model, "batches": len(g),
-                     "mean batch": g["size"].mean(), "siblings at work": g["busy"].mean(),
-                     "real (ms)": took * 1000,
-                     "real / interpolated": took / np.mean([linear.mean[b] for b in g["size"]]),
-                     "real / beside": took / np.mean([stepped.beside(b, f) for b, f in zip(g["size"], g["busy"])])})
+    for partition, of_partition in batches.groupby("partition"):
+        path = profile_path(gpu_type, partition)
+        measured, profile = json.loads(path.read_text())["models"], load_profile(path)
+        for model, g in of_partition.groupby("model"):
+            linear = LatencyCurve.from_points(measured[model]["batch"], measured[model]["mean_ms"])  # the old way
+            stepped = profile.curves[model]
+            took = (g["t_end"] - g["t_start"]).mean()
+            rows.append({"run": run.name, "partition": partition, "model": model, "batches": len(g),
+                         "mean batch": g["size"].mean(), "siblings at work": g["busy"].mean(),
+                         "real (ms)": took * 1000,
+                         "real / interpolated": took / np.mean([linear.mean[b] for b in g["size"]]),
+                         "real / beside": took / np.mean([stepped.beside(b, f)
+                                                          for b, f in zip(g["size"], g["busy"])])})
     return pd.DataFrame(rows)
 
 

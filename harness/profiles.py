@@ -29,9 +29,10 @@ works, `alone_mean_ms` while it idles. A served share is somewhere between,
 as busy as its siblings are: `LatencyCurve.beside(b, busy)` is the alone
 time plus the fraction `busy` of the rest of the device at work times what
 busy siblings added when profiled. On real H100 and H200 shares that
-predicted served batches within about 6% (siblings at work 0-78% of the
-time), where the busy profile interpolated between sizes was 24% off. Policies plan with `mean`
-(the busy time, a bound); emulated GPUs run `beside`.
+predicted each model's mean served batch at 0.99-1.06x (one case 1.10x;
+siblings at work 0-78% of the time), where the busy profile interpolated
+between sizes gave 0.76-1.21x (benchmarks/batch_time.py). Policies plan
+with `mean` (the busy time, a bound); emulated GPUs run `beside`.
 """
 
 from __future__ import annotations

@@ -107,7 +107,8 @@ class LiveCluster:
         self._policy: Policy | None = None
         self._finished = False
         self._tasks: set[asyncio.Task] = set()   # reconfigurations under way
-        self._draining: dict[int, asyncio.Future] = {}   # a leaving slot with batches in flight -> done once it has none
+        # A leaving slot with batches in flight -> a future done once it has none.
+        self._draining: dict[int, asyncio.Future] = {}
         self.on_answer: Callable | None = None    # on_answer(origin, request) once it resolves
         self.on_batch_ok: Callable[[Batch], None] | None = None    # each batch that ran ok
         ledger.on_resolved = self._resolved

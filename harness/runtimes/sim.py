@@ -5,8 +5,8 @@ with the request schedule, which is already sorted, so arrivals cost no heap
 operations. Each slot runs its batches in dispatch order, for the profiled
 latency beside as much of the rest of its device as works when the batch
 starts (harness.profiles; optionally with Gaussian noise of the profile's
-std, clipped at half the mean). Every outcome goes through the run's ledger (harness.ledger), as
-in the live runtime. Deterministic for a seed: heap ties break by insertion
+std, clipped at half the mean). Every outcome goes through the run's ledger
+(harness.ledger), as in the live runtime. Deterministic for a seed: heap ties break by insertion
 order.
 
 A reconfiguration (Cluster.reconfigure) removes slots at once and starts the
