@@ -360,15 +360,19 @@ class Ledger:
                 rec.t_done, rec.cost_s = t, t - rec.t_request
         return True
 
-    def busy_beside(self, slot: int, t: float) -> float:
+    def busy_beside(self, slot: int, t: float, until: Mapping[int, float] | None = None) -> float:
         """The fraction of the rest of the slot's device that works at `t`: the shares of the other slots
         there with work until after `t` (one leaving still drains), over what the slot leaves of the device
-        (0 on a slot that holds all of it). What an emulated share's time depends on (LatencyCurve.beside)."""
+        (0 on a slot that holds all of it). What an emulated share's time depends on (LatencyCurve.beside).
+        `until`: until when each slot runs, where the runtime knows it (the sim); else its busy_until."""
         s = self.slots[slot]
         rest = 1.0 - s.share
         if rest <= 1e-9:
             return 0.0
-        busy = sum(o.share for o in self.on_device[s.device] if o.busy_until > t and o is not s)
+        if until is None:
+            busy = sum(o.share for o in self.on_device[s.device] if o.busy_until > t and o is not s)
+        else:
+            busy = sum(o.share for o in self.on_device[s.device] if until[o.index] > t and o is not s)
         return min(1.0, busy / rest)
 
     def _new_slot(self, spec: SlotSpec) -> int:

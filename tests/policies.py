@@ -36,6 +36,17 @@ class Scripted(Policy):
         pass
 
 
+class Lopsided(Scripted):
+    """Every other arrival goes to the first slot alive, where batches queue; the rest take the others in
+    turn. A batch waiting on the first slot starts beside whatever its siblings were sent meanwhile."""
+
+    def on_arrival(self, task: Task) -> None:
+        alive = [s.index for s in self.cluster.slots if s.alive]
+        self.turn += 1
+        slot = alive[0] if self.turn % 2 else alive[1 + (self.turn // 2) % (len(alive) - 1)]
+        self.cluster.dispatch(slot, task.model, [task])
+
+
 @dataclass
 class ReshaperConfig(SystemConfig):
     name: str = "tests.policies:Reshaper"

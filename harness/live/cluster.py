@@ -206,13 +206,12 @@ class LiveCluster:
         s = self.slots[slot]
         b = batch.size
         start = s.busy_until if s.busy_until > now else now
-        if s.emulated and curves[0].alone is not None:
-            # An emulated share runs as slow as the rest of its device is busy when it starts (see its worker).
-            busy = self.ledger.busy_beside(slot, start)
-            mean = sum(c.beside(b, busy) for c in curves)
-        else:
-            busy = None
-            mean = curves[0].mean[b] if len(curves) == 1 else sum(c.mean[b] for c in curves)
+        # Expected for the profile's time beside busy siblings (a bound for a share), emulated or not: an
+        # emulated GPU must look to the policy as the real one does. The replies correct it (_on_reply).
+        mean = curves[0].mean[b] if len(curves) == 1 else sum(c.mean[b] for c in curves)
+        # An emulated share runs as slow as the rest of its device is busy when it starts: its worker reads
+        # that off the device board; one without a board (on another host) runs as busy as expected here.
+        busy = self.ledger.busy_beside(slot, start) if s.emulated and curves[0].alone is not None else None
         s.busy_until = start + mean
         self._queued_s[slot] += mean
         start_within = None if latest_start is None else latest_start - now

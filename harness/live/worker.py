@@ -58,6 +58,7 @@ import numpy as np
 
 from harness.errors import HarnessError
 from harness.live.arena import Arena, gather
+from harness.live.board import Board
 from harness.live.channel import BlockingChannel, listen_socket, remove_socket
 from harness.live.protocol import IMAGE_BYTES
 from harness.profiles import LatencyCurve
@@ -84,9 +85,13 @@ class Executor:
     abortable: ClassVar[bool] = False
     # `payload`, where given: the batch's input tensors, one buffer per task in batch order (None where a
     # task brought none), together `size` items.
-    # `busy`: before each batch, the fraction of the rest of the device the scheduler expects at work while
-    # it runs (None: unknown). A real GPU has its own siblings; an emulated one runs slower by it.
+    # `busy`: the fraction of the rest of the device at work when the batch starts (None: unknown). A real
+    # GPU has its own siblings; an emulated one runs slower by it (see `begin`).
     busy: float | None = None
+
+    def begin(self, expected_busy: float | None) -> None:
+        """A batch starts; `expected_busy` is how busy the scheduler expected the rest of the device."""
+        self.busy = expected_busy
 
     def run(self, model: str, size: int, payload: bytes | None,
             abort: threading.Event | None = None) -> None:
@@ -105,6 +110,9 @@ class EmulatedExecutor(Executor):
 
     A share's latency is its profile's beside `busy` of the rest of the device
     at work (LatencyCurve.beside; the busy-sibling profile where not told).
+    With a device board (harness.live.board) the worker reads `busy` off it
+    when each batch starts and posts there until when it runs; without one
+    (a worker on another host) it runs as busy as the scheduler expected.
 
     With `noise`, each batch takes the profile's mean plus Gaussian noise of
     its std, clipped at half the mean (as the sim runtime draws it). A tensor
@@ -116,10 +124,15 @@ class EmulatedExecutor(Executor):
     abortable = True
     spin = 0.0003
 
-    def __init__(self, curves: Mapping[str, LatencyCurve], noise: bool = False, seed: int | list = 0):
+    def __init__(self, curves: Mapping[str, LatencyCurve], noise: bool = False, seed: int | list = 0,
+                 board: Board | None = None, row: int = -1):
         self.curves = dict(curves)
         self.noise = noise
         self._rng = np.random.default_rng(seed)
+        self.board, self.row = board, row
+
+    def begin(self, expected_busy: float | None) -> None:
+        self.busy = expected_busy if self.board is None else self.board.busy_beside(self.row)
 
     def duration(self, model: str, size: int) -> float:
         curve = self.curves.get(model)
@@ -150,16 +163,23 @@ class EmulatedExecutor(Executor):
 
     def _sleep(self, seconds: float, abort: threading.Event | None) -> None:
         end = time.perf_counter() + seconds
-        block = end - self.spin - time.perf_counter()
-        if block > 0:
-            if abort is not None:
-                if abort.wait(block):
+        if self.board is not None:
+            self.board.hold(self.row, time.monotonic() + seconds)
+        try:
+            block = end - self.spin - time.perf_counter()
+            if block > 0:
+                if abort is not None:
+                    if abort.wait(block):
+                        raise Aborted
+                else:
+                    time.sleep(block)
+            while time.perf_counter() < end:
+                if abort is not None and abort.is_set():
                     raise Aborted
-            else:
-                time.sleep(block)
-        while time.perf_counter() < end:
-            if abort is not None and abort.is_set():
-                raise Aborted
+        except Aborted:
+            if self.board is not None:
+                self.board.hold(self.row, time.monotonic())      # stopped early: its share works no more
+            raise
 
 
 def _check_images(views: list, size: int) -> None:
@@ -315,7 +335,7 @@ class Worker:
             else:
                 try:
                     payload = gather(self.arenas, job.payload) if job.payload else None
-                    self.executor.busy = job.busy
+                    self.executor.begin(job.busy)
                     if job.stage is None:
                         run(job.model, job.size, payload, job.abort if abortable else None)
                     elif job.through is None or job.through == job.stage:
@@ -347,9 +367,11 @@ class Worker:
         return stage
 
 
-def build_executor(kind: str, config_path: str, slot: int, spec: dict | None = None) -> Executor:
+def build_executor(kind: str, config_path: str, slot: int, spec: dict | None = None,
+                   board: Board | None = None, row: int = -1) -> Executor:
     """The executor of `slot`: its spec (gpu_type, partition, device, models) as given by the process
-    that started it, or else the slot of that index in the run's configured cluster."""
+    that started it, or else the slot of that index in the run's configured cluster. An emulated one
+    keeps row `row` of the device `board`, where given."""
     from harness.assembly import load
     from harness.placement import SlotSpec
 
@@ -380,7 +402,8 @@ def build_executor(kind: str, config_path: str, slot: int, spec: dict | None = N
                            stages=any(curve.stages for curve in curves.values()))
     if kind != "emulated":
         raise HarnessError(f"unknown executor '{kind}'; use --executor emulated or gpu")
-    return EmulatedExecutor(curves, noise=assembly.cfg.runtime.noise, seed=[assembly.cfg.seeds.runtime, slot])
+    return EmulatedExecutor(curves, noise=assembly.cfg.runtime.noise, seed=[assembly.cfg.seeds.runtime, slot],
+                            board=board, row=row)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -394,13 +417,21 @@ def main(argv: list[str] | None = None) -> int:
                                                  "(default: slot --slot of the run's configured cluster)")
     ap.add_argument("--arenas", default="", help="the ingresses' payload memory: fd:slot_bytes:slots,... "
                                                   "(inherited file descriptors; the scheduler passes them)")
+    ap.add_argument("--board", default="", help="the emulated devices' board and this worker's row there: "
+                                                 "fd:rows:row (an inherited file descriptor; the pool passes it)")
     ap.add_argument("--orphan-ok", action="store_true",
                     help="keep running when the parent process dies (for workers started by hand on other hosts)")
     args = ap.parse_args(argv)
     parent = None if args.orphan_ok else os.getppid()
     try:
         spec = json.loads(args.spec) if args.spec else None
-        executor = build_executor(args.executor, args.config, args.slot, spec)
+        board, row = None, -1
+        if args.board:
+            board_spec, _, row_text = args.board.rpartition(":")
+            board, row = Board.attach(board_spec), int(row_text)
+            if not 0 <= row < board.rows:
+                raise ValueError(f"row {row} is outside the device board's {board.rows} rows")
+        executor = build_executor(args.executor, args.config, args.slot, spec, board, row)
     except (HarnessError, OSError, ValueError, KeyError, AttributeError, RuntimeError, ImportError) as exc:
         print(f"error: slot {args.slot}: {exc}", file=sys.stderr)
         return 2

@@ -24,7 +24,9 @@ outstanding batches.
 A local worker runs its slot's spec: on a whole GPU it sees that device; an
 MPS share runs under one private MPS daemon (started here, stopped by
 close()) with its thread percentage; a real MIG slot uses an existing MIG
-instance by UUID. GPU settings are never changed.
+instance by UUID. GPU settings are never changed. Local emulated workers
+share a device board (harness.live.board): each has a row there, so a share
+runs as slow as its device's other shares are busy when its batch starts.
 
 Liveness: every `ping_interval_s` each slot is pinged. A slot is declared
 lost when its local process has exited, when it has answered nothing for
@@ -53,6 +55,7 @@ from typing import Callable, Mapping, Sequence
 
 from harness.errors import HarnessError
 from harness.live import cores
+from harness.live.board import Board, BoardFull
 from harness.live.channel import Channel, connect, remove_socket
 from harness.processes import log_tail, signal_group
 
@@ -62,7 +65,7 @@ HUNG_BATCH_FACTOR = 10.0
 
 class _Slot:
     __slots__ = ("index", "spec", "address", "proc", "log", "channel", "outstanding", "last_seen", "last_reply",
-                 "lost", "stopping", "gone")
+                 "lost", "stopping", "gone", "row")
 
     def __init__(self, index: int, spec):
         self.index = index
@@ -77,6 +80,7 @@ class _Slot:
         self.lost = ""
         self.stopping = False                 # removed on purpose: not a loss
         self.gone = False                     # its process is stopped and its socket closed
+        self.row = -1                         # its row of the pool's device board, if it has one
 
 
 class WorkerPool:
@@ -101,6 +105,9 @@ class WorkerPool:
         self._closed = False
         self._resources = ExitStack()         # the private MPS daemon of GPU partitions, while it is needed
         self._mps = None
+        # What the emulated shares of each device are doing, for local emulated workers (memfd: Linux).
+        self.board = (Board.create() if self.executor == "emulated" and self.addresses is None
+                      and hasattr(os, "memfd_create") else None)
 
     # -- public API ---------------------------------------------------------------
     async def start(self, specs: Mapping[int, object]) -> None:
@@ -221,6 +228,8 @@ class WorkerPool:
         for s in slots:
             self._release(s, "worker pool closed")
         self._resources.close()               # the MPS daemon goes once its clients are gone
+        if self.board is not None:
+            self.board.close()
 
     # -- starting and stopping workers ----------------------------------------------------
     def _gpu_env(self, spec) -> dict[str, str]:
@@ -253,12 +262,20 @@ class WorkerPool:
                    "--spec", spec]
             if self.arenas:
                 cmd += ["--arenas", ",".join(arena.spec for arena in self.arenas)]
+            fds = [arena.fd for arena in self.arenas]
+            if self.board is not None:
+                try:
+                    s.row = self.board.take(s.spec.device, s.spec.share)
+                except BoardFull as exc:
+                    raise HarnessError(f"cannot start a worker for slot {s.index}: {exc}") from None
+                cmd += ["--board", f"{self.board.spec}:{s.row}"]
+                fds.append(self.board.fd)
             s.log = (open(self.log_dir / f"worker-{s.index}.log", "a+b") if self.log_dir is not None
                      else tempfile.TemporaryFile("w+b"))
             # Own session: a terminal's Ctrl-C reaches the orchestrator only, which stops us in order.
             s.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=s.log,
                                       env=slot_env, start_new_session=True,
-                                      pass_fds=[arena.fd for arena in self.arenas])
+                                      pass_fds=fds)
             cores.keep_off(s.proc.pid)           # off the scheduler's core, when it has one of its own
         addresses = await asyncio.get_running_loop().run_in_executor(None, self._wait_ready, slots)
         for s in slots:
@@ -352,6 +369,12 @@ class WorkerPool:
 
     def _release(self, s: _Slot, why: str) -> None:
         s.gone = True
+        if s.row >= 0:
+            if s.proc is None or s.proc.poll() is not None:
+                self.board.give_back(s.row)          # exited: nobody writes the row any more
+                s.row = -1
+            else:
+                self.board.hold(s.row, 0.0)          # being killed: its share works no more
         outstanding, s.outstanding = s.outstanding, {}
         for on_reply, _, _ in outstanding.values():     # later: whoever released the slot is not re-entered
             asyncio.get_running_loop().call_soon(on_reply, _error_reply(-1, why))

@@ -5,9 +5,13 @@ with the request schedule, which is already sorted, so arrivals cost no heap
 operations. Each slot runs its batches in dispatch order, for the profiled
 latency beside as much of the rest of its device as works when the batch
 starts (harness.profiles; optionally with Gaussian noise of the profile's
-std, clipped at half the mean). Every outcome goes through the run's ledger
-(harness.ledger), as in the live runtime. Deterministic for a seed: heap ties break by insertion
-order.
+std, clipped at half the mean). A batch whose time depends on that (a share
+with alone latencies) and that starts later than it is dispatched waits in
+its slot's queue and is timed when it starts, beside whatever its siblings
+were sent meanwhile, as an emulated worker reads its device then; every
+other batch is timed at once. Every outcome goes through the run's ledger
+(harness.ledger), as in the live runtime. Deterministic for a seed: heap
+ties break by insertion order.
 
 A reconfiguration (Cluster.reconfigure) removes slots at once and starts the
 new ones once the slots leaving their device have drained, plus
@@ -23,6 +27,7 @@ import heapq
 import itertools
 import sys
 import time
+from collections import defaultdict, deque
 from contextlib import contextmanager
 from typing import Callable, Sequence
 
@@ -51,6 +56,18 @@ def _collector_paused():
             gc.enable()
 
 
+class _Waiting:
+    """A batch sent to a share beside siblings, to be timed when it starts."""
+
+    __slots__ = ("batch", "curves", "ready", "expected", "latest_start", "delay", "cut_told", "begin")
+
+    def __init__(self, batch, curves, ready, expected, latest_start, delay):
+        self.batch, self.curves, self.ready, self.expected = batch, curves, ready, expected
+        self.latest_start, self.delay = latest_start, delay
+        self.cut_told: float | None = None    # when a stop at its next stage boundary reached the slot
+        self.begin: list | None = None         # its start event, once it is the slot's next batch
+
+
 class SimCluster:
     """The Cluster handle of the discrete-event runtime."""
 
@@ -70,6 +87,14 @@ class SimCluster:
         self.slot_start_s = slot_start_s
         self._running: dict[int, list] = {}   # slot -> completion entry of its last batch
         self._chains: dict[int, tuple] = {}   # slot -> its last chain: (batch, completion entry, stage ends)
+        # Shares beside siblings (SimCluster.dispatch): per slot, whether it is one, the batches sent to it
+        # and not started, the one it runs (or discards), the time it will run until, and what the policy
+        # was told to expect of what it holds.
+        self._beside: dict[int, bool] = {}
+        self._waiting: defaultdict[int, deque[_Waiting]] = defaultdict(deque)
+        self._started: dict[int, _Waiting] = {}
+        self._until: defaultdict[int, float] = defaultdict(float)   # every slot: until when it runs a batch
+        self._expected: defaultdict[int, float] = defaultdict(float)
         self._policy: Policy | None = None
 
     @property
@@ -103,6 +128,23 @@ class SimCluster:
         s = self.slots[slot]
         delay = self._dispatch_delays.pop() if self._dispatch_delays else self._next_delay()
         ready = now + delay
+        beside = self._beside.get(slot)
+        if beside is None:
+            beside = self._beside[slot] = any(c.alone is not None or any(st.alone is not None for st in c.stages)
+                                              for c in self.ledger.curves[slot].values())
+        if beside:
+            # A share beside siblings: its time depends on what works on its device when it starts, which
+            # nobody knows when it is sent. It waits in the slot's queue and is timed then (_begin). The
+            # policy sees the slot busy for the profile's time beside busy siblings, as the live runtime
+            # predicts a real share, corrected as batches end (_ended).
+            expected = curves[0].mean[batch.size] if len(curves) == 1 else sum(c.mean[batch.size] for c in curves)
+            s.busy_until = (s.busy_until if s.busy_until > now else now) + expected
+            self._expected[slot] += expected
+            waiting = self._waiting[slot]
+            waiting.append(_Waiting(batch, curves, ready, expected, latest_start, delay))
+            if len(waiting) == 1 and slot not in self._started:
+                waiting[0].begin = self._push(max(ready, self._until[slot]), self._begin, batch)
+            return batch
         start = s.busy_until if s.busy_until > ready else ready
         if latest_start is not None and start > latest_start + delay + 1e-12:
             # The slot would start it too late: it discards the batch when it reaches it. As a live worker
@@ -110,19 +152,57 @@ class SimCluster:
             batch.t_start = batch.t_end = start
             self._push(start, self._discard, batch)
             return batch
-        b = batch.size
+        self._run_batch(batch, curves, start)
+        s.busy_until = batch.t_end
+        return batch
+
+    def _run_batch(self, batch: Batch, curves: Sequence[LatencyCurve], start: float) -> None:
+        """`batch` starts at `start` and runs for its profile beside what works on its device then."""
+        slot, b = batch.slot, batch.size
         batch.t_start = start
         # A share runs slower the more of the rest of its device works (profiled alone and beside busy siblings).
-        busy = self.ledger.busy_beside(slot, start) if curves[0].alone is not None else 0.0
+        busy = self.ledger.busy_beside(slot, start, self._until) if self._beside.get(slot) else 0.0
         if len(curves) == 1:
-            batch.t_end = s.busy_until = start + self._exec_time(curves[0], b, busy)
+            batch.t_end = self._until[slot] = start + self._exec_time(curves[0], b, busy)
             self._running[slot] = self._push(batch.t_end, self._complete, batch)
         else:                                 # a chain: where each stage ends, for a stop at a boundary
             ends = list(itertools.accumulate((self._exec_time(c, b, busy) for c in curves), initial=start))[1:]
-            batch.t_end = s.busy_until = ends[-1]
+            batch.t_end = self._until[slot] = ends[-1]
             self._running[slot] = entry = self._push(batch.t_end, self._complete, batch)
             self._chains[slot] = (batch, entry, ends)
-        return batch
+
+    def _begin(self, batch: Batch) -> None:
+        """A share reaches the first batch in its queue: it discards it if it is too late to start, else
+        runs it beside what works on its device now."""
+        now, slot = self._now, batch.slot
+        w = self._waiting[slot].popleft()
+        self._started[slot] = w
+        if w.latest_start is not None and now > w.latest_start + w.delay + 1e-12:
+            batch.t_start = batch.t_end = now     # too late (see dispatch)
+            self._push(now, self._discard, batch)
+        else:
+            self._run_batch(batch, w.curves, now)
+            if w.cut_told is not None and len(w.curves) > 1:
+                self._cut_chain(slot, w.cut_told)
+
+    def _ended(self, batch: Batch) -> None:
+        """A share's batch ended (ran or discarded): the policy's view of the slot is corrected as the live
+        runtime corrects it when the reply comes (the slot is free now if nothing else waits, else busy for
+        at least what waits), and the share starts the next batch waiting."""
+        slot = batch.slot
+        w = self._started.pop(slot)
+        s = self.slots[slot]
+        waiting = self._waiting[slot]
+        self._expected[slot] -= w.expected
+        if not waiting:
+            self._expected[slot] = 0.0       # (no float residue when empty)
+            if s.busy_until > self._now:
+                s.busy_until = self._now
+        elif self._now + self._expected[slot] > s.busy_until:
+            s.busy_until = self._now + self._expected[slot]
+        if waiting:
+            head = waiting[0]
+            head.begin = self._push(max(self._now, head.ready), self._begin, head.batch)
 
     def _exec_time(self, curve: LatencyCurve, b: int, busy: float) -> float:
         """The profiled mean beside `busy` of the rest of the device at work, or with noise a draw around it
@@ -133,19 +213,30 @@ class SimCluster:
         return exec_time
 
     def stop_at_boundary(self, slot: int) -> None:
+        waiting = self._waiting.get(slot)
+        if waiting and slot not in self._started:   # the chain has not started: it stops after its first stage
+            if len(self.ledger.inflight[slot]) != 1:
+                raise ValueError(f"stop_at_boundary needs the chain to be the only batch in flight on slot {slot}")
+            waiting[0].cut_told = self._now + self._next_delay()
+            return
         chain = self._chains.get(slot)
         if chain is None or chain[0].status or chain[1][2] is None:
             return                            # no chain running there (it ended, failed or never was)
-        batch, entry, ends = chain
         if len(self.ledger.inflight[slot]) != 1:
             raise ValueError(f"stop_at_boundary needs the chain to be the only batch in flight on slot {slot}")
-        told = self._now + self._next_delay()     # the request travels as a dispatch does
+        self._cut_chain(slot, self._now + self._next_delay())     # the request travels as a dispatch does
+
+    def _cut_chain(self, slot: int, told: float) -> None:
+        """The slot's running chain hears at `told` to stop at its next stage boundary."""
+        batch, entry, ends = self._chains[slot]
         i = next((i for i, end in enumerate(ends) if end >= told), len(ends) - 1)
         if i == len(ends) - 1:
             return                            # it runs its last stage already
         self.ledger.cut(batch, batch.stage + i)
         entry[2] = None                       # the old completion never fires
-        batch.t_end = self.slots[slot].busy_until = ends[i]
+        batch.t_end = self._until[slot] = ends[i]
+        if not self._beside.get(slot):        # (a share's policy view changes when the batch ends)
+            self.slots[slot].busy_until = ends[i]
         self._running[slot] = self._push(batch.t_end, self._complete, batch)
         del self._chains[slot]
 
@@ -153,11 +244,22 @@ class SimCluster:
         self.ledger.drop(tasks, self._now, reason, status)
 
     def preempt(self, slot: int) -> list[Task]:
-        entry = self._running.get(slot)
-        if entry is None or entry[2] is None or entry[0] <= self._now or len(self.ledger.inflight[slot]) != 1:
+        if len(self.ledger.inflight[slot]) != 1:
             raise ValueError(f"preempt needs exactly one running batch on slot {slot}")
-        batch = entry[3]
-        entry[2] = None                        # the completion never fires
+        waiting = self._waiting.get(slot)
+        if waiting:                           # sent to a share, not started: it never starts
+            w = waiting.popleft()
+            w.begin[2] = None
+            batch = w.batch
+        else:
+            entry = self._running.get(slot)
+            if entry is None or entry[2] is None or entry[0] <= self._now:
+                raise ValueError(f"preempt needs exactly one running batch on slot {slot}")
+            batch = entry[3]
+            entry[2] = None                    # the completion never fires
+            self._until[slot] = self._now
+            self._started.pop(slot, None)
+        self._expected[slot] = 0.0
         self.slots[slot].busy_until = self._now
         return self.ledger.preempt(batch, self._now)
 
@@ -172,7 +274,8 @@ class SimCluster:
             self._policy.on_slot_lost(slot)
         for slot in rec.joining:
             s = self.slots[slot]
-            # A device's new shares start once the shares leaving it have run what they hold.
+            # A device's new shares start once the shares leaving it have run what they hold (a share's queue,
+            # for as long as it is expected to take: its batches are timed when they start).
             drained = max([o.busy_until for o in self.slots
                            if o.device == s.device and not o.alive and o.outstanding and o.index != slot],
                           default=now)
@@ -197,6 +300,8 @@ class SimCluster:
 
     def _complete(self, batch: Batch) -> None:
         released = self.ledger.complete(batch, batch.t_start, batch.t_end)
+        if batch.slot in self._started:
+            self._ended(batch)
         if self.slots[batch.slot].alive:
             self._policy.on_batch_done(batch)
         if released:
@@ -206,6 +311,8 @@ class SimCluster:
 
     def _discard(self, batch: Batch) -> None:
         self.ledger.discard(batch, self._now)
+        if batch.slot in self._started:
+            self._ended(batch)
         if self.slots[batch.slot].alive:
             self._policy.on_batch_done(batch)
 
@@ -214,6 +321,8 @@ class SimCluster:
         if self.ledger.lose(slot, self._now, reason):
             self._running.pop(slot, None)
             self._chains.pop(slot, None)
+            self._waiting.pop(slot, None)     # (their start events are among those below)
+            self._started.pop(slot, None)
             for entry in self._heap:          # its queued completions and discards never fire
                 if len(entry) == 4 and isinstance(entry[3], Batch) and entry[3].slot == slot:
                     entry[2] = None
