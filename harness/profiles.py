@@ -32,7 +32,9 @@ busy siblings added when profiled. On real H100 and H200 shares that
 predicted each model's mean served batch at 0.99-1.06x (one case 1.10x;
 siblings at work 0-78% of the time), where the busy profile interpolated
 between sizes gave 0.76-1.21x (benchmarks/batch_time.py). Policies plan
-with `mean` (the busy time, a bound); emulated GPUs run `beside`.
+with `mean` (the busy time, a bound), and both runtimes expect a share's
+batch to take it, as they must of a real share; emulated GPUs run `beside`,
+at the fraction busy when the batch starts.
 """
 
 from __future__ import annotations

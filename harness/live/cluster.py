@@ -12,7 +12,9 @@ whoever waits for each request, and the policy hears on_batch_done.
 Where it must differ from the simulation:
 
 - `Slot.busy_until` is a prediction: max(now, busy_until) + profiled
-  mean at dispatch, and now when the slot's last batch comes back.
+  mean at dispatch, and now when the slot's last batch comes back (on an
+  emulated share too, which runs faster than that mean when its siblings
+  idle, as a real one does; the sim predicts shares so as well).
 - A batch's t_end is the time its reply arrives, and t_start = t_end minus
   the execution time the worker measured.
 - A lost slot (its worker died or hung): the ledger fails what it held

@@ -5,11 +5,14 @@ with the request schedule, which is already sorted, so arrivals cost no heap
 operations. Each slot runs its batches in dispatch order, for the profiled
 latency beside as much of the rest of its device as works when the batch
 starts (harness.profiles; optionally with Gaussian noise of the profile's
-std, clipped at half the mean). A batch whose time depends on that (a share
-with alone latencies) and that starts later than it is dispatched waits in
-its slot's queue and is timed when it starts, beside whatever its siblings
-were sent meanwhile, as an emulated worker reads its device then; every
-other batch is timed at once. Every outcome goes through the run's ledger
+std, clipped at half the mean). On a share whose time depends on that (one
+profiled alone and beside busy siblings) a batch waits in its slot's queue
+and is timed when it starts, beside whatever its siblings were sent
+meanwhile, as an emulated worker reads its device then; and the policy sees
+such a slot as the live runtime shows a real share, busy for the profile's
+busy time per batch sent and corrected as batches end (Slot.busy_until is
+that prediction). Every other batch is timed when it is sent, and its
+slot's busy_until is exact. Every outcome goes through the run's ledger
 (harness.ledger), as in the live runtime. Deterministic for a seed: heap
 ties break by insertion order.
 
