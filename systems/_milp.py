@@ -366,7 +366,10 @@ def _over_capacity(demands: Sequence[Demand], served: dict[str, float], gpus: fl
 
 def _stretched(app: App, budgets: list[float]) -> tuple[float, ...]:
     """The solved budgets grown to use the whole SLO: each node's by the least factor SLO / (path's sum) of
-    the paths through it, so no path goes over the SLO and the tightest reaches it."""
+    the paths through it, so no path goes over the SLO and the tightest reaches it. An app the solution
+    serves none of may have a path of zero budgets (they bind nothing): it gets the even split."""
+    if any(sum(budgets[j] for j in p) <= 0 for p in app.paths):
+        return _even_budgets(app)
     factor = [min(app.slo / sum(budgets[j] for j in p) for p in app.paths if i in p) for i in range(len(budgets))]
     return tuple(bi * f for bi, f in zip(budgets, factor))
 

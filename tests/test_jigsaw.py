@@ -26,7 +26,7 @@ from harness.run import execute
 from harness.runtimes.sim import SimCluster
 from harness.search import compose
 from systems import jigsaw
-from systems._milp import Demand, Segment, solve
+from systems._milp import Demand, Segment, _stretched, solve
 from systems._segments import devices_needed, fill_shared, pack
 
 SEGMENTS = [Segment("mps25", 0.25), Segment("mps50", 0.5), Segment("whole", 1.0)]
@@ -91,6 +91,13 @@ def test_the_solver_finds_the_hand_checked_optimum():
 CHAIN = App("chain", 0.100, (AppNode("x", "x"), AppNode("z", "z", after=(0,))))
 CHAIN_MS = {("x", "mps25"): 200, ("x", "mps50"): 30, ("x", "whole"): 12.5,   # 5, 33.3, 80 tasks/s
             ("z", "mps25"): 10, ("z", "mps50"): 5, ("z", "whole"): 2.5}
+
+
+def test_an_app_left_with_zero_budgets_gets_the_even_split_not_a_division_by_zero():
+    # A solution that serves none of an app may leave its budget variables at 0 (they bind nothing); a
+    # 60,000 req/s compound_apps run stopped on it.
+    assert _stretched(CHAIN, [0.0, 0.0]) == pytest.approx((0.050, 0.050))
+    assert _stretched(CHAIN, [0.030, 0.020]) == pytest.approx((0.060, 0.040))
 
 
 def test_graph_aware_budgets_beat_an_even_split():
