@@ -174,7 +174,9 @@ def empty_gpus_frame() -> pd.DataFrame:
 
 
 def write_table(df: pd.DataFrame, path: Path) -> None:
-    _atomic(path, lambda tmp: df.to_parquet(tmp, index=False))
+    # zstd: a fifth to a third smaller than parquet's default (snappy) on a run's records, for about a tenth
+    # more time to write (900,000 requests: 22.5 against 28.1 MB, 0.27 against 0.24 s).
+    _atomic(path, lambda tmp: df.to_parquet(tmp, index=False, compression="zstd"))
 
 
 def write_json(obj, path: Path) -> None:
