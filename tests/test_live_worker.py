@@ -110,6 +110,10 @@ def test_worker_runs_batches_in_order_and_reports_late_and_bad_ones(worker):
     assert (first["batch"], first["status"]) == (8, "ok")
     assert (second["batch"], second["status"], second["exec"]) == (9, "late", 0.0)
     assert second["wait"] > 0.005
+    # One that must start at once, sent to the idle worker: nothing queued before it, so it runs (the
+    # executor thread's wake-up is the host's, not the queue's).
+    (now,) = call({"op": "run", "batch": 11, "model": "m0", "size": 1, "start_within": 0.0, "payload": None})
+    assert (now["status"], now["wait"] > 0) == ("ok", True)
     (bad,) = call({"op": "run", "batch": 10, "model": "nope", "size": 1, "start_within": None})
     assert bad["status"] == "error" and "nope" in bad["error"]
     (garbled,) = call({"op": "run"})

@@ -11,8 +11,8 @@ address picks a free port); everything else goes to stderr. Threads:
   answers pings at once (so a long batch never looks like a hang) and
   flags aborts;
 - the executor thread runs the queued batches one at a time, in arrival
-  order, discarding a batch as "late" if it could not start within its
-  `start_within`, and answers on the batch's connection.
+  order, discarding a batch as "late" if the batches before it held it
+  longer than its `start_within`, and answers on the batch's connection.
 
 Messages are msgpack maps in length-prefixed frames (harness.live.channel;
 the client is harness.live.workers.WorkerPool):
@@ -37,7 +37,8 @@ its activations stay held for a later batch, as after any stage.
 (harness.live.arena; the worker maps the arenas it is given with
 --arenas); the executor gets the views, one per task, and the time it takes
 to read them counts as execution. `start_within` counts from the batch's arrival here (the transfer from the
-frontend, tens of microseconds on one host, is not included). The worker
+frontend, tens of microseconds on one host, is not included) to the end of the batch before it; the
+executor thread's own wake-up is not the queue's doing and does not count. The worker
 exits by itself when the process that started it dies (its parent pid
 changes), so an orchestrator killed with SIGKILL leaves nothing behind.
 """
@@ -318,6 +319,7 @@ class Worker:
     def _execute_loop(self) -> None:
         run, perf = self.executor.run, time.perf_counter
         abortable = self.executor.abortable
+        idle_since = 0.0                         # when the executor finished its last batch
         while True:
             job = self._queue.get()
             if job is None:
@@ -330,7 +332,10 @@ class Worker:
             reply = {"batch": job.batch, "status": "ok", "exec": 0.0, "wait": wait, "error": ""}
             if job.abort.is_set():
                 reply["status"] = "preempted"
-            elif job.start_within is not None and wait > job.start_within:
+            elif job.start_within is not None and idle_since - job.t_arrival > job.start_within:
+                # Late: it waited longer than it could behind the batches before it. The hand-off to this
+                # thread after it arrived or after the last batch ended (the host's scheduling, not the
+                # slot's queue: up to a millisecond on a loaded 2-core host) does not count.
                 reply["status"] = "late"
             else:
                 try:
@@ -351,6 +356,7 @@ class Worker:
                     reply["status"], reply["error"] = "error", f"{type(exc).__name__}: {exc}"
                 reply["exec"] = perf() - start
             self._jobs.pop((id(job.channel), job.batch), None)
+            idle_since = perf()
             job.channel.send(reply)              # a client gone (stopping) is nobody to answer
 
 
