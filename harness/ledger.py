@@ -369,10 +369,8 @@ class Ledger:
         rest = 1.0 - s.share
         if rest <= 1e-9:
             return 0.0
-        if until is None:
-            busy = sum(o.share for o in self.on_device[s.device] if o.busy_until > t and o is not s)
-        else:
-            busy = sum(o.share for o in self.on_device[s.device] if until[o.index] > t and o is not s)
+        busy = sum(o.share for o in self.on_device[s.device]
+                   if o is not s and (o.busy_until if until is None else until[o.index]) > t)
         return min(1.0, busy / rest)
 
     def _new_slot(self, spec: SlotSpec) -> int:

@@ -84,6 +84,8 @@ class LiveCluster:
         self.overheads = overheads            # the measured delays (harness.calibrate), when given
         self.slots = ledger.slots
         self.pool = pool
+        # Workers that read their device off a board (local emulated ones) need not be told how busy it is.
+        self._tell_busy = getattr(pool, "board", None) is None
         self.clock = clock
         self.now = clock.now
         self._slo = deadline_of
@@ -213,7 +215,8 @@ class LiveCluster:
         mean = curves[0].mean[b] if len(curves) == 1 else sum(c.mean[b] for c in curves)
         # An emulated share runs as slow as the rest of its device is busy when it starts: its worker reads
         # that off the device board; one without a board (on another host) runs as busy as expected here.
-        busy = self.ledger.busy_beside(slot, start) if s.emulated and curves[0].alone is not None else None
+        busy = (self.ledger.busy_beside(slot, start)
+                if self._tell_busy and s.emulated and curves[0].alone is not None else None)
         s.busy_until = start + mean
         self._queued_s[slot] += mean
         start_within = None if latest_start is None else latest_start - now
