@@ -79,9 +79,19 @@ def test_dynamic_batching_of_concurrent_requests(tmp_path):
         req = urllib.request.Request(f"{server.url}/v2/models/a/infer", data=json.dumps(infer_request(7)).encode())
         with urllib.request.urlopen(req, timeout=30) as answer:
             assert json.loads(answer.read()) == {**infer_response("a", "7", 0, 0), "model_version": "1"}
+        before = server.statistics()
         forward.batches.clear()
         client = load.replay(tmp_path / "schedule.parquet", server.url, time.time() + 2.5, tmp_path / "client",
                              timeout_s=10.0)
+        stats = server.statistics()
+    # Triton's own account matches what the client and forward saw, and its times add up.
+    for model in ("a", "b"):
+        served = [s for m, s in forward.batches if m == model]
+        got, was = stats[model], before[model]
+        assert got["requests"] - was["requests"] == (client["model"] == model).sum()
+        assert got["batches"] - was["batches"] == len(served)
+        assert got["queue_ms"] >= 0 and got["compute_infer_ms"] >= 5.204     # forward sleeps at least that
+        assert got["request_ms"] >= got["queue_ms"] + got["compute_infer_ms"]
     assert (client["status"] == "ok").all(), client["reason"].unique()
     assert (client["batch_id"] >= 0).all()
     # Each batch Triton formed was one call of forward, and its requests carry that call's batch id.

@@ -353,7 +353,7 @@ def _diagnosis(log: str) -> str:
 
 
 class TritonHandle:
-    """A running tritonserver: `url`, `ports`, `workspace`, `logs()`, `stop()`; a context manager."""
+    """A running tritonserver: `url`, `ports`, `workspace`, `logs()`, `statistics()`, `stop()`; a context manager."""
 
     def __init__(self, host: str, ports: dict[str, int], plans: list[_ModelPlan], cfg: dict, forward,
                  instances: int | None, stub_env: Path | None):
@@ -507,6 +507,30 @@ class TritonHandle:
     def logs(self) -> str:
         server = getattr(self._triton, "_triton_server", None)
         return server.logs() if server is not None else ""
+
+    def statistics(self) -> dict[str, dict[str, float]]:
+        """Triton's own account of each model since it started (its statistics extension), per model:
+        requests and batches served, the mean batch, and per request the mean time from arrival to response
+        (request_ms), in its queue (queue_ms) and in the Python backend's execution (compute_*_ms, which
+        for our models holds the whole round trip to the callable and the worker). Where a run's time goes
+        inside tritonserver, which our own records cannot see."""
+        import urllib.request
+        with urllib.request.urlopen(f"{self.url}/v2/models/stats", timeout=10) as answer:
+            stats = json.loads(answer.read())
+        out = {}
+        for model in stats.get("model_stats", []):
+            phases = model.get("inference_stats", {})
+            n = int(phases.get("success", {}).get("count", 0))
+            batches = int(model.get("execution_count", 0))
+            row = {"requests": n, "batches": batches,
+                   "mean_batch": int(model.get("inference_count", 0)) / batches if batches else 0.0}
+            for phase in ("success", "queue", "compute_input", "compute_infer", "compute_output"):
+                got = phases.get(phase, {})
+                count = int(got.get("count", 0))
+                row[f"{'request' if phase == 'success' else phase}_ms"] = \
+                    int(got.get("ns", 0)) / count / 1e6 if count else 0.0
+            out[model["name"]] = row
+        return out
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """Stop the server: SIGINT and a short drain, then SIGKILL whatever is left; wait until its ports are free."""

@@ -49,6 +49,7 @@ class TritonBackend:
         self.out_dir = out_dir
         self.ledger = Ledger(assembly.slots(emulated=rt.executor != "gpu"), assembly.curves(), t0=self.clock.now())
         self.failures: list[str] = []
+        self.statistics: dict = {}             # tritonserver's own per-model account, read before it stops
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="worker-pool", daemon=True)
@@ -106,6 +107,7 @@ class TritonBackend:
                 lost = [{"slot": slot, "t": t, "reason": why} for t, slot, event, why in self.ledger.slot_events
                         if event == "lost"]
                 write_json({"lost_slots": lost, "batches": len(self.ledger.batches), "failures": self.failures,
+                            "tritonserver": self.statistics,
                             "notes": ["triton: arrival times are the client's send times "
                                       "(Triton does not report them)"]},
                            self.out_dir / "server.json")
@@ -143,5 +145,11 @@ def serve_triton(assembly, out_dir: Path, epoch: float):
             finally:
                 if served.died():
                     backend.failures.append(served.died())
+                else:
+                    try:
+                        backend.statistics = triton.statistics()
+                    except (OSError, ValueError) as exc:   # a diagnostic: the run's records stand without it
+                        print(f"system=triton: tritonserver's statistics could not be read ({exc})",
+                              file=sys.stderr, flush=True)
     finally:
         backend.close()
