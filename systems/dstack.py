@@ -18,7 +18,8 @@ requests a run is expected to carry. A model runs e times a cycle: at least
 once, often enough to carry its load (rate*T / batch), and often enough that
 its turns are at most SLO - l(batch) apart (a request that just missed a
 turn still makes its deadline at the next; twice a cycle for the models of
-the smallest SLO); each run carries n = min(batch, ceil(rate*T / e)). The
+the smallest SLO), and -- here -- often enough that a run is planned at most
+max_fill full; each run carries n = min(batch, ceil(rate*T / e)). The
 rectangles are packed into levels, first fit by decreasing height (FFDH
 strip packing): a level is a band of one device's share, as tall as its
 first rectangle, running through every cycle; a run goes to the first level
@@ -130,7 +131,7 @@ MPS_KINDS = ("mps", "whole")
 class DStackConfig(SystemConfig):
     name: str = "dstack"
     knee_tolerance: float = 0.10   # eps: the knee's latency is within (1 + eps) of the whole GPU's
-    max_fill: float = 0.85         # a level's planned runs fill at most this fraction of a cycle
+    max_fill: float = 0.85         # a level's planned runs fill at most this fraction of a cycle, a run of its batch
     rate_window_s: float = 1.0     # arrivals are counted over windows this long (the rate)
     resize_threshold: float = 0.3  # re-size when a model's rate moves by more than this fraction
 
@@ -188,8 +189,9 @@ def knee(shares: Sequence[Share], model: str, batch: int, tolerance: float) -> t
 
 
 def rectangle(shares: Sequence[Share], model: str, slo: float, rate: float | None, cycle: float,
-              tolerance: float, budget: float) -> Rectangle:
-    """The model's knee, batch and runs per cycle at `rate` requests/s (None: not measured yet)."""
+              tolerance: float, budget: float, fill: float = 1.0) -> Rectangle:
+    """The model's knee, batch and runs per cycle at `rate` requests/s (None: not measured yet); a run is
+    planned to carry at most `fill` of its batch."""
     b_whole = batch_rule(shares[-1][2][model], slo, rate, budget)
     partition, share = knee(shares, model, b_whole, tolerance)
     curve = next(c for p, _, c in shares if p == partition)[model]
@@ -200,7 +202,9 @@ def rectangle(shares: Sequence[Share], model: str, slo: float, rate: float | Non
     if rate is None:
         return Rectangle(model, partition, share, batch, often, batch)
     per_cycle = rate * cycle
-    runs = max(often, math.ceil(per_cycle / batch))
+    # Room in each run for arrivals above the mean: a run planned full (60 of 64 Poisson arrivals a cycle)
+    # overflows one cycle in three, and what overflows waits a cycle, past a short SLO.
+    runs = max(often, math.ceil(per_cycle / (fill * batch)))
     return Rectangle(model, partition, share, batch, runs, max(1, min(batch, math.ceil(per_cycle / runs))))
 
 
@@ -360,6 +364,7 @@ class DStack(Policy):
         self.gpu_type = cluster.slots[0].gpu_type
         self.devices = cluster.placement.devices
         self.cycle = min(spec.slo for spec in models.values())
+        self.fill = config.max_fill
         self.budget = self.cycle * config.max_fill
         self.queues: dict[str, deque[Task]] = {m: deque() for m in models}
         self.waiting: dict[str, None] = {}           # the models with requests queued, in a set's role (ordered)
@@ -619,7 +624,7 @@ class DStack(Policy):
     def _rectangles(self, rates: Mapping[str, float] | None) -> dict[str, Rectangle]:
         eps = self.config.knee_tolerance
         return {m: rectangle(self.shares, m, spec.slo, None if rates is None else rates[m], self.cycle, eps,
-                             self.budget) for m, spec in self.models.items()}
+                             self.budget, self.fill) for m, spec in self.models.items()}
 
     def _close_window(self) -> None:
         rates = {m: n / self.config.rate_window_s for m, n in self.counts.items()}

@@ -100,6 +100,11 @@ def test_right_sizing_finds_the_knee_at_the_whole_gpus_batch_then_batches_on_the
     assert rectangle(SHARES_A, "a", 0.009, None, 0.009, 0.10, 1.0) == Rectangle("a", "whole", 1.0, 13, 2, 13)
     # The same model in a cycle of 4 ms (another model's SLO): turns 4.6 ms apart allow one a cycle.
     assert rectangle(SHARES_A, "a", 0.009, None, 0.004, 0.10, 1.0).runs == 1
+    # Measured at 3,000 req/s, a cycle of 4 ms carries 12 requests, 12 of a batch of 13: planned that full, one
+    # cycle in three overflows its run (Poisson); at most 85% full, two runs of 6 leave room for the surplus.
+    assert rectangle(SHARES_A, "a", 0.009, 3000.0, 0.004, 0.10, 1.0) == Rectangle("a", "whole", 1.0, 13, 1, 12)
+    assert rectangle(SHARES_A, "a", 0.009, 3000.0, 0.004, 0.10, 1.0, fill=0.85) == \
+        Rectangle("a", "whole", 1.0, 13, 2, 6)
 
 
 def test_turns_are_laid_out_earliest_due_first_within_the_cycle():
