@@ -201,6 +201,69 @@ def test_gpu_executor_without_a_gpu_is_refused_in_one_line(tmp_path):
     assert "torchvision" in lines[0] or "CUDA GPU" in lines[0]
 
 
+def _cuda() -> str | None:
+    """Why the real-GPU executor cannot run here (None: it can)."""
+    try:
+        import torch
+        import torchvision  # noqa: F401
+    except ImportError:
+        return "needs torch and torchvision"
+    return None if torch.cuda.is_available() else "needs a CUDA GPU"
+
+
+@pytest.mark.parametrize("executor", ["emulated", pytest.param("gpu", marks=pytest.mark.skipif(
+    _cuda() is not None, reason=_cuda() or ""))])
+def test_worker_serves_profiled_models_on_each_executor(tmp_path, executor):
+    # The worker process as the live runtime starts it, on a profiled GPU type: the emulated executor here,
+    # the real one on a GPU host (its device and type as found there).
+    from harness.assembly import detect_gpus
+    from harness.gpu.partitions import gpu_type_from_name
+    found = detect_gpus() if executor == "gpu" else []
+    gpu_type = gpu_type_from_name(found[0]) if found else "h200"
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("\n".join(["system: {name: eager}", "workload: {name: poisson}",
+                              f"cluster: {{gpu_type: {gpu_type}, partition: whole, count: 1}}",
+                              "models: {resnet50: {slo_ms: 100}}", f"runtime: {{name: live, executor: {executor}}}",
+                              "seeds: {runtime: 0}"]) + "\n")
+    proc = subprocess.Popen([sys.executable, "-m", "harness.live.worker", "--slot", "0", "--config", str(cfg),
+                             "--executor", executor], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+    try:
+        ready = json.loads(proc.stdout.readline() or "{}")
+        assert ready.get("ready"), proc.stderr.read().decode()[-2000:] if proc.poll() is not None else ready
+        raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        raw.settimeout(60)
+        raw.connect(ready["address"].removeprefix("unix:"))
+        sock = BlockingChannel(raw)
+        for batch, size in enumerate((1, 3, 8)):
+            sock.send({"op": "run", "batch": batch, "model": "resnet50", "size": size, "start_within": None,
+                       "payload": None, "busy": 0.5})
+            reply = sock.recv()
+            assert (reply["batch"], reply["status"], reply["error"]) == (batch, "ok", "")
+            assert 0 < reply["exec"] < 0.1
+        sock.close()
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+def test_gpu_executor_has_every_method_of_the_workers_executor_interface():
+    # GpuExecutor is duck-typed (harness.gpu stays importable without the worker) and needs torch, which CI
+    # lacks: read its class from the source, so a method the worker gains is missed here, not on a GPU host.
+    import ast
+    import inspect
+
+    from harness.live.worker import Executor
+    tree = ast.parse((Path(__file__).parent.parent / "harness" / "gpu" / "executor.py").read_text())
+    gpu = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "GpuExecutor")
+    have = {n.name for n in gpu.body if isinstance(n, ast.FunctionDef)}
+    have |= {t.id for n in gpu.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
+    wanted = {name for name, value in vars(Executor).items()
+              if not name.startswith("_") and (inspect.isfunction(value) or name == "abortable")}
+    assert wanted and wanted <= have, f"GpuExecutor lacks {sorted(wanted - have)}"
+
+
 def test_pool_names_the_slot_whose_worker_fails_to_start(tmp_path):
     async def main():
         pool = WorkerPool(tmp_path / "missing.yaml", runtime(worker_start_timeout_s=20))

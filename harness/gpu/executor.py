@@ -265,6 +265,10 @@ class GpuExecutor:
         out, size = self._last
         return out[:size]
 
+    def begin(self, expected_busy: float | None) -> None:
+        """A batch starts. How busy the rest of the device is changes nothing here: a real GPU's siblings
+        slow it down by themselves (an emulated one is told, to do the same)."""
+
     def run(self, model: str, size: int, payload: bytes | list | None, abort=None) -> None:
         # The hot path of every batch: a handful of host calls around one graph launch.
         loaded = self._models.get(model) or self._loaded(model)
