@@ -134,6 +134,7 @@ class ValidityConfig:
     min_duration_s: float = 10.0
     min_requests: int = 100
     max_send_lag_p99_ms: float = 2.0    # Symphony's own stress test bound
+    max_error_rate: float = 0.01        # requests answered with an error (drops and timeouts are the system's)
 
 
 @dataclass

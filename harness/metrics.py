@@ -251,11 +251,25 @@ def oracle_goodput(offered: Mapping[str, float], slo: Mapping[str, float],
     return {"oracle_capacity": capacity, "oracle_goodput": min(total, capacity), "unservable": unservable}
 
 
+def first_error(requests: pd.DataFrame, window: Window) -> str:
+    """The most frequent reason among the window's requests answered with an error ("" if none)."""
+    r = in_window(requests, window)
+    errors = r.loc[r["status"] == "error", "reason"].astype(str)
+    return str(errors.value_counts().index[0]) if len(errors) else ""
+
+
 def validity(summary: dict, *, duration: float, min_duration: float, min_requests: int,
              max_send_lag_p99_ms: float, send_lag_p99_ms: float, crashed_slots: list,
-             interrupted: bool, failures: list = ()) -> dict:
+             interrupted: bool, failures: list = (), max_error_rate: float = 1.0, first_error: str = "") -> dict:
     """LoadGen-style verdict: a run is valid only if every check passes; reasons say which failed."""
     reasons = []
+    n = summary["requests"]
+    errors = summary.get("status_counts", {}).get("error", 0) / n if n else 0.0
+    if errors > max_error_rate:
+        # The system failed requests (a worker or server error, not a drop or a timeout under load): the
+        # run measured the failure, not the scheduler.
+        reasons.append(f"{errors:.1%} of the window's requests failed with an error > bound {max_error_rate:.1%}"
+                       + (f" (most often: {first_error[:200]})" if first_error else ""))
     if duration < min_duration:
         reasons.append(f"duration {duration:g} s < minimum {min_duration:g} s")
     if summary["requests"] < min_requests:
