@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import subprocess
 import sys
 import time
@@ -80,6 +81,9 @@ def eager_capacity(out: Path, cluster: str, gpu_type: str, extra: list[str]) -> 
         if found.get("status") != "found":
             raise SystemExit(f"error: eager's capacity search on {cluster} ended {found.get('status')}; see {search}")
         path.write_text(json.dumps({"capacity": found["answer"], "search": str(search)}) + "\n")
+        # search.json keeps every probe's rate and result; the probes' own records (about 50 MB of sim
+        # runs) are not what this benchmark reports, and would swell a directory meant to be committed.
+        shutil.rmtree(search / "probes", ignore_errors=True)
     return float(json.loads(path.read_text())["capacity"])
 
 

@@ -56,3 +56,14 @@ def test_without_a_gpu_it_runs_nothing_and_says_why(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "no NVIDIA GPU here" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_eager_capacity_is_searched_once_in_the_sim_and_kept_small(tmp_path):
+    capacity = rve.eager_capacity(tmp_path, "whole", "h200", [])
+    kept = tmp_path / "whole"
+    search = json.loads((kept / "eager-capacity-search" / "search.json").read_text())
+    assert search["status"] == "found" and capacity == search["answer"] > 1000
+    assert len(search["probes"]) >= 3                      # every probe's rate and result stay in search.json
+    assert not (kept / "eager-capacity-search" / "probes").exists()          # their sim runs do not
+    (kept / "eager-capacity-search").rename(kept / "moved")                   # read from the file, not searched again
+    assert rve.eager_capacity(tmp_path, "whole", "h200", []) == capacity
