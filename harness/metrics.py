@@ -260,7 +260,7 @@ def first_error(requests: pd.DataFrame, window: Window) -> str:
 
 def validity(summary: dict, *, duration: float, min_duration: float, min_requests: int,
              max_send_lag_p99_ms: float, send_lag_p99_ms: float, crashed_slots: list,
-             interrupted: bool, failures: list = (), max_error_rate: float = 1.0, first_error: str = "") -> dict:
+             interrupted: bool, max_error_rate: float, failures: list = (), first_error: str = "") -> dict:
     """LoadGen-style verdict: a run is valid only if every check passes; reasons say which failed."""
     reasons = []
     n = summary["requests"]
