@@ -1,0 +1,27 @@
+"""The forwarding benchmark runs both backends on the real tritonserver and prints a row for each."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("pytriton", reason="nvidia-pytriton is not installed (pip install nvidia-pytriton==0.5.7)")
+
+ROOT = Path(__file__).resolve().parent.parent
+spec = importlib.util.spec_from_file_location("triton_backend_path", ROOT / "benchmarks" / "triton_backend_path.py")
+tbp = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(tbp)
+
+
+def test_both_backends_serve_and_their_path_is_measured(capsys):
+    assert tbp.main(["--requests", "40", "--clients", "2", "--instances", "2", "--forward-ms", "2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    rows = {line[:16].strip(): [float(v) for v in line[16:].split()] for line in lines[2:]}
+    assert set(rows) == {"pytriton proxy", "own backend"}
+    for rtt, infer, forward, path, mean_batch in rows.values():
+        assert forward >= 2.0 and infer > forward and rtt > infer     # Triton holds the batch while forward runs
+        assert 0 < path < 100 and mean_batch >= 1
+
+
+def test_bad_arguments_are_one_line():
+    assert tbp.main(["--clients", "0"]) == 2
