@@ -189,7 +189,7 @@ def knee(shares: Sequence[Share], model: str, batch: int, tolerance: float) -> t
 
 
 def rectangle(shares: Sequence[Share], model: str, slo: float, rate: float | None, cycle: float,
-              tolerance: float, budget: float, fill: float = 1.0) -> Rectangle:
+              tolerance: float, budget: float, fill: float) -> Rectangle:
     """The model's knee, batch and runs per cycle at `rate` requests/s (None: not measured yet); a run is
     planned to carry at most `fill` of its batch."""
     b_whole = batch_rule(shares[-1][2][model], slo, rate, budget)

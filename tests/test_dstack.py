@@ -93,16 +93,16 @@ def test_batch_rule_maximises_throughput_within_half_the_slo_and_the_rate():
 def test_right_sizing_finds_the_knee_at_the_whole_gpus_batch_then_batches_on_the_knee():
     # SLO 8 ms, 300 req/s: on the whole GPU b <= 2.4 -> 2; the knee at b=2 is 50% (2.4 <= 2.42);
     # on 50% b=2 still fits (2.4 <= 4). A cycle of 8 ms carries 2.4 requests: 2 runs of 2.
-    r = rectangle(SHARES_A, "a", 0.008, 300.0, 0.008, 0.10, 0.0068)
+    r = rectangle(SHARES_A, "a", 0.008, 300.0, 0.008, 0.10, 0.0068, 0.85)
     assert r == Rectangle("a", "mps50", 0.5, 2, 2, 2)
     # SLO 9 ms, rate not measured yet: b = 13 on the whole GPU (l = 4.4 <= 4.5); at b = 13 only the whole GPU
     # is within 10% (50%: 5.7 > 4.84). Turns at most SLO - l = 4.6 ms apart: 2 runs in a cycle of 9 ms.
-    assert rectangle(SHARES_A, "a", 0.009, None, 0.009, 0.10, 1.0) == Rectangle("a", "whole", 1.0, 13, 2, 13)
+    assert rectangle(SHARES_A, "a", 0.009, None, 0.009, 0.10, 1.0, 0.85) == Rectangle("a", "whole", 1.0, 13, 2, 13)
     # The same model in a cycle of 4 ms (another model's SLO): turns 4.6 ms apart allow one a cycle.
-    assert rectangle(SHARES_A, "a", 0.009, None, 0.004, 0.10, 1.0).runs == 1
+    assert rectangle(SHARES_A, "a", 0.009, None, 0.004, 0.10, 1.0, 0.85).runs == 1
     # Measured at 3,000 req/s, a cycle of 4 ms carries 12 requests, 12 of a batch of 13: planned that full, one
     # cycle in three overflows its run (Poisson); at most 85% full, two runs of 6 leave room for the surplus.
-    assert rectangle(SHARES_A, "a", 0.009, 3000.0, 0.004, 0.10, 1.0) == Rectangle("a", "whole", 1.0, 13, 1, 12)
+    assert rectangle(SHARES_A, "a", 0.009, 3000.0, 0.004, 0.10, 1.0, fill=1.0) == Rectangle("a", "whole", 1.0, 13, 1, 12)
     assert rectangle(SHARES_A, "a", 0.009, 3000.0, 0.004, 0.10, 1.0, fill=0.85) == \
         Rectangle("a", "whole", 1.0, 13, 2, 6)
 

@@ -211,8 +211,11 @@ def _cuda() -> str | None:
     return None if torch.cuda.is_available() else "needs a CUDA GPU"
 
 
+NO_CUDA = _cuda()
+
+
 @pytest.mark.parametrize("executor", ["emulated", pytest.param("gpu", marks=pytest.mark.skipif(
-    _cuda() is not None, reason=_cuda() or ""))])
+    NO_CUDA is not None, reason=NO_CUDA or ""))])
 def test_worker_serves_profiled_models_on_each_executor(tmp_path, executor):
     # The worker process as the live runtime starts it, on a profiled GPU type: the emulated executor here,
     # the real one on a GPU host (its device and type as found there).
