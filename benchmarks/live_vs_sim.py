@@ -5,7 +5,7 @@ The host's live path is calibrated first (python -m harness.calibrate, or
 with that calibration, so the sim charges the delays this host's live path
 measured -- one source of truth, not delays tuned per system. `triton` is
 real tritonserver live and the dynamic-batcher model in the sim; its path
-(tritonserver, the Python backend stub, pytriton's proxy) is not the other
+(tritonserver, the Python backend stub, its forwarding socket) is not the other
 systems' frontend, so it is calibrated on its own (`system=triton`).
 
     python benchmarks/live_vs_sim.py [--systems eager,symphony,...] [--calibration FILE]

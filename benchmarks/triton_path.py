@@ -11,7 +11,7 @@ model, all in ms:
   span       mean time from our callable's dispatch to the batch's end, over
              the same requests (each batch counted once per request it held)
   path       infer - span: the batch's time between tritonserver's Python
-             backend stub and our callable (pytriton's proxy), there and back
+             backend stub and our forward (the forwarding socket), there and back
   exec       mean time a batch ran on its worker
   idle wait  median time from dispatch to start for batches sent to a worker
              that was idle (no batch of its own before it): the hand-off alone

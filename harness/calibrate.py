@@ -110,7 +110,7 @@ def measure(run_dir: Path) -> Overheads:
     else:
         # tritonserver reports no arrivals. A request sent while no batch of its model was running went
         # out alone at once (no queue delay), so Triton calling the model (its batch's dispatch) ends its
-        # way in: HTTP, tritonserver, the Python backend stub and pytriton's proxy. The deadline is the
+        # way in: HTTP, tritonserver, the Python backend stub and the forwarding socket. The deadline is the
         # client's (Triton plans with none), so the ingress part is the same.
         request = ingress = _alone(ok, b)
     parts = {"request": request, "ingress": ingress,

@@ -1,14 +1,15 @@
-"""The real tritonserver (from the nvidia-pytriton wheel) batching dynamically, driven by the harness's Locust replay."""
+"""The real tritonserver (the binary in the nvidia-pytriton wheel) batching dynamically, driven by the harness's
+Locust replay, each batch handed to forward by the model every instance runs."""
 
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 import venv
 from pathlib import Path
@@ -21,6 +22,8 @@ import pytest
 from harness import load
 from harness.errors import HarnessError
 from harness.live import triton
+from harness.live.triton import server as triton_server
+from harness.live.triton import stub_env as stub_environment
 from harness.live.protocol import infer_request, infer_response
 
 pytest.importorskip("pytriton", reason="nvidia-pytriton is not installed (pip install nvidia-pytriton==0.5.7)")
@@ -37,6 +40,7 @@ def stub_env():
 
 
 CONFIG = {"max_batch_size": 16, "max_queue_delay_microseconds": 2000}
+NOT_STARTED = r"tritonserver (exited with code \d+ while starting|did not start): "   # as the log shows it first
 
 
 class SleepModel:
@@ -59,8 +63,8 @@ def started_under(path) -> str:
 
 
 def shared_memory_left() -> list[Path]:
-    """The Python backend's shared-memory regions of servers started by this process (pytriton names them so)."""
-    return list(Path("/dev/shm").glob(f"pytrtion{os.getpid()}-*"))
+    """The Python backend's shared-memory regions of servers started by this process (they are named so)."""
+    return list(Path("/dev/shm").glob(f"harness-triton-{os.getpid()}-*"))
 
 
 def test_dynamic_batching_of_concurrent_requests(tmp_path):
@@ -70,7 +74,7 @@ def test_dynamic_batching_of_concurrent_requests(tmp_path):
                   "t_sched": np.linspace(0.0, 0.01, n)}).to_parquet(tmp_path / "schedule.parquet", index=False)
     with triton.start_triton({"a": {}, "b": {}}, CONFIG, forward) as server:
         assert started_under(server.workspace).count("\n") >= 3      # tritonserver and a stub per model
-        # Tensors cross inline: pytriton's shared-memory tensor store would add a process per model.
+        # Nothing but tritonserver and its stubs: no process of a proxy between them and forward.
         tritonserver = next(psutil.Process(pid) for pid in triton.processes_under(str(server.workspace))
                             if psutil.Process(pid).name() == "tritonserver")
         assert {Path(p.cmdline()[0]).name for p in tritonserver.children(recursive=True)} == \
@@ -79,6 +83,10 @@ def test_dynamic_batching_of_concurrent_requests(tmp_path):
         req = urllib.request.Request(f"{server.url}/v2/models/a/infer", data=json.dumps(infer_request(7)).encode())
         with urllib.request.urlopen(req, timeout=30) as answer:
             assert json.loads(answer.read()) == {**infer_response("a", "7", 0, 0), "model_version": "1"}
+        req = urllib.request.Request(f"{server.url}/v2/models/b/infer",
+                                     data=json.dumps(infer_request(8, value=5)).encode())
+        with urllib.request.urlopen(req, timeout=30) as answer:       # y echoes x
+            assert json.loads(answer.read()) == {**infer_response("b", "8", 5, 1), "model_version": "1"}
         before = server.statistics()
         forward.batches.clear()
         client = load.replay(tmp_path / "schedule.parquet", server.url, time.time() + 2.5, tmp_path / "client",
@@ -109,15 +117,14 @@ def test_a_server_whose_models_cannot_load_is_one_clear_error_at_once(tmp_path, 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))       # the server's workspace, to look for leftovers
     broken = tmp_path / "stub"
     venv.EnvBuilder(with_pip=False, symlinks=True).create(broken)
-    (broken / triton._MARKER).write_text(json.dumps({"python": platform.python_version(),
-                                                     "host_paths": triton._host_paths()}))
+    (broken / stub_environment.MARKER).write_text(json.dumps({"python": platform.python_version()}))
     monkeypatch.setenv(triton.STUB_ENV_VAR, str(broken))
-    monkeypatch.setattr(triton, "stub_env_needed", lambda: True)
+    monkeypatch.setattr(stub_environment, "stub_env_needed", lambda: True)
     t0 = time.monotonic()
-    with pytest.raises(HarnessError, match=r"tritonserver did not start \(.*No module named 'numpy'.*\): the Python "
-                                           r"backend stub cannot import numpy; remake its environment"):
+    with pytest.raises(HarnessError, match=NOT_STARTED + r"the Python backend stub cannot import numpy; remake its "
+                                                         r"environment"):
         triton.start_triton({"a": {}}, CONFIG, SleepModel())
-    assert time.monotonic() - t0 < 60                  # not pytriton's two-minute wait
+    assert time.monotonic() - t0 < 60                  # not a long wait for a server that has given up
     assert started_under(tmp_path) == "" and shared_memory_left() == []
 
 
@@ -131,21 +138,22 @@ def test_config_problems_are_named():
 
 
 def test_a_server_that_cannot_load_its_libraries_is_named(tmp_path, monkeypatch):
-    # tritonserver dies at once; pytriton alone would wait two minutes for it.
+    # tritonserver dies at once, and the start ends at once with the cause.
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    monkeypatch.setattr(triton, "_server_env_hook", lambda env, stub: dict(env, LD_LIBRARY_PATH=""))
-    with pytest.raises(HarnessError, match=r"tritonserver exited with code \d+ while starting: tritonserver cannot "
-                                           r"load libcudart\S*; add the directory holding it to LD_LIBRARY_PATH"):
+    monkeypatch.setattr(triton_server, "_server_env_hook", lambda env, stub: dict(env, LD_LIBRARY_PATH=""))
+    with pytest.raises(HarnessError, match=NOT_STARTED + r"tritonserver cannot load libcudart\S*; add the directory "
+                                                         r"holding it to LD_LIBRARY_PATH"):
         triton.start_triton({"a": {}}, CONFIG, SleepModel())
     assert started_under(tmp_path) == "" and shared_memory_left() == []
 
 
 def test_a_failed_start_does_not_hold_up_the_interpreter_exit(tmp_path):
-    # pytriton's own wait for a ready server lasts two minutes, also after the server has exited, and
-    # holds the lock its exit hook needs: the harness would print the error, then hang.
+    # Nothing a failed start leaves behind (a thread, a process) may hold up the exit: the harness would
+    # print the error, then hang.
     script = ("from harness.errors import HarnessError\n"
               "from harness.live import triton\n"
-              "triton._server_env_hook = lambda env, stub: dict(env, LD_LIBRARY_PATH='')\n"
+              "from harness.live.triton import server\n"
+              "server._server_env_hook = lambda env, stub: dict(env, LD_LIBRARY_PATH='')\n"
               "try:\n"
               "    triton.start_triton({'a': {}}, {'max_batch_size': 4}, lambda model, size: 0)\n"
               "except HarnessError as exc:\n"
@@ -179,65 +187,56 @@ def test_each_instance_tells_forward_who_it_is(tmp_path):
     assert serve_on_two_instances(tmp_path) == {0, 1}
 
 
-def test_instances_that_lose_the_start_up_handshake_race_load_again(tmp_path, monkeypatch):
-    # PyTriton's non-first instances fetch their config from the first one's socket while tritonserver
-    # initialises them in parallel. A socket that is bound and not listening is what they meet when
-    # they win that race on a loaded host; left in the workspace, it makes them lose it every time.
-    build = triton.TritonHandle._build
-
-    def build_with_a_deaf_handshake_socket(self):
-        server = build(self)
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as deaf:
-            deaf.bind(str(self.workspace / "a-config.sock"))
-        return server
-
-    monkeypatch.setattr(triton.TritonHandle, "_build", build_with_a_deaf_handshake_socket)
-    assert serve_on_two_instances(tmp_path) == {0, 1}
-
-
-def test_only_the_handshake_race_is_loaded_again():
-    race = ("[400] load failed for model 'a': version 1 is at UNAVAILABLE state: Internal: TritonModelException: "
-            "Model initialize error: Traceback (most recent call last):\n  File \"model.py\", line 420, in "
-            "initialize\nConnectionRefusedError: [Errno 111] Connection refused")
-    assert triton.lost_handshake_race(race)
-    assert triton.lost_handshake_race(race.replace("ConnectionRefusedError: [Errno 111] Connection refused",
-                                                   "TimeoutError: Timeout occurred while waiting for config file x"))
-    assert not triton.lost_handshake_race(race.replace("ConnectionRefusedError: [Errno 111] Connection refused",
-                                                       "ModuleNotFoundError: No module named 'numpy'"))
-    assert not triton.lost_handshake_race("ConnectionRefusedError: [Errno 111] Connection refused")
-
-
 def test_setup_hands_every_option_after_it_to_pip(tmp_path, monkeypatch, capsys):
     # `setup --no-index --find-links DIR` is the documented offline setup; argparse must not take pip's options.
-    monkeypatch.setattr(triton, "stub_env_needed", lambda: True)
+    from harness.live.triton.__main__ import main
+    monkeypatch.setattr("harness.live.triton.__main__.stub_env_needed", lambda: True)
     monkeypatch.setenv(triton.STUB_ENV_VAR, str(tmp_path / "stub"))
     wheels = tmp_path / "wheels"
     wheels.mkdir()
-    assert triton.main(["setup", "--no-index", "--find-links", str(wheels)]) == 2
+    assert main(["setup", "--no-index", "--find-links", str(wheels)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: pip could not install") and err.count("\n") == 1
 
 
-def test_pytriton_receive_patch_keeps_a_completed_receive_and_still_times_out():
-    import asyncio
+def test_what_forward_raises_answers_the_batch_and_the_next_batches_are_served():
+    calls = []
 
-    from harness.live.triton import _keep_received
+    def forward(model: str, size: int) -> int:
+        calls.append(size)
+        if len(calls) == 1:
+            raise RuntimeError("the worker is gone")
+        return len(calls)
 
-    ns: dict = {}
-    _keep_received(ns)
-    wait_for = ns["asyncio"].wait_for
+    body = json.dumps(infer_request(1)).encode()
+    with triton.start_triton({"a": {"max_batch_size": 4}}, {}, forward) as server:
+        url = f"{server.url}/v2/models/a/infer"
+        with pytest.raises(urllib.error.HTTPError) as failed:
+            urllib.request.urlopen(urllib.request.Request(url, data=body), timeout=30)
+        assert failed.value.code == 500
+        assert "RuntimeError: the worker is gone" in json.loads(failed.value.read())["error"]
+        with urllib.request.urlopen(urllib.request.Request(url, data=body), timeout=30) as answer:
+            assert json.loads(answer.read())["outputs"][1]["data"] == [2]
 
-    async def scenario():
-        loop = asyncio.get_running_loop()
-        done = loop.create_future()
-        loop.call_soon(done.set_result, "msg")
-        got = await wait_for(done, 0)            # completes in the iteration where the timeout expires
-        never = loop.create_future()
-        try:
-            await wait_for(never, 0.01)
-        except asyncio.TimeoutError:
-            return got, never.cancelled()
-        return got, "no timeout"
 
-    assert asyncio.run(scenario()) == ("msg", True)
-    assert ns["asyncio"].sleep is asyncio.sleep             # the rest of asyncio is untouched
+def test_the_queue_policy_reaches_tritonserver():
+    # One instance held for 0.3 s per batch of one, a queue of 2: of 8 requests sent at once, the ones
+    # beyond the running batch and the queue are refused by Triton itself.
+    def forward(model: str, size: int) -> int:
+        time.sleep(0.3)
+        return 0
+
+    config = {"max_batch_size": 1, "max_queue_size": 2}
+    with triton.start_triton({"a": {}}, config, forward) as server:
+        def one(_) -> int:
+            req = urllib.request.Request(f"{server.url}/v2/models/a/infer", data=json.dumps(infer_request(1)).encode())
+            try:
+                with urllib.request.urlopen(req, timeout=30) as answer:
+                    return answer.status
+            except urllib.error.HTTPError as err:
+                return err.code
+
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(one, range(8)))
+    assert 1 <= codes.count(200) <= 4 and codes.count(200) + codes.count(503) == 8, codes

@@ -35,7 +35,7 @@ Modules:
 - workers:   WorkerPool, which starts, talks to, watches and stops the workers
 - cluster:   LiveCluster, the harness.core.Cluster handle of this runtime
 - server:    start_server(), for the orchestrator
-- triton, triton_system: real tritonserver as the system under test
+- triton:    real tritonserver as the system under test (a package: server, model repository, stub env)
 
 Every process reads one clock: seconds since an epoch the orchestrator
 chooses (harness.live.loop.Clock), so arrival times stamped by the

@@ -148,7 +148,7 @@ def run_live(assembly, out_dir: Path, schedule: pd.DataFrame) -> Outcome:
                                             external=rt.load == "external"):
         try:
             if cfg.system.name == "triton":
-                from harness.live.triton_system import serve_triton as serve
+                from harness.live.triton.system import serve_triton as serve
             else:
                 serve = _serve_frontend
             with serve(assembly, out_dir, clock_zero) as server:

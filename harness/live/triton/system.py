@@ -1,6 +1,6 @@
 """`system=triton` live: real tritonserver's dynamic batcher in front of the same worker processes.
 
-Triton forms the batches (harness.live.triton starts it, configured from
+Triton forms the batches (harness.live.triton.server starts it, configured from
 conf/system/triton.yaml); each of its model instances is bound to one slot
 (instance_count instances per slot, as in the sim model of systems/triton.py)
 and forwards its batch to that slot's worker through the WorkerPool every
@@ -24,14 +24,16 @@ from harness.core import OK
 from harness.errors import HarnessError
 from harness.ledger import Ledger
 from harness.live.loop import Clock
-from harness.live.triton import _stub_env_problem, setup_stub_env, start_triton, stub_env_dir, stub_env_needed
+from harness.live.triton.server import start_triton
+from harness.live.triton.stub_env import setup_stub_env, stub_env_dir, stub_env_needed, stub_env_problem
 from harness.live.workers import WorkerPool
 from harness.records import ledger_tables, write_json, write_table
 from systems.triton import instance_slots
 
 
 class TritonBackend:
-    """Runs Triton's batches on the worker pool (from pytriton's threads) and records them in a ledger."""
+    """Runs Triton's batches on the worker pool (from the forwarding threads, one per model instance) and records
+    them in a ledger."""
 
     def __init__(self, assembly, config_path: Path, epoch: float, out_dir: Path):
         rt = assembly.cfg.runtime
@@ -128,7 +130,7 @@ class _Served:
 def serve_triton(assembly, out_dir: Path, epoch: float):
     """Workers, then tritonserver in front of them; yields its url, start(epoch) and died(). Everything
     stops on exit."""
-    if stub_env_needed() and _stub_env_problem(stub_env_dir()):
+    if stub_env_needed() and stub_env_problem(stub_env_dir()):
         print("system=triton: preparing tritonserver's numpy<2 stub environment (once per environment)...",
               file=sys.stderr, flush=True)
         setup_stub_env()
