@@ -80,7 +80,7 @@ def eager_capacity(out: Path, cluster: str, gpu_type: str, extra: list[str]) -> 
         path.parent.mkdir(parents=True, exist_ok=True)
         if found.get("status") != "found":
             raise SystemExit(f"error: eager's capacity search on {cluster} ended {found.get('status')}; see {search}")
-        path.write_text(json.dumps({"capacity": found["answer"], "search": str(search)}) + "\n")
+        path.write_text(json.dumps({"capacity": found["answer"], "search": search.name}) + "\n")   # beside it
         # search.json keeps every probe's rate and result; the probes' own records (about 50 MB of sim
         # runs) are not what this benchmark reports, and would swell a directory meant to be committed.
         shutil.rmtree(search / "probes", ignore_errors=True)

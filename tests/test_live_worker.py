@@ -24,7 +24,8 @@ from harness.placement import SlotSpec
 from harness.profiles import LatencyCurve
 
 ROOT = Path(__file__).resolve().parent.parent
-ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+# The repository first, and what the caller's PYTHONPATH holds after it (where a host keeps its packages there).
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
 
 
 def write_config(path: Path, c_ms: float = 5.0, a_ms: float = 1.0, models=("m0", "m1")) -> Path:
@@ -192,15 +193,6 @@ def _running(pid: int) -> bool:
         return False
 
 
-def test_gpu_executor_without_a_gpu_is_refused_in_one_line(tmp_path):
-    cfg = write_config(tmp_path / "config.yaml")
-    out = subprocess.run([sys.executable, "-m", "harness.live.worker", "--slot", "0", "--config", str(cfg),
-                          "--executor", "gpu"], capture_output=True, text=True, env=ENV, timeout=60)
-    lines = out.stderr.strip().splitlines()
-    assert out.returncode == 2 and len(lines) == 1, out.stderr
-    assert "torchvision" in lines[0] or "CUDA GPU" in lines[0]
-
-
 def _cuda() -> str | None:
     """Why the real-GPU executor cannot run here (None: it can)."""
     try:
@@ -212,6 +204,16 @@ def _cuda() -> str | None:
 
 
 NO_CUDA = _cuda()
+
+
+@pytest.mark.skipif(NO_CUDA is None, reason="CUDA is here: the refusal is what a host without a GPU answers")
+def test_gpu_executor_without_a_gpu_is_refused_in_one_line(tmp_path):
+    cfg = write_config(tmp_path / "config.yaml")
+    out = subprocess.run([sys.executable, "-m", "harness.live.worker", "--slot", "0", "--config", str(cfg),
+                          "--executor", "gpu"], capture_output=True, text=True, env=ENV, timeout=60)
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1, out.stderr
+    assert "torchvision" in lines[0] or "CUDA GPU" in lines[0]
 
 
 @pytest.mark.parametrize("executor", ["emulated", pytest.param("gpu", marks=pytest.mark.skipif(

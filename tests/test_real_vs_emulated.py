@@ -65,5 +65,7 @@ def test_eager_capacity_is_searched_once_in_the_sim_and_kept_small(tmp_path):
     assert search["status"] == "found" and capacity == search["answer"] > 1000
     assert len(search["probes"]) >= 3                      # every probe's rate and result stay in search.json
     assert not (kept / "eager-capacity-search" / "probes").exists()          # their sim runs do not
+    # It names its search by where it lies beside it, not by a path of the machine that made it.
+    assert json.loads((kept / "eager-capacity.json").read_text())["search"] == "eager-capacity-search"
     (kept / "eager-capacity-search").rename(kept / "moved")                   # read from the file, not searched again
     assert rve.eager_capacity(tmp_path, "whole", "h200", []) == capacity
