@@ -94,7 +94,10 @@ def load_calibration(path: str | os.PathLike) -> Overheads:
 
 
 def measure(run_dir: Path) -> Overheads:
-    """The delays from a live run's records (requests, server_requests, batches)."""
+    """The delays from a live run's records (requests, server_requests, batches), over its measurement
+    window where its summary gives one: the warm-up's first requests meet cold paths (a connection, a
+    model's first batch) whose tenths of a second would otherwise be the distribution's top quantile, and
+    the sim, drawing between the p99 and that top, would charge 1% of its requests up to as much."""
     r = pd.read_parquet(run_dir / "requests.parquet")
     b = pd.read_parquet(run_dir / "batches.parquet").sort_values(["slot", "t_dispatch"])
     ok = r[r["status"] == "ok"].merge(
@@ -102,6 +105,12 @@ def measure(run_dir: Path) -> Overheads:
     # A batch dispatched to an idle slot: its slot's previous batch had ended (else it queued there).
     previous_end = b.groupby("slot")["t_end"].shift()
     idle = b[(b["status"] == "ok") & ~(previous_end > b["t_dispatch"])]
+    summary = run_dir / "summary.json"
+    if summary.exists():
+        start, end = json.loads(summary.read_text())["window_s"]
+        sent = ok["t_sched"] if "t_sched" in ok else ok["t_sent"]
+        ok = ok[(sent >= start) & (sent < end)]
+        idle = idle[(idle["t_dispatch"] >= start) & (idle["t_dispatch"] < end)]
     arrivals = run_dir / "server_requests.parquet"
     if arrivals.exists():
         seen = pd.read_parquet(arrivals, columns=["id", "t_arrival", "t_scheduler"])

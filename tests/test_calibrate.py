@@ -58,6 +58,25 @@ def test_triton_request_path_counts_only_requests_that_found_their_model_idle(tm
     assert o.ingress_s == o.request_s                       # Triton plans with no deadline: the same span
 
 
+def test_only_the_runs_measurement_window_is_measured(tmp_path):
+    # 60 requests in the window, each 0.3 ms from send to scheduler; two warm-up requests before it met cold
+    # paths (200 ms). With the run's summary giving its window, they are not the distribution's top.
+    t = np.concatenate([[0.0, 0.5], 1.0 + np.arange(60) * 10 * MS])
+    stretch = np.where(t < 1.0, 200.0, 1.0)
+    requests = [{"id": i, "model": "m", "t_sched": s, "t_sent": s, "t_done": s + 3.1 * MS * k, "batch_id": i}
+                for i, (s, k) in enumerate(zip(t, stretch))]
+    batches = [{"id": i, "slot": 0, "model": "m", "size": 1, "t_dispatch": s + 0.4 * MS * k,
+                "t_start": s + 0.6 * MS * k, "t_end": s + 2.6 * MS * k} for i, (s, k) in enumerate(zip(t, stretch))]
+    arrivals = [{"id": i, "t_arrival": s + 0.1 * MS * k, "t_scheduler": s + 0.3 * MS * k}
+                for i, (s, k) in enumerate(zip(t, stretch))]
+    run = write_run(tmp_path / "run", requests, batches, arrivals)
+    assert max(measure(run).quantiles["request"]) == pytest.approx(60 * MS)       # without a window: all
+    (run / "summary.json").write_text(json.dumps({"window_s": [1.0, 2.0]}))
+    o = measure(run)
+    for part, ms in (("request", 0.3), ("ingress", 0.1), ("dispatch", 0.2), ("response", 0.5)):
+        assert max(o.quantiles[part]) == pytest.approx(ms * MS), part
+
+
 def test_too_few_requests_and_missing_files_say_what_to_do(tmp_path):
     requests = [{"id": 0, "model": "m", "t_sent": 0.0, "t_done": 0.003, "batch_id": 0}]
     batches = [{"id": 0, "slot": 0, "model": "m", "size": 1, "t_dispatch": 0.001, "t_start": 0.001, "t_end": 0.002}]
