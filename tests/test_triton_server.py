@@ -240,3 +240,42 @@ def test_the_queue_policy_reaches_tritonserver():
         with ThreadPoolExecutor(8) as pool:
             codes = list(pool.map(one, range(8)))
     assert 1 <= codes.count(200) <= 4 and codes.count(200) + codes.count(503) == 8, codes
+
+
+def test_a_stub_that_tritonserver_restarts_keeps_its_instance_number(tmp_path):
+    # The live runtime ties instance i to a slot: a stub restarted after a crash must come back as a number
+    # a connected stub does not hold, within [0, instances), not as a third instance.
+    seen, lock = [], threading.Lock()
+
+    def forward(model: str, size: int, instance: int) -> int:
+        time.sleep(0.02)                                # long enough that concurrent requests need both
+        with lock:
+            seen.append(instance)
+        return instance
+
+    def send_concurrently(url: str) -> list:
+        def one(_):
+            req = urllib.request.Request(f"{url}/v2/models/a/infer", data=json.dumps(infer_request(1)).encode())
+            try:
+                with urllib.request.urlopen(req, timeout=30) as answer:
+                    return answer.status
+            except urllib.error.HTTPError as err:
+                return err.code
+
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(4) as pool:
+            return list(pool.map(one, range(60)))
+
+    with triton.start_triton({"a": {}}, {"max_batch_size": 1}, forward, instances=2) as server:
+        tritonserver = next(psutil.Process(pid) for pid in triton.processes_under(str(server.workspace))
+                            if psutil.Process(pid).name() == "tritonserver")
+        first, second = tritonserver.children()
+        second.kill()                                 # tritonserver reaps it when it next needs it
+        send_concurrently(server.url)                 # the dead stub's first batch fails; Triton restarts it
+        deadline = time.monotonic() + 30
+        while "will be restarted" not in server.logs() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        seen.clear()
+        codes = send_concurrently(server.url)
+    assert codes.count(200) == len(codes)
+    assert set(seen) == {0, 1}

@@ -153,13 +153,14 @@ class _Forwarder:
     """The harness's end of the stubs' connections: a thread per model instance calls forward per batch.
 
     A stub says its model once; instances of a model are numbered in the order they connect, which is
-    what forward(model, size, instance) is told when `instances` is given."""
+    what forward(model, size, instance) is told when `instances` is given. A stub that tritonserver
+    restarts (after a crash) connects again and takes the lowest number no connected stub holds."""
 
     def __init__(self, forward: Callable[..., int], with_instance: bool):
         self.address = f"harness-triton-{os.getpid()}-{secrets.token_hex(4)}"   # abstract: no file to clean up
         self._forward = forward
         self._with_instance = with_instance
-        self._connected: dict[str, int] = {}
+        self._held: dict[str, set[int]] = {}          # model -> the instance numbers of connected stubs
         self._lock = threading.Lock()
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._listener.bind("\0" + self.address)
@@ -182,18 +183,26 @@ class _Forwarder:
                 return
             model = model.decode()
             with self._lock:
-                instance = self._connected.get(model, 0)
-                self._connected[model] = instance + 1
-            extra = (instance,) if self._with_instance else ()
-            while (size := _read(conn, 4)) is not None:
-                try:
-                    batch_id = int(self._forward(model, struct.unpack("!I", size)[0], *extra))
-                    if batch_id < 0:
-                        raise ValueError(f"forward returned batch id {batch_id}; batch ids are >= 0")
-                    conn.sendall(struct.pack("!q", batch_id))
-                except Exception as exc:   # noqa: BLE001 -- the batch's requests are answered with it
-                    message = f"{type(exc).__name__}: {exc}".encode()
-                    conn.sendall(struct.pack("!qI", -1, len(message)) + message)
+                held = self._held.setdefault(model, set())
+                instance = min(set(range(len(held) + 1)) - held)
+                held.add(instance)
+            try:
+                self._forward_batches(conn, model, (instance,) if self._with_instance else ())
+            finally:
+                with self._lock:
+                    held.discard(instance)
+
+    def _forward_batches(self, conn: socket.socket, model: str, extra: tuple) -> None:
+        while (size := _read(conn, 4)) is not None:
+            try:
+                batch_id = int(self._forward(model, struct.unpack("!I", size)[0], *extra))
+                if batch_id < 0:
+                    raise ValueError(f"forward returned batch id {batch_id}; batch ids are >= 0")
+                reply = struct.pack("!q", batch_id)
+            except Exception as exc:   # noqa: BLE001 -- the batch's requests are answered with it
+                message = f"{type(exc).__name__}: {exc}".encode()
+                reply = struct.pack("!qI", -1, len(message)) + message
+            conn.sendall(reply)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
