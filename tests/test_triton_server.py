@@ -12,6 +12,7 @@ import time
 import urllib.error
 import urllib.request
 import venv
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -199,6 +200,20 @@ def test_setup_hands_every_option_after_it_to_pip(tmp_path, monkeypatch, capsys)
     assert err.startswith("error: pip could not install") and err.count("\n") == 1
 
 
+def send_at_once(url: str, n: int, threads: int) -> list[int]:
+    """The HTTP status of each of n requests to model a, sent from `threads` threads at once."""
+    def one(_) -> int:
+        req = urllib.request.Request(f"{url}/v2/models/a/infer", data=json.dumps(infer_request(1)).encode())
+        try:
+            with urllib.request.urlopen(req, timeout=30) as answer:
+                return answer.status
+        except urllib.error.HTTPError as err:
+            return err.code
+
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(one, range(n)))
+
+
 def test_what_forward_raises_answers_the_batch_and_the_next_batches_are_served():
     calls = []
 
@@ -228,17 +243,7 @@ def test_the_queue_policy_reaches_tritonserver():
 
     config = {"max_batch_size": 1, "max_queue_size": 2}
     with triton.start_triton({"a": {}}, config, forward) as server:
-        def one(_) -> int:
-            req = urllib.request.Request(f"{server.url}/v2/models/a/infer", data=json.dumps(infer_request(1)).encode())
-            try:
-                with urllib.request.urlopen(req, timeout=30) as answer:
-                    return answer.status
-            except urllib.error.HTTPError as err:
-                return err.code
-
-        from concurrent.futures import ThreadPoolExecutor
-        with ThreadPoolExecutor(8) as pool:
-            codes = list(pool.map(one, range(8)))
+        codes = send_at_once(server.url, 8, threads=8)
     assert 1 <= codes.count(200) <= 4 and codes.count(200) + codes.count(503) == 8, codes
 
 
@@ -253,29 +258,16 @@ def test_a_stub_that_tritonserver_restarts_keeps_its_instance_number(tmp_path):
             seen.append(instance)
         return instance
 
-    def send_concurrently(url: str) -> list:
-        def one(_):
-            req = urllib.request.Request(f"{url}/v2/models/a/infer", data=json.dumps(infer_request(1)).encode())
-            try:
-                with urllib.request.urlopen(req, timeout=30) as answer:
-                    return answer.status
-            except urllib.error.HTTPError as err:
-                return err.code
-
-        from concurrent.futures import ThreadPoolExecutor
-        with ThreadPoolExecutor(4) as pool:
-            return list(pool.map(one, range(60)))
-
     with triton.start_triton({"a": {}}, {"max_batch_size": 1}, forward, instances=2) as server:
         tritonserver = next(psutil.Process(pid) for pid in triton.processes_under(str(server.workspace))
                             if psutil.Process(pid).name() == "tritonserver")
         first, second = tritonserver.children()
         second.kill()                                 # tritonserver reaps it when it next needs it
-        send_concurrently(server.url)                 # the dead stub's first batch fails; Triton restarts it
+        send_at_once(server.url, 60, threads=4)       # the dead stub's first batch fails; Triton restarts it
         deadline = time.monotonic() + 30
         while "will be restarted" not in server.logs() and time.monotonic() < deadline:
             time.sleep(0.1)
         seen.clear()
-        codes = send_concurrently(server.url)
+        codes = send_at_once(server.url, 60, threads=4)
     assert codes.count(200) == len(codes)
     assert set(seen) == {0, 1}
