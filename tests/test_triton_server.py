@@ -271,3 +271,24 @@ def test_a_stub_that_tritonserver_restarts_keeps_its_instance_number(tmp_path):
         codes = send_at_once(server.url, 60, threads=4)
     assert codes.count(200) == len(codes)
     assert set(seen) == {0, 1}
+
+
+def test_each_model_can_have_its_own_instance_count(tmp_path):
+    # The live runtime gives a model an instance per slot holding it: models on fewer slots, fewer instances.
+    seen, lock = {}, threading.Lock()
+
+    def forward(model: str, size: int, instance: int) -> int:
+        time.sleep(0.05)
+        with lock:
+            seen.setdefault(model, set()).add(instance)
+        return instance
+
+    n = 48
+    pd.DataFrame({"id": np.arange(n), "model": ["a", "b"] * (n // 2), "t_sched": np.linspace(0.0, 0.02, n)}
+                 ).to_parquet(tmp_path / "schedule.parquet", index=False)
+    with triton.start_triton({"a": {}, "b": {}}, {"max_batch_size": 2}, forward, instances={"a": 1, "b": 3}) as server:
+        client = load.replay(tmp_path / "schedule.parquet", server.url, time.time() + 2.5, tmp_path / "client")
+    assert (client["status"] == "ok").all()
+    assert seen == {"a": {0}, "b": {0, 1, 2}}
+    with pytest.raises(HarnessError, match=r"every model needs at least one instance \(got \{'b': 0\}\)"):
+        triton.start_triton({"a": {}, "b": {}}, {"max_batch_size": 2}, forward, instances={"a": 1})

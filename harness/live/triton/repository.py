@@ -90,10 +90,13 @@ def model_config(plan: ModelPlan, cfg: dict, instances: int, forward_socket: str
         ""])
 
 
-def write_repository(root: Path, plans: list[ModelPlan], cfg: dict, instances: int, forward_socket: str) -> Path:
-    """The model repository under `root`: <model>/config.pbtxt and <model>/1/model.py per plan."""
+def write_repository(root: Path, plans: list[ModelPlan], cfg: dict, instances: Mapping[str, int],
+                     forward_socket: str) -> Path:
+    """The model repository under `root`: <model>/config.pbtxt (with instances[model] instances) and
+    <model>/1/model.py per plan."""
     for plan in plans:
         (root / plan.name / "1").mkdir(parents=True)
-        (root / plan.name / "config.pbtxt").write_text(model_config(plan, cfg, instances, forward_socket))
+        (root / plan.name / "config.pbtxt").write_text(model_config(plan, cfg, instances[plan.name],
+                                                                     forward_socket))
         shutil.copy(STUB_MODEL, root / plan.name / "1" / "model.py")
     return root

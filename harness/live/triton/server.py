@@ -230,7 +230,7 @@ class TritonHandle:
         self._keeper: threading.Thread | None = None
         self._stopped = False
 
-    def _command(self, plans, cfg: dict, instances: int) -> list[str]:
+    def _command(self, plans, cfg: dict, instances: dict[str, int]) -> list[str]:
         dist = _distribution()
         version = f"{sys.version_info[0]}.{sys.version_info[1]}"
         stub = dist / "python_backend_stubs" / version / "triton_python_backend_stub"
@@ -267,9 +267,10 @@ class TritonHandle:
         self._exit_code = self._proc.wait()
         self._exited.set()
 
-    def _start(self, plans, cfg: dict, forward, instances: int | None, startup_timeout_s: float) -> None:
-        self._forwarder = _Forwarder(forward, with_instance=instances is not None)
-        command = self._command(plans, cfg, instances or cfg["instance_count"])
+    def _start(self, plans, cfg: dict, forward, instances: dict[str, int], with_instance: bool,
+               startup_timeout_s: float) -> None:
+        self._forwarder = _Forwarder(forward, with_instance)
+        command = self._command(plans, cfg, instances)
         env = _server_env_hook(dict(os.environ), stub_python_dir())
         self._keeper = threading.Thread(target=self._keep, args=(command, env), name="tritonserver-keeper",
                                         daemon=True)
@@ -378,22 +379,26 @@ class TritonHandle:
 
 def start_triton(models: Mapping[str, Mapping], config, forward: Callable[..., int],
                  host: str = "127.0.0.1", http_port: int = 0, grpc_port: int = 0, metrics_port: int = 0,
-                 instances: int | None = None, startup_timeout_s: float = 120.0) -> TritonHandle:
+                 instances: int | Mapping[str, int] | None = None, startup_timeout_s: float = 120.0) -> TritonHandle:
     """Start tritonserver serving `models` with Triton's dynamic batcher; returns once every model is ready.
 
     models: name -> {"max_batch_size": the profile's largest batch} (used where config's max_batch_size is 0).
     config: systems.triton.TritonConfig or a mapping with its fields.
     forward(model, size) -> batch id (>= 0): runs one batch (blocking) and says which batch it was; it is
     called from one thread per model instance, concurrently, and what it raises answers the batch's requests.
-    instances: model instances per model, instead of config's instance_count; forward is then called as
-    forward(model, size, instance), instance in [0, instances), so the caller can tie instances to slots.
+    instances: model instances per model (one count for all, or model -> count), instead of config's
+    instance_count; forward is then called as forward(model, size, instance), instance in [0, the model's
+    count), so the caller can tie instances to slots.
     Ports 0 are chosen free. Raises HarnessError, with the cause and the fix, if the server cannot start;
     nothing it started outlives a failed start.
     """
-    if instances is not None and instances < 1:
-        raise HarnessError(f"triton: instances must be >= 1 (got {instances})")
     cfg = system_config(config)
     plans = model_plans(models, cfg)
+    counts = {m: cfg["instance_count"] if instances is None else
+              instances if isinstance(instances, int) else instances.get(m, 0) for m in models}
+    few = {m: n for m, n in counts.items() if n < 1}
+    if few:
+        raise HarnessError(f"triton: every model needs at least one instance (got {few})")
     _distribution()
     stub_python_dir()                    # the stub's environment is there, or the error says how to make it
     ports = {}
@@ -408,7 +413,7 @@ def start_triton(models: Mapping[str, Mapping], config, forward: Callable[..., i
                                "port (0: any free one) or host")
     handle = TritonHandle(host, ports)
     try:
-        handle._start(plans, cfg, forward, instances, startup_timeout_s)
+        handle._start(plans, cfg, forward, counts, instances is not None, startup_timeout_s)
     except BaseException:
         handle.stop()
         raise
