@@ -31,7 +31,6 @@ from harness.live import triton  # noqa: E402
 from harness.live.protocol import infer_request  # noqa: E402
 
 
-
 class Forward:
     """forward(model, size[, instance]) -> batch id: sleeps the given time and records it."""
 
@@ -62,17 +61,17 @@ def drive(url: str, requests: int, clients: int) -> list[float]:
         return list(pool.map(one, range(requests)))
 
 
-def infer_ms(url: str) -> tuple[int, float]:
-    with urllib.request.urlopen(f"{url}/v2/models/m/stats", timeout=10) as a:
-        stats = json.loads(a.read())["model_stats"][0]["inference_stats"]
-    return int(stats["success"]["count"]), int(stats["compute_infer"]["ns"]) / 1e6
+def infer_ms(server) -> tuple[int, float]:
+    """Requests Triton has served and the time its backend held them, in total (ms)."""
+    got = server.statistics()["m"]
+    return got["requests"], got["requests"] * got["compute_infer_ms"]
 
 
-def measure(url: str, forward: Forward, args) -> dict:
-    n0, ms0 = infer_ms(url)
+def measure(server, forward: Forward, args) -> dict:
+    n0, ms0 = infer_ms(server)
     forward.times.clear()
-    rtt = sorted(drive(url, args.requests, args.clients))
-    n1, ms1 = infer_ms(url)
+    rtt = sorted(drive(server.url, args.requests, args.clients))
+    n1, ms1 = infer_ms(server)
     infer = (ms1 - ms0) / (n1 - n0)
     fwd = 1e3 * sum(forward.times) / len(forward.times)
     return {"rtt p50 ms": 1e3 * rtt[len(rtt) // 2], "infer ms": infer, "forward ms": fwd, "path ms": infer - fwd,
@@ -81,7 +80,7 @@ def measure(url: str, forward: Forward, args) -> dict:
 
 def with_harness(forward: Forward, args) -> dict:
     with triton.start_triton({"m": {"max_batch_size": 8}}, {}, forward, instances=args.instances) as server:
-        return measure(server.url, forward, args)
+        return measure(server, forward, args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,6 +44,7 @@ import numpy as np
 import pandas as pd
 
 from harness.errors import HarnessError
+from harness.metrics import Window, in_window
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN = ["runtime=live", "system=eager", "cluster=sleep1000", "cluster.count=2", "cluster.sleep.a_ms=0.1",
@@ -107,10 +108,9 @@ def measure(run_dir: Path) -> Overheads:
     idle = b[(b["status"] == "ok") & ~(previous_end > b["t_dispatch"])]
     summary = run_dir / "summary.json"
     if summary.exists():
-        start, end = json.loads(summary.read_text())["window_s"]
-        sent = ok["t_sched"] if "t_sched" in ok else ok["t_sent"]
-        ok = ok[(sent >= start) & (sent < end)]
-        idle = idle[(idle["t_dispatch"] >= start) & (idle["t_dispatch"] < end)]
+        window = Window(*json.loads(summary.read_text())["window_s"])
+        ok = in_window(ok, window)
+        idle = idle[(idle["t_dispatch"] >= window.start) & (idle["t_dispatch"] < window.end)]
     arrivals = run_dir / "server_requests.parquet"
     if arrivals.exists():
         seen = pd.read_parquet(arrivals, columns=["id", "t_arrival", "t_scheduler"])

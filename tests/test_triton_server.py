@@ -141,7 +141,7 @@ def test_config_problems_are_named():
 def test_a_server_that_cannot_load_its_libraries_is_named(tmp_path, monkeypatch):
     # tritonserver dies at once, and the start ends at once with the cause.
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    monkeypatch.setattr(triton_server, "_server_env_hook", lambda env, stub: dict(env, LD_LIBRARY_PATH=""))
+    monkeypatch.setattr(triton_server, "_server_env_hook", lambda env, dist, stub: dict(env, LD_LIBRARY_PATH=""))
     with pytest.raises(HarnessError, match=NOT_STARTED + r"tritonserver cannot load libcudart\S*; add the directory "
                                                          r"holding it to LD_LIBRARY_PATH"):
         triton.start_triton({"a": {}}, CONFIG, SleepModel())
@@ -154,7 +154,7 @@ def test_a_failed_start_does_not_hold_up_the_interpreter_exit(tmp_path):
     script = ("from harness.errors import HarnessError\n"
               "from harness.live import triton\n"
               "from harness.live.triton import server\n"
-              "server._server_env_hook = lambda env, stub: dict(env, LD_LIBRARY_PATH='')\n"
+              "server._server_env_hook = lambda env, dist, stub: dict(env, LD_LIBRARY_PATH='')\n"
               "try:\n"
               "    triton.start_triton({'a': {}}, {'max_batch_size': 4}, lambda model, size: 0)\n"
               "except HarnessError as exc:\n"

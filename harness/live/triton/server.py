@@ -104,9 +104,9 @@ def _is_zombie(pid: int) -> bool:
         return True
 
 
-def _server_env_hook(base: dict, stub_bin: Path) -> dict:
+def _server_env_hook(base: dict, dist: Path, stub_bin: Path) -> dict:
     env = dict(base)
-    first = [sysconfig.get_config_var("LIBDIR") or "", str(_distribution().parent.parent / "nvidia_pytriton.libs")]
+    first = [sysconfig.get_config_var("LIBDIR") or "", str(dist.parent.parent / "nvidia_pytriton.libs")]
     env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in [*first, env.get("LD_LIBRARY_PATH", "")] if p)
     env["PATH"] = os.pathsep.join([str(stub_bin), env.get("PATH", "")])
     return env
@@ -230,8 +230,7 @@ class TritonHandle:
         self._keeper: threading.Thread | None = None
         self._stopped = False
 
-    def _command(self, plans, cfg: dict, instances: dict[str, int]) -> list[str]:
-        dist = _distribution()
+    def _command(self, dist: Path, plans, cfg: dict, instances: dict[str, int]) -> list[str]:
         version = f"{sys.version_info[0]}.{sys.version_info[1]}"
         stub = dist / "python_backend_stubs" / version / "triton_python_backend_stub"
         if not stub.is_file():
@@ -267,11 +266,11 @@ class TritonHandle:
         self._exit_code = self._proc.wait()
         self._exited.set()
 
-    def _start(self, plans, cfg: dict, forward, instances: dict[str, int], with_instance: bool,
-               startup_timeout_s: float) -> None:
+    def _start(self, dist: Path, stub_bin: Path, plans, cfg: dict, forward, instances: dict[str, int],
+               with_instance: bool, startup_timeout_s: float) -> None:
         self._forwarder = _Forwarder(forward, with_instance)
-        command = self._command(plans, cfg, instances)
-        env = _server_env_hook(dict(os.environ), stub_python_dir())
+        command = self._command(dist, plans, cfg, instances)
+        env = _server_env_hook(dict(os.environ), dist, stub_bin)
         self._keeper = threading.Thread(target=self._keep, args=(command, env), name="tritonserver-keeper",
                                         daemon=True)
         self._keeper.start()
@@ -399,8 +398,8 @@ def start_triton(models: Mapping[str, Mapping], config, forward: Callable[..., i
     few = {m: n for m, n in counts.items() if n < 1}
     if few:
         raise HarnessError(f"triton: every model needs at least one instance (got {few})")
-    _distribution()
-    stub_python_dir()                    # the stub's environment is there, or the error says how to make it
+    dist = _distribution()
+    stub_bin = stub_python_dir()         # the stub's environment is there, or the error says how to make it
     ports = {}
     for kind, port in (("http", http_port), ("grpc", grpc_port), ("metrics", metrics_port)):
         try:
@@ -413,7 +412,7 @@ def start_triton(models: Mapping[str, Mapping], config, forward: Callable[..., i
                                "port (0: any free one) or host")
     handle = TritonHandle(host, ports)
     try:
-        handle._start(plans, cfg, forward, counts, instances is not None, startup_timeout_s)
+        handle._start(dist, stub_bin, plans, cfg, forward, counts, instances is not None, startup_timeout_s)
     except BaseException:
         handle.stop()
         raise
