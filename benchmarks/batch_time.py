@@ -20,7 +20,6 @@ columns (one GPU, `gpu` naming the slot) are read as one device.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -28,10 +27,34 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# The project, and this directory (for _cli) also where a test loads this file by its path.
+sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent)]
 
+from _cli import Parser, run_main  # noqa: E402
+from harness.errors import HarnessError  # noqa: E402
 from harness.gpu.partitions import parse_partition  # noqa: E402
-from harness.profiles import LatencyCurve, load_profile, profile_path  # noqa: E402
+from harness.profiles import PROFILES_DIR, LatencyCurve, load_profile, profile_path  # noqa: E402
+
+COLUMNS = {"model", "partition", "size", "status", "t_start", "t_end"}
+
+
+def check_gpu_type(gpu_type, where: str) -> str:
+    """`gpu_type` if profiles of it exist (a run on emulated `sleep` slots, or a typo, has none)."""
+    profiled = sorted(p.name for p in PROFILES_DIR.iterdir() if p.is_dir())
+    if gpu_type not in profiled:
+        raise HarnessError(f"{where}: no latency profiles of GPU type '{gpu_type}' (profiled: {', '.join(profiled)}); "
+                           "this compares runs on real GPUs with their profiles: give --gpu-type one of those")
+    return gpu_type
+
+
+def run_gpu_type(run: Path) -> str:
+    """The GPU type a run's summary names."""
+    path = run / "summary.json"
+    try:
+        gpu_type = json.loads(path.read_text()).get("gpu_type")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise HarnessError(f"cannot read the run's GPU type from {path} ({exc}); give --gpu-type") from None
+    return check_gpu_type(gpu_type, str(path))
 
 
 def busy_at_start(batches: pd.DataFrame, shares: dict[int, float]) -> np.ndarray:
@@ -57,7 +80,13 @@ def busy_at_start(batches: pd.DataFrame, shares: dict[int, float]) -> np.ndarray
 
 
 def table(run: Path, gpu_type: str) -> pd.DataFrame:
-    batches = pd.read_parquet(run / "batches.parquet")
+    path = run / "batches.parquet"
+    try:
+        batches = pd.read_parquet(path)
+    except (OSError, ValueError) as exc:
+        raise HarnessError(f"cannot read {path} ({exc}); give run directories whose runs finished") from None
+    if not COLUMNS <= set(batches):
+        raise HarnessError(f"{path} lacks the columns {sorted(COLUMNS - set(batches))}; is it a run's batches table?")
     if "device" not in batches:
         batches = batches.assign(device=0, slot=batches["gpu"])
     batches = batches[batches["status"] == "ok"].reset_index(drop=True)
@@ -66,8 +95,12 @@ def table(run: Path, gpu_type: str) -> pd.DataFrame:
     rows = []
     for partition, of_partition in batches.groupby("partition"):
         path = profile_path(gpu_type, partition)
-        measured, profile = json.loads(path.read_text())["models"], load_profile(path)
+        profile = load_profile(path)                  # (a missing or broken profile: a HarnessError)
+        measured = json.loads(path.read_text())["models"]
         for model, g in of_partition.groupby("model"):
+            if model not in measured:
+                raise HarnessError(f"the profile {gpu_type}/{partition} has no model '{model}' of {run}; "
+                                   "give --gpu-type of the GPU the run used")
             linear = LatencyCurve.from_points(measured[model]["batch"], measured[model]["mean_ms"])  # the old way
             stepped = profile.curves[model]
             took = (g["t_end"] - g["t_start"]).mean()
@@ -81,21 +114,25 @@ def table(run: Path, gpu_type: str) -> pd.DataFrame:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = Parser(description=__doc__.split("\n")[0])
     ap.add_argument("runs", nargs="+", type=Path, help="run directories holding batches.parquet")
     ap.add_argument("--gpu-type", default=None, help="the profiles' GPU type (default: each run's summary)")
     args = ap.parse_args(argv)
+    if args.gpu_type is not None:
+        check_gpu_type(args.gpu_type, "--gpu-type")
     out = []
     for run in args.runs:
         if not (run / "batches.parquet").exists():
             print(f"error: {run} has no batches.parquet; give run directories of real-GPU runs", file=sys.stderr)
             return 2
-        gpu_type = args.gpu_type or json.loads((run / "summary.json").read_text()).get("gpu_type")
-        out.append(table(run, gpu_type))
+        out.append(table(run, args.gpu_type or run_gpu_type(run)))
     result = pd.concat(out, ignore_index=True)
+    if result.empty:
+        print(f"error: no batch ran ok in {', '.join(map(str, args.runs))}; nothing to compare", file=sys.stderr)
+        return 1
     print(result.to_string(index=False, float_format=lambda v: f"{v:,.3f}"))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

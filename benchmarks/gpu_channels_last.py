@@ -9,11 +9,11 @@ whose geometric-mean latency over the batch sizes is lower channels_last
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 import numpy as np
+from _cli import Parser, above, listed, require_torch, run_main
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -24,11 +24,12 @@ CNNS = [m for m in MODELS if m != "vit_b_16"]
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = Parser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default=",".join(CNNS))
-    ap.add_argument("--batch", default="1,8,64")
-    ap.add_argument("--iters", type=int, default=30)
+    ap.add_argument("--batch", type=listed(above(0, int)), default="1,8,64")
+    ap.add_argument("--iters", type=above(0, int), default=30)
     args = ap.parse_args()
+    require_torch()
 
     import time
 
@@ -37,9 +38,10 @@ def main() -> int:
     from harness.gpu.executor import GpuExecutor
 
     if not torch.cuda.is_available():
-        print("needs a CUDA GPU", file=sys.stderr)
+        print("error: this benchmark needs a CUDA GPU (torch.cuda.is_available() is False); run it on a GPU host",
+              file=sys.stderr)
         return 2
-    sizes = [int(b) for b in args.batch.split(",")]
+    sizes = args.batch
     print(f"device: {torch.cuda.get_device_name(0)}; medians of {args.iters} graph replays (ms)")
     print(f"{'model':<20}{'format':<15}{'ready s':>9}{'warm-up s':>11}{'capture s':>11}"
           + "".join(f"{'b=' + str(b):>9}" for b in sizes))
@@ -65,4 +67,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -12,11 +12,11 @@ included). Medians; the synthetic ratio should stay within 1.05.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 import numpy as np
+from _cli import Parser, above, listed, require_torch, run_main
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -29,21 +29,23 @@ ROUNDS = 5
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = Parser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default=",".join(ALL_MODELS))
-    ap.add_argument("--batch", default="8,16,32,64,128")
-    ap.add_argument("--iters", type=int, default=50)
+    ap.add_argument("--batch", type=listed(above(0, int)), default="8,16,32,64,128")
+    ap.add_argument("--iters", type=above(0, int), default=50)
     ap.add_argument("--channels-last", default="default", help="as the profiler's --channels-last")
     args = ap.parse_args()
+    require_torch()
 
     import torch
 
     from harness.gpu.executor import GpuExecutor
 
     if not torch.cuda.is_available():
-        print("needs a CUDA GPU", file=sys.stderr)
+        print("error: this benchmark needs a CUDA GPU (torch.cuda.is_available() is False); run it on a GPU host",
+              file=sys.stderr)
         return 2
-    sizes = [int(b) for b in args.batch.split(",")]
+    sizes = args.batch
     rng = np.random.default_rng(0)
     channels_last = None if args.channels_last == "default" else \
         [m for m in args.channels_last.split(",") if m and m != "none"]
@@ -75,4 +77,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -15,7 +15,6 @@ provenance) are kept under --out.
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -25,10 +24,12 @@ import urllib.request
 from pathlib import Path
 
 import psutil
+from _cli import Parser, above, listed, run_main, system_names
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from harness.assembly import detect_gpus  # noqa: E402
 from harness.metrics import oracle_goodput  # noqa: E402
 from harness.profiles import load_profile, profile_path  # noqa: E402
 
@@ -75,19 +76,22 @@ class Health:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = Parser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--systems", default="eager,symphony")
-    ap.add_argument("--factors", default="1,2")
-    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--systems", type=system_names, default="eager,symphony")
+    ap.add_argument("--factors", type=listed(above(0)), default="1,2")
+    ap.add_argument("--seconds", type=above(5), default=20.0, help="each run's duration, > 5 s (4 s warm-up, 1 s "
+                    "cool-down)")
     ap.add_argument("--gpu-type", default="h200", help="the profile the oracle rate is computed from")
     args, extra = ap.parse_known_args()
+    if not detect_gpus():       # cluster=auto would run on emulated slots: not what this measures
+        ap.error("no NVIDIA GPU here (NVML sees none): run this on a GPU host")
     curve = load_profile(profile_path(args.gpu_type, "whole")).curves[MODEL]
     rate = oracle_goodput({MODEL: 1e9}, {MODEL: SLO_S}, [{MODEL: curve}])["oracle_capacity"]
     print(f"oracle rate of {MODEL} on one {args.gpu_type} (SLO {SLO_S * 1e3:g} ms): {rate:,.0f} req/s", flush=True)
-    rows = []
-    for system in args.systems.split(","):
-        for factor in (float(f) for f in args.factors.split(",")):
+    rows, failed = [], []
+    for system in args.systems:
+        for factor in args.factors:
             run_dir = args.out / f"{system}-x{factor:g}"
             cmd = [sys.executable, "-m", "harness", f"system={system}", "cluster=auto", "models=resnet50",
                    "workload=poisson", f"workload.rate={rate * factor:.0f}", f"duration_s={args.seconds}",
@@ -97,6 +101,7 @@ def main() -> int:
             _, err = run.communicate(timeout=900)
             if not (run_dir / "summary.json").exists():
                 print(f"{system} x{factor:g}: no summary (exit {run.returncode}): {err.strip()[-400:]}", flush=True)
+                failed.append(f"{system} x{factor:g}")
                 continue
             s = json.loads((run_dir / "summary.json").read_text())
             counts = s["status_counts"]
@@ -114,8 +119,12 @@ def main() -> int:
     print()
     for row in rows:
         print("  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+    if failed:
+        print(f"error: {len(failed)} of {len(failed) + len(rows)} runs failed ({', '.join(failed)}); see why above",
+              file=sys.stderr)
+        return 1
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

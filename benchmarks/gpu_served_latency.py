@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _cli import Parser, above, at_least, listed, require_torch, run_main
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -114,18 +115,20 @@ def run_setup(name: str, args, env: dict, siblings: int) -> list[dict]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = Parser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="resnet50,densenet121,vit_b_16")
-    ap.add_argument("--batch", default="1,8,32")
-    ap.add_argument("--share", type=int, default=25, help="MPS active thread percentage of the measured share")
-    ap.add_argument("--siblings", type=int, default=3, help="busy shares beside it in the third setup")
+    ap.add_argument("--batch", type=listed(above(0, int)), default="1,8,32")
+    ap.add_argument("--share", type=above(0, int), default=25,
+                    help="MPS active thread percentage of the measured share")
+    ap.add_argument("--siblings", type=at_least(0), default=3, help="busy shares beside it in the third setup")
     ap.add_argument("--gaps-ms", default="2,20")
-    ap.add_argument("--iters", type=int, default=40)
+    ap.add_argument("--iters", type=above(0, int), default=40)
     ap.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--json", help="also write the rows to this file")
     args = ap.parse_args()
+    require_torch()
     args.models = [m for m in args.models.split(",") if m]
-    args.batch = sorted(int(b) for b in args.batch.split(","))
+    args.batch = sorted(args.batch)
     args.gaps_ms = [float(g) for g in args.gaps_ms.split(",") if g]
     if args.measure:
         measure(args)
@@ -152,4 +155,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

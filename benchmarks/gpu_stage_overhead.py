@@ -17,12 +17,12 @@ Medians. The issue's bound: the staged model at batch b within 10% of the whole-
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import os
 import sys
 
 import numpy as np
+from _cli import Parser, above, listed, require_torch, run_main
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -53,20 +53,22 @@ def replay_ms(graphs, iters: int, warmup: int = 5) -> list[float]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = Parser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default=",".join(ALL_MODELS))
-    ap.add_argument("--batch", default="1,8,32,64,128")
-    ap.add_argument("--iters", type=int, default=50)
+    ap.add_argument("--batch", type=listed(above(0, int)), default="1,8,32,64,128")
+    ap.add_argument("--iters", type=above(0, int), default=50)
     args = ap.parse_args()
+    require_torch()
 
     import torch
 
     from harness.gpu.executor import GpuExecutor
 
     if not torch.cuda.is_available():
-        print("needs a CUDA GPU", file=sys.stderr)
+        print("error: this benchmark needs a CUDA GPU (torch.cuda.is_available() is False); run it on a GPU host",
+              file=sys.stderr)
         return 2
-    sizes = [int(b) for b in args.batch.split(",")]
+    sizes = args.batch
     per_round = max(1, args.iters // ROUNDS)
     ids = itertools.count()
     rows = []
@@ -106,4 +108,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

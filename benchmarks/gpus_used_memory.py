@@ -14,12 +14,12 @@ about 10^13 cells.
 
 from __future__ import annotations
 
-import argparse
 import time
 import tracemalloc
 
 import numpy as np
 import pandas as pd
+from _cli import Parser, above, run_main
 
 from harness import metrics
 
@@ -45,11 +45,13 @@ def day_of_batches(hours: float, slots: int, seed: int = 0) -> pd.DataFrame:
         "status": pd.Categorical.from_codes(np.zeros(n, np.int8), ["ok"])})
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--hours", type=float, default=24.0)
-    ap.add_argument("--slots", type=int, default=40)
+def main() -> int:
+    ap = Parser(description=__doc__.splitlines()[0])
+    ap.add_argument("--hours", type=above(0), default=24.0)
+    ap.add_argument("--slots", type=above(0, int), default=40)
     args = ap.parse_args()
+    if args.hours * 3600 < 1:
+        ap.error(f"--hours must span at least one 1-s bucket, 1/3600 h (got {args.hours:g})")
     batches = day_of_batches(args.hours, args.slots)
     window = metrics.Window(0.0, args.hours * 3600.0)
     buckets = int(window.length)
@@ -64,7 +66,8 @@ def main() -> None:
     print(f"gpus_used: {seconds:,.1f} s, peak {peak / 2**30:.2f} GiB allocated during the call "
           f"({peak / len(batches):,.0f} bytes per batch); {used['gpus_used'].mean():.2f} GPUs used on average, "
           f"peak {used['gpus_used'].max():g}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
 import statistics
@@ -36,6 +37,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from _cli import Parser, above, run_main  # noqa: E402
 
 WARMUP_S = 1.0
 
@@ -93,6 +96,9 @@ async def measure(module: str, cfg: Path, address: str, out: Path, args) -> dict
                                stdout=subprocess.PIPE, env=env)
     try:
         line = await asyncio.get_running_loop().run_in_executor(None, ingress.stdout.readline)
+        if not line:
+            raise SystemExit(f"error: the ingress {module} exited before serving (exit {ingress.wait(10)}); "
+                             "see its error above")
         port = json.loads(line)["port"]
         proc = psutil.Process(ingress.pid)
         t0 = time.monotonic() + 1.0 + WARMUP_S      # the clients' start, then the warm-up
@@ -105,13 +111,18 @@ async def measure(module: str, cfg: Path, address: str, out: Path, args) -> dict
         cpu0 = sum(proc.cpu_times()[:2])
         await asyncio.sleep(t1 - time.monotonic())
         cpu1 = sum(proc.cpu_times()[:2])
-        counts = [json.loads((await c.communicate())[0]) for c in clients]
+        said = [(await c.communicate())[0] for c in clients]
         if any(c.returncode for c in clients):
-            raise SystemExit(f"a client failed (exit codes {[c.returncode for c in clients]})")
+            raise SystemExit(f"error: a client failed (exit codes {[c.returncode for c in clients]}); see its error "
+                             "above")
+        counts = [json.loads(out) for out in said]
     finally:
         ingress.terminate()
         ingress.wait(10)
     answers = sum(c["answers"] for c in counts)
+    if not answers:
+        raise SystemExit(f"error: the ingress {module} answered no request in {args.seconds:g} s; it is broken, "
+                         "not slow")
     return {"module": module, "rate": answers / args.seconds, "cpu_us": (cpu1 - cpu0) / max(answers, 1) * 1e6,
             "cpu_share": (cpu1 - cpu0) / args.seconds, "errors": sum(c["errors"] for c in counts)}
 
@@ -152,12 +163,12 @@ async def main_async(args) -> int:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = Parser(description=__doc__.split("\n")[0])
     ap.add_argument("--ingress", default="harness.live.ingress", help="module(s) to run as the ingress")
-    ap.add_argument("--clients", type=int, default=2, help="load processes")
-    ap.add_argument("--connections", type=int, default=16, help="connections per load process")
-    ap.add_argument("--seconds", type=float, default=5.0, help="measured window per run")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--clients", type=above(0, int), default=2, help="load processes")
+    ap.add_argument("--connections", type=above(0, int), default=16, help="connections per load process")
+    ap.add_argument("--seconds", type=above(0), default=5.0, help="measured window per run")
+    ap.add_argument("--rounds", type=above(0, int), default=3)
     ap.add_argument("--client", help=argparse.SUPPRESS)
     ap.add_argument("--t0", type=float, help=argparse.SUPPRESS)
     ap.add_argument("--t1", type=float, help=argparse.SUPPRESS)
@@ -165,8 +176,16 @@ def main() -> int:
     if args.client:
         client(args.client, args.connections, args.t0, args.t1)
         return 0
+    for module in args.ingress.split(","):
+        try:
+            found = importlib.util.find_spec(module)
+        except ImportError:                       # (its package is missing)
+            found = None
+        if found is None:
+            ap.error(f"--ingress: no module '{module}' here; give importable modules (on PYTHONPATH), "
+                     "comma-separated")
     return asyncio.run(main_async(args))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

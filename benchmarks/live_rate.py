@@ -17,7 +17,6 @@ prints per rate:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -30,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import psutil
+from _cli import Parser, above, at_least, listed, run_main
 
 ROOT = Path(__file__).resolve().parent.parent
 LEAD_S = 4.0              # runtime.start_lead_s: the schedule starts this long after Locust does
@@ -82,16 +82,17 @@ class CpuMeter:
         return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rates", default="500,1000,2000,3000,4000")
-    ap.add_argument("--locust-workers", type=int, default=-1, help="-1: sized to the host (runtime default)")
-    ap.add_argument("--ingresses", type=int, default=0, help="0: sized to the host (runtime default)")
-    ap.add_argument("--seconds", type=float, default=12)
+def main() -> int:
+    ap = Parser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rates", type=listed(above(0)), default="500,1000,2000,3000,4000")
+    ap.add_argument("--locust-workers", type=at_least(-1), default=-1, help="-1: sized to the host (runtime default)")
+    ap.add_argument("--ingresses", type=at_least(0), default=0, help="0: sized to the host (runtime default)")
+    # The run's 2 s warm-up and 1 s cool-down come out of it; what is left is measured.
+    ap.add_argument("--seconds", type=above(3), default=12, help="each run's duration, > 3 s")
     args = ap.parse_args()
-    rows = []
+    rows, failed = [], False
     with tempfile.TemporaryDirectory() as tmp:
-        for rate in [float(r) for r in args.rates.split(",")]:
+        for rate in args.rates:
             run_dir = Path(tmp) / f"rate-{rate:g}"
             cmd = [sys.executable, "-m", "harness", "runtime=live", "system=eager", "cluster=sleep1000",
                    "cluster.count=4", "cluster.sleep.a_ms=0.001", "cluster.sleep.c_ms=0.001", "models=sleep10",
@@ -102,7 +103,10 @@ def main() -> None:
             meter = CpuMeter(proc.pid)
             out, err = proc.communicate(timeout=600)
             if proc.returncode != 0 or meter.locust_started is None:
-                print(f"rate {rate:g}: run failed (exit {proc.returncode}): {err.strip()[-300:]}")
+                said = err.strip().splitlines()[-1:] or ["no error message"]
+                print(f"error: rate {rate:g}: the run failed (exit {proc.returncode}): {said[0][-300:]}",
+                      file=sys.stderr)
+                failed = True
                 break
             window = (args.seconds - 2 - 1)
             cpu = meter.window(LEAD_S, 2.0, args.seconds - 1.0)
@@ -130,6 +134,8 @@ def main() -> None:
             rows.append(row)
             print(f"  {rate:g} req/s: send lag p99 {s['send_lag_p99_ms']:.2f} ms, goodput {s['goodput']:,.0f}",
                   flush=True)
+    if not rows:                      # the first run failed (said above): nothing to show
+        return 1
     table = pd.DataFrame(rows).set_index("rate")
     print(f"\nmachine: {os.cpu_count()} cores; locust workers {args.locust_workers}, ingresses {args.ingresses} "
           "(-1 / 0: sized to the host); times in ms, CPU in microseconds per request")
@@ -138,7 +144,8 @@ def main() -> None:
     within = table[table["send lag p99"] <= 2.0]
     print(f"highest rate with p99 send lag <= 2 ms: {within.index.max():g} req/s" if len(within)
           else "no rate kept p99 send lag <= 2 ms")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -19,7 +19,6 @@ tolerance Symphony's own stress test uses).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import bisect
 import collections
@@ -29,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _cli import Parser, above, at_least, listed, run_main, system_names
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -52,8 +52,10 @@ class FakePool:
         self.replies: list = []                              # instant batches' replies due next turn
         self.on_lost = None
 
+    # WorkerPool.submit's parameters, in its order: LiveCluster calls it positionally (tests/test_benchmarks_cli.py
+    # checks the two still match).
     def submit(self, slot, batch_id, model, size, start_within, payload=None, expected=0.0, stage=None, rows=None,
-               on_reply=None, through=None):
+               on_reply=None, through=None, busy=None):
         if self.instant:
             # A batch takes no time, so its slot is free whenever one comes: it starts at once (late only if its
             # latest start has already passed) and replies in the next turn, the very replies the general case
@@ -162,7 +164,15 @@ async def one_rate(system: str, rate: float, seconds: float, n_slots: int, n_mod
             "timer_p50": pct(timer, 50), "timer_p99": pct(timer, 99), "timer_max": pct(timer, 100),
             "arrival_p50": pct(arrival, 50), "arrival_p99": pct(arrival, 99),
             "ok": status.count("ok") / n, "batch": float(np.mean(ok)) if ok else 0.0,
-            "busy": busy, "timer_lag_ms": timer, "arrival_lag_ms": arrival}
+            "busy": busy, "errors": cluster.policy_errors, "timer_lag_ms": timer, "arrival_lag_ms": arrival}
+
+
+def check(system: str, r: dict) -> None:
+    """A run whose policy or dispatches raised, or that served nothing, measured nothing: stop, loudly."""
+    if r["errors"] or not r["ok"]:
+        raise SystemExit(f"error: {system} at {r['rate']:,.0f} requests/s served {r['ok']:.1%} with "
+                         f"{r['errors']} policy errors (their tracebacks are above): the run is broken, not slow; "
+                         "fix it before reading any lag")
 
 
 def enough_slots(rate: float, curve: LatencyCurve, slo_ms: float) -> int:
@@ -172,37 +182,27 @@ def enough_slots(rate: float, curve: LatencyCurve, slo_ms: float) -> int:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--system", default="symphony",
+    ap = Parser(description=__doc__.split("\n")[0])
+    ap.add_argument("--system", type=system_names, default="symphony",
                     help="a system, several separated by commas, or all (each in turn, with a summary at the end)")
-    ap.add_argument("--repeats", type=int, default=1, help="runs of each system over the rates")
-    ap.add_argument("--rates", default="2000,5000,10000,20000,40000,60000,80000,100000,120000",
+    ap.add_argument("--repeats", type=above(0, int), default=1, help="runs of each system over the rates")
+    ap.add_argument("--rates", type=listed(above(0)), default="2000,5000,10000,20000,40000,60000,80000,100000,120000",
                     help="offered rates, requests/s, in increasing order")
-    ap.add_argument("--seconds", type=float, default=3.0, help="arrivals per rate, in seconds")
-    ap.add_argument("--gpus", type=int, default=0,
+    ap.add_argument("--seconds", type=above(0), default=3.0, help="arrivals per rate, in seconds")
+    ap.add_argument("--gpus", type=at_least(0), default=0,
                     help="slots (0: enough for each rate, 1.3x the load at the Nexus-rule batch size)")
-    ap.add_argument("--models", type=int, default=10)
-    ap.add_argument("--slo-ms", type=float, default=100.0)
-    ap.add_argument("--a-ms", type=float, default=1.082, help="sleep model l(b) = a*b + c")
-    ap.add_argument("--c-ms", type=float, default=5.204)
+    ap.add_argument("--models", type=above(0, int), default=10)
+    ap.add_argument("--slo-ms", type=above(0), default=100.0)
+    ap.add_argument("--a-ms", type=at_least(0, float), default=1.082, help="sleep model l(b) = a*b + c")
+    ap.add_argument("--c-ms", type=above(0), default=5.204)
     ap.add_argument("--instant", action="store_true", help="batches complete at once instead of after l(b)")
-    ap.add_argument("--bound-ms", type=float, default=2.0)
+    ap.add_argument("--bound-ms", type=above(0), default=2.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cpu", default="none",
                     help="the core to run on, as the scheduler's runtime.scheduler_cpu: none (the OS places it), a "
                          f"core number, or auto (the fastest, measured, on hosts of {cores.MIN_CORES}+ cores)")
     args = ap.parse_args(argv)
-    chosen = systems.names() if args.system == "all" else [n.strip() for n in args.system.split(",") if n.strip()]
-    try:
-        for name in chosen:
-            systems.policy_class(name)
-        rates = [float(r) for r in args.rates.split(",")]
-    except HarnessError as exc:
-        ap.error(str(exc))
-    except ValueError:
-        ap.error(f"--rates takes numbers separated by commas (got '{args.rates}')")
-    if not chosen or args.repeats < 1 or not all(r > 0 for r in rates) or not args.seconds > 0:
-        ap.error("--system must name a system, and --repeats, --rates and --seconds must be positive")
+    chosen, rates = args.system, args.rates
     try:
         core, measured = cores.choose(args.cpu)
     except HarnessError as exc:
@@ -259,6 +259,7 @@ def stress(system: str, rates: list[float], curve: LatencyCurve, args) -> list[d
               f"{r['timer_max']:>7.2f} {r['arrival_p50']:>11.3f} {r['arrival_p99']:>7.3f} {r['slots']:>5} "
               f"{r['ok']:>6.1%} "
               f"{r['batch']:>6.1f} {r['busy']:>5.0%} {speed:>5.0f}", flush=True)
+        check(system, r)
         within = max(r["timer_p99"], r["arrival_p99"]) <= args.bound_ms
         if within:
             best = rate
@@ -271,4 +272,4 @@ def stress(system: str, rates: list[float], curve: LatencyCurve, args) -> list[d
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

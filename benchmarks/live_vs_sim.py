@@ -18,7 +18,6 @@ other batches.
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -26,6 +25,7 @@ import tempfile
 from pathlib import Path
 
 import pandas as pd
+from _cli import Parser, run_main, system_names
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT = ["cluster=h200x1", "cluster.count=2", "models=vision", "workload=poisson", "workload.rate=300",
@@ -59,20 +59,24 @@ def calibrate(path: Path, *overrides: str) -> None:
     print(made.stdout.strip())
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--systems", default="eager,symphony,nexus,clockwork,shepherd,triton")
+def main() -> int:
+    ap = Parser(description=__doc__.splitlines()[0])
+    ap.add_argument("--systems", type=system_names, default="eager,symphony,nexus,clockwork,shepherd,triton")
     ap.add_argument("--calibration", type=Path, help="a calibration file of this host (default: make one first)")
     ap.add_argument("--triton-calibration", type=Path,
                     help="a calibration of this host's tritonserver path, for triton (default: make one first)")
     ap.add_argument("--out", type=Path, help="keep the calibration and the run directories here")
     args, given = ap.parse_known_args()
     overrides = given or DEFAULT
-    systems = args.systems.split(",")
+    systems = args.systems
+    if args.out is not None:
+        try:
+            args.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            ap.error(f"--out: cannot make the directory {args.out} ({exc}); give a directory path")
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         work = args.out or Path(scratch)
-        work.mkdir(parents=True, exist_ok=True)
         calibration = {"frontend": args.calibration or work / "calibration.json",
                        "triton": args.triton_calibration or work / "calibration-triton.json"}
         if args.calibration is None and systems != ["triton"]:
@@ -96,7 +100,8 @@ def main() -> None:
     table = pd.DataFrame(rows)
     print(f"\nconfig: {' '.join(overrides)}; sim calibrated to this host's live path")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

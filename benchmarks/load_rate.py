@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from _cli import Parser, above, at_least, listed, run_main
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -63,8 +64,7 @@ def serve() -> None:
 
 def measure(url: str, rate: float, seconds: float, workers: int, work: Path) -> dict:
     n = int(rate * seconds)
-    run = work / f"w{workers}-r{int(rate)}"
-    run.mkdir()
+    run = Path(tempfile.mkdtemp(prefix=f"w{workers}-r{rate:g}-", dir=work))     # (a rate given twice: its own)
     pd.DataFrame({"id": np.arange(n, dtype=np.int64), "model": "m",
                   "t_sched": np.arange(n) / rate}).to_parquet(run / "schedule.parquet", index=False)
     lead = LEAD_WORKERS_S if workers else LEAD_S
@@ -81,30 +81,37 @@ def measure(url: str, rate: float, seconds: float, workers: int, work: Path) -> 
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rates", default="500,1000,2000,3000,4000,6000,8000,10000")
-    parser.add_argument("--seconds", type=float, default=2.0)
-    parser.add_argument("--workers", default="0,2", help="Locust setups: 0 = one process, N = master + N workers")
-    parser.add_argument("--bound-ms", type=float, default=2.0)
+    parser = Parser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rates", type=listed(above(0)), default="500,1000,2000,3000,4000,6000,8000,10000")
+    parser.add_argument("--seconds", type=above(0), default=2.0)
+    parser.add_argument("--workers", type=listed(at_least(0)), default="0,2",
+                        help="Locust setups: 0 = one process, N = master + N workers")
+    parser.add_argument("--bound-ms", type=above(0), default=2.0)
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         serve()
         return 0
-    rates = [float(r) for r in args.rates.split(",")]
+    if min(args.rates) * args.seconds < 1:
+        parser.error(f"--rates x --seconds must make at least one request per rate (got {min(args.rates):g}/s "
+                     f"for {args.seconds:g} s)")
     server = subprocess.Popen([sys.executable, __file__, "--serve"], stdout=subprocess.PIPE, text=True)
-    best = {}
+    setups = {workers: f"{workers} workers" if workers else "1 process" for workers in args.workers}
+    best: dict[str, float] = {}         # per setup measured at all: its highest rate within the bound (0: none)
     try:
-        url = f"http://127.0.0.1:{json.loads(server.stdout.readline())['port']}"
+        line = server.stdout.readline()
+        if not line:
+            print(f"error: the test server did not start (exit {server.wait(10)}); see its error above",
+                  file=sys.stderr)
+            return 1
+        url = f"http://127.0.0.1:{json.loads(line)['port']}"
         with tempfile.TemporaryDirectory(prefix="load-rate-") as tmp:
             # Send lag is what a busy CPU shows first: say how busy the machine was.
             print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} before")
             print(f"{'setup':>12} {'rate/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'achieved/s':>11} {'ok':>6}"
                   f" {'Locust CPU us/req':>18}")
-            for workers in (int(w) for w in args.workers.split(",")):
-                setup = f"{workers} workers" if workers else "1 process"
-                best[setup] = 0.0
-                for rate in rates:
+            for workers, setup in setups.items():
+                for rate in args.rates:
                     try:
                         m = measure(url, rate, args.seconds, workers, Path(tmp))
                     except HarnessError as exc:
@@ -112,6 +119,7 @@ def main() -> int:
                         break
                     print(f"{setup:>12} {rate:8.0f} {m['p50_ms']:8.3f} {m['p99_ms']:8.3f} {m['max_ms']:8.3f} "
                           f"{m['achieved']:11.0f} {m['ok']:6.1%} {m['cpu_us']:18.0f}", flush=True)
+                    best.setdefault(setup, 0.0)
                     if m["p99_ms"] > args.bound_ms or m["ok"] < 1.0:
                         break
                     best[setup] = rate
@@ -120,9 +128,15 @@ def main() -> int:
         server.wait(10)
     print(f"load average {os.getloadavg()[0]:.2f} after")
     for setup, rate in best.items():
-        print(f"{setup}: highest rate with p99 send lag <= {args.bound_ms:g} ms: {rate:.0f}/s")
+        print(f"{setup}: highest rate with p99 send lag <= {args.bound_ms:g} ms: "
+              + (f"{rate:.0f}/s" if rate else "none of those tried"))
+    failed = [setup for setup in setups.values() if setup not in best]
+    if failed:
+        print(f"error: {', '.join(failed)}: the replay failed at the first rate, so nothing was measured; see the "
+              "failure above", file=sys.stderr)
+        return 1
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

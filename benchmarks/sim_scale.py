@@ -10,11 +10,12 @@ alone (building the schedule and writing records are timed separately).
 
 from __future__ import annotations
 
-import argparse
 import platform
+import sys
 import time
 from pathlib import Path
 
+from _cli import Parser, above, run_main
 from hydra import compose, initialize_config_dir
 
 from harness.assembly import assemble
@@ -26,12 +27,14 @@ from harness.runtimes.sim import sim_cluster
 CONF = Path(__file__).resolve().parent.parent / "conf"
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--system", default="symphony")
-    ap.add_argument("--gpus", type=int, default=1000)
-    ap.add_argument("--rate", type=float, default=1e6)
-    ap.add_argument("--seconds", type=float, default=2.0)
+def main() -> int:
+    ap = Parser(description=__doc__.splitlines()[0])
+    # The config group's names, as Hydra looks them up: a name it lacks is one line here, not Hydra's traceback.
+    ap.add_argument("--system", default="symphony",
+                    choices=sorted(p.stem for p in (CONF / "system").glob("*.yaml")))
+    ap.add_argument("--gpus", type=above(0, int), default=1000)
+    ap.add_argument("--rate", type=above(0), default=1e6)
+    ap.add_argument("--seconds", type=above(0), default=2.0)
     args = ap.parse_args()
 
     register()
@@ -48,6 +51,10 @@ def main() -> None:
     policy = assembly.make_policy(sim)
     ids, names, times = schedule["id"].to_numpy(), schedule["model"].tolist(), schedule["t_sched"].to_numpy()
     slo = {m: s.slo for m, s in assembly.models.items()}
+    if not len(ids):
+        print(f"error: {args.rate:g} req/s for {args.seconds:g} s made no request; raise --rate or --seconds",
+              file=sys.stderr)
+        return 2
     t = time.perf_counter()
     reqs = sim.run(policy, ids, names, times, slo, drain=1.0)
     t_loop = time.perf_counter() - t
@@ -61,7 +68,8 @@ def main() -> None:
     print(f"schedule build   {t_schedule:7.2f} s")
     print(f"event loop       {t_loop:7.2f} s   -> {len(reqs) / t_loop:,.0f} simulated requests per wall second")
     print(f"record tables    {t_records:7.2f} s")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

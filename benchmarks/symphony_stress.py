@@ -18,11 +18,9 @@ host's, not the scheduler's.
 
 from __future__ import annotations
 
-import argparse
-import sys
-
 import numpy as np
-from live_stress import enough_slots, one_rate
+from _cli import Parser, above, run_main, system_names
+from live_stress import check, enough_slots, one_rate
 
 from harness.live import loop as precise
 from harness.profiles import LatencyCurve
@@ -43,6 +41,8 @@ def highest_passing(system: str, args) -> dict | None:
     def passes(rate: float) -> bool:
         runs = [precise.run(one_rate(system, rate, args.seconds, enough_slots(rate, CURVE, SLO_MS), args.models,
                                      SLO_MS, CURVE, True, args.seed + k)) for k in range(args.repeats)]
+        for r in runs:
+            check(system, r)
         r = min(runs, key=lambda r: lag_ms(r, args.judge))
         r["passed"] = lag_ms(r, args.judge) <= args.bound_ms
         tried.append(r)
@@ -63,22 +63,23 @@ def highest_passing(system: str, args) -> dict | None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--systems", default="symphony,eager,nexus")
-    ap.add_argument("--models", type=int, default=10)
-    ap.add_argument("--seconds", type=float, default=3.0, help="arrivals per run, in seconds")
-    ap.add_argument("--start", type=float, default=1000.0, help="first total rate tried, requests/s")
-    ap.add_argument("--max-rate", type=float, default=1e6)
-    ap.add_argument("--tolerance", type=float, default=0.1, help="bisect until the bracket is this close (relative)")
+    ap = Parser(description=__doc__.split("\n")[0])
+    ap.add_argument("--systems", type=system_names, default="symphony,eager,nexus")
+    ap.add_argument("--models", type=above(0, int), default=10)
+    ap.add_argument("--seconds", type=above(0), default=3.0, help="arrivals per run, in seconds")
+    ap.add_argument("--start", type=above(0), default=1000.0, help="first total rate tried, requests/s")
+    ap.add_argument("--max-rate", type=above(0), default=1e6)
+    ap.add_argument("--tolerance", type=above(0), default=0.1,
+                    help="bisect until the bracket is this close (relative)")
     ap.add_argument("--judge", choices=("max", "p99"), default="max", help="which request lag must be within the bound")
-    ap.add_argument("--repeats", type=int, default=3,
+    ap.add_argument("--repeats", type=above(0, int), default=3,
                     help="runs per rate, each with its own seed; the rate passes if the best does")
-    ap.add_argument("--bound-ms", type=float, default=2.0)
+    ap.add_argument("--bound-ms", type=above(0), default=2.0)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     print(f"{args.models} models, l(b) = 1.082*b + 5.204 ms, SLO {SLO_MS:g} ms, instant backends; a run passes when "
           f"the {args.judge} request lag is <= {args.bound_ms:g} ms")
-    found = {s: highest_passing(s, args) for s in args.systems.split(",")}
+    found = {s: highest_passing(s, args) for s in args.systems}
     for system, best in found.items():
         if best is None:
             print(f"{system}: no rate tried passed (from {args.start:,.0f} req/s)")
@@ -89,4 +90,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

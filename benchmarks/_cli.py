@@ -1,0 +1,99 @@
+"""What the benchmarks share on the command line: bad arguments told in one line, never a traceback.
+
+    from _cli import Parser, above, at_least, listed, run_main, system_names
+
+A benchmark builds its parser with `Parser`, checks numbers with the argparse
+types below, and ends with `run_main(main)`: a bad argument is one line
+`error: --seconds: must be > 0 (got 0)` and exit 2, as is a HarnessError
+raised by the harness. (The benchmarks run as scripts, so this directory is
+on sys.path and `_cli` imports as a top-level module.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import math
+import sys
+from pathlib import Path
+from typing import Callable, NoReturn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # the project (harness, systems), from any cwd
+
+from harness.errors import HarnessError  # noqa: E402
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with a bad argument told in one line (`error: <what>`, exit 2) rather than the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message.removeprefix('argument ')}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _number(kind: type, ok: Callable[[float], bool], rule: str) -> Callable[[str], float]:
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {'a whole number' if kind is int else 'a number'} {rule} "
+                                             f"(got '{text}')") from None
+        if not (math.isfinite(value) and ok(value)):     # (nan fails every comparison: it is refused too)
+            raise argparse.ArgumentTypeError(f"must be {rule} (got {text})")
+        return value
+    return parse
+
+
+def above(low: float, kind: type = float) -> Callable[[str], float]:
+    """An argparse type: a finite number (of `kind`) > low."""
+    return _number(kind, lambda v: v > low, f"> {low:g}")
+
+
+def at_least(low: float, kind: type = int) -> Callable[[str], float]:
+    """An argparse type: a finite number (of `kind`) >= low."""
+    return _number(kind, lambda v: v >= low, f">= {low:g}")
+
+
+def listed(item: Callable[[str], float]) -> Callable[[str], list]:
+    """An argparse type: values separated by commas, each parsed (and checked) by `item`."""
+    def parse(text: str) -> list:
+        values = [item(part.strip()) for part in text.split(",") if part.strip()]
+        if not values:
+            raise argparse.ArgumentTypeError(f"give at least one value, separated by commas (got '{text}')")
+        return values
+    return parse
+
+
+def system_names(text: str) -> list[str]:
+    """An argparse type: systems separated by commas, or `all`; each must name a policy (checked before any run)."""
+    import systems
+
+    names = systems.names() if text == "all" else [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"name at least one system (got '{text}')")
+    for name in names:
+        try:
+            systems.policy_class(name)
+        except HarnessError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return names
+
+
+def require_torch() -> None:
+    """The GPU benchmarks measure with PyTorch on a CUDA GPU: without PyTorch, say how to get it."""
+    try:
+        for name in ("torch", "torchvision"):
+            importlib.import_module(name)
+    except ImportError as exc:
+        raise HarnessError(f"this benchmark needs PyTorch, torchvision and an NVIDIA GPU ({exc}); run it on a GPU "
+                           'host after pip install -e ".[gpu]"') from None
+
+
+def run_main(main: Callable[[], int | None]) -> NoReturn:
+    """sys.exit(main()), with a HarnessError told as `error: <message>` and exit 2, not a traceback."""
+    try:
+        code = main()
+    except HarnessError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = 2
+    sys.exit(code)
