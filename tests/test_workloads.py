@@ -1,6 +1,9 @@
 """Tests of the workloads package: arrival statistics, trace replay, errors."""
 
 import csv
+import re
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -8,6 +11,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from harness.errors import HarnessError
+import workloads.arrivals
 from workloads import WorkloadConfig, build_schedule, validate
 from workloads.traces import DATA_DIR, REPO_ROOT, round_robin, write_samples, write_synthetic_maf
 
@@ -399,6 +403,11 @@ HEADER = "HashOwner,HashApp,HashFunction,Trigger,1,2,3\n"
         ("", ["empty"]),
         (HEADER, ["no invocations"]),
         (HEADER + "o,a,f,http,0,0,0\n", ["no invocations"]),
+        (HEADER + "o,a,f,http,1,2,3\no,a,g,http,1,99999999999999999999,3\n",
+         ["line 3", "'99999999999999999999'", "column '2'", "too large"]),
+        (HEADER + "o,a,f,http,1,1e30,3\n", ["line 2", "'1e30'", "non-negative integer"]),
+        # int64 max overflowed the row sum: "no invocations" before; now too many requests.
+        (HEADER + "o,a,f,http,0,9223372036854775807,9223372036854775807\n", ["would hold", "requests"]),
     ],
 )
 def test_bad_maf_file(tmp_path, text, fragments):
@@ -417,6 +426,13 @@ def test_bad_maf_file(tmp_path, text, fragments):
         ("func,timestamp\nf,1.0\nf\n", ["line 3", "fields"]),
         ("func,timestamp\nf,1.0\nf,2.0,9\nf,3.0\n", ["line 3", "3 fields", "header has 2"]),
         ("func,timestamp\n", ["no invocations"]),
+        ("timestamp\n0\n1e300\n", ["line 3", "'1e300'", "every unit"]),
+        ("timestamp\n0.5\n-1e200\n", ["line 3", "'-1e200'", "every unit"]),
+        ("app,func,end_timestamp,duration\na,f,5.0,0.1\na,f,6.0,-2\n", ["line 3", "duration '-2'", "negative"]),
+        ("app,func,end_timestamp,duration\na,f,5.0,0.1\na,f,6.0,inf\n", ["line 3", "duration 'inf'"]),
+        ("app,func,end_timestamp,duration\na,f,5.0,0.1\na,f,6.0,1e200\n", ["line 3", "'1e200'", "every unit"]),
+        ("app,func,end_timestamp,duration\na,f,5.0,0.1\na,f,6.0,1e12\n", ["line 3", "line 2", "3000 years"]),
+        ("timestamp\n0.5\n-2e11\n5\n", ["line 3", "line 4", "3000 years"]),
     ],
 )
 def test_bad_timestamp_file(tmp_path, text, fragments):
@@ -477,3 +493,74 @@ def test_relative_trace_path_prefers_cwd(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     df = build(process="maf_trace", trace="workloads/data/maf_sample.csv", duration=120.0, models=["m"])
     assert len(df) == pytest.approx(1200, rel=0.15)
+
+
+@pytest.mark.parametrize("process", ["maf_trace", "timestamp_trace"])
+def test_trace_path_is_a_directory(tmp_path, process):
+    raises([repr(str(tmp_path)), "is a directory", "workload.trace="], process=process, trace=str(tmp_path))
+
+
+@pytest.fixture
+def address_space_cap():
+    """Cap this process's address space 2 GiB above its size during the test: a schedule that the
+    size check fails to refuse then dies at once with MemoryError rather than filling the machine."""
+    resource = pytest.importorskip("resource")
+    status = Path("/proc/self/status")
+    if not status.exists():
+        pytest.skip("needs Linux /proc to size the address space")
+    size = int(re.search(r"VmSize:\s+(\d+) kB", status.read_text()).group(1)) * 1024
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    cap = size + 2**31 if hard == resource.RLIM_INFINITY else min(hard, size + 2**31)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    yield
+    resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+@pytest.mark.parametrize(
+    "fragments, kw",
+    [
+        (["3e+08 requests", "workload.rate"], {"rate": 1e8, "duration": 3.0}),
+        (["1e+09 requests", "duration_s"], {"rate": 1.0, "duration": 1e9}),
+        (["requests", "ramp_end"], {"shape": "ramp", "ramp_end": 1e12, "duration": 3.0}),
+        (["diurnal rate grid", "workload.diurnal_period_s"], {"shape": "diurnal", "diurnal_period_s": 1e-7}),
+        (["MMPP sojourns", "workload.mmpp_mean_high_s"],
+         {"process": "mmpp", "mmpp_mean_high_s": 1e-8, "mmpp_mean_low_s": 1e-8}),
+        (["requests", "workload.rate_scale"],
+         {"process": "timestamp_trace", "trace": str(TS_SAMPLE), "rate_scale": 1e8}),
+        (["requests", "workload.rate_scale"], {"process": "maf_trace", "trace": str(MAF_SAMPLE), "rate_scale": 1e8}),
+    ],
+)
+def test_schedule_too_big_for_memory_is_refused(address_space_cap, fragments, kw):
+    raises(["the schedule would hold", "> 5e+07", *fragments], **kw)
+
+
+def test_maf_huge_count_is_refused_before_allocating(address_space_cap, tmp_path):
+    path = write(tmp_path, HEADER + "o,a,f,http,1000000000000,0,0\n")
+    raises(["1e+12 requests", "workload.rate_scale"], process="maf_trace", trace=path,
+           duration=60.0)
+
+
+def test_maf_count_1e30_leaks_no_warning(tmp_path):
+    path = write(tmp_path, HEADER + "o,a,f,http,1,1e30,3\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a leaked RuntimeWarning would surface as that exception
+        raises(["line 2", "'1e30'"], process="maf_trace", trace=path, duration=1000.0)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"rate": 100.0},
+        {"process": "timestamp_trace", "trace": str(TS_SAMPLE), "rate_scale": 2.0},
+        {"process": "maf_trace", "trace": str(MAF_SAMPLE), "rate_scale": 0.25, "time_scale": 60.0},
+    ],
+    ids=["synthetic", "timestamp", "maf"],
+)
+def test_size_cap_refuses_only_above_it(monkeypatch, kw):
+    # The estimate is the mean: a schedule well below the cap builds, the same one above it is refused.
+    n = len(build(duration=10.0, **kw))
+    assert n > 500
+    monkeypatch.setattr(workloads.arrivals, "MAX_REQUESTS", 2 * n)
+    assert len(build(duration=10.0, **kw)) == n
+    monkeypatch.setattr(workloads.arrivals, "MAX_REQUESTS", n // 2)
+    raises(["the schedule would hold", "requests"], duration=10.0, **kw)

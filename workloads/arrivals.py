@@ -14,6 +14,35 @@ gaps) on "cells", stretches of time with a constant rate each.
 
 import numpy as np
 
+from harness.errors import HarnessError
+
+# Most requests (or cells, Λ-grid points) one schedule may hold. Building it
+# peaks at about 90 bytes per request (measured with tracemalloc: drawn gaps,
+# cumsums, indices, the final table), so the cap keeps that near 4.5 GB; the
+# runtimes then keep a few hundred bytes more per request. Beyond it a typo
+# (a rate, duration or scale 1000x too large) is far likelier than intent,
+# and numpy would fail with an allocation error of hundreds of GiB instead.
+MAX_REQUESTS = 50_000_000
+
+
+def check_schedule_size(expected: float, what: str, fix: str) -> None:
+    """Refuse before allocating a schedule of about `expected` rows (NaN or inf included)."""
+    if not expected <= MAX_REQUESTS:
+        raise HarnessError(
+            f"the schedule would hold about {expected:.3g} {what} (> {MAX_REQUESTS:.0e}, the memory cap); {fix}"
+        )
+
+
+def expected_requests(cfg, duration: float) -> float:
+    """Mean number of arrivals of a synthetic process over `duration`.
+
+    Diurnal and MMPP keep the mean rate at cfg.rate; a ramp averages its ends.
+    """
+    if cfg.shape == "ramp":
+        return cfg.rate * duration * (cfg.ramp_start + cfg.ramp_end) / 2
+    return cfg.rate * duration
+
+
 # Gaps drawn per cell in one round: 10% over the mean need plus three
 # standard deviations, so almost every cell is covered in the first round.
 _DRAW_MARGIN = 1.1
@@ -102,7 +131,10 @@ def rate_warp(cfg, duration: float) -> tuple[np.ndarray, np.ndarray] | None:
         return None
     n = _MIN_GRID
     if shape == "diurnal":
-        n = max(n, int(_GRID_PER_PERIOD * duration / cfg.diurnal_period_s) + 1)
+        points = _GRID_PER_PERIOD * duration / cfg.diurnal_period_s + 1
+        check_schedule_size(points, "points of its diurnal rate grid",
+                            "raise workload.diurnal_period_s or lower duration_s")
+        n = max(n, int(points))
     t = np.linspace(0.0, duration, n)
     if shape == "ramp":
         m = cfg.ramp_start + (cfg.ramp_end - cfg.ramp_start) * t / duration
@@ -122,6 +154,8 @@ def _mmpp_cells(cfg, rates: np.ndarray, span: float, rng: np.random.Generator):
     """
     mean_high, mean_low = cfg.mmpp_mean_high_s, cfg.mmpp_mean_low_s
     p_high = mean_high / (mean_high + mean_low)
+    check_schedule_size(len(rates) * 2 * span / (mean_high + mean_low), "MMPP sojourns",
+                        "raise workload.mmpp_mean_high_s and workload.mmpp_mean_low_s or lower duration_s")
     pairs = int(span / (mean_high + mean_low) * 1.2) + 8  # high+low sojourns per draw
     out = []
     for model, rate in enumerate(rates):
@@ -149,6 +183,8 @@ def synthetic_arrivals(cfg, weights: np.ndarray, duration: float, rng: np.random
 
     Model m gets an independent stream at cfg.rate * weights[m].
     """
+    fix = "lower workload.rate or duration_s" + (" (or workload.ramp_start / ramp_end)" if cfg.shape == "ramp" else "")
+    check_schedule_size(expected_requests(cfg, duration), "requests", fix)
     warp = rate_warp(cfg, duration)
     span = duration if warp is None else warp[1][-1]  # run length in warped time
     rates = cfg.rate * weights

@@ -26,13 +26,14 @@ not redistributed.
 """
 
 import csv
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from harness.errors import HarnessError
-from workloads.arrivals import cell_arrivals
+from workloads.arrivals import cell_arrivals, check_schedule_size
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -48,7 +49,10 @@ TRACE_HINTS = {
 }
 
 TRACE_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6}    # workload.trace_unit -> seconds
-LATEST_TIME_S = 1e11        # unix time of the year 5138: a time beyond it is in a smaller unit than assumed
+# Unix time of the year 5138: a time beyond it is in a smaller unit than assumed, and
+# times of one trace further apart than this (over 3000 years) cannot all be right.
+LATEST_TIME_S = 1e11
+MAX_COUNT = np.iinfo(np.int64).max  # a MAF count must fit the int64 the counts are read as
 
 MAF_SAMPLE = {"n_functions": 12, "n_minutes": 60, "seed": 2019}
 TIMESTAMPS_SAMPLE = {"n_invocations": 6000, "span_s": 120.0, "seed": 2021}
@@ -61,6 +65,9 @@ def resolve_trace_path(trace: str, hint: str) -> Path:
     for candidate in candidates:
         if candidate.is_file():
             return candidate
+    if any(c.is_dir() for c in candidates):
+        raise HarnessError(f"trace file {trace!r} is a directory, not a file; set workload.trace={hint} "
+                           "(a CSV file, e.g. one inside that directory)")
     raise HarnessError(f"trace file {trace!r} not found; set workload.trace={hint}")
 
 
@@ -154,22 +161,29 @@ def _read_maf_counts(path: Path, name: str, header: list[str], columns: list[int
     """Counts (functions x selected windows) from the given column positions."""
     _check_widths(path, name, len(header))
     try:
-        counts = pd.read_csv(
-            path, header=None, skiprows=1, usecols=columns, dtype=np.int64, encoding="utf-8-sig"
-        ).to_numpy()
+        # pandas warns (RuntimeWarning) before refusing a count like 1e30 as int64; the
+        # refusal is reported below naming the row, so the warning would only add noise.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            counts = pd.read_csv(
+                path, header=None, skiprows=1, usecols=columns, dtype=np.int64, encoding="utf-8-sig"
+            ).to_numpy()
         if (counts >= 0).all():
             return counts
         error = ValueError("a negative count")
     except pd.errors.EmptyDataError:  # a header and no function
         return np.zeros((0, len(columns)), dtype=np.int64)
-    except ValueError as e:
+    except (ValueError, OverflowError) as e:  # OverflowError: a count beyond int64
         error = e
     for line, row in _data_rows(path, name, len(header)):
         for c in columns:
-            if not row[c].strip().isdecimal():
+            count = row[c].strip()
+            problem = ("is not a non-negative integer" if not count.isdecimal()
+                       else f"is too large (over {MAX_COUNT})" if int(count) > MAX_COUNT else None)
+            if problem:
                 raise HarnessError(
                     f"trace file {name!r} line {line}: count {row[c]!r} in column {header[c]!r} "
-                    "is not a non-negative integer; fix or remove that row"
+                    f"{problem}; fix or remove that row"
                 )
     raise _unreadable(name, error, "an Azure Functions 2019 per-minute count CSV")
 
@@ -191,7 +205,7 @@ def maf_arrivals(cfg, weights, duration, rng, mapping_rng) -> tuple[np.ndarray, 
             f"set workload.trace_start_s below {end:g}"
         )
     counts = _read_maf_counts(path, name, header, columns[first:stop])
-    active = counts.sum(axis=1) > 0
+    active = (counts > 0).any(axis=1)  # not sum > 0: a sum of huge counts can overflow int64
     if not active.any():
         raise HarnessError(
             f"trace file {name!r} has no invocations in trace seconds [{lo:g}, {hi:g}); "
@@ -204,6 +218,9 @@ def maf_arrivals(cfg, weights, duration, rng, mapping_rng) -> tuple[np.ndarray, 
     index = np.arange(first, stop)
     w_lo = np.maximum(index * window, lo)
     w_hi = np.minimum((index + 1) * window, hi)
+    # Expected arrivals, summed as floats (int64 could overflow), before any is drawn.
+    expected = counts.sum(axis=0, dtype=float) @ ((w_hi - w_lo) / window) * cfg.rate_scale
+    check_schedule_size(expected, f"requests from trace file {name!r}", "lower workload.rate_scale or duration_s")
     function, win = np.nonzero(counts)
     starts = (w_lo[win] - lo) / cfg.time_scale
     spans = (w_hi[win] - w_lo[win]) / cfg.time_scale
@@ -216,12 +233,17 @@ def maf_arrivals(cfg, weights, duration, rng, mapping_rng) -> tuple[np.ndarray, 
 # --- per-invocation timestamps --------------------------------------------------------
 
 
-def _raise_at_row(path: Path, name: str, width: int, index: int, problem: str):
-    """Raise for data row `index` (0-based, blank lines skipped), naming its line."""
+def _where(path: Path, name: str, width: int, index: int) -> str:
+    """'line N' of data row `index` (0-based, blank lines skipped)."""
     for i, (line, _) in enumerate(_data_rows(path, name, width)):
         if i == index:
-            raise HarnessError(f"trace file {name!r} line {line}: {problem}; fix or remove that row")
-    raise HarnessError(f"trace file {name!r} data row {index + 1}: {problem}; fix or remove that row")
+            return f"line {line}"
+    return f"data row {index + 1}"
+
+
+def _raise_at_row(path: Path, name: str, width: int, index: int, problem: str):
+    """Raise for data row `index`, naming its line."""
+    raise HarnessError(f"trace file {name!r} {_where(path, name, width, index)}: {problem}; fix or remove that row")
 
 
 def _seconds(
@@ -239,10 +261,14 @@ def _seconds(
     if numeric:
         numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
         bad = np.flatnonzero(~np.isfinite(numbers))  # also catches 'nan' and 'inf'
+        what = f"is not a number of {unit or 's'}"
+        if not bad.size:
+            # Too large even in the smallest unit: no workload.trace_unit can help, so name the row.
+            bad = np.flatnonzero(np.abs(numbers) * min(TRACE_UNITS.values()) >= LATEST_TIME_S)
+            what = f"is impossible in every unit ({', '.join(TRACE_UNITS)}): over 3000 years even in us"
         if not bad.size and is_time:
             _check_unit(numbers, unit, name, column)
         seconds = numbers * TRACE_UNITS[unit or "s"]
-        what = f"is not a number of {unit or 's'}"
     else:
         stamps = pd.to_datetime(values, errors="coerce", utc=True, format="ISO8601")
         seconds = (stamps - stamps.iloc[0]).dt.total_seconds().to_numpy()
@@ -257,6 +283,7 @@ def _check_unit(times: np.ndarray, unit: str | None, name: str, column: str) -> 
     """Refuse numeric times that cannot be in `unit` (None: seconds, not set explicitly)."""
     seconds = times * TRACE_UNITS[unit or "s"]
     if seconds.max() >= LATEST_TIME_S:
+        # Found: _seconds refused times too large in every unit before calling this.
         smaller = next(u for u, scale in TRACE_UNITS.items() if times.max() * scale < LATEST_TIME_S)
         raise HarnessError(
             f"trace file {name!r}: {column} {times.max():.0f} in {unit or 's'} is after the year 5000; "
@@ -295,7 +322,22 @@ def _read_timestamps(path: Path, name: str, unit: str | None) -> tuple[np.ndarra
         raise HarnessError(f"trace file {name!r} has no invocations; point workload.trace at a non-empty trace")
     times = _seconds(path, name, header, table[time_col], is_time=True, unit=unit)
     if dur_col:
-        times = times - _seconds(path, name, header, table[dur_col], is_time=False, unit=unit)
+        durations = _seconds(path, name, header, table[dur_col], is_time=False, unit=unit)
+        negative = np.flatnonzero(durations < 0)  # finite already: _seconds refused nan and inf
+        if negative.size:
+            _raise_at_row(path, name, len(header), negative[0],
+                          f"duration {table[dur_col].iloc[negative[0]]!r} is negative")
+        times = times - durations
+    # Start times further apart than LATEST_TIME_S (3000 years) cannot all be right (a negative
+    # time, a huge duration); replayed, the run would see a near-empty span. Which end is wrong
+    # cannot be told in general, so both are named.
+    if times.max() - times.min() >= LATEST_TIME_S:
+        first, last = (_where(path, name, len(header), int(i)) for i in (times.argmin(), times.argmax()))
+        raise HarnessError(
+            f"trace file {name!r}: the earliest start time ({first}: {times.min():.6g} s) and the latest "
+            f"({last}: {times.max():.6g} s) are over {LATEST_TIME_S:g} s (3000 years) apart; "
+            "fix the row with the wrong time or duration"
+        )
     funcs = table[func_col].to_numpy() if func_col else None
     return times, funcs
 
@@ -331,6 +373,8 @@ def timestamp_arrivals(cfg, weights, duration, rng, mapping_rng) -> tuple[np.nda
             f"trace file {name!r} has no invocations in trace seconds [{lo:g}, {hi:g}) "
             f"(it spans {times.max():g} s); change workload.trace_start_s or workload.time_scale"
         )
+    check_schedule_size(selected.size * cfg.rate_scale, f"requests from trace file {name!r}",
+                        "lower workload.rate_scale or duration_s")
     src, t = _rescale(rng, (times[selected] - lo) / cfg.time_scale, cfg.rate_scale, duration)
     order = np.argsort(t, kind="stable")
     order = order[t[order] < duration]  # jittered copies may pass the end
