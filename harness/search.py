@@ -10,8 +10,10 @@ capacity: the highest offered rate at which SLO attainment >= target, found
 the way MLPerf LoadGen's FindPeakPerformance finds peak performance: from the
 configured rate, double while the probe passes (halve while it fails) until
 one passes and one fails, then bisect until the bracket is within the
-relative tolerance. The knob is workload.rate, or workload.rate_scale for
-trace workloads.
+relative tolerance. The knob is workload.rate, or workload.rate_scale (a
+multiplier of the trace's rate) for trace workloads: --start, --max-rate and
+search.json's answer are then scales, and answer_offered_rate is the rate
+(req/s) offered at the answer.
 
 fewest_gpus: the smallest cluster.count that keeps attainment >= target at
 the configured workload: from the configured count, halve while it passes
@@ -57,9 +59,10 @@ from typing import Callable
 
 from harness import rundir
 from harness.errors import HarnessError
-from workloads.config import TRACE_PROCESSES
+from workloads.config import TRACE_PROCESSES, is_finite_number
 
 TARGET = 0.99
+TOLERANCE = 0.02            # capacity: relative width of the final bracket
 KINDS = ("capacity", "fewest_gpus")
 MAX_RATE = 1e8              # the workload's own ceiling on workload.rate
 MAX_HALVINGS = 12           # below start / 4096 a capacity search gives up: nothing passes
@@ -119,15 +122,84 @@ class _Trail:
         return p.passed
 
 
-def find_capacity(probe: ProbeFn, start: float, target: float = TARGET, tolerance: float = 0.02,
+# --- options: refused before anything is claimed or probed ------------------------------------------------
+
+def positive(x: float) -> bool:
+    """A finite number > 0 (`x <= 0` alone would let NaN through)."""
+    return is_finite_number(x) and x > 0
+
+
+def _whole(x: float) -> bool:
+    return is_finite_number(x) and x == int(x)
+
+
+def check_target(target: float) -> None:
+    """HarnessError unless `target` is an SLO attainment a run can reach (--target of a search or a report)."""
+    if not (is_finite_number(target) and 0 < target <= 1):
+        raise HarnessError(f"--target {target:g} is no SLO attainment; give a fraction 0 < target <= 1, e.g. 0.99")
+
+
+def check_options(kind: str, jobs: int = 1, target: float = TARGET, tolerance: float | None = None,
+                  start: float | None = None, max_rate: float | None = None, max_gpus: int | None = None,
+                  max_probes: int = 40) -> None:
+    """HarnessError for options that make no search, or are not for this kind of search (they would be
+    ignored). A start taken from the config is checked against the cap by find_capacity / find_fewest_gpus."""
+    if kind not in KINDS:
+        raise HarnessError(f"unknown search '{kind}'; choose one of: {', '.join(KINDS)}")
+    check_target(target)
+    if max_probes < 1:
+        raise HarnessError(f"--max-probes {max_probes} leaves no probe to run; give 1 or more (default 40)")
+    if jobs < 1:
+        raise HarnessError(f"--jobs {jobs}: give the number of searches to run at once, 1 or more")
+    ignored = {"capacity": {"--max-gpus": max_gpus}, "fewest_gpus": {"--max-rate": max_rate, "--tolerance": tolerance}}
+    for option, value in ignored[kind].items():
+        if value is not None:
+            raise HarnessError(f"{option} does not apply to a {kind} search; drop it")
+    if kind == "capacity":
+        cap_option, cap = "--max-rate", max_rate
+        bad = [(o, v) for o, v in (("--start", start), ("--max-rate", max_rate), ("--tolerance", tolerance))
+               if v is not None and not positive(v)]
+        need, configured = "a number > 0", "rate"
+    else:
+        cap_option, cap = "--max-gpus", max_gpus
+        bad = [(o, v) for o, v in (("--start", start), ("--max-gpus", max_gpus)) if v is not None
+               and not (_whole(v) and v >= 1)]
+        need, configured = "a whole GPU count >= 1", "cluster.count"
+    if bad:
+        option, value = bad[0]
+        hint = f" (leave --start out to start at the configured {configured})" if option == "--start" else ""
+        raise HarnessError(f"{option} {value:g} is not {need}{hint}")
+    if start is not None and cap is not None and start > cap:
+        raise HarnessError(f"--start {start:g} is above {cap_option} {cap:g}; lower --start or raise {cap_option}")
+
+
+def describe_answer(result: dict) -> str:
+    """A search's answer with its unit: '12,345 req/s', '3 GPUs' or, where the search varied a trace's
+    workload.rate_scale, 'rate_scale 2 (2,506 req/s offered)'; '-' where it found none."""
+    answer = result.get("answer")
+    if answer is None:
+        return "-"
+    if result["kind"] == "fewest_gpus":
+        return f"{answer:,.6g} GPUs"
+    if result.get("knob") != "workload.rate_scale":
+        return f"{answer:,.6g} req/s"
+    offered = result.get("answer_offered_rate")
+    known = offered is not None and math.isfinite(offered)
+    return f"rate_scale {answer:,.6g}" + (f" ({offered:,.6g} req/s offered)" if known else "")
+
+
+def find_capacity(probe: ProbeFn, start: float, target: float = TARGET, tolerance: float = TOLERANCE,
                   max_probes: int = 40, max_rate: float | None = None) -> dict:
     """Highest passing rate: exponential bracket from `start`, then bisection to `tolerance` (relative).
 
     Doubling stops at `max_rate` (default RATE_REACH x start).
     """
-    if not (start > 0 and tolerance > 0):
+    if not (positive(start) and positive(tolerance)):
         raise HarnessError(f"a capacity search needs a start rate > 0 and a tolerance > 0 (got {start}, {tolerance})")
-    max_rate = min(max_rate or start * RATE_REACH, MAX_RATE)
+    max_rate = min(start * RATE_REACH if max_rate is None else max_rate, MAX_RATE)
+    if start > max_rate:        # (the start may be the configured rate) it would pass for an answer above the cap
+        raise HarnessError(f"a capacity search cannot start at {start:g}, above its highest rate {max_rate:g}; "
+                           "lower --start (or the configured rate) or raise --max-rate")
     trail = _Trail(probe, target, max_probes)
     lo = hi = None                      # highest passing, lowest failing
     stopped = None
@@ -155,8 +227,11 @@ def find_capacity(probe: ProbeFn, start: float, target: float = TARGET, toleranc
         status = "lower_bound"          # never failed up to max_rate (or the probe limit)
     else:
         status = "found" if hi - lo <= tolerance * lo else "probe_limit"
+    # The answer is in the knob's unit (a trace's rate_scale is a multiplier): keep the req/s offered at it too.
+    offered = next((p.offered_rate for p in trail.probes if p.value == lo), None)
     return _stopped({"kind": "capacity", "target": target, "tolerance": tolerance, "status": status,
-                     "answer": lo, "failed_at": hi, "probes": [p.to_json() for p in trail.probes]}, stopped)
+                     "answer": lo, "answer_offered_rate": offered, "failed_at": hi,
+                     "probes": [p.to_json() for p in trail.probes]}, stopped)
 
 
 def find_fewest_gpus(probe: ProbeFn, start: int, target: float = TARGET, max_gpus: int | None = None,
@@ -165,8 +240,11 @@ def find_fewest_gpus(probe: ProbeFn, start: int, target: float = TARGET, max_gpu
 
     Doubling stops at `max_gpus` (default GPU_REACH x start).
     """
+    if not _whole(start):
+        raise HarnessError(f"a fewest-GPU search starts at a whole GPU count, not {start:g}; "
+                           "set cluster.count=<start> or --start")
     start = int(start)
-    max_gpus = max_gpus or start * GPU_REACH
+    max_gpus = start * GPU_REACH if max_gpus is None else max_gpus
     if not 1 <= start <= max_gpus:
         raise HarnessError(f"a fewest-GPU search needs 1 <= start <= max GPUs (got start {start}, max {max_gpus}); "
                            "set cluster.count=<start> or --max-gpus")
@@ -351,7 +429,7 @@ def real_probe(kind: str, overrides: list[str], out: Path, knob: str) -> ProbeFn
     return probe
 
 
-def search(kind: str, overrides: list[str], out: Path, target: float = TARGET, tolerance: float = 0.02,
+def search(kind: str, overrides: list[str], out: Path, target: float = TARGET, tolerance: float | None = None,
            start: float | None = None, max_rate: float | None = None, max_gpus: int | None = None,
            max_probes: int = 40) -> dict:
     """One search with real runs; writes <out>/search.json and the plot of its path."""
@@ -366,10 +444,12 @@ def search(kind: str, overrides: list[str], out: Path, target: float = TARGET, t
     probe = real_probe(kind, overrides, out, knob)
     try:
         if kind == "capacity":
-            first = start or (cfg.workload.rate_scale if knob.endswith("rate_scale") else cfg.workload.rate)
-            result = find_capacity(probe, float(first), target, tolerance, max_probes, max_rate)
+            configured = cfg.workload.rate_scale if knob.endswith("rate_scale") else cfg.workload.rate
+            result = find_capacity(probe, float(configured if start is None else start), target,
+                                   TOLERANCE if tolerance is None else tolerance, max_probes, max_rate)
         else:
-            result = find_fewest_gpus(probe, int(start or cfg.cluster.count), target, max_gpus, max_probes)
+            result = find_fewest_gpus(probe, cfg.cluster.count if start is None else start, target, max_gpus,
+                                      max_probes)
         result = {"knob": knob, "system": cfg.system.name, "workload": cfg.workload.name,
                   "cluster": cfg.cluster.name, "gpus": cfg.cluster.count, "runtime": cfg.runtime.name,
                   "overrides": overrides, **result}
@@ -425,8 +505,7 @@ def search_all(kind: str, overrides: list[str], out: Path, jobs: int = 1, **kwar
 
     An interrupted search stops those after it (KeyboardInterrupt when they run in parallel: each one
     running stops and writes what it found)."""
-    if kind not in KINDS:
-        raise HarnessError(f"unknown search '{kind}'; choose one of: {', '.join(KINDS)}")
+    check_options(kind, jobs, **kwargs)
     overrides = hydra_overrides(overrides)
     rundir.claim(rundir.SEARCH, out)
     combos = expand(overrides)
@@ -460,13 +539,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path,
                     help="output directory, new or empty (default results/searches/<time>_<pid>_<kind>)")
     ap.add_argument("--target", type=float, default=TARGET, help="SLO attainment a probe must reach (default 0.99)")
-    ap.add_argument("--tolerance", type=float, default=0.02, help="capacity: relative width of the final bracket")
-    ap.add_argument("--start", type=float, help="first rate or GPU count (default: the configured one)")
-    ap.add_argument("--max-rate", type=float, help=f"capacity: highest rate to try (default {RATE_REACH} x start)")
+    ap.add_argument("--tolerance", type=float,
+                    help=f"capacity: relative width of the final bracket, > 0 (default {TOLERANCE})")
+    ap.add_argument("--start", type=float, help="first rate (rate_scale for trace workloads) > 0, or whole GPU "
+                                                "count >= 1 (default: the configured one)")
+    ap.add_argument("--max-rate", type=float, help=f"capacity: highest rate (rate_scale for trace workloads) to try "
+                                                   f"(default {RATE_REACH} x start)")
     ap.add_argument("--max-gpus", type=int, help=f"fewest_gpus: largest count to try (default {GPU_REACH} x start)")
-    ap.add_argument("--max-probes", type=int, default=40, help="probes per search at most")
+    ap.add_argument("--max-probes", type=int, default=40, help="probes per search at most, >= 1 (default 40)")
     ap.add_argument("--jobs", type=int, default=1, help="searches run in parallel (one per sweep combination)")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)       # overrides may follow the options, as they do for Hydra
     signal.signal(signal.SIGTERM, signal.default_int_handler)   # SIGTERM stops a search as Ctrl-C does
     stamp = f"{datetime.now():%Y-%m-%d_%H-%M-%S-%f}_{os.getpid()}"     # searches started at once never share it
     out = args.out or Path("results") / "searches" / f"{stamp}_{args.kind}"
@@ -481,11 +563,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:                   # between probes, or searches running in parallel
         print(f"interrupted; what was found so far is under {out}", file=sys.stderr)
         return rundir.INTERRUPTED
-    unit = "req/s" if args.kind == "capacity" else "GPUs"
     for r in results:
-        answer = "-" if r.get("answer") is None else f"{r['answer']:,.6g} {unit}"
         what = f"{r['system']} / {r['workload']} / {r['cluster']}" if "system" in r else " ".join(r["overrides"])
-        print(f"{what}: {args.kind} {answer} ({r['status']}, {len(r['probes'])} probes)")
+        print(f"{what}: {args.kind} {describe_answer(r)} ({r['status']}, {len(r['probes'])} probes)")
         if "stopped_at" in r:
             print(f"  stopped at {r['knob']}={r['stopped_at']['value']:g}: {r['stopped_at']['reason']}")
     print(f"results: {out}")

@@ -3,6 +3,8 @@ system, pages, figures, errors."""
 
 import json
 import math
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,7 @@ import pandas as pd
 import pytest
 
 from harness import metrics
+from harness.errors import HarnessError
 from harness.records import SCHEMA_VERSION, write_json, write_table
 from harness.report import analysis, load_runs, results_table
 from harness.report.cli import main
@@ -252,12 +255,17 @@ def test_runs_of_schema_1_read_as_today():
     assert results_table([run]).iloc[0]["seeds"] == "s0 m1 p2 r3"
 
 
+def one_line_error(capsys, argv: list[str]) -> str:
+    """The report's error for `argv`: one line, exit status 2."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    return err
+
+
 def test_bad_input_is_one_line_error(tmp_path, capsys, monkeypatch):
     def error(argv) -> str:
-        assert main(argv) == 2
-        err = capsys.readouterr().err
-        assert err.startswith("error: ") and err.count("\n") == 1, err
-        return err
+        return one_line_error(capsys, argv)
 
     assert "no runs found" in error([str(tmp_path)])
     assert "does not exist" in error([str(tmp_path / "nowhere")])
@@ -275,6 +283,104 @@ def test_bad_input_is_one_line_error(tmp_path, capsys, monkeypatch):
     assert "unknown experiment" in error(["--experiment", "no_such_experiment"])
     monkeypatch.chdir(tmp_path)
     assert "has no results" in error(["--experiment", "goodput_vs_rate", "--latest"])
+
+
+@pytest.fixture(scope="module")
+def good_run(tmp_path_factory) -> Path:
+    return make_run(tmp_path_factory.mktemp("good"), "alpha", 100, 4)
+
+
+@pytest.mark.parametrize("field, value, says", [
+    ("goodput", "abc", "goodput is 'abc', not a number"),
+    ("goodput", True, "goodput is True"),
+    ("goodput", -1.0, "goodput is -1.0"),
+    ("validity", "yes", "validity is 'yes'"),
+    ("system", 5, "system is 5, not a name"),
+    ("window_s", "x", "window_s is 'x'"),
+    ("window_s", [10.0, 0.0], "window_s"),
+    ("slo_attainment", 5, "slo_attainment is 5, not a fraction in [0, 1]"),
+    ("gpus_total", 1.5, "gpus_total is 1.5, not a whole number"),
+    ("per_model", {"a": 3}, "per_model.a is 3"),
+    ("status_counts", {"ok": "x"}, "status_counts.ok"),
+    ("schema_version", 0, "schema_version is 0"),
+])
+def test_a_summary_field_of_the_wrong_kind_is_one_line_error(field, value, says, good_run, tmp_path, capsys):
+    run = tmp_path / "runs" / "r1"
+    run.mkdir(parents=True)
+    summary = json.loads((good_run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, field: value}))
+    err = one_line_error(capsys, [str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
+    assert "cannot read 'r1/summary.json'" in err and says in err and "re-run that run or leave it out" in err, err
+
+
+def test_a_summary_of_a_newer_schema_says_to_upgrade(good_run, tmp_path, capsys):
+    run = tmp_path / "r1"
+    run.mkdir()
+    summary = json.loads((good_run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "schema_version": SCHEMA_VERSION + 97}))
+    err = one_line_error(capsys, [str(run), "--out", str(tmp_path / "out")])
+    assert f"schema {SCHEMA_VERSION + 97}, newer than this harness reads (up to {SCHEMA_VERSION}); upgrade" in err
+
+
+@pytest.mark.parametrize("text, says", [
+    ("workload:\n  rate: [1, 2\n bad: :\n", "at line 3, column 5"),
+    ("- 1\n- 2\n", "its top level is [1, 2], not a mapping"),
+    ("workload:\n  rate: abc\n", "workload.rate is 'abc', not a number"),
+])
+def test_a_bad_config_is_one_line_error_naming_the_file(text, says, good_run, tmp_path, capsys):
+    run = tmp_path / "r1"
+    run.mkdir()
+    (run / "summary.json").write_text((good_run / "summary.json").read_text())
+    (run / "config.yaml").write_text(text)
+    err = one_line_error(capsys, [str(run), "--out", str(tmp_path / "out")])
+    assert "cannot read 'r1/config.yaml'" in err and says in err, err
+
+
+def test_a_run_that_measured_no_attainment_is_reported(good_run, tmp_path):
+    # null: no request in the window (what strict JSON writes for NaN); not an error, and no crash in the figures
+    run = tmp_path / "r1"
+    shutil.copytree(good_run, run)
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "slo_attainment": None}))
+    assert main([str(run), "--out", str(tmp_path / "out")]) == 0
+
+
+@pytest.mark.parametrize("options, says", [
+    (["--target", "2"], "--target 2 is no SLO attainment"),
+    (["--target", "-1"], "--target -1"),
+    (["--target", "nan"], "--target nan"),
+    (["--rate", "-5"], "--rate -5"),
+    (["--rate", "nan"], "--rate nan"),
+    (["--jobs", "-3"], "--jobs -3"),
+    (["--latest"], "--latest reports a named experiment's latest results"),
+])
+def test_options_that_make_no_report_are_refused(options, says, good_run, tmp_path, capsys):
+    err = one_line_error(capsys, [str(good_run), "--out", str(tmp_path / "out"), *options])
+    assert says in err, err
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--experiment", "goodput_vs_rate", "--jobs", "-3", "hydra.sweep.dir=SWEEP"], "--jobs -3"),
+    (["--experiment", "goodput_vs_rate", "--latest", "system=eager"], "system=eager would change nothing"),
+    (["--experiment", "goodput_vs_rate", "--target", "2"], "--target 2"),
+])
+def test_bad_experiment_options_are_refused_before_anything_runs(argv, says, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(subprocess, "run", lambda *args, **kwargs: pytest.fail("the experiment ran"))
+    monkeypatch.chdir(tmp_path)
+    err = one_line_error(capsys, [a.replace("SWEEP", str(tmp_path / "sweep")) for a in argv])
+    assert says in err, err
+    assert not any(tmp_path.iterdir())
+
+
+def test_an_experiment_writes_its_runs_to_the_hydra_sweep_dir_given(tmp_path):
+    from harness.report.experiments import results_dir
+
+    given = tmp_path / "sweep"
+    assert results_dir("lazybatching", ["system=eager", f"hydra.sweep.dir={given}"]) == (given, ["system=eager"])
+    given.mkdir()
+    (given / "old_run").mkdir()                 # its runs would be reported as this experiment's
+    with pytest.raises(HarnessError, match="not an empty directory"):
+        results_dir("lazybatching", [f"hydra.sweep.dir={given}"])
 
 
 EXPERIMENTS = sorted((Path(__file__).resolve().parent.parent / "conf" / "experiment").glob("*.yaml"))
@@ -308,9 +414,11 @@ def test_an_experiment_with_a_run_that_did_not_finish_reports_the_others_and_exi
     # status says that a run is missing (a report of part of an experiment must not pass for all of it).
     monkeypatch.chdir(tmp_path)
     status = main(["--experiment", "lazybatching", "system=eager", "workload.rate=100,-5", "duration_s=2",
-                   "warmup_s=0.5", "cooldown_s=0.5", "--jobs", "1", "--out", str(tmp_path / "report")])
+                   "warmup_s=0.5", "cooldown_s=0.5", "--jobs", "1", "--out", str(tmp_path / "report"),
+                   f"hydra.sweep.dir={tmp_path / 'sweep'}"])             # (an override after the options)
     err = capsys.readouterr().err
     assert status == 3, err
     assert "did not finish" in err.splitlines()[-1]
+    assert len(list((tmp_path / "sweep").rglob("summary.json"))) == 1 and not (tmp_path / "results").exists()
     results = pd.read_parquet(tmp_path / "report" / "results.parquet")
     assert len(results) == 1 and results["offered_rate"].iloc[0] == pytest.approx(100, rel=0.2)

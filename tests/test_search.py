@@ -159,3 +159,53 @@ def test_bad_override_is_one_line_error(tmp_path, capsys):
     assert search.main(["capacity", "system=no_such_system", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["capacity", "--target", "2"], "--target 2 is no SLO attainment"),
+    (["capacity", "--target", "nan"], "--target nan"),
+    (["fewest_gpus", "--target", "0"], "--target 0"),
+    (["capacity", "--max-probes", "0"], "--max-probes 0"),
+    (["capacity", "--max-probes", "-1"], "--max-probes -1"),
+    (["capacity", "--start", "0"], "--start 0 is not a number > 0 (leave --start out"),
+    (["capacity", "--start", "nan"], "--start nan"),
+    (["capacity", "--tolerance", "nan"], "--tolerance nan"),
+    (["capacity", "--max-rate", "-1"], "--max-rate -1"),
+    (["capacity", "--start", "100", "--max-rate", "1"], "--start 100 is above --max-rate 1"),
+    (["fewest_gpus", "--start", "0"], "--start 0 is not a whole GPU count"),
+    (["fewest_gpus", "--start", "2.5"], "--start 2.5 is not a whole GPU count"),
+    (["fewest_gpus", "--max-gpus", "0"], "--max-gpus 0"),
+    (["fewest_gpus", "--start", "8", "--max-gpus", "4"], "--start 8 is above --max-gpus 4"),
+    (["capacity", "--max-gpus", "4"], "--max-gpus does not apply to a capacity search"),
+    (["fewest_gpus", "--max-rate", "100"], "--max-rate does not apply to a fewest_gpus search"),
+    (["fewest_gpus", "--tolerance", "0.1"], "--tolerance does not apply"),
+    (["capacity", "--jobs", "0"], "--jobs 0"),
+])
+def test_options_that_make_no_search_are_refused_before_any_probe(argv, says, monkeypatch, tmp_path, capsys):
+    from harness import run
+
+    monkeypatch.setattr(run, "execute", lambda *args: pytest.fail("a probe ran"))
+    out = tmp_path / "search"
+    assert search.main([*argv, "runtime=sim", "system=eager", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and says in err, err
+    assert not out.exists()                                                   # refused before anything was made
+
+
+def test_a_start_above_the_cap_is_refused_where_the_config_gives_it():
+    with pytest.raises(HarnessError, match="above its highest rate"):
+        find_capacity(curve(1e6), 100.0, max_rate=1.0)                        # was "100 req/s (lower_bound)"
+    with pytest.raises(HarnessError, match="whole GPU count"):
+        find_fewest_gpus(lambda n: Probe(n, 1.0), 2.5)
+
+
+def test_a_trace_capacity_is_a_rate_scale_with_the_rate_it_offered(monkeypatch, tmp_path, capsys):
+    # A trace's search varies workload.rate_scale, a multiplier: its answer is no req/s, the rate offered at it is.
+    result = find_capacity(lambda s: Probe(s, 1.0 if s <= 2 else 0.5, offered_rate=1253.0 * s), 1.0, max_rate=2.0)
+    assert (result["answer"], result["answer_offered_rate"]) == (2.0, 2506.0)
+    result.update(knob="workload.rate_scale", overrides=[])
+    assert search.describe_answer(result) == "rate_scale 2 (2,506 req/s offered)"
+    assert search.describe_answer({**result, "knob": "workload.rate"}) == "2 req/s"
+    monkeypatch.setattr(search, "search_all", lambda *args, **kwargs: [result])
+    assert search.main(["capacity", "workload=maf_trace", "--out", str(tmp_path)]) == 0
+    assert "capacity rate_scale 2 (2,506 req/s offered)" in capsys.readouterr().out

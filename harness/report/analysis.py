@@ -26,7 +26,7 @@ import pandas as pd
 from scipy import stats
 
 from harness.metrics import Window, good_mask, in_window
-from harness.report.runs import Run
+from harness.report.runs import PER_MODEL_METRICS, SUMMARY_METRICS, Run
 from harness.search import TARGET
 from workloads.config import TRACE_PROCESSES
 
@@ -34,10 +34,7 @@ CONFIDENCE = 0.95
 SCENARIO = ["workload", "cluster", "runtime"]          # what systems are compared on
 SEED_KINDS = ("schedule", "mapping", "payload", "runtime")
 # Metrics averaged over repeats, each with its confidence interval.
-METRICS = ["offered_rate", "throughput", "goodput", "slo_attainment", "violation_rate", "drop_rate",
-           "error_rate", "latency_mean_ms", "latency_p50_ms", "latency_p99_ms", "latency_p99.9_ms", "mean_batch_size",
-           "gpus_used_mean", "gpus_used_peak", "slots_used_mean", "busy_gpu_seconds", "gpus_provisioned_mean",
-           "utilisation", "oracle_goodput", "goodput_over_oracle", "send_lag_p99_ms", "accuracy_served"]
+METRICS = ["throughput", *SUMMARY_METRICS, "accuracy_served"]
 # Columns that describe a setting: equal for every repeat of it.
 SETTING = ["system", "workload", "cluster", "cluster_name", "runtime", "emulated", "gpus", "slots", "load",
            "time_scale", "day_s"]
@@ -61,7 +58,7 @@ def results_table(runs: list[Run]) -> pd.DataFrame:
             "gpus": int(s["gpus_total"]), "slots": int(s.get("slots_total", s["gpus_total"])),
             "load": _load_of(r), "time_scale": time_scale(r), "day_s": day_length(r),
             "throughput": s.get("status_counts", {}).get("ok", math.nan) / window if window > 0 else math.nan,
-            **{m: _number(s.get(m)) for m in METRICS if m not in ("throughput", "accuracy_served")},
+            **{m: as_number(s.get(m)) for m in SUMMARY_METRICS},
             "accuracy_served": _weakest_app(s.get("accuracy_served")),
             "valid": bool(s["validity"].get("valid")), "invalid_reasons": "; ".join(s["validity"].get("reasons", [])),
             "window_start": s["window_s"][0], "window_end": s["window_s"][1], "schema_version": r.schema,
@@ -70,7 +67,8 @@ def results_table(runs: list[Run]) -> pd.DataFrame:
                                           ignore_index=True)
 
 
-def _number(v) -> float:
+def as_number(v) -> float:
+    """A summary's metric as a float: NaN where it holds null (nothing was measured)."""
     return math.nan if v is None else float(v)
 
 
@@ -448,7 +446,6 @@ def focus_setting(summary: pd.DataFrame, workload: str, rate: float | None = Non
                       "shown")
 
 
-PER_MODEL_METRICS = ["offered_rate", "goodput", "slo_attainment", "latency_p99_ms"]
 BREAKDOWN_METRICS = ["queue_mean_ms", "exec_mean_ms", "other_mean_ms", "queue_p99_ms", "exec_p99_ms"]
 
 
@@ -462,14 +459,14 @@ def per_model(focus: Focus, runs: dict[str, Run]) -> pd.DataFrame:
             split = latency_breakdown(run).set_index("model") if run.has("requests") else None
             for model, m in run.summary.get("per_model", {}).items():
                 row = {"system": f.system, "model": model, "seeds": _run_seeds(run),
-                       **{k: _number(m.get(k)) for k in PER_MODEL_METRICS}}
+                       **{k: as_number(m.get(k)) for k in PER_MODEL_METRICS}}
                 for k in BREAKDOWN_METRICS:
                     row[k] = split.at[model, k] if split is not None and model in split.index else math.nan
                 rows.append(row)
     if not rows:
         return pd.DataFrame()
     frame = pd.DataFrame(rows)
-    return aggregate(frame, ["model", "system"], PER_MODEL_METRICS + BREAKDOWN_METRICS) \
+    return aggregate(frame, ["model", "system"], [*PER_MODEL_METRICS, *BREAKDOWN_METRICS]) \
         .sort_values(["model", "system"], ignore_index=True)
 
 

@@ -22,7 +22,7 @@ from harness.report import analysis, figures, render
 from harness.report.analysis import Focus, Verdict
 from harness.report.render import Cell, Section, Table, number, text
 from harness.report.runs import Run, find_searches, load_runs
-from harness.search import TARGET
+from harness.search import TARGET, describe_answer
 
 # Figure files this module writes (stems, possibly with a _<workload> suffix): stale ones are removed first.
 FIGURE_STEMS = ("goodput_vs_rate", "attainment_vs_rate", "latency_vs_rate", "throughput_vs_p99", "fewest_gpus",
@@ -319,7 +319,7 @@ def _fewest_section(few: pd.DataFrame, target: float, page: "_Page") -> Section:
 
 def _searches_section(searches: list[dict], page: "_Page") -> Section:
     rows = [[text(s["kind"]), text(s.get("system", "-")), text(s.get("workload", "-")), text(s.get("cluster", "-")),
-             text(s["status"]), number(s.get("answer"), "num"), number(len(s["probes"]), "int"),
+             text(s["status"]), text(describe_answer(s)), number(len(s["probes"]), "int"),
              text(s.get("error", ""))] for s in sorted(searches, key=lambda s: (s["kind"], s.get("workload", ""),
                                                                               s.get("system", "")))]
     table = Table(["search", "system", "workload", "cluster", "status", "answer", "probes", "error"], rows,
@@ -439,7 +439,8 @@ class _Page:
             run = self.runs[row.runs[0]]
             chosen.append(figures.FocusRun(
                 system=row.system, label=focus.label, window=(row.window_start, row.window_end), gpus=row.gpus,
-                slots=row.slots, attainment=run.summary["slo_attainment"], time_scale=row.time_scale,
+                slots=row.slots, attainment=analysis.as_number(run.summary["slo_attainment"]),
+                time_scale=row.time_scale,
                 requests=run.table("requests", ["t_sched", "status", "latency", "slo"]),
                 batches=run.table("batches", ["slot", "model", "size", "t_start", "t_end", "status"]),
                 gpus_used=run.table("gpus_used"), schedule=run.table("schedule", ["t_sched"]),

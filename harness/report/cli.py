@@ -11,7 +11,9 @@ beside it), results.parquet (one row per run) and every figure as PNG and
 PDF. A figure whose data is absent is skipped with a note in the report.
 
 The second form runs a named experiment (conf/experiment/NAME.yaml; list
-them with `python -m harness list experiment`) and then reports it into
+them with `python -m harness list experiment`) into
+results/experiments/NAME/<time> (or hydra.sweep.dir=DIR, a new or empty
+directory; --latest does not look there) and then reports it into
 reports/NAME/. Named experiments have a one-machine and a paper-scale
 variant: goodput_vs_rate[_paper], fewest_gpus[_paper], gpus_over_day[_paper].
 
@@ -42,7 +44,7 @@ from pathlib import Path
 from harness.errors import HarnessError
 from harness.report.build import build
 from harness.report.experiments import experiment_title, latest_results, run_experiment
-from harness.search import TARGET
+from harness.search import TARGET, check_target, positive
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,15 +63,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="with --experiment: report its latest results/experiments/<name>/<time> without running")
     ap.add_argument("--jobs", type=int, default=min(os.cpu_count() or 1, 8),
                     help="parallel runs (sweeps) or searches (search experiments)")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)       # overrides may follow the options, as they do for Hydra
     complete = True                 # every run (or search) of the experiment finished
     try:
+        check_args(args)
         if args.experiment:
             command = f"python -m harness.report --experiment {' '.join([args.experiment, *args.inputs])}"
             if args.latest:
                 inputs = [latest_results(args.experiment)]
             else:
-                results, complete = run_experiment(args.experiment, args.inputs, args.jobs)
+                results, complete = run_experiment(args.experiment, args.inputs, args.jobs, args.target)
                 inputs = [results]
             out = args.out or Path("reports") / args.experiment
             title = args.title or experiment_title(args.experiment)
@@ -90,3 +93,18 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 3
     return 0
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """HarnessError for options that make no report or would be ignored: before anything runs or is read."""
+    check_target(args.target)
+    if args.rate is not None and not positive(args.rate):
+        raise HarnessError(f"--rate {args.rate:g} is no offered rate; give req/s > 0, or leave it out")
+    if args.jobs < 1:
+        raise HarnessError(f"--jobs {args.jobs}: give the number of runs or searches at once, 1 or more")
+    if args.latest and not args.experiment:
+        raise HarnessError("--latest reports a named experiment's latest results; give --experiment NAME with it, "
+                           "or drop it to report the directories given")
+    if args.latest and args.inputs:
+        raise HarnessError(f"--latest runs nothing, so {' '.join(args.inputs)} would change nothing; drop them to "
+                           f"report the latest results, or drop --latest to run {args.experiment} with them")

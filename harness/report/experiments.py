@@ -46,25 +46,48 @@ def latest_results(name: str) -> Path:
     return done[-1]
 
 
-def run_experiment(name: str, overrides: list[str], jobs: int) -> tuple[Path, bool]:
-    """Run experiment `name` (a sweep, or a search where tagged) into results/experiments/<name>/<time>/;
-    returns that directory and whether every run (or search) finished."""
+def results_dir(name: str, overrides: list[str]) -> tuple[Path, list[str]]:
+    """Where experiment `name` writes its runs: the hydra.sweep.dir the user gives (as Hydra resolves it), else
+    results/experiments/<name>/<time>; and the overrides without hydra.sweep.dir, which run_experiment sets."""
+    from harness import search
+
+    given = [o for o in overrides if o.split("=", 1)[0] == "hydra.sweep.dir"]
+    rest = [o for o in overrides if o not in given]
+    if not given:
+        return experiment_results(name) / time.strftime("%Y-%m-%d_%H-%M-%S"), rest
+    cfg = search.compose(search.plain_overrides([f"experiment={name}", given[-1]], keep_hydra=True), hydra_node=True)
+    try:
+        results = Path(str(cfg.hydra.sweep.dir))
+    except Exception as exc:  # an interpolation only a run can resolve (${hydra.job...})
+        raise HarnessError(f"cannot resolve {given[-1]} ({type(exc).__name__}); give a plain directory") from None
+    # Runs found there are reported as this experiment's: it must hold none from before.
+    if results.exists() and (not results.is_dir() or any(results.iterdir())):
+        raise HarnessError(f"hydra.sweep.dir '{results}' is not an empty directory; choose a new one for the "
+                           "experiment's runs")
+    return results, rest
+
+
+def run_experiment(name: str, overrides: list[str], jobs: int, target: float) -> tuple[Path, bool]:
+    """Run experiment `name` (a sweep, or a search where tagged) into results/experiments/<name>/<time>/ (or
+    hydra.sweep.dir where given; --latest does not look there); returns that directory and whether every run
+    (or search) finished."""
     from harness import search
 
     experiment_file(name)
-    results = experiment_results(name) / time.strftime("%Y-%m-%d_%H-%M-%S")
+    results, overrides = results_dir(name, overrides)
     base = [f"experiment={name}", *overrides]
     tags = [t for t in search.compose(search.plain_overrides(base)).tags if t.startswith(SEARCH_TAG)]
     if tags:
         kind = tags[0][len(SEARCH_TAG):]
         print(f"experiment {name}: {kind} search per combination -> {results}", flush=True)
-        found = search.search_all(kind, base, results, jobs=jobs)
+        found = search.search_all(kind, base, results, jobs=jobs, target=target)   # the report's target
         failed = [r for r in found if r["status"] == "error"]
         if failed:
             print(f"warning: {len(failed)} of {len(found)} searches failed; the report shows the rest",
                   file=sys.stderr)
         return results, not failed
-    cmd = [sys.executable, "-m", "harness", "-m", *base, f"hydra.sweep.dir={results.as_posix()}"]
+    quoted = results.as_posix().replace("'", "\\'")
+    cmd = [sys.executable, "-m", "harness", "-m", *base, f"hydra.sweep.dir='{quoted}'"]
     if jobs != 1 and not any(o.startswith("hydra/launcher=") for o in overrides):
         if importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is not None:
             cmd += ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"]

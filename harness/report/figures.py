@@ -628,7 +628,11 @@ def search_paths(searches: Sequence[dict], st: dict[str, Style]) -> Figure:
                                 markerfacecolor=face, linestyle="none")
                 if s.get("answer") is not None:
                     path.axhline(s["answer"], color=style.color, linestyle=":", linewidth=1)
-            unit = "offered load (req/s)" if kind == "capacity" else "slots (cluster.count)"
+            # A capacity search of a trace varies its rate_scale, a multiplier: no req/s on that axis.
+            scaled = any(s.get("knob") == "workload.rate_scale" for s in searches
+                         if (s["kind"], s.get("workload", "")) == (kind, workload))
+            unit = ("slots (cluster.count)" if kind == "fewest_gpus" else
+                    "rate_scale (x the trace's rate)" if scaled else "offered load (req/s)")
             what = "Capacity search" if kind == "capacity" else "Fewest-slots search"
             if values and max(values) / max(min(values), 1e-9) > 20:
                 for ax, axis in ((path, "y"), (attained, "x")):
@@ -640,7 +644,7 @@ def search_paths(searches: Sequence[dict], st: dict[str, Style]) -> Figure:
             attained.set(xlabel=unit, ylabel="SLO attainment (%)", title="Attainment at each probe")
             for axis in (path.yaxis, attained.xaxis):
                 if kind == "capacity":
-                    axis.set_major_formatter(PER_SECOND)
+                    axis.set_major_formatter(PLAIN if scaled else PER_SECOND)
                 else:
                     if axis.get_scale() == "linear":
                         axis.set_major_locator(mticker.MaxNLocator(integer=True))

@@ -10,6 +10,8 @@ busy = one GPU); their provisioned timeline comes from scaling.parquet.
 from __future__ import annotations
 
 import json
+import math
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,10 +22,22 @@ from harness import metrics
 from harness.errors import HarnessError
 from harness.gpu.partitions import Partition, parse_partition
 from harness.placement import Placement
+from harness.records import SCHEMA_VERSION
+from workloads.config import is_finite_number
 
 SUMMARY_KEYS = ("system", "workload", "cluster", "runtime", "offered_rate", "goodput", "slo_attainment",
                 "violation_rate", "drop_rate", "latency_p50_ms", "latency_p99_ms", "mean_batch_size",
                 "gpus_total", "gpus_used_mean", "gpus_used_peak", "busy_gpu_seconds", "window_s", "validity")
+# What the report reads from a summary is checked once, when a run is loaded (check_summary), so that a damaged
+# or hand-edited summary is refused in one line rather than failing, or passing for a result, in the report.
+# The metrics the report averages over repeats; null where nothing was measured (no request in the window).
+SUMMARY_METRICS = ("offered_rate", "goodput", "slo_attainment", "violation_rate", "drop_rate", "error_rate",
+                   "latency_mean_ms", "latency_p50_ms", "latency_p99_ms", "latency_p99.9_ms", "mean_batch_size",
+                   "gpus_used_mean", "gpus_used_peak", "slots_used_mean", "busy_gpu_seconds",
+                   "gpus_provisioned_mean", "utilisation", "oracle_goodput", "goodput_over_oracle",
+                   "send_lag_p99_ms")
+FRACTIONS = ("slo_attainment", "violation_rate", "drop_rate", "error_rate")
+PER_MODEL_METRICS = ("offered_rate", "goodput", "slo_attainment", "latency_p99_ms")
 
 
 @dataclass
@@ -91,19 +105,118 @@ def load_run(path: Path, name: str | None = None) -> Run:
         summary = json.loads((path / "summary.json").read_text())
     except (OSError, ValueError) as exc:
         raise HarnessError(f"cannot read '{name}/summary.json': {exc}; re-run that run or leave it out") from None
-    missing = [k for k in SUMMARY_KEYS if not isinstance(summary, dict) or k not in summary]
-    if missing:
-        raise HarnessError(f"'{name}/summary.json' lacks {', '.join(missing)}; re-run that run or leave it out")
+    check_summary(summary, name)
     config = {}
     if (path / "config.yaml").is_file():
         from omegaconf import OmegaConf
         try:
             config = OmegaConf.to_container(OmegaConf.load(path / "config.yaml"))
         except Exception as exc:
-            raise HarnessError(f"cannot read '{name}/config.yaml': {exc}; re-run that run or leave it out") from None
+            problem = _yaml_problem(exc)
+        else:
+            problem = _config_problem(config)
+        if problem:
+            raise HarnessError(f"cannot read '{name}/config.yaml': {problem}; re-run that run or leave it out")
     if not summary.get("schema_version"):
         summary = _schema1_summary(summary, config)
     return Run(Path(path), name, summary, config)
+
+
+def check_summary(summary, name: str) -> None:
+    """HarnessError unless `summary` holds what the report reads, of the right kinds, in a schema this code knows."""
+    missing = [k for k in SUMMARY_KEYS if not isinstance(summary, dict) or k not in summary]
+    if missing:
+        raise HarnessError(f"'{name}/summary.json' lacks {', '.join(missing)}; re-run that run or leave it out")
+    version = summary.get("schema_version")
+    if is_finite_number(version) and version > SCHEMA_VERSION:
+        raise HarnessError(f"'{name}/summary.json' is of schema {version}, newer than this harness reads (up to "
+                           f"{SCHEMA_VERSION}); upgrade the harness (git pull) to report it, or leave that run out")
+    problem = _summary_problem(summary)
+    if problem:
+        raise HarnessError(f"cannot read '{name}/summary.json': {problem}; re-run that run or leave it out")
+
+
+def _is_metric(v) -> bool:
+    """A measured value: a number >= 0, or null (NaN) where nothing was measured."""
+    return v is None or (isinstance(v, float) and math.isnan(v)) or (is_finite_number(v) and v >= 0)
+
+
+def _is_fraction(v) -> bool:
+    return _is_metric(v) and (v is None or not v > 1)          # (NaN > 1 is false: nothing measured)
+
+
+def _is_count(v) -> bool:
+    return is_finite_number(v) and v >= 0 and v == int(v)
+
+
+# (fields, what each must be, its test), for those of the fields a summary holds
+_FIELDS = [
+    (("system", "workload", "cluster", "runtime"), "a name", lambda v: isinstance(v, str)),
+    (("cluster_label", "partition", "gpu_type"), "a name (or null)", lambda v: v is None or isinstance(v, str)),
+    (("emulated", "autoscaler"), "true or false", lambda v: isinstance(v, bool)),
+    (("seeds", "status_counts", "per_model", "accuracy_served", "provenance"), "a mapping",
+     lambda v: isinstance(v, dict)),
+    (SUMMARY_METRICS + ("slots_provisioned_mean",), "a number >= 0 (or null)", _is_metric),   # (last: schema 1)
+    (FRACTIONS, "a fraction in [0, 1] (or null)", _is_fraction),
+    (("gpus_total", "slots_total"), "a whole number >= 0", _is_count),
+    (("schema_version",), f"a schema number (1 to {SCHEMA_VERSION})", lambda v: v is None or (_is_count(v) and v >= 1)),
+    (("window_s",), "[start, end] in seconds",
+     lambda v: isinstance(v, list) and len(v) == 2 and all(is_finite_number(t) for t in v)
+     and v[0] <= v[1]),
+    (("validity",), "{valid: true|false, reasons: [...]}",
+     lambda v: isinstance(v, dict) and isinstance(v.get("valid"), bool) and isinstance(v.get("reasons", []), list)),
+]
+
+
+def _inner_fields(s: dict) -> list:
+    """As _FIELDS, for what the mappings hold (once they are known to be mappings)."""
+    overrides = s.get("provenance", {}).get("overrides", [])
+    return [
+        *((f"per_model.{model}", m, f"a mapping of {', '.join(PER_MODEL_METRICS)} (numbers >= 0 or null)",
+           lambda m: isinstance(m, dict) and all(_is_metric(m.get(k)) for k in PER_MODEL_METRICS))
+          for model, m in s.get("per_model", {}).items()),
+        *((f"{d}.{k}", v, "a number >= 0 (or null)", _is_metric)
+          for d in ("status_counts", "accuracy_served") for k, v in s.get(d, {}).items()),
+        ("provenance.overrides", overrides, "a list of overrides",
+         lambda v: isinstance(v, list) and all(isinstance(o, str) for o in v)),
+    ]
+
+
+def _summary_problem(s: dict) -> str | None:
+    """What is wrong with the fields of `s` the report reads (absent optional ones are fine), or None."""
+    return _problem((k, s[k], what, ok) for keys, what, ok in _FIELDS for k in keys if k in s) \
+        or _problem(_inner_fields(s))
+
+
+def _config_problem(config) -> str | None:
+    """As _summary_problem, for what the report reads from a run's config.yaml: the workload's load knobs."""
+    def mapping(v):
+        return v is None or isinstance(v, dict)
+
+    def knobs():
+        workload = config.get("workload") or {}
+        return [(f"workload.{k}", workload[k], "a number", is_finite_number)
+                for k in ("rate", "rate_scale", "time_scale", "diurnal_period_s") if k in workload]
+
+    return _problem([("its top level", config, "a mapping", lambda v: isinstance(v, dict))]) \
+        or _problem((k, config.get(k), "a mapping", mapping) for k in ("workload", "autoscaler")) \
+        or _problem(knobs())
+
+
+def _problem(fields) -> str | None:
+    """The first of (name, value, what it must be, its test) whose value fails its test, in words."""
+    for name, value, what, ok in fields:
+        if not ok(value):
+            return f"{name} is {reprlib.repr(value)}, not {what}"
+    return None
+
+
+def _yaml_problem(exc: Exception) -> str:
+    """A YAML error in one line: what is wrong and where (PyYAML spreads it over several lines)."""
+    mark = getattr(exc, "problem_mark", None)
+    if getattr(exc, "problem", None) and mark is not None:
+        return f"{exc.problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return " ".join(str(exc).split())
 
 
 def load_runs(paths: list[Path] | Path) -> list[Run]:
