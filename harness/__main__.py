@@ -65,6 +65,9 @@ def check_overrides(argv: list[str]) -> tuple[list[str], Path | None]:
             directory = OmegaConf.select(cfg, key)
         except OmegaConfBaseException:          # a name only Hydra can give (${hydra:...}): the run claims it itself
             return flags + overrides, None
+        if not str(directory or "").strip():
+            raise HarnessError(f"{key} is empty; give a directory for the {kind.name}, or leave {key} out for a "
+                               "new one under results/")
         rundir.claim(kind, Path(directory))
     except HarnessError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -89,7 +92,8 @@ def main(cfg) -> float:
         print(f"error: {exc}", file=sys.stderr)
         if in_sweep:
             return float("nan")                 # one bad run of a sweep does not stop the others; its status says
-        sys.exit(2)
+        rundir.abandon(out_dir)                 # what it wrote before the check (its config, its schedule) would
+        sys.exit(2)                             # make the same directory refuse the corrected command
     except KeyboardInterrupt:                   # the sim, or a live run before it served: no half-written run stays
         print(f"interrupted: {rundir.abandon(out_dir)}", file=sys.stderr)
         sys.exit(rundir.INTERRUPTED)

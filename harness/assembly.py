@@ -14,6 +14,8 @@ the other, and every default lives in the structured configs
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -36,6 +38,9 @@ from harness.placement import SLEEP, Placement, SlotSpec
 from harness.profiles import LatencyCurve, curves_for
 
 COPIES_DISTRIBUTIONS = ("fixed", "poisson")
+# Each ingress is a process with its own event loop and connections; the automatic count is 1 to 8 (a quarter
+# of the cores). Thousands of them, asked for by mistake, never came up on a small host.
+MAX_INGRESSES = 64
 
 
 @dataclass
@@ -153,7 +158,38 @@ def _typed(cfg: DictConfig) -> Config:
     return typed
 
 
+def _numbers(node, path: str = ""):
+    """Every number of a config tree (dataclasses, dicts, lists) with its dotted path."""
+    if dataclasses.is_dataclass(node):
+        items = ((f.name, getattr(node, f.name)) for f in dataclasses.fields(node))
+    elif isinstance(node, dict):
+        items = node.items()
+    elif isinstance(node, list):
+        items = enumerate(node)
+    else:
+        if isinstance(node, (int, float)) and not isinstance(node, bool):
+            yield path, node
+        return
+    for key, value in items:
+        yield from _numbers(value, f"{path}.{key}" if path else str(key))
+
+
+def check_system_knobs(system) -> None:
+    """Every numeric knob of every system is a count, a duration, a rate or a factor: finite and >= 0 (a
+    policy checks its own tighter bounds). One rule here, because a knob a policy forgot to check
+    (NaN, a negative delay) ran silently wrong or never ended."""
+    for path, value in _numbers(system):
+        if path != "name" and not value >= 0:
+            raise HarnessError(f"system.{path} must be a number >= 0 (got {value}); set system.{path}=<value>")
+
+
 def check_run_config(cfg: Config) -> None:
+    # Python's `x < 0` is False for NaN, so a NaN knob passed every range check below and the one after it;
+    # no setting of this schema means anything at NaN or infinity (a long time is a large number).
+    for path, value in _numbers(cfg):
+        if not math.isfinite(value):
+            raise HarnessError(f"{path} must be a finite number (got {value}); set {path}=<number>")
+    check_system_knobs(cfg.system)
     if not cfg.duration_s > 0:
         raise HarnessError(f"duration_s must be > 0 (got {cfg.duration_s}); set duration_s=<seconds>")
     if cfg.warmup_s < 0 or cfg.cooldown_s < 0 or cfg.warmup_s + cfg.cooldown_s >= cfg.duration_s:
@@ -167,7 +203,7 @@ def check_run_config(cfg: Config) -> None:
     if rt.calibration and (rt.request_delay_ms or rt.dispatch_delay_ms or rt.response_delay_ms):
         raise HarnessError("runtime.calibration gives the request, dispatch and response delays; leave "
                            "runtime.*_delay_ms at 0 or drop runtime.calibration")
-    for key in ("drain_s", "request_delay_ms", "dispatch_delay_ms", "response_delay_ms", "slot_start_s"):
+    for key in ("drain_s", "request_delay_ms", "dispatch_delay_ms", "response_delay_ms", "slot_start_s", "spin_us"):
         if not getattr(rt, key) >= 0:
             raise HarnessError(f"runtime.{key} must be >= 0 (got {getattr(rt, key)}); set runtime.{key}=<value>")
     for key in ("worker_timeout_s", "worker_start_timeout_s", "start_lead_s"):
@@ -178,8 +214,9 @@ def check_run_config(cfg: Config) -> None:
                            "request would be refused; set runtime.max_pending=<requests waiting at most>")
     if rt.max_body_bytes < 1024:
         raise HarnessError(f"runtime.max_body_bytes must be >= 1024 (got {rt.max_body_bytes})")
-    if rt.ingresses < 0:
-        raise HarnessError(f"runtime.ingresses must be >= 0 (got {rt.ingresses}); 0 sizes it to the host")
+    if not 0 <= rt.ingresses <= MAX_INGRESSES:
+        raise HarnessError(f"runtime.ingresses must be 0..{MAX_INGRESSES} (got {rt.ingresses}); 0 sizes it to the "
+                           "host (a quarter of its cores)")
     cores.parse(rt.scheduler_cpu)            # (the core itself is checked where the scheduler runs: run.execute)
     if rt.locust_workers < -1:
         raise HarnessError(f"runtime.locust_workers must be >= -1 (got {rt.locust_workers}); -1 sizes it to the "
@@ -188,6 +225,9 @@ def check_run_config(cfg: Config) -> None:
         if not 0 <= fault.slot < len(Placement.from_config(cfg.cluster, cfg.models)) or not fault.t >= 0:
             raise HarnessError(f"runtime.faults: slot {fault.slot} at t={fault.t} is not a slot of the cluster at "
                                "a time >= 0; fix runtime.faults")
+        if fault.t >= cfg.duration_s:
+            raise HarnessError(f"runtime.faults: t={fault.t} is not within the run (duration_s={cfg.duration_s}), "
+                               "so the fault would never happen; give a time before the end")
     if rt.load not in ("locust", "external"):
         raise HarnessError(f"unknown runtime.load '{rt.load}'; choose locust (replay the schedule) or external")
     if not 0 <= rt.port <= 65535:
@@ -208,6 +248,12 @@ def check_run_config(cfg: Config) -> None:
         if rt.payload_arena_mb * (1 << 20) < rt.max_body_bytes:
             raise HarnessError(f"runtime.payload_arena_mb={rt.payload_arena_mb} holds no request of up to "
                                f"runtime.max_body_bytes={rt.max_body_bytes} bytes; raise it")
+    v = cfg.validity
+    if not (v.min_duration_s >= 0 and v.min_requests >= 0 and v.max_send_lag_p99_ms > 0
+            and 0 <= v.max_error_rate <= 1):
+        raise HarnessError(f"validity needs min_duration_s >= 0 (got {v.min_duration_s}), min_requests >= 0 "
+                           f"({v.min_requests}), max_send_lag_p99_ms > 0 ({v.max_send_lag_p99_ms}) and "
+                           f"max_error_rate in [0, 1] ({v.max_error_rate}); fix validity.*")
     for key, value in vars(cfg.seeds).items():
         if not isinstance(value, int) or value < 0:
             raise HarnessError(f"seeds.{key} must be an integer >= 0 (got {value!r}); set seeds.{key}=<seed>")

@@ -26,6 +26,10 @@ from harness.core import OK, Batch, Policy, Task
 from harness.errors import HarnessError
 from harness.placement import Placement
 
+# A tick measures busy time over the batches that finished in it; ticks much shorter than a batch measure
+# noise, and a nanosecond interval ran for billions of ticks.
+MIN_INTERVAL_S = 0.01
+
 
 @dataclass
 class AutoscalerConfig:
@@ -42,8 +46,14 @@ def check(config: AutoscalerConfig, slots: int) -> None:
     if not 1 <= config.min_slots <= config.initial_slots <= slots:
         raise HarnessError(f"autoscaler needs 1 <= min_slots ({config.min_slots}) <= initial_slots "
                            f"({config.initial_slots}) <= the cluster's slots ({slots}); fix autoscaler.*")
-    if not config.interval_s > 0 or config.scale_up_after_s < 0 or config.scale_down_idle_s < 0:
-        raise HarnessError("autoscaler.interval_s must be > 0 and its delays >= 0; fix autoscaler.*")
+    if not (config.interval_s >= MIN_INTERVAL_S and config.scale_up_after_s >= 0 and config.scale_down_idle_s >= 0):
+        raise HarnessError(f"autoscaler.interval_s must be >= {MIN_INTERVAL_S:g} s (got {config.interval_s}) and its "
+                           f"delays >= 0 (got {config.scale_up_after_s}, {config.scale_down_idle_s}); "
+                           "fix autoscaler.*")
+    if not 0 < config.scale_up_utilisation < 1:
+        raise HarnessError(f"autoscaler.scale_up_utilisation must be in (0, 1) (got {config.scale_up_utilisation}): "
+                           "a slot's busy fraction never exceeds 1, so the autoscaler would never scale up; "
+                           "set e.g. autoscaler.scale_up_utilisation=0.7")
 
 
 class Autoscaled(Policy):

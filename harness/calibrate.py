@@ -53,6 +53,9 @@ RUN = ["runtime=live", "system=eager", "cluster=sleep1000", "cluster.count=2", "
 
 
 PARTS = ("request", "ingress", "dispatch", "response")
+# A delay of the serving path beyond this is no measurement of a live path (a file edited by hand, or the
+# wrong unit): the sim would hold every request that long, and at days per request it never ended.
+MAX_DELAY_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -82,16 +85,36 @@ class Overheads:
 
 
 def load_calibration(path: str | os.PathLike) -> Overheads:
+    def bad(why: str) -> HarnessError:
+        return HarnessError(f"calibration file '{path}' {why}; make it again with python -m harness.calibrate "
+                            f"--out {path}")
+
     try:
         data = json.loads(Path(path).read_text())
-        fields = {k: float(v) for k, v in data["overheads"].items()}
-        return Overheads(**fields, quantiles={p: [float(x) for x in data["quantiles"][p]] for p in PARTS})
     except FileNotFoundError:
         raise HarnessError(f"calibration file '{path}' not found; make one: python -m harness.calibrate "
                            f"--out {path}") from None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise HarnessError(f"calibration file '{path}' is unreadable ({exc}); make it again with "
-                           "python -m harness.calibrate") from None
+    except (OSError, ValueError) as exc:
+        raise bad(f"is unreadable ({exc})") from None
+    for key in ("overheads", "quantiles"):
+        if not isinstance(data, dict) or not isinstance(data.get(key), dict):
+            raise bad(f"has no '{key}' table")
+    try:
+        fields = {k: float(v) for k, v in data["overheads"].items()}
+        quantiles = {p: [float(x) for x in data["quantiles"][p]] for p in PARTS}
+        overheads = Overheads(**fields, quantiles=quantiles)
+    except KeyError as exc:
+        raise bad(f"has no quantiles of the {exc} delay") from None
+    except (ValueError, TypeError) as exc:
+        raise bad(f"holds something other than delays in seconds ({exc})") from None
+    for name, value in fields.items():
+        if not 0 <= value <= MAX_DELAY_S:
+            raise bad(f"gives {name} = {value}, not a delay of 0 to {MAX_DELAY_S:g} s")
+    for part, q in quantiles.items():
+        if not q or not all(0 <= x <= MAX_DELAY_S for x in q) or any(b < a for a, b in zip(q, q[1:])):
+            raise bad(f"gives the {part} delay's quantiles as {q[:3]}...: they must be non-decreasing delays of "
+                      f"0 to {MAX_DELAY_S:g} s")
+    return overheads
 
 
 def measure(run_dir: Path) -> Overheads:
@@ -155,6 +178,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --out {args.out} is a directory; give a file name, e.g. {args.out}/calibration.json",
               file=sys.stderr)
         return 2
+    unknown = [o for o in overrides if o.startswith("-")]
+    if unknown:
+        print(f"error: unknown option {unknown[0]}; the calibration takes --out and key=value overrides of its run",
+              file=sys.stderr)
+        return 2
+    try:                               # before the run: a path that cannot be written would lose what it measured
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"error: cannot make the directory of --out {args.out} ({exc.strerror}: {exc.filename}); give a path "
+              "in a writable directory", file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory(prefix="calibrate-") as tmp:
         run_dir = Path(tmp) / "run"
         run = subprocess.run([sys.executable, "-m", "harness", *RUN, *overrides, f"hydra.run.dir={run_dir}"],
@@ -162,12 +196,16 @@ def main(argv: list[str] | None = None) -> int:
         if run.returncode != 0:
             print(f"error: the calibration run failed: {run.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
             return 2
+        summary = json.loads((run_dir / "summary.json").read_text())
+        if summary.get("runtime") != "live":
+            print(f"error: the calibration measures the live path, but its run was {summary.get('runtime')}; "
+                  "drop the runtime override", file=sys.stderr)
+            return 2
         try:
             overheads = measure(run_dir)
         except HarnessError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        summary = json.loads((run_dir / "summary.json").read_text())
     medians = {k: v for k, v in asdict(overheads).items() if k != "quantiles"}
     doc = {"overheads": medians, "quantiles": overheads.quantiles,
            "host": {"name": platform.node(), "cores": os.cpu_count(), "machine": platform.machine(),

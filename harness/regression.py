@@ -166,14 +166,27 @@ def sim_speed() -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Scheduler regression suite (sim, deterministic).")
-    ap.add_argument("--systems", default="", help="comma-separated (default: every system)")
+    ap.add_argument("--systems", help="comma-separated (default: every system)")
     ap.add_argument("--no-capacity", action="store_true", help="skip the capacity searches")
     ap.add_argument("--update", action="store_true", help="write the results as the new baseline")
     ap.add_argument("--out", type=Path, help="keep the run directories here")
     ap.add_argument("--jobs", type=int, default=0, help="systems run at once, each in a process (0: one per core)")
     args = ap.parse_args(argv)
+    names = [s.strip() for s in (args.systems or "").split(",") if s.strip()] or systems.names()
+    if args.systems is not None and not args.systems.replace(",", "").strip():
+        print("error: --systems names no system; give a comma-separated list, or leave it out for every system",
+              file=sys.stderr)
+        return 2
+    if len(set(names)) < len(names):
+        print(f"error: --systems names a system twice ({args.systems}); name each once", file=sys.stderr)
+        return 2
+    if args.jobs < 0:
+        print(f"error: --jobs must be >= 0 (got {args.jobs}); 0 runs one system per core", file=sys.stderr)
+        return 2
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        print(f"error: --out {args.out} is a file; give a directory for the run directories", file=sys.stderr)
+        return 2
     try:
-        names = [s for s in args.systems.split(",") if s] or systems.names()
         for name in names:
             systems.policy_class(name)
         results = run_matrix(names, capacity=not args.no_capacity, out=args.out, jobs=args.jobs)

@@ -32,6 +32,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from harness.core import Batch, Policy, SystemConfig, Task, slots_holding, take
+from harness.errors import HarnessError
 from systems._pool import Pools
 
 MS = 1e-3
@@ -75,6 +76,9 @@ class Clockwork(Policy):
 
     def __init__(self, cluster, models, config: ClockworkConfig):
         super().__init__(cluster, models, config)
+        if config.window < 1:
+            raise HarnessError(f"clockwork: window must be >= 1 (got {config.window}): the p99 estimate needs a "
+                               "measurement; fix system.window")
         self.ahead = config.schedule_ahead_ms * MS
         self.pools = Pools(cluster.slots)
         self.state: dict[str, _ModelState] = {}
@@ -82,7 +86,7 @@ class Clockwork(Policy):
             curve = cluster.curve(m, slots_holding(cluster.slots, m)[0])
             fit = max(b for b in range(1, curve.max_batch + 1) if b == 1 or curve.p99[b] <= spec.slo)
             cap = max(1, min(config.max_batch or fit, curve.max_batch))
-            self.state[m] = _ModelState(m, i, curve.p99, cap, max(1, config.window), self.pools.of(m))
+            self.state[m] = _ModelState(m, i, curve.p99, cap, config.window, self.pools.of(m))
         n = len(cluster.slots)
         self.held = [frozenset(m for m in models if m in g.models) for g in cluster.slots]
         self.pools_of_slot = [list({id(self.state[m].pool): self.state[m].pool for m in held}.values())

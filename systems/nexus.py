@@ -152,6 +152,10 @@ class Nexus(Policy):
 
     def __init__(self, cluster, models, config: NexusConfig):
         super().__init__(cluster, models, config)
+        if not (config.rate_window_s > 0 and config.epoch_s > 0 and config.rate_low < config.rate_high):
+            raise HarnessError(f"nexus: rate_window_s and epoch_s must be > 0 and rate_low < rate_high (got "
+                               f"{config.rate_window_s}, {config.epoch_s}, {config.rate_low}, {config.rate_high}); "
+                               "fix system.*")
         names = frozenset(models)
         if any(not names <= g.models for g in cluster.slots):
             raise HarnessError("nexus places models on slots itself, so every slot must hold every model; "

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from itertools import accumulate
 
 from harness.core import Batch, Policy, SystemConfig, Task, slots_holding, take
+from harness.errors import HarnessError
 from systems._pool import Pools
 
 INF = float("inf")
@@ -64,6 +65,9 @@ class Shepherd(Policy):
 
     def __init__(self, cluster, models, config: ShepherdConfig):
         super().__init__(cluster, models, config)
+        if not config.preempt_lambda >= 1:
+            raise HarnessError(f"shepherd: preempt_lambda must be >= 1 (got {config.preempt_lambda}): below 1 a "
+                               "smaller batch would preempt a larger one; fix system.preempt_lambda")
         self.pools = Pools(cluster.slots)
         self.state: dict[str, _ModelState] = {}
         for i, m in enumerate(models):

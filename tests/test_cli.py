@@ -101,6 +101,14 @@ def test_bad_input_fails_with_one_line(tmp_path, overrides, expected):
     assert not (tmp_path / "summary.json").exists()
 
 
+def test_an_empty_run_directory_is_one_line():
+    """hydra.run.dir= named the working directory, which the run then refused as part of a run."""
+    run = harness("runtime=sim", "hydra.run.dir=")
+    assert run.returncode == 2 and run.stderr.strip() == ("error: hydra.run.dir is empty; give a directory for the "
+                                                          "run, or leave hydra.run.dir out for a new one under "
+                                                          "results/")
+
+
 def test_the_readme_mix_syntax_sets_the_mix(tmp_path):
     run = harness("runtime=sim", "system=eager", "duration_s=12", "workload=constant", "workload.rate=400",
                   "workload.mix={resnet50: 3, vit_b_16: 1}", run_dir=tmp_path)

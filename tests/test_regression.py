@@ -61,3 +61,15 @@ def test_updating_some_systems_keeps_the_others_entries(tmp_path, monkeypatch):
     assert regression.main(["--systems", "symphony", "--no-capacity", "--update"]) == 0
     assert json.loads(path.read_text()) == {"eager/c": {"goodput": 1.0}, "symphony/c": {"goodput": 3.0},
                                             "symphony/capacity": {"capacity": 9.0}}
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--systems", ""], "--systems names no system"),
+    (["--systems", ","], "--systems names no system"),
+    (["--systems", "eager,eager"], "names a system twice"),
+    (["--jobs", "-3"], "--jobs must be >= 0"),
+])
+def test_a_systems_list_that_names_nothing_runs_nothing(argv, expected, capsys):
+    """An empty list ran the whole suite; a repeated name ran a system twice into one directory."""
+    assert regression.main(argv) == 2
+    assert expected in capsys.readouterr().err

@@ -77,6 +77,9 @@ def setup_stub_env(pip_args: list[str] = (), env: Path | None = None) -> Path:
     env = env or stub_env_dir()
     if stub_env_problem(env) is None:
         return env
+    if env.exists() and not env.is_dir():
+        raise HarnessError(f"{env} is a file, not a directory for the Triton stub environment; set {STUB_ENV_VAR} "
+                           "to a directory")
     if env.exists() and any(env.iterdir()) and not (env / "pyvenv.cfg").exists():
         raise HarnessError(f"{env} exists and is not a Triton stub environment; set {STUB_ENV_VAR} to another "
                            "directory")
