@@ -20,15 +20,10 @@ from typing import Callable, NoReturn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # the project (harness, systems), from any cwd
 
-from harness.errors import HarnessError  # noqa: E402
+from harness.errors import ArgumentParser, HarnessError  # noqa: E402
 
 
-class Parser(argparse.ArgumentParser):
-    """argparse, with a bad argument told in one line (`error: <what>`, exit 2) rather than the usage block."""
-
-    def error(self, message: str) -> NoReturn:
-        print(f"error: {message.removeprefix('argument ')}", file=sys.stderr)
-        raise SystemExit(2)
+Parser = ArgumentParser     # a bad argument is one line (`error: <what>; see <prog> --help`), exit 2
 
 
 def _number(kind: type, ok: Callable[[float], bool], rule: str) -> Callable[[str], float]:

@@ -15,6 +15,7 @@ the other, and every default lives in the structured configs
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
 from dataclasses import dataclass, field
@@ -230,6 +231,12 @@ def check_run_config(cfg: Config) -> None:
                                "so the fault would never happen; give a time before the end")
     if rt.load not in ("locust", "external"):
         raise HarnessError(f"unknown runtime.load '{rt.load}'; choose locust (replay the schedule) or external")
+    if rt.host.replace(".", "").isdigit():          # looks like an IPv4 address: is it one?
+        try:
+            ipaddress.ip_address(rt.host)
+        except ValueError:
+            raise HarnessError(f"runtime.host '{rt.host}' is not an IP address; give an address of this host "
+                               "(127.0.0.1 by default)") from None
     if not 0 <= rt.port <= 65535:
         raise HarnessError(f"runtime.port must be 0..65535 (got {rt.port}); 0 picks a free port")
     if rt.executor not in ("emulated", "gpu"):

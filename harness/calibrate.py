@@ -29,7 +29,6 @@ plans with measured overheads reads them through the Cluster handle
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -43,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness.errors import HarnessError
+from harness.errors import ArgumentParser, HarnessError
 from harness.metrics import Window, in_window
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -171,7 +170,7 @@ def _alone(ok: pd.DataFrame, batches: pd.DataFrame) -> pd.Series:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m harness.calibrate", description=__doc__.split("\n")[0])
+    ap = ArgumentParser(prog="python -m harness.calibrate", description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, required=True, help="the calibration file to write (JSON)")
     args, overrides = ap.parse_known_args(argv)
     if args.out.is_dir():

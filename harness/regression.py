@@ -20,7 +20,6 @@ a loose goodput band (the live path's own speed: benchmarks/live_rate.py).
 
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing
 import os
@@ -33,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import systems
-from harness.errors import HarnessError
+from harness.errors import ArgumentParser, HarnessError
 
 BASELINE = Path(__file__).resolve().parent / "regression_baseline.json"
 
@@ -165,7 +164,7 @@ def sim_speed() -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Scheduler regression suite (sim, deterministic).")
+    ap = ArgumentParser(description="Scheduler regression suite (sim, deterministic).")
     ap.add_argument("--systems", help="comma-separated (default: every system)")
     ap.add_argument("--no-capacity", action="store_true", help="skip the capacity searches")
     ap.add_argument("--update", action="store_true", help="write the results as the new baseline")

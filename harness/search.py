@@ -42,7 +42,6 @@ search.json then keeps what was found so far and names that probe in
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import math
@@ -58,7 +57,7 @@ from pathlib import Path
 from typing import Callable
 
 from harness import rundir
-from harness.errors import HarnessError
+from harness.errors import ArgumentParser, HarnessError
 from workloads.config import TRACE_PROCESSES, is_finite_number
 
 TARGET = 0.99
@@ -533,7 +532,7 @@ def search_all(kind: str, overrides: list[str], out: Path, jobs: int = 1, **kwar
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m harness.search", description=__doc__.splitlines()[0])
+    ap = ArgumentParser(prog="python -m harness.search", description=__doc__.splitlines()[0])
     ap.add_argument("kind", choices=KINDS)
     ap.add_argument("overrides", nargs="*", help="the main job's Hydra overrides, e.g. system=symphony workload=bursty")
     ap.add_argument("--out", type=Path,

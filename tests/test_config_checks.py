@@ -40,6 +40,7 @@ SHORT = ["runtime=sim", "cluster=sleep1000", "models=sleep10", "cluster.count=2"
     (["validity.max_error_rate=2"], "max_error_rate in [0, 1]"),
     (["runtime.spin_us=-1"], "runtime.spin_us must be >= 0"),
     (["runtime.ingresses=1000"], "runtime.ingresses must be 0..64"),
+    (["runtime.host=999.1.1.1"], "runtime.host '999.1.1.1' is not an IP address"),
     (["runtime.faults=[{t: 100, slot: 0}]"], "t=100.0 is not within the run"),
 ])
 def test_meaningless_settings_are_refused_in_one_line(tmp_path, overrides, expected):
@@ -98,3 +99,13 @@ def test_a_calibration_without_its_tables_names_what_is_missing(tmp_path):
     with pytest.raises(HarnessError, match="has no 'overheads' table"):
         load_calibration(path)
     assert load_calibration(calibration(tmp_path)).request_s == 0.001
+
+
+@pytest.mark.parametrize("argv", [["harness.search", "capacity", "--bogus"], ["harness.report", "--bogus"],
+                                  ["harness.regression", "--jobs", "many"], ["harness.live.triton", "nope"]])
+def test_a_bad_flag_of_any_tool_is_one_line(argv):
+    """argparse printed its usage block and its own wording; every other mistake is one line."""
+    done = subprocess.run([sys.executable, "-m", *argv], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "--help" in lines[0], \
+        done.stderr

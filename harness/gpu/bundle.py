@@ -24,7 +24,6 @@ It ends by printing the bundle's size. On the server:
 
 from __future__ import annotations
 
-import argparse
 import re
 import subprocess
 import sys
@@ -34,7 +33,7 @@ from pathlib import Path
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 
-from harness.errors import HarnessError
+from harness.errors import ArgumentParser, HarnessError
 
 PROJECT = "dnn-serving-harness"
 TAGS = [f"manylinux_2_{n}_x86_64" for n in range(39, 16, -1)] + ["manylinux2014_x86_64", "manylinux1_x86_64"]
@@ -94,7 +93,7 @@ def download(specs: list[str], out: Path, python: str, tags: list[str] = TAGS) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m harness.gpu.bundle", description=__doc__.split("\n")[0])
+    ap = ArgumentParser(prog="python -m harness.gpu.bundle", description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("wheels"))
     ap.add_argument("--python", default="3.12", help="the GPU host's Python version (default 3.12)")
     ap.add_argument("--have", type=Path, help="`pip freeze` of the GPU host: what it has is left out")

@@ -52,7 +52,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.errors import HarnessError
+from harness.errors import ArgumentParser, HarnessError
 from harness.gpu.models import DEFAULT_CHANNELS_LAST, MODELS
 from harness.gpu.mps import PERCENTAGE_ENV, mps_daemon
 from harness.gpu.partitions import Partition, find_mig_instance, gpu_type_from_name, parse_partitions
@@ -398,7 +398,7 @@ def _terminate_as_interrupt(signum, _frame):
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m harness.gpu.profiler", description=__doc__.split("\n\n")[0])
+    ap = ArgumentParser(prog="python -m harness.gpu.profiler", description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default=",".join(ALL_MODELS), help="comma-separated torchvision model names")
     ap.add_argument("--batch", default=",".join(map(str, DEFAULT_BATCH)), help="comma-separated batch sizes")
     ap.add_argument("--partition", default="whole", help="comma-separated partitions (whole, mps50, ...)")

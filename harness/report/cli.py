@@ -41,14 +41,14 @@ import os
 import sys
 from pathlib import Path
 
-from harness.errors import HarnessError
+from harness.errors import ArgumentParser, HarnessError
 from harness.report.build import build
 from harness.report.experiments import experiment_title, latest_results, run_experiment
 from harness.search import TARGET, check_target, positive
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m harness.report", description=__doc__,
+    ap = ArgumentParser(prog="python -m harness.report", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("inputs", nargs="*", help="run, sweep or search directories; with --experiment: Hydra overrides")
     ap.add_argument("--out", type=Path, help="output directory (default reports/<experiment or input name>)")

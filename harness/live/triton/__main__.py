@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import urllib.error
@@ -10,7 +9,7 @@ import urllib.request
 
 import numpy as np
 
-from harness.errors import HarnessError
+from harness.errors import ArgumentParser, HarnessError
 from harness.live.protocol import infer_request, outcome
 from harness.live.triton.server import start_triton
 from harness.live.triton.stub_env import setup_stub_env, stub_env_needed
@@ -39,7 +38,7 @@ def check() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = argparse.ArgumentParser(prog="python -m harness.live.triton", description=__doc__.split(":")[0])
+    parser = ArgumentParser(prog="python -m harness.live.triton", description=__doc__.split(":")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("setup", help="create the Python backend stub's numpy<2 environment (needed with numpy 2); "
                                  "what follows goes to pip, e.g. setup --no-index --find-links DIR")
