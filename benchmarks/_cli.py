@@ -6,7 +6,8 @@ A benchmark builds its parser with `Parser`, checks numbers with the argparse
 types below, and ends with `run_main(main)`: a bad argument is one line
 `error: --seconds: must be > 0 (got 0)` and exit 2, as is a HarnessError
 raised by the harness. (The benchmarks run as scripts, so this directory is
-on sys.path and `_cli` imports as a top-level module.)
+on sys.path and `_cli` imports as a top-level module; importing it puts the
+project on sys.path too, so the harness imports after it.)
 """
 
 from __future__ import annotations
@@ -82,6 +83,14 @@ def require_torch() -> None:
     except ImportError as exc:
         raise HarnessError(f"this benchmark needs PyTorch, torchvision and an NVIDIA GPU ({exc}); run it on a GPU "
                            'host after pip install -e ".[gpu]"') from None
+
+
+def child_error(stderr: str) -> str:
+    """Why a harness command run as a child failed, in one line: its `error:` line (the harness says one), else
+    the last line it printed."""
+    lines = stderr.strip().splitlines() or ["(no output)"]
+    said = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
+    return (said or lines)[-1]
 
 
 def run_main(main: Callable[[], int | None]) -> NoReturn:

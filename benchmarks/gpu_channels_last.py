@@ -9,13 +9,10 @@ whose geometric-mean latency over the batch sizes is lower channels_last
 
 from __future__ import annotations
 
-import os
 import sys
 
 import numpy as np
 from _cli import Parser, above, listed, require_torch, run_main
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from harness.gpu.models import MODELS  # noqa: E402
 from harness.gpu.profiler import time_replays  # noqa: E402

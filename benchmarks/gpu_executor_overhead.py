@@ -12,13 +12,10 @@ included). Medians; the synthetic ratio should stay within 1.05.
 
 from __future__ import annotations
 
-import os
 import sys
 
 import numpy as np
 from _cli import Parser, above, listed, require_torch, run_main
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from harness.gpu.profiler import ALL_MODELS, time_replays, wall_ms  # noqa: E402
 

@@ -27,7 +27,6 @@ import psutil
 from _cli import Parser, above, listed, run_main, system_names
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from harness.assembly import detect_gpus  # noqa: E402
 from harness.metrics import oracle_goodput  # noqa: E402

@@ -33,8 +33,6 @@ from pathlib import Path
 import numpy as np
 from _cli import Parser, above, at_least, listed, require_torch, run_main
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 SIBLING_MODEL, SIBLING_BATCH = "resnet50", 16
 
 

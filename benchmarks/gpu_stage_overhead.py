@@ -18,13 +18,10 @@ Medians. The issue's bound: the staged model at batch b within 10% of the whole-
 from __future__ import annotations
 
 import itertools
-import os
 import sys
 
 import numpy as np
 from _cli import Parser, above, listed, require_torch, run_main
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from harness.gpu.profiler import ALL_MODELS, wall_ms  # noqa: E402
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import psutil
-from _cli import Parser, above, at_least, listed, run_main
+from _cli import Parser, above, at_least, child_error, listed, run_main
 
 ROOT = Path(__file__).resolve().parent.parent
 LEAD_S = 4.0              # runtime.start_lead_s: the schedule starts this long after Locust does
@@ -103,8 +103,7 @@ def main() -> int:
             meter = CpuMeter(proc.pid)
             out, err = proc.communicate(timeout=600)
             if proc.returncode != 0 or meter.locust_started is None:
-                said = err.strip().splitlines()[-1:] or ["no error message"]
-                print(f"error: rate {rate:g}: the run failed (exit {proc.returncode}): {said[0][-300:]}",
+                print(f"error: rate {rate:g}: the run failed (exit {proc.returncode}): {child_error(err)}",
                       file=sys.stderr)
                 failed = True
                 break

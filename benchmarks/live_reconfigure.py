@@ -18,13 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import statistics
-import sys
 import time
-from pathlib import Path
 
 from _cli import Parser, above, listed, run_main
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness.core import ModelSpec, Policy, Slot, SystemConfig  # noqa: E402
 from harness.ledger import Ledger  # noqa: E402

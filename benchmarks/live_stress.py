@@ -25,12 +25,9 @@ import collections
 import math
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 from _cli import Parser, above, at_least, listed, run_main, system_names
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import systems  # noqa: E402
 from harness.core import ModelSpec, Slot  # noqa: E402

@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 import pandas as pd
-from _cli import Parser, run_main, system_names
+from _cli import Parser, child_error, run_main, system_names
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT = ["cluster=h200x1", "cluster.count=2", "models=vision", "workload=poisson", "workload.rate=300",
@@ -43,18 +43,11 @@ def for_system(system: str, overrides: list[str], given: list[str]) -> list[str]
     return [o for o in overrides if key(o) not in {key(x) for x in own}] + own
 
 
-def why(stderr: str) -> str:
-    """A failed child's reason in one line: its `error:` line (the harness says one), else its last line."""
-    lines = stderr.strip().splitlines() or ["(no output)"]
-    said = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
-    return (said or lines)[-1]
-
-
 def harness(run_dir: Path, *overrides: str) -> dict:
     run = subprocess.run([sys.executable, "-m", "harness", *overrides, f"hydra.run.dir={run_dir}"], cwd=ROOT,
                          capture_output=True, text=True, timeout=600)
     if run.returncode != 0:
-        raise SystemExit(f"error: the run failed ({' '.join(overrides)}): {why(run.stderr)}")
+        raise SystemExit(f"error: the run failed ({' '.join(overrides)}): {child_error(run.stderr)}")
     return json.loads((run_dir / "summary.json").read_text())
 
 
@@ -62,7 +55,7 @@ def calibrate(path: Path, *overrides: str) -> None:
     made = subprocess.run([sys.executable, "-m", "harness.calibrate", "--out", str(path), *overrides], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     if made.returncode != 0:
-        raise SystemExit(f"error: the calibration failed: {why(made.stderr)}")
+        raise SystemExit(f"error: the calibration failed: {child_error(made.stderr)}")
     print(made.stdout.strip())
 
 

@@ -31,8 +31,6 @@ import numpy as np
 import pandas as pd
 from _cli import Parser, above, at_least, listed, run_main
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from harness import load  # noqa: E402
 from harness.errors import HarnessError  # noqa: E402
 from harness.live.protocol import infer_response  # noqa: E402

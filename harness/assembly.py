@@ -175,22 +175,16 @@ def _numbers(node, path: str = ""):
         yield from _numbers(value, f"{path}.{key}" if path else str(key))
 
 
-def check_system_knobs(system) -> None:
-    """Every numeric knob of every system is a count, a duration, a rate or a factor: finite and >= 0 (a
-    policy checks its own tighter bounds). One rule here, because a knob a policy forgot to check
-    (NaN, a negative delay) ran silently wrong or never ended."""
-    for path, value in _numbers(system):
-        if path != "name" and not value >= 0:
-            raise HarnessError(f"system.{path} must be a number >= 0 (got {value}); set system.{path}=<value>")
-
-
 def check_run_config(cfg: Config) -> None:
-    # Python's `x < 0` is False for NaN, so a NaN knob passed every range check below and the one after it;
-    # no setting of this schema means anything at NaN or infinity (a long time is a large number).
+    # Python's `x < 0` is False for NaN, so a NaN knob passed every range check below and a policy's own; no
+    # setting of this schema means anything at NaN or infinity (a long time is a large number). Every numeric
+    # knob of every system is a count, a duration, a rate or a factor: >= 0 here, once, and a policy checks its
+    # own tighter bounds (a knob a policy forgot to check ran silently wrong or never ended).
     for path, value in _numbers(cfg):
         if not math.isfinite(value):
             raise HarnessError(f"{path} must be a finite number (got {value}); set {path}=<number>")
-    check_system_knobs(cfg.system)
+        if path.startswith("system.") and value < 0:
+            raise HarnessError(f"{path} must be a number >= 0 (got {value}); set {path}=<value>")
     if not cfg.duration_s > 0:
         raise HarnessError(f"duration_s must be > 0 (got {cfg.duration_s}); set duration_s=<seconds>")
     if cfg.warmup_s < 0 or cfg.cooldown_s < 0 or cfg.warmup_s + cfg.cooldown_s >= cfg.duration_s:

@@ -164,7 +164,8 @@ def sim_speed() -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = ArgumentParser(description="Scheduler regression suite (sim, deterministic).")
+    ap = ArgumentParser(prog="python -m harness.regression",
+                        description="Scheduler regression suite (sim, deterministic).")
     ap.add_argument("--systems", help="comma-separated (default: every system)")
     ap.add_argument("--no-capacity", action="store_true", help="skip the capacity searches")
     ap.add_argument("--update", action="store_true", help="write the results as the new baseline")

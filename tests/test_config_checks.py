@@ -54,8 +54,6 @@ def test_every_system_runs_with_its_own_defaults(tmp_path):
     import systems
 
     for name in systems.names():
-        if name.startswith("jigsaw") or name in ("dstack", "paris_elsa", "nexus"):
-            continue                  # they need profiled GPU shares or every model on every slot: covered elsewhere
         execute(compose([*SHORT, f"system={name}"]), tmp_path / name, [])
 
 

@@ -49,7 +49,7 @@ from harness.search import TARGET, check_target, positive
 
 def main(argv: list[str] | None = None) -> int:
     ap = ArgumentParser(prog="python -m harness.report", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("inputs", nargs="*", help="run, sweep or search directories; with --experiment: Hydra overrides")
     ap.add_argument("--out", type=Path, help="output directory (default reports/<experiment or input name>)")
     ap.add_argument("--title", help="report title")
