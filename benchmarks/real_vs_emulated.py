@@ -21,8 +21,9 @@ seeds. A run whose summary is in DIR already is not made again, so the
 matrix can be filled over several calls (`--stop-after-s`: start no run
 after that many seconds), and the directories of several hosts' calls merged
 into one DIR. The table gives, per cluster, load and system, the mean over
-seeds of real / emulated goodput with its 95% confidence interval, and flags
-those more than 5% from 1 or with an invalid run.
+seeds of real / emulated goodput with its 95% confidence interval and the mean
+gap (real - emulated) over the offered rate, and flags those more than 5% from
+1 or with an invalid run.
 """
 
 from __future__ import annotations
@@ -133,6 +134,9 @@ def table(out: Path) -> pd.DataFrame:
         out_rows.append({"cluster": cluster, "load": load, "system": system, "seeds": len(g),
                          "offered": g["offered"].mean(), "real goodput": g["real"].mean(),
                          "emulated goodput": g["emulated"].mean(), "real / emulated": mean, "95% CI +-": ci,
+                         # The gap against what was offered: where both sides serve almost nothing (a
+                         # system past collapse) the ratio is one of two small numbers, this is not.
+                         "gap / offered": ((g["real"] - g["emulated"]) / g["offered"]).mean(),
                          **{c: g[c].mean() for c in ("real attainment", "emulated attainment", "real p50 ms",
                                                      "emulated p50 ms")},
                          "within 5%": "yes" if within and g["valid"].all() else

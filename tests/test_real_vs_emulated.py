@@ -47,6 +47,15 @@ def test_table_is_the_mean_ratio_over_seeds_with_its_interval_and_the_5_percent_
     assert sym["95% CI +-"] > 0 and sym["within 5%"] == "no"                 # 0.947: more than 5% off
     assert t.loc["eager", "real / emulated"] == 1 and t.loc["eager", "within 5%"] == "invalid run"
     assert sym["real attainment"] == pytest.approx((0.93 + 0.97 + 0.95) / 3) and sym["emulated attainment"] == 1.0
+    assert sym["gap / offered"] == pytest.approx(((1400 + 1450 + 1420) / 3 - 1500) / 1500)
+
+
+def test_a_collapse_on_both_sides_is_measured_against_the_offered_rate_too(tmp_path):
+    summary(rve.run_dir(tmp_path, "mps25x4", "overload", "triton", 0, "gpu"), 45)
+    summary(rve.run_dir(tmp_path, "mps25x4", "overload", "triton", 0, "emulated"), 360)
+    row = rve.table(tmp_path).iloc[0]
+    assert row["real / emulated"] == pytest.approx(0.125) and row["within 5%"] == "no"
+    assert row["gap / offered"] == pytest.approx(-315 / 1500)
 
 
 def test_without_a_gpu_it_runs_nothing_and_says_why(tmp_path):
