@@ -11,8 +11,11 @@ partition and model the real mean batch time over each:
   beside         the latency of the next profiled size (the GPU executor pads a
                  batch to its CUDA graph) between the share's alone and busy
                  latencies, by the fraction of the rest of the device at work
-                 when the batch started (taken from the run's own batches), as
-                 emulated GPUs run now (harness.profiles, LatencyCurve.beside)
+                 when the batch started and the batches it ran (`sibling
+                 batch`, their mean padded size; it counts where the profile
+                 was measured beside siblings at several batch sizes), taken
+                 from the run's own batches, as emulated GPUs run now
+                 (harness.profiles, LatencyCurve.beside)
 
 1.00 is a perfect prediction. Runs whose table predates the `device` and `slot`
 columns (one GPU, `gpu` naming the slot) are read as one device.
@@ -57,26 +60,33 @@ def run_gpu_type(run: Path) -> str:
     return check_gpu_type(gpu_type, str(path))
 
 
-def busy_at_start(batches: pd.DataFrame, shares: dict[int, float]) -> np.ndarray:
-    """Per batch (by position), the share of the rest of its device whose slots ran a batch when it started."""
+def busy_at_start(batches: pd.DataFrame, shares: dict[int, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Per batch (by position), the share of the rest of its device whose slots ran a batch when it started,
+    and the share-weighted mean size those batches ran at (the `padded` column; NaN where none ran)."""
     busy = np.zeros(len(batches))
+    sibling_batch = np.full(len(batches), np.nan)
     for _, on_device in batches.groupby("device"):
-        spans = {slot: g[["t_start", "t_end"]].to_numpy() for slot, g in on_device.groupby("slot")}
-        starts = {slot: np.sort(a[:, 0]) for slot, a in spans.items()}
-        ends = {slot: a[np.argsort(a[:, 0]), 1] for slot, a in spans.items()}
+        spans = {slot: g[["t_start", "t_end", "padded"]].to_numpy() for slot, g in on_device.groupby("slot")}
+        order = {slot: np.argsort(a[:, 0]) for slot, a in spans.items()}
+        starts = {slot: a[order[slot], 0] for slot, a in spans.items()}
+        ends = {slot: a[order[slot], 1] for slot, a in spans.items()}
+        sizes = {slot: a[order[slot], 2] for slot, a in spans.items()}
         for row in on_device.itertuples():
             rest = 1.0 - shares[row.slot]
             if rest <= 1e-9:
                 continue                  # a whole GPU: nothing beside it
-            working = 0.0
+            working = weighted = 0.0
             for slot in spans:
                 if slot == row.slot:
                     continue
                 i = np.searchsorted(starts[slot], row.t_start, side="right") - 1
                 if i >= 0 and ends[slot][i] > row.t_start:
                     working += shares[slot]
+                    weighted += shares[slot] * sizes[slot][i]
             busy[row.Index] = min(1.0, working / rest)
-    return busy
+            if working > 0:
+                sibling_batch[row.Index] = weighted / working
+    return busy, sibling_batch
 
 
 def table(run: Path, gpu_type: str) -> pd.DataFrame:
@@ -91,25 +101,32 @@ def table(run: Path, gpu_type: str) -> pd.DataFrame:
         batches = batches.assign(device=0, slot=batches["gpu"])
     batches = batches[batches["status"] == "ok"].reset_index(drop=True)
     shares = {int(s): parse_partition(p).share for s, p in zip(batches["slot"], batches["partition"])}
-    batches["busy"] = busy_at_start(batches, shares)
+    profiles = {p: load_profile(profile_path(gpu_type, p))        # (a missing or broken profile: a HarnessError)
+                for p in batches["partition"].unique()}
+    for partition, model in batches[["partition", "model"]].drop_duplicates().itertuples(index=False):
+        if model not in profiles[partition].curves:
+            raise HarnessError(f"the profile {gpu_type}/{partition} has no model '{model}' of {run}; "
+                               "give --gpu-type of the GPU the run used")
+    # The size each batch ran at: the GPU executor pads it to the next profiled size.
+    batches["padded"] = [profiles[p].curves[m].padded(int(b))
+                         for p, m, b in zip(batches["partition"], batches["model"], batches["size"])]
+    batches["busy"], batches["sibling batch"] = busy_at_start(batches, shares)
     rows = []
     for partition, of_partition in batches.groupby("partition"):
-        path = profile_path(gpu_type, partition)
-        profile = load_profile(path)                  # (a missing or broken profile: a HarnessError)
-        measured = json.loads(path.read_text())["models"]
+        profile = profiles[partition]
+        measured = json.loads(Path(profile.path).read_text())["models"]
         for model, g in of_partition.groupby("model"):
-            if model not in measured:
-                raise HarnessError(f"the profile {gpu_type}/{partition} has no model '{model}' of {run}; "
-                                   "give --gpu-type of the GPU the run used")
             linear = LatencyCurve.from_points(measured[model]["batch"], measured[model]["mean_ms"])  # the old way
             stepped = profile.curves[model]
             took = (g["t_end"] - g["t_start"]).mean()
             rows.append({"run": run.name, "partition": partition, "model": model, "batches": len(g),
                          "mean batch": g["size"].mean(), "siblings at work": g["busy"].mean(),
+                         "sibling batch": g["sibling batch"].mean(),
                          "real (ms)": took * 1000,
                          "real / interpolated": took / np.mean([linear.mean[b] for b in g["size"]]),
-                         "real / beside": took / np.mean([stepped.beside(b, f)
-                                                          for b, f in zip(g["size"], g["busy"])])})
+                         "real / beside": took / np.mean([stepped.beside(b, f, None if np.isnan(sb) else sb)
+                                                          for b, f, sb in zip(g["size"], g["busy"],
+                                                                              g["sibling batch"])])})
     return pd.DataFrame(rows)
 
 

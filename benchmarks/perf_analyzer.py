@@ -48,7 +48,6 @@ client as well (by default sized to the host and the rate, as runs are).
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
@@ -67,8 +66,10 @@ import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+# This directory, for _cli (which puts the project on sys.path), also where a test loads this file by its path.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _cli import Parser, above, at_least, run_main, system_names  # noqa: E402
 from harness.errors import HarnessError  # noqa: E402
 from harness.load import default_workers, replay  # noqa: E402
 from harness.report.analysis import mean_ci  # noqa: E402
@@ -279,30 +280,27 @@ def agreement(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--systems", default="eager,symphony,nexus,clockwork,shepherd,triton")
-    ap.add_argument("--rate", type=float, default=500.0)
-    ap.add_argument("--seconds", type=float, default=20.0)
+    ap = Parser(description=__doc__.split("\n")[0])
+    ap.add_argument("--systems", type=system_names, default="eager,symphony,nexus,clockwork,shepherd,triton")
+    ap.add_argument("--rate", type=above(0), default=500.0, help="offered load, req/s (> 0)")
+    ap.add_argument("--seconds", type=above(0), default=20.0, help="our replay's measured window, s (> 0)")
     ap.add_argument("--out", type=Path, default=Path("perf-analyzer-results"))
     ap.add_argument("--perf-analyzer", default="perf_analyzer")
-    ap.add_argument("--jobs", type=int, default=1,
+    ap.add_argument("--jobs", type=at_least(1), default=1,
                     help="systems measured at once (each its own server; they slow each other's servers)")
-    ap.add_argument("--window-ms", type=int, default=8000,
+    ap.add_argument("--window-ms", type=at_least(1), default=8000,
                     help="perf_analyzer's measurement window; it stops at 3 windows within --stability of each other "
                          "(4 s windows never settled for clockwork, whose p99 swings between them)")
-    ap.add_argument("--stability", type=int, default=None,
+    ap.add_argument("--stability", type=at_least(1), default=None,
                     help="perf_analyzer's --stability-percentage: how far (%%) its 3 last windows' throughput and p99 "
                          "may differ for it to stop (default 20, triton 50: a server whose p99 swings between "
                          "windows needs more)")
-    ap.add_argument("--repeats", type=int, default=1,
+    ap.add_argument("--repeats", type=at_least(1), default=1,
                     help="Locust replays and perf_analyzer runs per system, alternated; the agreement table gives "
                          "the mean ratio over them with its 95%% CI (tails vary between runs: use 3 or more)")
     ap.add_argument("--pa-arg", action="append", default=[], metavar="ARG",
                     help="one more perf_analyzer argument (repeat for several), e.g. --pa-arg=--async")
     args, extra = ap.parse_known_args()
-    if args.repeats < 1:
-        print(f"error: --repeats must be at least 1 (got {args.repeats})", file=sys.stderr)
-        return 2
     tool = shutil.which(args.perf_analyzer) or args.perf_analyzer
     if not os.path.exists(tool):
         print(f"error: perf_analyzer not found ({args.perf_analyzer}); pip install perf-analyzer (glibc >= 2.38)",
@@ -367,8 +365,8 @@ def main() -> int:
 
     # Systems side by side (--jobs): each has its own server, ports and clients, but they share the host's
     # cores, and a busy neighbour slows a server between its two clients' runs.
-    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        rows = [row for found in pool.map(compare, args.systems.split(",")) for row in found]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        rows = [row for found in pool.map(compare, args.systems) for row in found]
     table = pd.DataFrame(rows)
     table.to_csv(args.out / "comparison.csv", index=False)
     print(f"\noffered {args.rate:g} req/s of {MODEL}; latencies in ms from each client's send")
@@ -383,4 +381,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -36,17 +36,21 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# This directory, for _cli (which puts the project on sys.path), also where a test loads this file by its path.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _cli import Parser, above, at_least, listed, run_main, system_names  # noqa: E402
 from harness.assembly import detect_gpus  # noqa: E402
 from harness.report.analysis import mean_ci  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SYSTEMS = "eager,symphony,nexus,clockwork,shepherd,triton"
 CLUSTERS = {"mps25x4": [], "whole": ["cluster.partition=whole", "cluster.count=1"]}
+LOADS = ("reference", "overload")
 SIDES = ("gpu", "emulated")
 TARGET = 0.05
 OVERLOAD = 1.5
@@ -144,29 +148,37 @@ def table(out: Path) -> pd.DataFrame:
     return pd.DataFrame(out_rows)
 
 
+def one_of(what: str, allowed) -> Callable[[str], list[str]]:
+    """An argparse type: names separated by commas, each one of `allowed`."""
+    def parse(text: str) -> list[str]:
+        names = [n.strip() for n in text.split(",") if n.strip()]
+        if not names:
+            raise argparse.ArgumentTypeError(f"name at least one {what} (got '{text}'); choose from: "
+                                             f"{', '.join(allowed)}")
+        for name in names:
+            if name not in allowed:
+                raise argparse.ArgumentTypeError(f"unknown {what} '{name}'; choose from: {', '.join(allowed)}")
+        return names
+    return parse
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = Parser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, required=True, help="the runs' directory (made, or added to)")
-    ap.add_argument("--systems", default=SYSTEMS)
-    ap.add_argument("--clusters", default=",".join(CLUSTERS))
-    ap.add_argument("--loads", default="reference,overload")
-    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--systems", type=system_names, default=SYSTEMS)
+    ap.add_argument("--clusters", type=one_of("cluster", CLUSTERS), default=",".join(CLUSTERS))
+    ap.add_argument("--loads", type=one_of("load", LOADS), default=",".join(LOADS))
+    ap.add_argument("--seeds", type=listed(at_least(0)), default="0,1,2")
     ap.add_argument("--gpu-type", default="h200", help="the GPU's profiles, for the emulated side")
-    ap.add_argument("--stop-after-s", type=float, default=math.inf, help="start no run after this many seconds")
+    ap.add_argument("--stop-after-s", type=above(0), default=math.inf, help="start no run after this many seconds")
     ap.add_argument("--table", action="store_true", help="print the table of what --out holds, run nothing")
     args, extra = ap.parse_known_args(argv)
-    clusters, loads = args.clusters.split(","), args.loads.split(",")
-    bad = [c for c in clusters if c not in CLUSTERS] + [x for x in loads if x not in ("reference", "overload")]
-    if bad:
-        print(f"error: unknown cluster or load {bad}; clusters: {', '.join(CLUSTERS)}; loads: reference, overload",
-              file=sys.stderr)
-        return 2
     if not args.table and not detect_gpus():
         print("error: no NVIDIA GPU here (NVML sees none): run this on a GPU host, or --table to read what "
               f"{args.out} holds", file=sys.stderr)
         return 2
     if not args.table:
-        todo = plan(args.out, args.systems.split(","), clusters, loads, [int(k) for k in args.seeds.split(",")])
+        todo = plan(args.out, args.systems, args.clusters, args.loads, args.seeds)
         started = time.monotonic()
         rates: dict[tuple[str, str], float | None] = {}
         for i, (cluster, load, system, seed, side) in enumerate(todo):
@@ -189,4 +201,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

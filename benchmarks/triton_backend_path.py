@@ -15,7 +15,6 @@ client's round-trip p50, Triton's mean execution time per request
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import threading
@@ -24,8 +23,10 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# This directory, for _cli (which puts the project on sys.path), also where a test loads this file by its path.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _cli import Parser, at_least, run_main  # noqa: E402
 from harness.errors import HarnessError  # noqa: E402
 from harness.live import triton  # noqa: E402
 from harness.live.protocol import infer_request  # noqa: E402
@@ -84,15 +85,12 @@ def with_harness(forward: Forward, args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--requests", type=int, default=300)
-    ap.add_argument("--clients", type=int, default=1, help="threads sending requests back to back")
-    ap.add_argument("--instances", type=int, default=1, help="model instances")
-    ap.add_argument("--forward-ms", type=float, default=1.0, help="what forward sleeps per batch")
+    ap = Parser(description=__doc__.split("\n")[0])
+    ap.add_argument("--requests", type=at_least(1), default=300, help="requests measured (after a warm-up)")
+    ap.add_argument("--clients", type=at_least(1), default=1, help="threads sending requests back to back")
+    ap.add_argument("--instances", type=at_least(1), default=1, help="model instances")
+    ap.add_argument("--forward-ms", type=at_least(0, float), default=1.0, help="what forward sleeps per batch")
     args = ap.parse_args(argv)
-    if min(args.requests, args.clients, args.instances) < 1 or args.forward_ms < 0:
-        print("error: --requests, --clients and --instances must be >= 1, --forward-ms >= 0", file=sys.stderr)
-        return 2
     try:
         if triton.stub_env_needed():
             triton.setup_stub_env()
@@ -109,4 +107,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -22,27 +22,41 @@ batch; both are means, so read the differences, not single batches.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 import pandas as pd
 
+# This directory, for _cli, also where a test loads this file by its path.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _cli import Parser, run_main  # noqa: E402
+
 COLUMNS = ["run", "model", "batches", "mean batch", "queue", "infer", "span", "path", "exec", "idle wait"]
 
 
 def path_table(run: Path) -> pd.DataFrame:
     """One row per model of a live Triton run (ValueError if `run` is not one)."""
+    if not run.is_dir():
+        raise ValueError(f"{run}: no such directory (give a live system=triton run's directory)")
     missing = [name for name in ("server.json", "batches.parquet") if not (run / name).is_file()]
     if missing:
         raise ValueError(f"{run}: no {' and no '.join(missing)} (give a live run's directory)")
-    stats = json.loads((run / "server.json").read_text()).get("tritonserver")
-    if not stats:
+    try:
+        server = json.loads((run / "server.json").read_text())
+    except ValueError as exc:
+        raise ValueError(f"{run / 'server.json'}: not JSON ({exc})") from None
+    stats = server.get("tritonserver") if isinstance(server, dict) else None
+    if not isinstance(stats, dict) or not stats:
         raise ValueError(f"{run}: server.json holds no tritonserver statistics (not a live system=triton run, "
                          "or one made before they were recorded)")
-    b = pd.read_parquet(run / "batches.parquet", columns=["slot", "model", "size", "t_dispatch", "t_start",
-                                                          "t_end", "status"])
+    try:
+        b = pd.read_parquet(run / "batches.parquet", columns=["slot", "model", "size", "t_dispatch", "t_start",
+                                                              "t_end", "status"])
+    except (OSError, ValueError, KeyError) as exc:     # (pyarrow's errors are ValueErrors and OSErrors)
+        said = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"{run / 'batches.parquet'}: not a live run's batches ({said})") from None
     b = b[b["status"] == "ok"].sort_values(["slot", "t_start"])
     before = b.groupby("slot")["t_end"].shift()
     b = b.assign(span=(b["t_end"] - b["t_dispatch"]) * 1e3, exec=(b["t_end"] - b["t_start"]) * 1e3,
@@ -59,7 +73,7 @@ def path_table(run: Path) -> pd.DataFrame:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = Parser(description=__doc__.split("\n")[0])
     ap.add_argument("runs", nargs="+", type=Path, help="live system=triton run directories")
     args = ap.parse_args(argv)
     tables = []
@@ -74,4 +88,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

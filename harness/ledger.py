@@ -360,18 +360,25 @@ class Ledger:
                 rec.t_done, rec.cost_s = t, t - rec.t_request
         return True
 
-    def busy_beside(self, slot: int, t: float, until: Mapping[int, float] | None = None) -> float:
-        """The fraction of the rest of the slot's device that works at `t`: the shares of the other slots
-        there with work until after `t` (one leaving still drains), over what the slot leaves of the device
-        (0 on a slot that holds all of it). What an emulated share's time depends on (LatencyCurve.beside).
-        `until`: until when each slot runs, where the runtime knows it (the sim); else its busy_until."""
+    def beside(self, slot: int, t: float, until: Mapping[int, float] | None = None,
+               batch: Mapping[int, int] | None = None) -> tuple[float, float | None]:
+        """What works beside the slot at `t`: the fraction of the rest of its device at work (the shares of
+        the other slots there with work until after `t`, one leaving still drains, over what the slot leaves
+        of the device; 0 on a slot that holds all of it), and the share-weighted mean batch they run (None
+        where unknown or none works). What an emulated share's time depends on (LatencyCurve.beside).
+        `until`: until when each slot runs, and `batch`: the size each runs at, where the runtime knows them
+        (the sim); else each slot's busy_until, and no batch."""
         s = self.slots[slot]
         rest = 1.0 - s.share
         if rest <= 1e-9:
-            return 0.0
-        busy = sum(o.share for o in self.on_device[s.device]
-                   if o is not s and (o.busy_until if until is None else until[o.index]) > t)
-        return min(1.0, busy / rest)
+            return 0.0, None
+        working = [o for o in self.on_device[s.device]
+                   if o is not s and (o.busy_until if until is None else until[o.index]) > t]
+        busy = sum(o.share for o in working)
+        if busy <= 0:
+            return 0.0, None
+        sizes = None if batch is None else sum(o.share * batch.get(o.index, 0) for o in working) / busy
+        return min(1.0, busy / rest), sizes
 
     def _new_slot(self, spec: SlotSpec) -> int:
         if self.curves_of is None:

@@ -35,6 +35,17 @@ between sizes gave 0.76-1.21x (benchmarks/batch_time.py). Policies plan
 with `mean` (the busy time, a bound), and both runtimes expect a share's
 batch to take it, as they must of a real share; emulated GPUs run `beside`,
 at the fraction busy when the batch starts.
+
+What busy siblings add depends on what they run: siblings replaying batches
+of 64-128 slowed real H100 shares 1.7-2.0 times as much as siblings at batch
+16, where the busy profile is measured (Triton past capacity ran 8-17% over
+`beside`). A profile may therefore hold the share's means beside siblings at
+several batch sizes, `beside_ms: {"16": [...], "128": [...]}` (one list per
+sibling batch, one value per batch size; the profiler's --sibling-batch
+16,128). `LatencyCurve.beside(b, busy, sibling_batch)` then takes what the
+siblings added at their batch size, linear in log2 of it between the
+measured ones and held at the ends; without `beside_ms`, or not told the
+siblings' batch, what they added at the profile's own sibling batch.
 """
 
 from __future__ import annotations
@@ -66,6 +77,9 @@ class LatencyCurve:
     stage_names: tuple[str, ...] = ()
     alone: list[float] | None = None       # measured with the rest of the GPU idle; None: as `mean`
     sizes: tuple[int, ...] = ()            # the measured batch sizes (the ones a GPU slot captures)
+    # The means beside busy siblings replaying each of several batch sizes, ((sibling batch, means), ...)
+    # by sibling batch, each dense like `mean`; () where only `mean` was measured beside them.
+    siblings: tuple[tuple[int, list[float]], ...] = ()
 
     @property
     def max_batch(self) -> int:
@@ -77,13 +91,26 @@ class LatencyCurve:
         over batch sizes may then bisect."""
         return self.mean[1:] == sorted(self.mean[1:])
 
-    def beside(self, b: int, busy: float) -> float:
-        """The mean time of a batch of `b` while the fraction `busy` (0..1) of the rest of its device works:
-        the alone time plus that fraction of what busy siblings added when it was profiled."""
+    def beside(self, b: int, busy: float, sibling_batch: float | None = None) -> float:
+        """The mean time of a batch of `b` while the fraction `busy` (0..1) of the rest of its device works,
+        running batches of about `sibling_batch` (None: unknown): the alone time plus that fraction of what
+        busy siblings added when it was profiled, beside siblings at that batch size where measured."""
         if self.alone is None:
             return self.mean[b]
         alone = self.alone[b]
-        return alone + busy * (self.mean[b] - alone)
+        if sibling_batch is None or not self.siblings or sibling_batch <= 0:
+            return alone + busy * (self.mean[b] - alone)
+        at = np.log2([s for s, _ in self.siblings])
+        added = [means[b] - alone for _, means in self.siblings]
+        return alone + busy * float(np.interp(np.log2(sibling_batch), at, added))
+
+    def padded(self, b: int) -> int:
+        """The measured size a batch of `b` runs at (a GPU slot's next captured graph); `b` on a curve made
+        in code, whose every size is measured."""
+        if not self.sizes:
+            return b
+        i = int(np.searchsorted(self.sizes, b))
+        return self.sizes[min(i, len(self.sizes) - 1)]
 
     def largest_batch_within(self, budget: float) -> int:
         """Largest b with mean l(b) <= budget (0 if even b=1 does not fit)."""
@@ -95,16 +122,19 @@ class LatencyCurve:
 
     @classmethod
     def from_points(cls, batch, mean_ms, std_ms=None, p99_ms=None, where: str = "", alone_ms=None,
-                    step: bool = False) -> "LatencyCurve":
+                    step: bool = False, beside_ms: dict | None = None) -> "LatencyCurve":
         """A curve through measured points: linear between them, or with `step` each size at the next
-        measured size's values (a batch padded to the next captured graph)."""
+        measured size's values (a batch padded to the next captured graph). `beside_ms`: {sibling batch:
+        means beside siblings replaying it}, with `alone_ms`."""
         batch = [int(b) for b in batch]
         if not batch or batch[0] != 1:
             raise HarnessError(f"{where}: batch sizes must start at 1 (got {batch[:3]}...); "
                                "measure batch 1 or rerun the profiler")
         if any(b2 <= b1 for b1, b2 in zip(batch, batch[1:])):
             raise HarnessError(f"{where}: batch sizes must strictly increase (got {batch}); fix the profile file")
-        columns = {"mean_ms": mean_ms, "std_ms": std_ms, "p99_ms": p99_ms, "alone_mean_ms": alone_ms}
+        siblings = _sibling_batches(beside_ms, alone_ms, where)
+        columns = {"mean_ms": mean_ms, "std_ms": std_ms, "p99_ms": p99_ms, "alone_mean_ms": alone_ms,
+                   **{f"beside_ms[{k}]": v for k, v in siblings}}
         for name, values in columns.items():
             if values is not None and len(values) != len(batch):
                 raise HarnessError(f"{where}: {name} has {len(values)} values for {len(batch)} batch sizes; "
@@ -124,7 +154,8 @@ class LatencyCurve:
         mean = dense(mean_ms)
         std = dense(std_ms) if std_ms is not None else [0.0] * len(mean)
         p99 = dense(p99_ms) if p99_ms is not None else list(mean)
-        return cls(mean, std, p99, alone=dense(alone_ms) if alone_ms is not None else None, sizes=tuple(batch))
+        return cls(mean, std, p99, alone=dense(alone_ms) if alone_ms is not None else None, sizes=tuple(batch),
+                   siblings=tuple((k, dense(v)) for k, v in siblings))
 
     @classmethod
     def linear(cls, a_ms: float, c_ms: float, max_batch: int, stages: int = 0) -> "LatencyCurve":
@@ -142,7 +173,31 @@ class LatencyCurve:
         return cls(whole.mean, whole.std, whole.p99, (part,) * stages, tuple(f"stage{k}" for k in range(stages)))
 
     def with_stages(self, stages: list["LatencyCurve"], names: list[str]) -> "LatencyCurve":
-        return LatencyCurve(self.mean, self.std, self.p99, tuple(stages), tuple(names), self.alone, self.sizes)
+        return LatencyCurve(self.mean, self.std, self.p99, tuple(stages), tuple(names), self.alone, self.sizes,
+                            self.siblings)
+
+
+def _sibling_batches(beside_ms, alone_ms, where: str) -> list[tuple[int, list]]:
+    """A profile's `beside_ms` ({"16": means, "128": means}) as [(16, means), (128, means)], checked."""
+    if beside_ms is None:
+        return []
+    if not isinstance(beside_ms, dict) or not beside_ms:
+        raise HarnessError(f"{where}: beside_ms must map sibling batch sizes to lists of means; fix the profile file")
+    if alone_ms is None:
+        raise HarnessError(f"{where}: beside_ms needs alone_mean_ms (what the siblings add is measured from it); "
+                           "fix the profile file")
+    out = []
+    for key, means in beside_ms.items():
+        try:
+            size = int(key)
+        except (TypeError, ValueError):
+            size = 0
+        if size < 1 or str(size) != str(key):
+            raise HarnessError(f"{where}: beside_ms key {key!r} is not a sibling batch size >= 1; fix the profile file")
+        if not isinstance(means, list):
+            raise HarnessError(f"{where}: beside_ms[{key}] must be a list of means; fix the profile file")
+        out.append((size, means))
+    return sorted(out)
 
 
 @dataclass(frozen=True)
@@ -178,7 +233,8 @@ def load_profile(path: str | Path) -> Profile:
         if not isinstance(points, dict) or "batch" not in points or "mean_ms" not in points:
             raise HarnessError(f"{where}: needs 'batch' and 'mean_ms' lists; fix the profile file")
         curves[model] = LatencyCurve.from_points(points["batch"], points["mean_ms"], points.get("std_ms"),
-                                                 points.get("p99_ms"), where, points.get("alone_mean_ms"), step=True)
+                                                 points.get("p99_ms"), where, points.get("alone_mean_ms"), step=True,
+                                                 beside_ms=points.get("beside_ms"))
         stages = points.get("stages") or []
         if stages:
             parts = [LatencyCurve.from_points(s.get("batch", []), s.get("mean_ms", []), s.get("std_ms"),

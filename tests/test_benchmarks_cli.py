@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from harness.live.workers import WorkerPool
@@ -137,3 +138,66 @@ def test_gpu_overload_fails_when_its_runs_fail(tmp_path):
     run = patched("gpu_overload", "m.detect_gpus = lambda: ['fake']", "--out", str(tmp_path), "--systems", "eager",
                   "--factors", "1", "--seconds", "6", "warmup_s=100")
     one_line_error(run, "1 of 1 runs failed", code=1)
+
+
+def refused(run: subprocess.CompletedProcess, *words: str) -> None:
+    """A bad argument: exit 2 and one line `error: ...` naming it, never argparse's usage block or a traceback."""
+    assert "Traceback" not in run.stderr and "usage:" not in run.stderr, run.stderr
+    one_line_error(run, *words)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--seeds", "0,x"], ["--seeds", "'x'", "whole number >= 0"]),
+    (["--seeds", "-1"], ["--seeds", ">= 0", "got -1"]),
+    (["--seeds", "1.5"], ["--seeds", "'1.5'"]),
+    (["--stop-after-s", "0"], ["--stop-after-s", "> 0", "got 0"]),
+    (["--stop-after-s", "soon"], ["--stop-after-s", "'soon'"]),
+    (["--systems", "eager,nosuch"], ["--systems", "'nosuch'", "symphony"]),
+    (["--clusters", "big"], ["--clusters", "'big'", "mps25x4", "whole"]),
+    (["--loads", "reference,peak"], ["--loads", "'peak'", "reference", "overload"]),
+])
+def test_real_vs_emulated_refuses_bad_arguments_before_looking_for_a_gpu(tmp_path, args, words):
+    refused(bench("real_vs_emulated.py", "--out", str(tmp_path / "x"), *args), *words)
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--rate", "0"], ["--rate", "> 0", "got 0"]),
+    (["--rate", "fast"], ["--rate", "'fast'"]),
+    (["--seconds", "-1"], ["--seconds", "> 0"]),
+    (["--jobs", "0"], ["--jobs", ">= 1", "got 0"]),
+    (["--window-ms", "0"], ["--window-ms", ">= 1"]),
+    (["--window-ms", "8.5"], ["--window-ms", "'8.5'"]),
+    (["--stability", "0"], ["--stability", ">= 1"]),
+    (["--repeats", "0"], ["--repeats", ">= 1", "got 0"]),
+    (["--systems", "nosuch"], ["--systems", "'nosuch'", "symphony"]),
+])
+def test_perf_analyzer_refuses_bad_arguments_before_looking_for_perf_analyzer(tmp_path, args, words):
+    refused(bench("perf_analyzer.py", "--out", str(tmp_path / "x"), *args), *words)
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--requests", "0"], ["--requests", ">= 1", "got 0"]),
+    (["--clients", "0"], ["--clients", ">= 1", "got 0"]),
+    (["--instances", "two"], ["--instances", "'two'"]),
+    (["--forward-ms", "-1"], ["--forward-ms", ">= 0", "got -1"]),
+    (["--forward-ms", "inf"], ["--forward-ms"]),
+    (["--bogus"], ["--bogus"]),
+])
+def test_triton_backend_path_refuses_bad_arguments_before_starting_tritonserver(args, words):
+    refused(bench("triton_backend_path.py", *args), *words)
+
+
+def test_triton_path_refuses_what_is_not_a_live_triton_run(tmp_path):
+    refused(bench("triton_path.py"), "runs")
+    refused(bench("triton_path.py", str(tmp_path), "--bogus"), "--bogus")
+    refused(bench("triton_path.py", str(tmp_path / "none")), "none", "no such directory")
+    refused(bench("triton_path.py", str(tmp_path)), "no server.json and no batches.parquet")
+    (tmp_path / "server.json").write_text("{broken")
+    (tmp_path / "batches.parquet").write_text("")
+    refused(bench("triton_path.py", str(tmp_path)), "server.json", "not JSON")
+    (tmp_path / "server.json").write_text(json.dumps({"tritonserver": {"m": {"compute_infer_ms": 1.0}}}))
+    refused(bench("triton_path.py", str(tmp_path)), "batches.parquet")
+    pd.DataFrame({"slot": [0]}).to_parquet(tmp_path / "batches.parquet")       # not the batches a run records
+    refused(bench("triton_path.py", str(tmp_path)), "batches.parquet", "not a live run's batches")

@@ -147,18 +147,21 @@ def test_busy_siblings_run_while_a_share_is_measured_and_are_always_ended(fake_c
              "for p in os.listdir(sys.argv[2]):\n"
              "    try: os.kill(int(p), 0); live += 1\n"
              "    except OSError: pass\n"
-             "open(sys.argv[3], 'a').write(f'{sys.argv[1]} {sys.argv[4]} {live}\\n')\n"
+             "open(sys.argv[3], 'a').write(f'{sys.argv[1]} {sys.argv[4]} {live} {sys.argv[5]}\\n')\n"
              "sys.exit(sys.argv[1] == 'mps25' and sys.argv[4] != '0')")
     monkeypatch.setattr(profiler, "_sibling_command",
-                        lambda p, args, ready: [sys.executable, "-c", sibling, str(ready), str(pids)])
+                        lambda p, args, ready, size: [sys.executable, "-c", sibling, str(ready), str(pids)])
     monkeypatch.setattr(profiler, "_child_command",
-                        lambda p, args, siblings, out, alone: [sys.executable, "-c", child, p.name, str(pids),
-                                                               str(seen), str(siblings)])
+                        lambda p, args, siblings, out, alone, size, beside=None:
+                        [sys.executable, "-c", child, p.name, str(pids), str(seen), str(siblings),
+                         f"{size}:{','.join(map(str, beside or {}))}"])
     monkeypatch.setattr(profiler, "mps_daemon", partial(mps_daemon, control=control))
-    args = profiler.parse_args(["--partition", "whole,mps50,mps25"])
+    args = profiler.parse_args(["--partition", "whole,mps50,mps25", "--sibling-batch", "16,128"])
     assert profiler.profile_partitions(parse_partitions(args.partition), args) == ["mps25"]
-    # Alone on the whole GPU; a share first alone, then beside 1 busy share at 50%, 3 at 25%.
-    assert seen.read_text().splitlines() == ["whole 0 0", "mps50 0 0", "mps50 1 1", "mps25 0 0", "mps25 3 3"]
+    # Alone on the whole GPU; a share first alone, then beside 1 busy share at 50%, 3 at 25%: at batch 128,
+    # then at 16, whose measurement is handed the one at 128. Only one set of siblings runs at a time.
+    assert seen.read_text().splitlines() == ["whole 0 0 16:", "mps50 0 0 16:", "mps50 1 1 128:", "mps50 1 1 16:128",
+                                             "mps25 0 0 16:", "mps25 3 3 128:"]
     left = []
     for p in os.listdir(pids):
         try:

@@ -6,7 +6,8 @@ import pytest
 
 from harness.errors import HarnessError
 from harness.gpu.partitions import parse_partition
-from harness.gpu.profiler import main, output_path, parse_args, profile_document, summarize_ms, write_profile
+from harness.gpu.profiler import (_child_command, main, output_path, parse_args, profile_document, summarize_ms,
+                                   write_profile)
 from harness.profiles import load_profile
 
 
@@ -86,3 +87,36 @@ def test_a_share_measured_beside_busy_siblings_keeps_its_alone_means(tmp_path):
     alone["models"]["resnet50"]["batch"] = [1, 2]
     with pytest.raises(HarnessError, match="alone profile of resnet50"):
         profile_document("h100", part, {}, busy, alone)
+
+
+def test_a_share_measured_beside_siblings_at_several_batches_keeps_each_ones_means(tmp_path):
+    part = parse_partition("mps25")
+    busy = fake_measurements()
+    scaled = lambda k: {m: {b: summarize_ms([v["mean_ms"] * k] * 3) for b, v in per.items()}  # noqa: E731
+                        for m, per in busy.items()}
+    alone = profile_document("h100", part, {}, scaled(0.5))
+    heavy = profile_document("h100", part, {}, scaled(1.5))
+    doc = profile_document("h100", part, {"siblings_busy": 3}, busy, alone, beside={128: heavy}, sibling_batch=16)
+    raw = doc["models"]["resnet50"]
+    assert list(raw["beside_ms"]) == ["16", "128"] and raw["beside_ms"]["16"] == raw["mean_ms"]
+    assert raw["beside_ms"]["128"] == heavy["models"]["resnet50"]["mean_ms"]
+    write_profile(tmp_path / "mps25.json", doc)
+    curve = load_profile(tmp_path / "mps25.json").curves["resnet50"]
+    assert [size for size, _ in curve.siblings] == [16, 128]
+    assert curve.beside(4, 1.0, 128) == pytest.approx(heavy["models"]["resnet50"]["mean_ms"][2] / 1000)
+    heavy["models"]["resnet50"]["batch"] = [1, 2]
+    with pytest.raises(HarnessError, match="beside siblings at batch 128"):
+        profile_document("h100", part, {}, busy, alone, beside={128: heavy}, sibling_batch=16)
+
+
+def test_several_sibling_batches_reach_the_child_that_writes_the_profile(tmp_path):
+    args = parse_args(["--partition", "mps25", "--sibling-batch", "16,128,1", "--models", "resnet50"])
+    assert args.sibling_batches == [16, 128, 1] and args.sibling_batch == 16
+    for bad in ("0", "16,16", "x", ","):
+        with pytest.raises(HarnessError, match="--sibling-batch"):
+            parse_args(["--sibling-batch", bad])
+    command = _child_command(parse_partition("mps25"), args, 3, "out.json", "alone.json", 16,
+                             {128: "b128.json", 1: "b1.json"})
+    child = parse_args(command[command.index("--in-process"):])
+    assert child.sibling_batch == 16 and child.beside_profile == {128: "b128.json", 1: "b1.json"}
+    assert child.alone_profile == "alone.json" and child.siblings_busy == 3

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import pandas as pd
 import pytest
 
 from harness.core import Batch, ModelSpec, Policy, Slot, SystemConfig, Task
+from harness.errors import HarnessError
 from harness.ledger import Ledger
 from harness.live.board import Board, BoardFull
 from harness.live.worker import EmulatedExecutor
@@ -44,16 +46,48 @@ def test_a_profile_costs_a_batch_its_next_profiled_size_and_a_share_between_alon
     assert linear.mean[4] == pytest.approx(0.004) and linear.beside(4, 0.0) == linear.mean[4]
 
 
-def test_busy_beside_is_the_working_share_of_the_rest_of_the_device():
+def test_what_busy_siblings_add_follows_the_batch_they_run_where_profiled_beside_several(tmp_path):
+    path = tmp_path / "mps25.json"
+    path.write_text(json.dumps({"gpu_type": "t", "partition": "mps25", "models": {
+        "m": {"batch": [1, 8], "mean_ms": [2.0, 8.0], "alone_mean_ms": [1.0, 5.0],
+              "beside_ms": {"16": [2.0, 8.0], "128": [3.0, 11.0]}}}}))
+    curve = load_profile(path).curves["m"]
+    assert curve.padded(5) == 8 and curve.padded(1) == 1 and LatencyCurve.linear(1, 1, 4).padded(3) == 3
+    ms = lambda b, busy, siblings: round(curve.beside(b, busy, siblings) * 1000, 9)  # noqa: E731
+    assert ms(8, 1.0, None) == 8.0 and ms(8, 1.0, 16) == 8.0              # unknown, or at the profile's batch
+    assert ms(8, 1.0, 128) == 11.0 and ms(8, 0.5, 128) == 8.0 and ms(6, 1.0, 128) == 11.0
+    assert ms(8, 1.0, 2 ** 5.5) == pytest.approx(9.5)                         # halfway in log2 from 16 to 128
+    assert ms(8, 1.0, 1) == 8.0 and ms(8, 1.0, 512) == 11.0                # held at the measured ends
+    assert ms(1, 0.0, 128) == 1.0                                          # nothing at work adds nothing
+    # Without beside_ms the sibling batch changes nothing (profiles measured beside one sibling batch).
+    plain = LatencyCurve.from_points([1, 8], [2.0, 8.0], alone_ms=[1.0, 5.0], step=True)
+    assert plain.beside(8, 1.0, 128) == plain.beside(8, 1.0) == pytest.approx(0.008)
+
+
+@pytest.mark.parametrize("beside_ms, named", [
+    ({"16": [2.0]}, "beside_ms[16] has 1 values"), ({"x": [2.0, 8.0]}, "key 'x'"), ({"0": [2.0, 8.0]}, "key '0'"),
+    ({"16": "fast"}, "must be a list"), ([1, 2], "must map"), ({"16": [2.0, -1.0]}, "negative or non-finite")])
+def test_a_broken_beside_ms_is_named_in_one_line(tmp_path, beside_ms, named):
+    path = tmp_path / "mps25.json"
+    path.write_text(json.dumps({"models": {"m": {"batch": [1, 8], "mean_ms": [2.0, 8.0], "alone_mean_ms": [1.0, 5.0],
+                                                 "beside_ms": beside_ms}}}))
+    with pytest.raises(HarnessError, match=re.escape(named)):
+        load_profile(path)
+
+
+def test_beside_is_the_working_share_of_the_rest_of_the_device_and_the_batch_it_runs():
     slots = [Slot(i, f"s{i}", "t", "mps25", frozenset({"m"}), device=0, share=0.25) for i in range(4)]
     slots.append(Slot(4, "w", "t", "whole", frozenset({"m"}), device=1, share=1.0))
     ledger = Ledger(slots, [{}] * 5)
     slots[1].busy_until, slots[2].busy_until, slots[4].busy_until = 2.0, 1.0, 5.0
-    assert ledger.busy_beside(0, 0.5) == pytest.approx(2 / 3)
-    assert ledger.busy_beside(0, 1.5) == pytest.approx(1 / 3)
-    assert ledger.busy_beside(1, 0.5) == pytest.approx(1 / 3)       # its own work is not beside it
-    assert ledger.busy_beside(0, 3.0) == 0.0
-    assert ledger.busy_beside(4, 0.0) == 0.0                        # a whole GPU has nothing beside it
+    assert ledger.beside(0, 0.5)[0] == pytest.approx(2 / 3)
+    assert ledger.beside(0, 1.5)[0] == pytest.approx(1 / 3)
+    assert ledger.beside(1, 0.5)[0] == pytest.approx(1 / 3)       # its own work is not beside it
+    assert ledger.beside(0, 3.0) == (0.0, None)
+    assert ledger.beside(4, 0.0) == (0.0, None)                    # a whole GPU has nothing beside it
+    assert ledger.beside(0, 0.5)[1] is None                          # the live view: how busy, not on what
+    # Where the runtime knows each slot's batch (the sim), their share-weighted mean comes with it.
+    assert ledger.beside(0, 0.5, {1: 2.0, 2: 1.0, 3: 0.0}, {1: 128, 2: 32}) == (pytest.approx(2 / 3), 80)
 
 
 def test_an_emulated_worker_runs_a_share_as_busy_as_it_is_told():
@@ -72,16 +106,16 @@ def test_the_device_board_shows_each_emulated_share_what_the_rest_of_its_device_
         quarter, half, whole = board.take(0, 0.25), board.take(0, 0.5), board.take(1, 1.0)
         board.hold(half, 10.0)
         board.hold(whole, 10.0)
-        assert board.busy_beside(quarter, 5.0) == pytest.approx(0.5 / 0.75)     # another device's work is not
-        assert board.busy_beside(quarter, 10.0) == 0.0
-        assert board.busy_beside(whole, 5.0) == 0.0
+        assert board.beside(quarter, 5.0)[0] == pytest.approx(0.5 / 0.75)     # another device's work is not
+        assert board.beside(quarter, 10.0) == (0.0, None)
+        assert board.beside(whole, 5.0) == (0.0, None)
         # A worker maps the same memory: what it posts, the others read.
         worker = Board.attach(f"{os.dup(board.fd)}:4")
-        worker.hold(quarter, 7.0)
-        assert board.busy_beside(half, 6.0) == pytest.approx(0.25 / 0.5)
+        worker.hold(quarter, 7.0, 64)
+        assert board.beside(half, 6.0) == (pytest.approx(0.25 / 0.5), 64)
         worker.close()
         board.give_back(half)                         # its worker exited
-        assert board.busy_beside(quarter, 5.0) == 0.0
+        assert board.beside(quarter, 5.0) == (0.0, None)
         other = board.take(0, 0.25)
         board.take(0, 0.25)
         with pytest.raises(BoardFull):
@@ -91,12 +125,13 @@ def test_the_device_board_shows_each_emulated_share_what_the_rest_of_its_device_
         curve = LatencyCurve.from_points([1], [30.0], alone_ms=[10.0], step=True)
         ex = EmulatedExecutor({"m": curve}, board=board, row=quarter)
         board.hold(whole, 0.0)
-        board.hold(other, time.monotonic() + 60)      # another quarter, busy for a minute: a third of the rest
+        board.hold(other, time.monotonic() + 60, 64)  # another quarter, busy for a minute: a third of the rest
         ex.begin(0.0)
         assert ex.busy == pytest.approx(1 / 3) and ex.duration("m", 1) == pytest.approx(0.010 + 0.020 / 3)
+        assert ex.sibling_batch == 64                 # (this profile was measured beside one sibling batch)
         before = time.monotonic()
         ex.run("m", 1, None)
-        assert before + 0.0166 <= board.table[quarter, 2] <= time.monotonic()
+        assert before + 0.0166 <= board.table[quarter, 2] <= time.monotonic() and board.table[quarter, 3] == 1
     finally:
         board.close()
 
@@ -203,6 +238,34 @@ def test_the_sim_shows_a_policy_a_share_as_the_live_runtime_predicts_it_and_time
     assert policy.seen == [("sent", 0.0, pytest.approx(0.004)), ("sent", 0.0, pytest.approx(0.008)),
                            ("ended", pytest.approx(0.002), pytest.approx(0.008)),
                            ("ended", pytest.approx(0.006), pytest.approx(0.006))]
+
+
+class _EightThenOne(Policy):
+    """Model "m1" in one batch of eight to slot 1, each "m0" alone to slot 0."""
+
+    def on_arrival(self, task: Task) -> None:
+        if task.model == "m0":
+            self.cluster.dispatch(0, "m0", [task])
+            return
+        self.held = getattr(self, "held", []) + [task]
+        if len(self.held) == 8:
+            self.cluster.dispatch(1, "m1", self.held)
+
+
+def test_the_sim_charges_a_share_for_the_batch_its_busy_sibling_runs():
+    # Two 50% shares; a batch of one takes 2 ms alone, 3 ms beside a sibling at batch 1 and 6 ms beside one
+    # at batch 8; the profile's own busy time is 4 ms. Share 0's batch of one starts beside a batch of 8.
+    curve = LatencyCurve.from_points([1, 8], [4.0, 6.0], alone_ms=[2.0, 3.0], step=True,
+                                     beside_ms={"1": [3.0, 5.0], "8": [6.0, 9.0]})
+    slots = [Slot(i, f"s{i}", "t", "mps50", frozenset({f"m{i}"}), device=0, share=0.5) for i in range(2)]
+    sim = SimCluster(Ledger(slots, [{"m0": curve}, {"m1": curve}]))
+    policy = _EightThenOne(sim, {m: ModelSpec(m, 1.0) for m in ("m0", "m1")}, SystemConfig())
+    arrivals = [(0.0, "m1")] * 8 + [(0.001, "m0")]
+    sim.run(policy, np.arange(9), [m for _, m in arrivals], np.array([t for t, _ in arrivals]),
+            {"m0": 1.0, "m1": 1.0}, drain=1.0)
+    eight, one = sorted(sim.batches, key=lambda b: b.slot)[::-1]
+    assert (eight.size, eight.t_end) == (8, pytest.approx(0.003))                 # it started alone
+    assert (one.t_start, one.t_end) == (pytest.approx(0.001), pytest.approx(0.007))   # 6 ms: beside batch 8
 
 
 def test_the_model_predicts_the_batches_of_real_h100_shares_closer_than_the_interpolated_profile():

@@ -73,7 +73,7 @@ def test_rows_kept_before_repeats_are_one_repeat_each():
 def test_repeats_below_one_is_a_one_line_error(tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "perf_analyzer.py"), "--repeats", "0",
                            "--out", str(tmp_path)], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2 and done.stderr.strip() == "error: --repeats must be at least 1 (got 0)"
+    assert done.returncode == 2 and done.stderr.strip() == "error: --repeats: must be >= 1 (got 0); see perf_analyzer.py --help"
 
 
 def test_the_servers_records_split_at_the_widest_gaps_into_each_clients_share(tmp_path):

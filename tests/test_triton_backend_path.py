@@ -24,4 +24,6 @@ def test_the_path_is_measured_on_the_real_server(capsys):
 
 
 def test_bad_arguments_are_one_line():
-    assert tbp.main(["--clients", "0"]) == 2
+    with pytest.raises(SystemExit) as exit:
+        tbp.main(["--clients", "0"])
+    assert exit.value.code == 2

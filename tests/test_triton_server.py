@@ -188,8 +188,8 @@ def test_each_instance_tells_forward_who_it_is(tmp_path):
     assert serve_on_two_instances(tmp_path) == {0, 1}
 
 
-def test_setup_hands_every_option_after_it_to_pip(tmp_path, monkeypatch, capsys):
-    # `setup --no-index --find-links DIR` is the documented offline setup; argparse must not take pip's options.
+def test_setup_hands_its_package_sources_to_pip(tmp_path, monkeypatch, capsys):
+    # `setup --no-index --find-links DIR` is the documented offline setup.
     from harness.live.triton.__main__ import main
     monkeypatch.setattr("harness.live.triton.__main__.stub_env_needed", lambda: True)
     monkeypatch.setenv(triton.STUB_ENV_VAR, str(tmp_path / "stub"))
@@ -198,6 +198,25 @@ def test_setup_hands_every_option_after_it_to_pip(tmp_path, monkeypatch, capsys)
     assert main(["setup", "--no-index", "--find-links", str(wheels)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: pip could not install") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("needed", [True, False])
+def test_setup_refuses_a_wrong_option_even_with_nothing_to_set_up(tmp_path, monkeypatch, capsys, needed):
+    # Before, every option went to pip, which never ran when the environment was there: `--bogus` said ready.
+    from harness.live.triton.__main__ import main
+    monkeypatch.setattr("harness.live.triton.__main__.stub_env_needed", lambda: needed)
+    monkeypatch.setattr("harness.live.triton.__main__.setup_stub_env", lambda sources: tmp_path)   # "there already"
+    for argv, named in [(["setup", "--bogus"], "--bogus"),
+                        (["setup", "--find-links", str(tmp_path / "none")], "no such directory"),
+                        (["setup", "--no-index"], "--no-index needs --find-links")]:
+        try:
+            code = main(argv)
+        except SystemExit as exit:       # a flag argparse refuses
+            code = exit.code
+        assert code == 2
+        err = capsys.readouterr().err
+        assert named in err and err.count("\n") == 1 and "Traceback" not in err and "ready" not in err
+    assert main(["setup", "--no-index", "--find-links", str(tmp_path)]) == 0
 
 
 def send_at_once(url: str, n: int, threads: int) -> list[int]:

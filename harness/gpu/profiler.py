@@ -31,6 +31,12 @@ between the two, as busy as its siblings are (harness.profiles,
 LatencyCurve.beside), which is what emulated GPUs run. --siblings 0 measures
 alone only.
 
+What siblings add grows with the batches they run, so --sibling-batch may
+list several sizes (16,128): the share is measured beside siblings at each,
+the first giving mean, std and p99, and every one its means in the model's
+`beside_ms` (by sibling batch), from which an emulated share takes what its
+working siblings add at the batch they run.
+
 --out is a path template with {gpu_type} and {partition}; the default files
 profiles/<gpu_type>/<partition>.json, gpu_type from the GPU's name by
 harness.gpu.partitions.gpu_type_from_name ('NVIDIA H100 80GB HBM3' -> h100).
@@ -77,12 +83,15 @@ def summarize_ms(samples_ms) -> dict[str, float]:
 
 def profile_document(gpu_type: str, partition: Partition, provenance: dict,
                      measured: dict[str, dict[int, dict[str, float]]], alone: dict | None = None,
-                     stages: dict[str, list[tuple[str, dict[int, dict[str, float]]]]] | None = None) -> dict:
+                     stages: dict[str, list[tuple[str, dict[int, dict[str, float]]]]] | None = None,
+                     beside: dict[int, dict] | None = None, sibling_batch: int | None = None) -> dict:
     """The profile JSON (harness/profiles.py format) from {model: {batch: summarize_ms(...)}}.
 
     `alone`: the profile document of the same partition measured without busy siblings; its means
     become each model's alone_mean_ms. `stages`: {model: [(stage name, {batch: summarize_ms(...)}), ...]}
-    in stage order, each model's `stages`.
+    in stage order, each model's `stages`. `beside`: {sibling batch: the profile document measured
+    beside siblings replaying it}, for the sibling batches other than `sibling_batch` (this measurement's):
+    each model's beside_ms holds the means of all of them.
     """
     def columns(per_batch):
         batch = sorted(per_batch)
@@ -98,6 +107,15 @@ def profile_document(gpu_type: str, partition: Partition, provenance: dict,
             if points["batch"] != batch:
                 raise HarnessError(f"the alone profile of {model} has batch sizes {points['batch']}, not {batch}")
             models[model]["alone_mean_ms"] = points["mean_ms"]
+        if beside:
+            means = {sibling_batch: models[model]["mean_ms"]}
+            for size, doc in beside.items():
+                points = doc["models"][model]
+                if points["batch"] != batch:
+                    raise HarnessError(f"the profile of {model} beside siblings at batch {size} has batch sizes "
+                                       f"{points['batch']}, not {batch}")
+                means[size] = points["mean_ms"]
+            models[model]["beside_ms"] = {str(size): means[size] for size in sorted(means)}
         if stages and model in stages:
             models[model]["stages"] = [{"name": name, **columns(per_batch)} for name, per_batch in stages[model]]
     return {"gpu_type": gpu_type, "partition": partition.name, "emulated_partition": partition.emulated,
@@ -216,6 +234,9 @@ def provenance(partition: Partition, args, mig_uuid: str | None) -> dict:
         "siblings_busy": args.siblings_busy,
         "sibling_load": (f"{', '.join(args.models)} round robin at batch {args.sibling_batch}, non-stop, "
                          f"each in a share of {partition.mps_percentage}%") if args.siblings_busy else None,
+        # Every sibling batch measured beside (beside_ms), the first giving mean_ms.
+        "sibling_batches": ([args.sibling_batch, *sorted(args.beside_profile)] if args.siblings_busy
+                            else None),
     }
 
 
@@ -279,7 +300,9 @@ def measure_partition(partition: Partition, args) -> Path:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
     mig_uuid = visible if visible.startswith("MIG-") else None
     alone = json.loads(Path(args.alone_profile).read_text()) if args.alone_profile else None
-    doc = profile_document(gpu_type, partition, provenance(partition, args, mig_uuid), measured, alone, staged)
+    beside = {size: json.loads(Path(path).read_text()) for size, path in args.beside_profile.items()}
+    doc = profile_document(gpu_type, partition, provenance(partition, args, mig_uuid), measured, alone, staged,
+                           beside, args.sibling_batch)
     path = output_path(args.out, gpu_type, partition.name)
     write_profile(path, doc)
     print(f"[{partition.name}] wrote {path}", flush=True)
@@ -288,23 +311,25 @@ def measure_partition(partition: Partition, args) -> Path:
 
 # --- orchestration: one child process per partition ---------------------------------------------
 
-def _common_options(partition: Partition, args) -> list[str]:
-    return ["--models", ",".join(args.models), "--sibling-batch", str(args.sibling_batch),
+def _common_options(partition: Partition, args, sibling_batch: int) -> list[str]:
+    return ["--models", ",".join(args.models), "--sibling-batch", str(sibling_batch),
             "--device", "0" if partition.kind == "mig" else str(args.device),   # the MIG instance is the one visible
             "--dtype", args.dtype, "--channels-last", ",".join(args.channels_last) or "none"]
 
 
-def _child_command(partition: Partition, args, siblings: int, out: str, alone: str | None) -> list[str]:
+def _child_command(partition: Partition, args, siblings: int, out: str, alone: str | None,
+                   sibling_batch: int, beside: dict[int, str] | None = None) -> list[str]:
     return [sys.executable, "-m", "harness.gpu.profiler", "--in-process", "--partition", partition.name,
             "--batch", ",".join(map(str, args.batch)), "--iters", str(args.iters), "--warmup-s", str(args.warmup_s),
-            "--out", out, "--siblings", str(siblings), *_common_options(partition, args)] + \
+            "--out", out, "--siblings", str(siblings), *_common_options(partition, args, sibling_batch)] + \
         (["--alone-profile", alone] if alone else []) + (["--cudnn-benchmark"] if args.cudnn_benchmark else []) + \
-        (["--stages"] if args.stages else [])
+        (["--stages"] if args.stages else []) + \
+        [arg for size, path in (beside or {}).items() for arg in ("--beside-profile", f"{size}={path}")]
 
 
-def _sibling_command(partition: Partition, args, ready: Path) -> list[str]:
+def _sibling_command(partition: Partition, args, ready: Path, sibling_batch: int) -> list[str]:
     return [sys.executable, "-m", "harness.gpu.profiler", "--sibling-load", str(ready), "--partition", partition.name,
-            *_common_options(partition, args)]
+            *_common_options(partition, args, sibling_batch)]
 
 
 def _end(process: subprocess.Popen, timeout: float = 30.0) -> None:
@@ -318,10 +343,11 @@ def _end(process: subprocess.Popen, timeout: float = 30.0) -> None:
 
 
 def _start_siblings(partition: Partition, args, env: dict[str, str], count: int, scratch: Path,
-                    timeout_s: float = 300.0) -> list[subprocess.Popen]:
-    """`count` busy sibling shares, each replaying once its models are loaded; [] and ended on failure."""
-    readies = [scratch / f"sibling-{i}.ready" for i in range(count)]
-    siblings = [subprocess.Popen(_sibling_command(partition, args, r), env=env) for r in readies]
+                    sibling_batch: int, timeout_s: float = 300.0) -> list[subprocess.Popen]:
+    """`count` busy sibling shares, each replaying at `sibling_batch` once its models are loaded; [] and ended
+    on failure."""
+    readies = [scratch / f"sibling-{sibling_batch}-{i}.ready" for i in range(count)]
+    siblings = [subprocess.Popen(_sibling_command(partition, args, r, sibling_batch), env=env) for r in readies]
     deadline = time.monotonic() + timeout_s
     try:
         while not all(r.exists() for r in readies):
@@ -332,7 +358,7 @@ def _start_siblings(partition: Partition, args, env: dict[str, str], count: int,
         for s in siblings:
             _end(s)
         raise
-    print(f"[{partition.name}] {count} busy sibling shares running", flush=True)
+    print(f"[{partition.name}] {count} busy sibling shares running at batch {sibling_batch}", flush=True)
     return siblings
 
 
@@ -341,22 +367,34 @@ def _run_child(partition: Partition, args, env: dict[str, str]) -> bool:
     started = time.perf_counter()
     processes: list[subprocess.Popen] = []      # the measuring children and the busy siblings, all ended below
 
-    def measure(siblings_busy: int, out: str, alone: str | None) -> int:
-        processes.append(subprocess.Popen(_child_command(partition, args, siblings_busy, out, alone), env=env))
+    def measure(siblings_busy: int, out: str, alone: str | None, sibling_batch: int,
+                beside: dict[int, str] | None = None) -> int:
+        processes.append(subprocess.Popen(_child_command(partition, args, siblings_busy, out, alone, sibling_batch,
+                                                         beside), env=env))
         return processes[-1].wait()
 
     with tempfile.TemporaryDirectory(prefix="harness-profiler-") as scratch:
         try:
             count = sibling_count(partition, args.siblings)
-            alone = None
-            if count:                    # first alone, then beside busy siblings
+            alone, beside = None, {}
+            if count:                    # first alone, then beside siblings at each further batch, then the first
                 alone = str(Path(scratch) / "alone.json")
                 print(f"[{partition.name}] alone", flush=True)
-                rc = measure(0, alone, None)
+                rc = measure(0, alone, None, args.sibling_batch)
                 if rc != 0:
                     raise HarnessError(f"[{partition.name}] measuring alone failed (exit {rc})")
-                processes += _start_siblings(partition, args, env, count, Path(scratch))
-            rc = measure(count, args.out, alone)
+                for size in args.sibling_batches[1:]:
+                    siblings = _start_siblings(partition, args, env, count, Path(scratch), size)
+                    processes += siblings
+                    beside[size] = str(Path(scratch) / f"beside-{size}.json")
+                    rc = measure(count, beside[size], None, size)
+                    for sibling in siblings:
+                        _end(sibling)
+                    if rc != 0:
+                        raise HarnessError(f"[{partition.name}] measuring beside siblings at batch {size} failed "
+                                           f"(exit {rc})")
+                processes += _start_siblings(partition, args, env, count, Path(scratch), args.sibling_batch)
+            rc = measure(count, args.out, alone, args.sibling_batch, beside)
         except HarnessError as exc:
             print(f"error: {exc}", file=sys.stderr, flush=True)
             rc = 1
@@ -416,16 +454,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--siblings", default="auto",
                     help="busy sibling shares beside an MPS share while it is measured: 'auto' (fill the GPU "
                          "with shares of its size) or a count (0: alone)")
-    ap.add_argument("--sibling-batch", type=int, default=16, help="the batch size the busy siblings replay")
+    ap.add_argument("--sibling-batch", default="16",
+                    help="the batch size the busy siblings replay; several, comma-separated (16,128), measure the "
+                         "share beside siblings at each, the first giving the profile's busy latencies")
     ap.add_argument("--in-process", action="store_true",
                     help="measure the one partition given in this process, in the environment it has")
     ap.add_argument("--sibling-load", metavar="READY_FILE", help=argparse.SUPPRESS)
     ap.add_argument("--alone-profile", help=argparse.SUPPRESS)    # the alone measurement, for alone_mean_ms
+    ap.add_argument("--beside-profile", action="append", default=[],   # SIZE=PATH: beside siblings at SIZE
+                    help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.siblings != "auto" and not (args.siblings.isdigit()):
         raise HarnessError(f"--siblings must be 'auto' or a count >= 0 (got '{args.siblings}')")
-    if args.sibling_batch < 1:
-        raise HarnessError(f"--sibling-batch must be >= 1 (got {args.sibling_batch})")
+    try:
+        args.sibling_batches = [int(b) for b in args.sibling_batch.split(",") if b.strip()]
+    except ValueError:
+        args.sibling_batches = []
+    if (not args.sibling_batches or min(args.sibling_batches) < 1
+            or len(set(args.sibling_batches)) != len(args.sibling_batches)):
+        raise HarnessError(f"--sibling-batch must be batch sizes >= 1, comma-separated, each once "
+                           f"(got '{args.sibling_batch}')")
+    args.sibling_batch = args.sibling_batches[0]
+    args.beside_profile = dict((int(size), path) for size, path in
+                               (item.split("=", 1) for item in args.beside_profile))
     args.models = [m for m in args.models.split(",") if m]
     try:
         args.batch = sorted({int(b) for b in args.batch.split(",") if b})

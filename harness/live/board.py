@@ -3,10 +3,11 @@
 A share of a real GPU runs slower the more of the rest of the GPU works
 when its batch starts (harness.profiles, LatencyCurve.beside). A real GPU
 knows that by itself; emulated shares are separate worker processes, so
-they keep it here: one row per worker, (device, share, busy until), in a
-memfd every local worker maps. A worker writes its row when a batch starts
-(until when it will run) and when it stops early; before each batch it
-sums the shares of the other rows of its device busy past now. That is the
+they keep it here: one row per worker, (device, share, busy until, batch
+size), in a memfd every local worker maps. A worker writes its row when a
+batch starts (until when it will run, and the size it runs at) and when it
+stops early; before each batch it sums the shares of the other rows of its
+device busy past now, and averages the sizes they run. That is the
 device as it is when the batch starts, including batches its siblings were
 sent after this one was queued, which the scheduler could not know when it
 sent it.
@@ -19,7 +20,7 @@ busy as the scheduler expected.
 
     board = Board.create(rows=4096)                    # the pool
     row = board.take(device=0, share=0.25)             # for a worker it starts; board.give_back(row)
-    Board.attach("fd:rows").busy_beside(row, now)      # a worker; .hold(row, until)
+    Board.attach("fd:rows").beside(row, now)           # a worker: (busy, their batch); .hold(row, until, size)
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ import time
 
 import numpy as np
 
-DEVICE, SHARE, UNTIL = range(3)
+DEVICE, SHARE, UNTIL, BATCH = range(4)
+COLUMNS = 4
 
 
 class BoardFull(Exception):
@@ -38,15 +40,15 @@ class BoardFull(Exception):
 
 
 class Board:
-    """`rows` rows of (device, share, busy until) in one shared mapping."""
+    """`rows` rows of (device, share, busy until, batch size) in one shared mapping."""
 
     def __init__(self, fd: int, rows: int):
         if rows < 1:
             raise ValueError(f"a board needs at least one row (got {rows})")
         self.fd = fd
         self.rows = rows
-        self.mm = mmap.mmap(fd, rows * 3 * 8, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        self.table = np.ndarray((rows, 3), dtype=np.float64, buffer=self.mm)
+        self.mm = mmap.mmap(fd, rows * COLUMNS * 8, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self.table = np.ndarray((rows, COLUMNS), dtype=np.float64, buffer=self.mm)
         self._free = list(range(rows - 1, -1, -1))
 
     @classmethod
@@ -54,7 +56,7 @@ class Board:
         """A new board in anonymous shared memory, every row empty; its fd is inheritable (pass_fds)."""
         fd = os.memfd_create("harness-devices", 0)
         try:
-            os.ftruncate(fd, rows * 3 * 8)
+            os.ftruncate(fd, rows * COLUMNS * 8)
         except OSError:
             os.close(fd)
             raise
@@ -80,31 +82,37 @@ class Board:
         if not self._free:
             raise BoardFull(f"all {self.rows} rows of the device board belong to running workers")
         row = self._free.pop()
-        self.table[row] = (device, share, 0.0)
+        self.table[row] = (device, share, 0.0, 0.0)
         return row
 
     def give_back(self, row: int) -> None:
         """The row's worker has exited: its share works no more, and the row may go to another worker."""
-        self.table[row] = (-1.0, 0.0, 0.0)
+        self.table[row] = (-1.0, 0.0, 0.0, 0.0)
         self._free.append(row)
 
-    def hold(self, row: int, until: float) -> None:
-        """The row's share works until `until` (time.monotonic())."""
+    def hold(self, row: int, until: float, batch: int = 0) -> None:
+        """The row's share works until `until` (time.monotonic()), on a batch of `batch` (as it runs: padded)."""
+        self.table[row, BATCH] = batch
         self.table[row, UNTIL] = until
 
-    def busy_beside(self, row: int, now: float | None = None) -> float:
-        """The fraction of the rest of the row's device that works at `now`: the other rows' shares of
-        that device busy past it, over what the row's share leaves of the device (0 for a whole one)."""
+    def beside(self, row: int, now: float | None = None) -> tuple[float, float | None]:
+        """What works beside the row's share at `now`: the fraction of the rest of its device at work (the
+        other rows' shares of that device busy past it, over what the row's share leaves; 0 for a whole
+        one), and the share-weighted mean batch those rows run (None where none works)."""
         t = self.table
         device, share = t[row, DEVICE], t[row, SHARE]
         rest = 1.0 - share
         if rest <= 1e-9:
-            return 0.0
+            return 0.0, None
         if now is None:
             now = time.monotonic()
         working = (t[:, DEVICE] == device) & (t[:, UNTIL] > now)
         working[row] = False
-        return min(1.0, float(t[working, SHARE].sum()) / rest)
+        shares = t[working, SHARE]
+        total = float(shares.sum())
+        if total <= 0:
+            return 0.0, None
+        return min(1.0, total / rest), float((shares * t[working, BATCH]).sum()) / total
 
     def close(self) -> None:
         del self.table

@@ -215,7 +215,7 @@ class LiveCluster:
         mean = curves[0].mean[b] if len(curves) == 1 else sum(c.mean[b] for c in curves)
         # An emulated share runs as slow as the rest of its device is busy when it starts: its worker reads
         # that off the device board; one without a board (on another host) runs as busy as expected here.
-        busy = (self.ledger.busy_beside(slot, start)
+        busy = (self.ledger.beside(slot, start)[0]
                 if self._tell_busy and s.emulated and curves[0].alone is not None else None)
         s.busy_until = start + mean
         self._queued_s[slot] += mean

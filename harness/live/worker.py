@@ -111,9 +111,10 @@ class EmulatedExecutor(Executor):
 
     A share's latency is its profile's beside `busy` of the rest of the device
     at work (LatencyCurve.beside; the busy-sibling profile where not told).
-    With a device board (harness.live.board) the worker reads `busy` off it
-    when each batch starts and posts there until when it runs; without one
-    (a worker on another host) it runs as busy as the scheduler expected.
+    With a device board (harness.live.board) the worker reads `busy`, and the
+    batch its working siblings run, off it when each batch starts, and posts
+    there until when it runs and at what size; without one (a worker on
+    another host) it runs as busy as the scheduler expected.
 
     With `noise`, each batch takes the profile's mean plus Gaussian noise of
     its std, clipped at half the mean (as the sim runtime draws it). A tensor
@@ -132,8 +133,14 @@ class EmulatedExecutor(Executor):
         self._rng = np.random.default_rng(seed)
         self.board, self.row = board, row
 
+    # The share-weighted mean batch the working siblings run (None: unknown), read off the board.
+    sibling_batch: float | None = None
+
     def begin(self, expected_busy: float | None) -> None:
-        self.busy = expected_busy if self.board is None else self.board.busy_beside(self.row)
+        if self.board is None:
+            self.busy = expected_busy
+        else:
+            self.busy, self.sibling_batch = self.board.beside(self.row)
 
     def duration(self, model: str, size: int) -> float:
         curve = self.curves.get(model)
@@ -144,7 +151,7 @@ class EmulatedExecutor(Executor):
     def _draw(self, curve: LatencyCurve, size: int, what: str) -> float:
         if not 1 <= size <= curve.max_batch:
             raise ValueError(f"batch of {size} outside the profiled sizes 1..{curve.max_batch} of {what}")
-        mean = curve.mean[size] if self.busy is None else curve.beside(size, self.busy)
+        mean = curve.mean[size] if self.busy is None else curve.beside(size, self.busy, self.sibling_batch)
         if self.noise and curve.std[size] > 0:
             return max(0.5 * mean, mean + curve.std[size] * float(self._rng.standard_normal()))
         return mean
@@ -155,17 +162,18 @@ class EmulatedExecutor(Executor):
             raise ValueError(f"model {model!r} has no stage {stage} here")
         if payload is not None and stage == 0:
             _check_images(payload, size)
-        self._sleep(self._draw(curve.stages[stage], size, f"{model} stage {stage}"), abort)
+        stage_curve = curve.stages[stage]
+        self._sleep(self._draw(stage_curve, size, f"{model} stage {stage}"), abort, stage_curve.padded(size))
 
     def run(self, model, size, payload, abort=None):
         if payload is not None:
             _check_images(payload, size)
-        self._sleep(self.duration(model, size), abort)
+        self._sleep(self.duration(model, size), abort, self.curves[model].padded(size))
 
-    def _sleep(self, seconds: float, abort: threading.Event | None) -> None:
+    def _sleep(self, seconds: float, abort: threading.Event | None, batch: int) -> None:
         end = time.perf_counter() + seconds
         if self.board is not None:
-            self.board.hold(self.row, time.monotonic() + seconds)
+            self.board.hold(self.row, time.monotonic() + seconds, batch)     # its siblings read both
         try:
             block = end - self.spin - time.perf_counter()
             if block > 0:

@@ -97,6 +97,7 @@ class SimCluster:
         self._waiting: defaultdict[int, deque[_Waiting]] = defaultdict(deque)
         self._started: dict[int, _Waiting] = {}
         self._until: defaultdict[int, float] = defaultdict(float)   # every slot: until when it runs a batch
+        self._batch: dict[int, int] = {}            # every slot: the size it runs its batch at (padded)
         self._expected: defaultdict[int, float] = defaultdict(float)
         self._policy: Policy | None = None
 
@@ -164,12 +165,15 @@ class SimCluster:
         slot, b = batch.slot, batch.size
         batch.t_start = start
         # A share runs slower the more of the rest of its device works (profiled alone and beside busy siblings).
-        busy = self.ledger.busy_beside(slot, start, self._until) if self._beside.get(slot) else 0.0
+        busy, sibling_batch = (self.ledger.beside(slot, start, self._until, self._batch)
+                               if self._beside.get(slot) else (0.0, None))
+        self._batch[slot] = curves[0].padded(b)      # what its siblings see it run
         if len(curves) == 1:
-            batch.t_end = self._until[slot] = start + self._exec_time(curves[0], b, busy)
+            batch.t_end = self._until[slot] = start + self._exec_time(curves[0], b, busy, sibling_batch)
             self._running[slot] = self._push(batch.t_end, self._complete, batch)
         else:                                 # a chain: where each stage ends, for a stop at a boundary
-            ends = list(itertools.accumulate((self._exec_time(c, b, busy) for c in curves), initial=start))[1:]
+            ends = list(itertools.accumulate((self._exec_time(c, b, busy, sibling_batch) for c in curves),
+                                             initial=start))[1:]
             batch.t_end = self._until[slot] = ends[-1]
             self._running[slot] = entry = self._push(batch.t_end, self._complete, batch)
             self._chains[slot] = (batch, entry, ends)
@@ -207,10 +211,10 @@ class SimCluster:
             head = waiting[0]
             head.begin = self._push(max(self._now, head.ready), self._begin, head.batch)
 
-    def _exec_time(self, curve: LatencyCurve, b: int, busy: float) -> float:
-        """The profiled mean beside `busy` of the rest of the device at work, or with noise a draw around it
-        (clipped at half the mean)."""
-        exec_time = curve.beside(b, busy)
+    def _exec_time(self, curve: LatencyCurve, b: int, busy: float, sibling_batch: float | None) -> float:
+        """The profiled mean beside `busy` of the rest of the device at work on batches of about
+        `sibling_batch`, or with noise a draw around it (clipped at half the mean)."""
+        exec_time = curve.beside(b, busy, sibling_batch)
         if self._noise and curve.std[b] > 0:
             exec_time = max(0.5 * exec_time, exec_time + curve.std[b] * self._normal())
         return exec_time

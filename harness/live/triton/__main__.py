@@ -1,4 +1,8 @@
-"""python -m harness.live.triton setup [pip options] | check: prepare a machine for system=triton, and check it."""
+"""Prepare a machine for system=triton, and check it.
+
+    python -m harness.live.triton setup [--no-index] [--find-links DIR] [--index-url URL]
+    python -m harness.live.triton check
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import json
 import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 
@@ -36,22 +41,39 @@ def check() -> int:
     return 0 if status == "ok" and batch_id == 0 else 1
 
 
+def pip_sources(args) -> list[str]:
+    """Where pip is to find the stub's numpy: the setup options given, as pip's own flags."""
+    for where in args.find_links:
+        if "://" not in where and not Path(where).is_dir():
+            raise HarnessError(f"--find-links {where}: no such directory; give the directory holding a numpy 1.x "
+                               "wheel (or a URL)")
+    if args.no_index and not args.find_links:
+        raise HarnessError("--no-index needs --find-links DIR: with no index pip has nowhere to find numpy")
+    return ([*(["--no-index"] if args.no_index else []), *(f for d in args.find_links for f in ("--find-links", d)),
+             *(["--index-url", args.index_url] if args.index_url else []),
+             *(f for u in args.extra_index_url for f in ("--extra-index-url", u))])
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    parser = ArgumentParser(prog="python -m harness.live.triton", description=__doc__.split(":")[0])
+    parser = ArgumentParser(prog="python -m harness.live.triton", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("setup", help="create the Python backend stub's numpy<2 environment (needed with numpy 2); "
-                                 "what follows goes to pip, e.g. setup --no-index --find-links DIR")
+    setup = sub.add_parser("setup", help="create the Python backend stub's numpy<2 environment (needed with numpy 2)")
+    # pip's package-source options, named here so that a mistyped one is refused, not handed to a pip that
+    # never runs when the environment is there already.
+    setup.add_argument("--no-index", action="store_true", help="use no package index (offline: with --find-links)")
+    setup.add_argument("--find-links", "-f", action="append", default=[], metavar="DIR",
+                       help="a directory (or URL) holding a numpy 1.x wheel")
+    setup.add_argument("--index-url", "-i", metavar="URL", help="the package index to use instead of PyPI")
+    setup.add_argument("--extra-index-url", action="append", default=[], metavar="URL", help="one more package index")
     sub.add_parser("check", help="start tritonserver with one model and send it one request")
-    # Everything after `setup` is pip's (argparse would take --no-index for an option of its own).
-    pip_args = argv[1:] if argv[:1] == ["setup"] else []
-    args = parser.parse_args(argv[:1] if argv[:1] == ["setup"] else argv)
+    args = parser.parse_args(argv)
     try:
         if args.command == "setup":
+            sources = pip_sources(args)
             if not stub_env_needed():
                 print(f"numpy {np.__version__}: the stub runs in this environment; nothing to set up")
                 return 0
-            print(f"Triton stub environment ready at {setup_stub_env(pip_args)}")
+            print(f"Triton stub environment ready at {setup_stub_env(sources)}")
             return 0
         return check()
     except HarnessError as exc:

@@ -72,7 +72,7 @@ class TritonBackend:
         with self._lock:
             now = self.clock.now()
             batch = self.ledger.open_external_batch(slot, model, size, now)
-            busy = self.ledger.busy_beside(slot, now)
+            busy = self.ledger.beside(slot, now)[0]
             self.ledger.slots[slot].busy_until = math.inf     # at work until its instances' batches reply
         reply = self._call(self._submit(slot, batch.id, model, size, busy))
         t_end = self.clock.now()
