@@ -136,6 +136,21 @@ def test_the_device_board_shows_each_emulated_share_what_the_rest_of_its_device_
         board.close()
 
 
+def test_a_worker_sees_a_sibling_whose_row_was_taken_after_it_attached():
+    # Workers read only the rows ever taken (a count kept in the shared memory), not all of them.
+    board = Board.create(rows=64)
+    try:
+        first = board.take(0, 0.5)
+        worker = Board.attach(f"{os.dup(board.fd)}:64")
+        assert worker.beside(first, 1.0) == (0.0, None)
+        later = board.take(0, 0.5)                    # a slot added after the worker started
+        board.hold(later, 5.0, 32)
+        assert worker.beside(first, 1.0) == (1.0, 32)
+        worker.close()
+    finally:
+        board.close()
+
+
 def _expected_ms(batches: pd.DataFrame, curve: LatencyCurve) -> tuple[np.ndarray, np.ndarray]:
     """Per batch, the fraction of the other three 25% shares working when it started (from the batches'
     own spans) and the time the profile gives beside that."""
