@@ -114,7 +114,8 @@ class RuntimeConfig:
     spin_us: float = 500.0              # the event loop busy-waits this close to a timer
     scheduler_cpu: str = "none"         # the scheduler's core: none (the OS places it) | a core number | auto (the
                                         # fastest, measured, on hosts of 8+ cores); the run's other processes kept off it
-    slot_start_s: float = 0.5           # sim: seconds a slot takes to start (an emulated worker, measured live)
+    slot_start_s: float = 0.5           # sim: seconds a slot takes to start where its profile measured none
+                                        # (an emulated worker, measured live)
     faults: List[FaultConfig] = field(default_factory=list)   # scripted slot losses, for fault studies
     locust_workers: int = -1            # -1: sized to the host and the rate (harness.load.default_workers); 0: one process;
                                         # N: a master and N workers

@@ -46,14 +46,25 @@ sibling batch, one value per batch size; the profiler's --sibling-batch
 siblings added at their batch size, linear in log2 of it between the
 measured ones and held at the ends; without `beside_ms`, or not told the
 siblings' batch, what they added at the profile's own sibling batch.
+
+A profile may also say what starting a slot costs on that GPU: `start_s`
+(top level: a worker process's start, its imports and CUDA context, before
+any model) and each model's `load_s` (building it, warming it up and
+capturing its CUDA graphs), both measured by the profiler. A slot a
+reconfiguration adds then takes `start_s` plus its models' `load_s` to join
+on an emulated GPU as on a real one (LatencyCurve.start_cost); without them
+the sim charges runtime.slot_start_s and a live emulated worker its own
+start (about half a second), which a real GPU's 13 s re-cut dwarfs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
@@ -80,6 +91,9 @@ class LatencyCurve:
     # The means beside busy siblings replaying each of several batch sizes, ((sibling batch, means), ...)
     # by sibling batch, each dense like `mean`; () where only `mean` was measured beside them.
     siblings: tuple[tuple[int, list[float]], ...] = ()
+    # What starting a slot that serves the model costs here (the profile's start_s, the model's load_s).
+    start_s: float | None = None
+    load_s: float | None = None
 
     @property
     def max_batch(self) -> int:
@@ -103,6 +117,15 @@ class LatencyCurve:
         at = np.log2([s for s, _ in self.siblings])
         added = [means[b] - alone for _, means in self.siblings]
         return alone + busy * float(np.interp(np.log2(sibling_batch), at, added))
+
+    @staticmethod
+    def start_cost(curves: Iterable["LatencyCurve"]) -> float | None:
+        """Seconds a slot serving these models takes to start: a worker process, then each model loaded;
+        None unless the profile measured every part."""
+        curves = list(curves)
+        if not curves or any(c.start_s is None or c.load_s is None for c in curves):
+            return None
+        return max(c.start_s for c in curves) + sum(c.load_s for c in curves)
 
     def padded(self, b: int) -> int:
         """The measured size a batch of `b` runs at (a GPU slot's next captured graph); `b` on a curve made
@@ -173,8 +196,20 @@ class LatencyCurve:
         return cls(whole.mean, whole.std, whole.p99, (part,) * stages, tuple(f"stage{k}" for k in range(stages)))
 
     def with_stages(self, stages: list["LatencyCurve"], names: list[str]) -> "LatencyCurve":
-        return LatencyCurve(self.mean, self.std, self.p99, tuple(stages), tuple(names), self.alone, self.sizes,
-                            self.siblings)
+        return dataclasses.replace(self, stages=tuple(stages), stage_names=tuple(names))
+
+    def costing(self, start_s: float | None, load_s: float | None) -> "LatencyCurve":
+        """The curve with what starting a slot that serves it costs (see start_cost)."""
+        return dataclasses.replace(self, start_s=start_s, load_s=load_s)
+
+
+def _seconds(value, where: str) -> float | None:
+    """A measured start or load time: None if absent, else a finite number of seconds >= 0."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 3600:
+        raise HarnessError(f"{where} must be seconds in [0, 3600) (got {value!r}); fix the profile file")
+    return float(value)
 
 
 def _sibling_batches(beside_ms, alone_ms, where: str) -> list[tuple[int, list]]:
@@ -241,6 +276,8 @@ def load_profile(path: str | Path) -> Profile:
                                               s.get("p99_ms"), f"{where} stage {k}", s.get("alone_mean_ms"),
                                               step=True) for k, s in enumerate(stages)]
             curves[model] = curves[model].with_stages(parts, [str(s.get("name", k)) for k, s in enumerate(stages)])
+        curves[model] = curves[model].costing(_seconds(data.get("start_s"), f"profile '{path.name}' start_s"),
+                                              _seconds(points.get("load_s"), f"{where}: load_s"))
     return Profile(data.get("gpu_type", path.parent.name), data.get("partition", path.stem),
                    bool(data.get("emulated_partition", False)), data.get("provenance", {}), curves, str(path))
 

@@ -37,6 +37,11 @@ the first giving mean, std and p99, and every one its means in the model's
 `beside_ms` (by sibling batch), from which an emulated share takes what its
 working siblings add at the batch they run.
 
+It also records what starting a slot costs: `start_s`, the measuring
+process's start, imports and CUDA context before its first model, and each
+model's `load_s`, building, warming up and capturing it; an emulated slot a
+reconfiguration adds takes as long (harness.profiles).
+
 --out is a path template with {gpu_type} and {partition}; the default files
 profiles/<gpu_type>/<partition>.json, gpu_type from the GPU's name by
 harness.gpu.partitions.gpu_type_from_name ('NVIDIA H100 80GB HBM3' -> h100).
@@ -57,6 +62,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 
 from harness.errors import ArgumentParser, HarnessError
 from harness.gpu.models import DEFAULT_CHANNELS_LAST, MODELS
@@ -84,14 +90,17 @@ def summarize_ms(samples_ms) -> dict[str, float]:
 def profile_document(gpu_type: str, partition: Partition, provenance: dict,
                      measured: dict[str, dict[int, dict[str, float]]], alone: dict | None = None,
                      stages: dict[str, list[tuple[str, dict[int, dict[str, float]]]]] | None = None,
-                     beside: dict[int, dict] | None = None, sibling_batch: int | None = None) -> dict:
+                     beside: dict[int, dict] | None = None, sibling_batch: int | None = None,
+                     load_s: dict[str, float] | None = None, start_s: float | None = None) -> dict:
     """The profile JSON (harness/profiles.py format) from {model: {batch: summarize_ms(...)}}.
 
     `alone`: the profile document of the same partition measured without busy siblings; its means
     become each model's alone_mean_ms. `stages`: {model: [(stage name, {batch: summarize_ms(...)}), ...]}
     in stage order, each model's `stages`. `beside`: {sibling batch: the profile document measured
     beside siblings replaying it}, for the sibling batches other than `sibling_batch` (this measurement's):
-    each model's beside_ms holds the means of all of them.
+    each model's beside_ms holds the means of all of them. `load_s`: {model: seconds to build, warm up
+    and capture it}; `start_s`: seconds from the process's start until it could load a model (what
+    starting a slot costs on this GPU, besides its models).
     """
     def columns(per_batch):
         batch = sorted(per_batch)
@@ -116,10 +125,13 @@ def profile_document(gpu_type: str, partition: Partition, provenance: dict,
                                        f"{points['batch']}, not {batch}")
                 means[size] = points["mean_ms"]
             models[model]["beside_ms"] = {str(size): means[size] for size in sorted(means)}
+        if load_s and model in load_s:
+            models[model]["load_s"] = round(load_s[model], 3)
         if stages and model in stages:
             models[model]["stages"] = [{"name": name, **columns(per_batch)} for name, per_batch in stages[model]]
     return {"gpu_type": gpu_type, "partition": partition.name, "emulated_partition": partition.emulated,
-            "provenance": provenance, "models": models}
+            "provenance": provenance, **({"start_s": round(start_s, 3)} if start_s is not None else {}),
+            "models": models}
 
 
 def output_path(template: str, gpu_type: str, partition: str) -> Path:
@@ -270,6 +282,10 @@ def measure_partition(partition: Partition, args) -> Path:
     if not torch.cuda.is_available():
         raise HarnessError("the profiler needs a CUDA GPU (torch.cuda.is_available() is False)")
     from harness.gpu.executor import GpuExecutor
+    torch.empty(1, device=f"cuda:{args.device}")          # the CUDA context, as a worker makes it
+    # What a worker process costs before its first model: its start, imports and CUDA context.
+    start_s = time.time() - psutil.Process().create_time()
+    load_s: dict[str, float] = {}
     gpu_type = gpu_type_from_name(torch.cuda.get_device_name(args.device))
     measured: dict[str, dict[int, dict[str, float]]] = {}
     staged: dict[str, list[tuple[str, dict[int, dict[str, float]]]]] = {}
@@ -278,7 +294,7 @@ def measure_partition(partition: Partition, args) -> Path:
         executor = GpuExecutor([model], device=args.device, dtype=args.dtype, batch_sizes=args.batch,
                                cudnn_benchmark=args.cudnn_benchmark, channels_last=args.channels_last,
                                stages=args.stages)
-        ready = time.perf_counter() - t0
+        ready = load_s[model] = time.perf_counter() - t0
         warm, capture = executor.load_seconds[model]
         measured[model] = {}
         with torch.cuda.device(args.device):
@@ -302,7 +318,7 @@ def measure_partition(partition: Partition, args) -> Path:
     alone = json.loads(Path(args.alone_profile).read_text()) if args.alone_profile else None
     beside = {size: json.loads(Path(path).read_text()) for size, path in args.beside_profile.items()}
     doc = profile_document(gpu_type, partition, provenance(partition, args, mig_uuid), measured, alone, staged,
-                           beside, args.sibling_batch)
+                           beside, args.sibling_batch, load_s, start_s)
     path = output_path(args.out, gpu_type, partition.name)
     write_profile(path, doc)
     print(f"[{partition.name}] wrote {path}", flush=True)

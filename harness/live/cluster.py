@@ -438,12 +438,18 @@ class LiveCluster:
         if stopping:
             await asyncio.wait(stopping)
         s = self.slots[slot]
+        began = self.clock.now()
         try:
             await self.pool.add(slot, spec_of(s))
         except HarnessError as exc:
             self.reconfiguration_errors.append(f"slot {slot} did not start: {exc}")
             print(f"live cluster: slot {slot} did not start: {exc}", file=sys.stderr, flush=True)
             return
+        # An emulated share starts as long as the real GPU measured (its process, then its models); its own
+        # worker is ready in about half a second.
+        measured = LatencyCurve.start_cost(self.ledger.curves[slot].values()) if s.emulated else None
+        if measured is not None and began + measured > self.clock.now():
+            await asyncio.sleep(began + measured - self.clock.now())
         if not self._finished and self.ledger.join(slot, self.clock.now()):
             self._call_policy("on_slot_added", slot)
 

@@ -17,9 +17,9 @@ slot's busy_until is exact. Every outcome goes through the run's ledger
 ties break by insertion order.
 
 A reconfiguration (Cluster.reconfigure) removes slots at once and starts the
-new ones once the slots leaving their device have drained, plus
-`slot_start_s` (the start cost measured live: a worker process, its models,
-its CUDA graphs). A computation a policy offloads (Cluster.offload, an
+new ones once the slots leaving their device have drained, plus their
+start cost: what the profile measured on the GPU (a worker process, its
+models, their CUDA graphs), else `slot_start_s`. A computation a policy offloads (Cluster.offload, an
 allocation solve) runs at once and takes no virtual time.
 """
 
@@ -286,7 +286,13 @@ class SimCluster:
             drained = max([o.busy_until for o in self.slots
                            if o.device == s.device and not o.alive and o.outstanding and o.index != slot],
                           default=now)
-            self._push(max(now, drained) + self.slot_start_s, self._join, slot)
+            self._push(max(now, drained) + self.start_cost(slot), self._join, slot)
+
+    def start_cost(self, slot: int) -> float:
+        """Seconds the slot takes to start: what its profile measured on the GPU (a worker process, then
+        its models), else `slot_start_s`."""
+        measured = LatencyCurve.start_cost(self.ledger.curves[slot].values())
+        return self.slot_start_s if measured is None else measured
 
     # -- event loop -------------------------------------------------------------
     def _push(self, t: float, fn: Callable, arg) -> list:
