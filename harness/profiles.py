@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -114,9 +115,22 @@ class LatencyCurve:
         alone = self.alone[b]
         if sibling_batch is None or not self.siblings or sibling_batch <= 0:
             return alone + busy * (self.mean[b] - alone)
-        at = np.log2([s for s, _ in self.siblings])
-        added = [means[b] - alone for _, means in self.siblings]
-        return alone + busy * float(np.interp(np.log2(sibling_batch), at, added))
+        # Linear in log2 of the siblings' batch between the measured ones, held at the ends (in plain
+        # Python: two or three points, at every batch start of a share in the sim).
+        x, at, means = math.log2(sibling_batch), self._sibling_log2, self.siblings
+        if x <= at[0]:
+            added = means[0][1][b] - alone
+        elif x >= at[-1]:
+            added = means[-1][1][b] - alone
+        else:
+            i = next(k for k in range(1, len(at)) if x < at[k])
+            w = (x - at[i - 1]) / (at[i] - at[i - 1])
+            added = (1 - w) * means[i - 1][1][b] + w * means[i][1][b] - alone
+        return alone + busy * added
+
+    @cached_property
+    def _sibling_log2(self) -> list[float]:
+        return [math.log2(size) for size, _ in self.siblings]
 
     @staticmethod
     def start_cost(curves: Iterable["LatencyCurve"]) -> float | None:

@@ -59,6 +59,10 @@ def test_what_busy_siblings_add_follows_the_batch_they_run_where_profiled_beside
     assert ms(8, 1.0, 2 ** 5.5) == pytest.approx(9.5)                         # halfway in log2 from 16 to 128
     assert ms(8, 1.0, 1) == 8.0 and ms(8, 1.0, 512) == 11.0                # held at the measured ends
     assert ms(1, 0.0, 128) == 1.0                                          # nothing at work adds nothing
+    three = LatencyCurve.from_points([1, 8], [4.0, 6.0], alone_ms=[2.0, 3.0], step=True,
+                                     beside_ms={"1": [3.0, 5.0], "8": [6.0, 9.0], "16": [7.0, 10.0]})
+    assert three.beside(5, 1.0, 2 ** 1.5) == pytest.approx(0.007)         # halfway from 1 to 8: 5 and 9 ms
+    assert three.beside(5, 1.0, 2 ** 3.5) == pytest.approx(0.0095)        # halfway from 8 to 16
     # Without beside_ms the sibling batch changes nothing (profiles measured beside one sibling batch).
     plain = LatencyCurve.from_points([1, 8], [2.0, 8.0], alone_ms=[1.0, 5.0], step=True)
     assert plain.beside(8, 1.0, 128) == plain.beside(8, 1.0) == pytest.approx(0.008)
