@@ -1,6 +1,6 @@
 """What the benchmarks share on the command line: bad arguments told in one line, never a traceback.
 
-    from _cli import Parser, above, at_least, listed, run_main, system_names
+    from _cli import Parser, above, at_least, choice, listed, run_main, system_names
 
 A benchmark builds its parser with `Parser`, checks numbers with the argparse
 types below, and ends with `run_main(main)`: a bad argument is one line
@@ -57,6 +57,15 @@ def listed(item: Callable[[str], float]) -> Callable[[str], list]:
         if not values:
             raise argparse.ArgumentTypeError(f"give at least one value, separated by commas (got '{text}')")
         return values
+    return parse
+
+
+def choice(what: str, allowed) -> Callable[[str], str]:
+    """An argparse type (for `listed`): one of `allowed`, the error naming them all."""
+    def parse(text: str) -> str:
+        if text not in allowed:
+            raise argparse.ArgumentTypeError(f"unknown {what} '{text}'; choose from: {', '.join(allowed)}")
+        return text
     return parse
 
 

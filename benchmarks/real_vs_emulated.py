@@ -28,7 +28,6 @@ gap (real - emulated) over the offered rate, and flags those more than 5% from
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import shutil
@@ -36,14 +35,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 
 # This directory, for _cli (which puts the project on sys.path), also where a test loads this file by its path.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _cli import Parser, above, at_least, listed, run_main, system_names  # noqa: E402
+from _cli import Parser, above, at_least, choice, listed, run_main, system_names  # noqa: E402
 from harness.assembly import detect_gpus  # noqa: E402
 from harness.report.analysis import mean_ci  # noqa: E402
 
@@ -148,26 +146,12 @@ def table(out: Path) -> pd.DataFrame:
     return pd.DataFrame(out_rows)
 
 
-def one_of(what: str, allowed) -> Callable[[str], list[str]]:
-    """An argparse type: names separated by commas, each one of `allowed`."""
-    def parse(text: str) -> list[str]:
-        names = [n.strip() for n in text.split(",") if n.strip()]
-        if not names:
-            raise argparse.ArgumentTypeError(f"name at least one {what} (got '{text}'); choose from: "
-                                             f"{', '.join(allowed)}")
-        for name in names:
-            if name not in allowed:
-                raise argparse.ArgumentTypeError(f"unknown {what} '{name}'; choose from: {', '.join(allowed)}")
-        return names
-    return parse
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = Parser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, required=True, help="the runs' directory (made, or added to)")
     ap.add_argument("--systems", type=system_names, default=SYSTEMS)
-    ap.add_argument("--clusters", type=one_of("cluster", CLUSTERS), default=",".join(CLUSTERS))
-    ap.add_argument("--loads", type=one_of("load", LOADS), default=",".join(LOADS))
+    ap.add_argument("--clusters", type=listed(choice("cluster", CLUSTERS)), default=",".join(CLUSTERS))
+    ap.add_argument("--loads", type=listed(choice("load", LOADS)), default=",".join(LOADS))
     ap.add_argument("--seeds", type=listed(at_least(0)), default="0,1,2")
     ap.add_argument("--gpu-type", default="h200", help="the GPU's profiles, for the emulated side")
     ap.add_argument("--stop-after-s", type=above(0), default=math.inf, help="start no run after this many seconds")

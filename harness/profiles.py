@@ -146,8 +146,13 @@ class LatencyCurve:
         in code, whose every size is measured."""
         if not self.sizes:
             return b
-        i = int(np.searchsorted(self.sizes, b))
-        return self.sizes[min(i, len(self.sizes) - 1)]
+        padded = self._padded
+        return padded[b] if b < len(padded) else self.sizes[-1]
+
+    @cached_property
+    def _padded(self) -> list[int]:
+        """padded(b) for every b up to the largest measured size (looked up at every batch a share runs)."""
+        return [0] + [self.sizes[i] for i in np.searchsorted(self.sizes, range(1, self.sizes[-1] + 1))]
 
     def largest_batch_within(self, budget: float) -> int:
         """Largest b with mean l(b) <= budget (0 if even b=1 does not fit)."""

@@ -32,7 +32,7 @@ import time
 import numpy as np
 
 DEVICE, SHARE, UNTIL, BATCH = range(4)
-COLUMNS = 4
+COLUMNS = BATCH + 1
 
 
 def _nbytes(rows: int) -> int:

@@ -165,9 +165,10 @@ class SimCluster:
         slot, b = batch.slot, batch.size
         batch.t_start = start
         # A share runs slower the more of the rest of its device works (profiled alone and beside busy siblings).
-        busy, sibling_batch = (self.ledger.beside(slot, start, self._until, self._batch)
-                               if self._beside.get(slot) else (0.0, None))
-        self._batch[slot] = curves[0].padded(b)      # what its siblings see it run
+        busy, sibling_batch = 0.0, None
+        if self._beside.get(slot):
+            busy, sibling_batch = self.ledger.beside(slot, start, self._until, self._batch)
+            self._batch[slot] = curves[0].padded(b)      # what its siblings see it run
         if len(curves) == 1:
             batch.t_end = self._until[slot] = start + self._exec_time(curves[0], b, busy, sibling_batch)
             self._running[slot] = self._push(batch.t_end, self._complete, batch)
