@@ -135,7 +135,7 @@ def test_the_device_board_shows_each_emulated_share_what_the_rest_of_its_device_
         assert ex.sibling_batch == 64                 # (this profile was measured beside one sibling batch)
         before = time.monotonic()
         ex.run("m", 1, None)
-        assert before + 0.0166 <= board.table[quarter, 2] <= time.monotonic() and board.table[quarter, 3] == 1
+        assert before + 0.0166 <= board.read(quarter)[2] <= time.monotonic() and board.read(quarter)[3] == 1
     finally:
         board.close()
 

@@ -29,8 +29,6 @@ import mmap
 import os
 import time
 
-import numpy as np
-
 DEVICE, SHARE, UNTIL, BATCH = range(4)
 COLUMNS = BATCH + 1
 
@@ -52,10 +50,13 @@ class Board:
         self.fd = fd
         self.rows = rows
         self.mm = mmap.mmap(fd, _nbytes(rows), mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        self.table = np.ndarray((rows, COLUMNS), dtype=np.float64, buffer=self.mm)
-        # After the table: how many rows have ever been taken (rows are taken lowest first), so a worker
-        # reads those, not all 4096, before each batch (about 20 us that an emulated batch would add).
-        self._used = np.ndarray((1,), dtype=np.float64, buffer=self.mm, offset=rows * COLUMNS * 8)
+        # The table as flat doubles, row-major, read and written a cell at a time in plain Python. A worker
+        # reads a few rows before each batch, which an emulated batch adds to its time: with numpy views
+        # that took 7 us in a loop and 50-70 us a batch in a live run on a loaded 2-core host; so, 1 us
+        # and 7-11 us. After the table, one cell: how many rows have ever been taken (rows are taken
+        # lowest first), so a worker reads those, not all 4096.
+        self.cells = memoryview(self.mm).cast("d")
+        self._count_at = rows * COLUMNS
         self._free = list(range(rows - 1, -1, -1))
 
     @classmethod
@@ -68,7 +69,8 @@ class Board:
             os.close(fd)
             raise
         board = cls(fd, rows)
-        board.table[:, DEVICE] = -1.0                # a row no worker holds is on no device
+        for row in range(rows):
+            board.cells[row * COLUMNS + DEVICE] = -1.0      # a row no worker holds is on no device
         return board
 
     @classmethod
@@ -89,40 +91,50 @@ class Board:
         if not self._free:
             raise BoardFull(f"all {self.rows} rows of the device board belong to running workers")
         row = self._free.pop()
-        self.table[row] = (device, share, 0.0, 0.0)
-        self._used[0] = max(self._used[0], row + 1)
+        self._write(row, device, share)
+        self.cells[self._count_at] = max(self.cells[self._count_at], row + 1)
         return row
 
     def give_back(self, row: int) -> None:
         """The row's worker has exited: its share works no more, and the row may go to another worker."""
-        self.table[row] = (-1.0, 0.0, 0.0, 0.0)
+        self._write(row, -1.0, 0.0)
         self._free.append(row)
+
+    def _write(self, row: int, device: float, share: float) -> None:
+        for column, value in enumerate((device, share, 0.0, 0.0)):        # idle, batch 0
+            self.cells[row * COLUMNS + column] = value
+
+    def read(self, row: int) -> tuple[float, ...]:
+        """The row's (device, share, busy until, batch size)."""
+        return tuple(self.cells[row * COLUMNS:(row + 1) * COLUMNS])
 
     def hold(self, row: int, until: float, batch: int = 0) -> None:
         """The row's share works until `until` (time.monotonic()), on a batch of `batch` (as it runs: padded)."""
-        self.table[row, BATCH] = batch
-        self.table[row, UNTIL] = until
+        self.cells[row * COLUMNS + BATCH] = batch
+        self.cells[row * COLUMNS + UNTIL] = until
 
     def beside(self, row: int, now: float | None = None) -> tuple[float, float | None]:
         """What works beside the row's share at `now`: the fraction of the rest of its device at work (the
         other rows' shares of that device busy past it, over what the row's share leaves; 0 for a whole
         one), and the share-weighted mean batch those rows run (None where none works)."""
-        t = self.table[:int(self._used[0])]
-        device, share = t[row, DEVICE], t[row, SHARE]
-        rest = 1.0 - share
+        cells = self.cells
+        at = row * COLUMNS
+        device, rest = cells[at + DEVICE], 1.0 - cells[at + SHARE]
         if rest <= 1e-9:
             return 0.0, None
         if now is None:
             now = time.monotonic()
-        working = (t[:, DEVICE] == device) & (t[:, UNTIL] > now)
-        working[row] = False
-        shares = t[working, SHARE]
-        total = float(shares.sum())
+        total = weighted = 0.0
+        for other in range(0, int(cells[self._count_at]) * COLUMNS, COLUMNS):
+            if cells[other + DEVICE] == device and cells[other + UNTIL] > now and other != at:
+                share = cells[other + SHARE]
+                total += share
+                weighted += share * cells[other + BATCH]
         if total <= 0:
             return 0.0, None
-        return min(1.0, total / rest), float((shares * t[working, BATCH]).sum()) / total
+        return min(1.0, total / rest), weighted / total
 
     def close(self) -> None:
-        del self.table, self._used
+        self.cells.release()
         self.mm.close()
         os.close(self.fd)
