@@ -20,10 +20,17 @@ Runs go seed by seed, so a call cut short has every system at the first
 seeds. A run whose summary is in DIR already is not made again, so the
 matrix can be filled over several calls (`--stop-after-s`: start no run
 after that many seconds), and the directories of several hosts' calls merged
-into one DIR. The table gives, per cluster, load and system, the mean over
-seeds of real / emulated goodput with its 95% confidence interval and the mean
-gap (real - emulated) over the offered rate, and flags those more than 5% from
-1 or with an invalid run.
+into one DIR. Both sides depend on the GPU's profile (the emulated one runs
+it; on both, the policy plans with it), so a run made with another profile
+than the one now in profiles/ is made again, the old run kept beside it as
+`<run>.profile-<its profile's date>`. The overload rate stays the one found
+first, so runs before and after a re-measured profile are offered the same.
+
+The table gives, per cluster, load, system and profile, the mean over seeds
+of real / emulated goodput with its 95% confidence interval and the mean gap
+(real - emulated) over the offered rate, and flags those more than 5% from 1
+or with an invalid run. A pair whose two sides were made with different
+profiles is left out, and said so.
 """
 
 from __future__ import annotations
@@ -43,11 +50,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _cli import Parser, above, at_least, choice, listed, run_main, system_names  # noqa: E402
 from harness.assembly import detect_gpus  # noqa: E402
+from harness.errors import HarnessError  # noqa: E402
+from harness.gpu.partitions import gpu_type_from_name  # noqa: E402
+from harness.profiles import load_profile, profile_path  # noqa: E402
 from harness.report.analysis import mean_ci  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SYSTEMS = "eager,symphony,nexus,clockwork,shepherd,triton"
 CLUSTERS = {"mps25x4": [], "whole": ["cluster.partition=whole", "cluster.count=1"]}
+PARTITIONS = {"mps25x4": "mps25", "whole": "whole"}          # each cluster's share, whose profile both sides use
 LOADS = ("reference", "overload")
 SIDES = ("gpu", "emulated")
 TARGET = 0.05
@@ -58,10 +69,58 @@ def run_dir(out: Path, cluster: str, load: str, system: str, seed: int, side: st
     return out / cluster / load / f"{system}-seed{seed}-{side}"
 
 
-def plan(out: Path, systems: list[str], clusters: list[str], loads: list[str], seeds: list[int]) -> list[tuple]:
-    """The runs still to make, in order: seed by seed, each system's real run then its emulated one."""
+def made_with(summary: dict) -> dict:
+    """The record of the profile a run was made with, as its summary keeps it ({} where it kept none)."""
+    profiles = (summary.get("provenance") or {}).get("profiles") or {}
+    return profiles.get(f"{summary.get('gpu_type')}/{summary.get('partition')}") or {}
+
+
+def same_profile(a: dict, b: dict) -> bool:
+    """Two records name the same measurement: the same file digest where both have one (runs keep it
+    from the version that added it on), else the same date of measurement."""
+    if a.get("sha256") and b.get("sha256"):
+        return a["sha256"] == b["sha256"]
+    return a.get("date") == b.get("date")
+
+
+def current_profile(gpu_type: str, cluster: str) -> dict:
+    """The record of the profile a run on `cluster` would be made with now."""
+    profile = load_profile(profile_path(gpu_type, PARTITIONS[cluster]))
+    return {"sha256": profile.digest, "date": profile.provenance.get("date")}
+
+
+def _summary(where: Path) -> dict | None:
+    try:
+        return json.loads((where / "summary.json").read_text())
+    except FileNotFoundError:
+        return None
+
+
+def plan(out: Path, systems: list[str], clusters: list[str], loads: list[str], seeds: list[int],
+         current: dict[str, dict] | None = None) -> list[tuple]:
+    """The runs still to make, in order: seed by seed, each system's real run then its emulated one. A run
+    is to make where it has no summary, or (given `current`, each cluster's profile record) where it was
+    made with another profile."""
+    def made(where: Path, cluster: str) -> bool:
+        summary = _summary(where)
+        return summary is not None and (current is None or same_profile(made_with(summary), current[cluster]))
+
     return [(c, load, s, k, side) for k in seeds for c in clusters for load in loads for s in systems
-            for side in SIDES if not (run_dir(out, c, load, s, k, side) / "summary.json").exists()]
+            for side in SIDES if not made(run_dir(out, c, load, s, k, side), c)]
+
+
+def set_aside(where: Path) -> Path | None:
+    """Move a run made with another profile out of the table's way, named by its profile's date (a run
+    measured is never deleted); None where there is no finished run to move."""
+    summary = _summary(where)
+    if summary is None:
+        return None
+    stamp = str(made_with(summary).get("date") or "unknown").replace(":", "-")
+    target, n = where.with_name(f"{where.name}.profile-{stamp}"), 1
+    while target.exists():
+        n += 1
+        target = where.with_name(f"{where.name}.profile-{stamp}-{n}")
+    return where.rename(target)
 
 
 def harness(*overrides: str, timeout: float = 900) -> subprocess.CompletedProcess:
@@ -93,6 +152,7 @@ def eager_capacity(out: Path, cluster: str, gpu_type: str, extra: list[str]) -> 
 def one_run(out: Path, cluster: str, load: str, system: str, seed: int, side: str, rate: float | None,
             gpu_type: str, extra: list[str]) -> str:
     where = run_dir(out, cluster, load, system, seed, side)
+    moved = set_aside(where)
     # Locust sized to each schedule's busiest second (the experiment's four workers fall behind past capacity).
     overrides = ["experiment=reference_gpu", f"system={system}", *CLUSTERS[cluster], "runtime.locust_workers=-1",
                  *([f"workload.rate={rate:.1f}"] if rate else []),
@@ -106,18 +166,25 @@ def one_run(out: Path, cluster: str, load: str, system: str, seed: int, side: st
     if side == "gpu" and summary["emulated"]:
         (where / "summary.json").rename(where / "summary-emulated.json")   # never counted as a real run
         raise SystemExit(f"error: the GPU side ran on emulated slots ({summary.get('notes')}); see {where}")
-    return f"goodput {summary['goodput']:,.1f} req/s, valid {summary['validity']['valid']}"
+    return (f"goodput {summary['goodput']:,.1f} req/s, valid {summary['validity']['valid']}"
+            + (f" (the run made with the profile before is now {moved.name})" if moved else ""))
 
 
 def table(out: Path) -> pd.DataFrame:
-    rows = []
+    """One row per cluster, load, system and profile; `attrs["mixed"]` names the pairs left out, whose
+    two sides were made with different profiles."""
+    rows, mixed = [], []
     for path in sorted(out.glob("*/*/*-seed*-gpu/summary.json")):
         emulated = path.parent.with_name(path.parent.name[: -len("gpu")] + "emulated") / "summary.json"
         if not emulated.exists():
             continue
         real, emu = json.loads(path.read_text()), json.loads(emulated.read_text())
+        if not same_profile(made_with(real), made_with(emu)):
+            mixed.append(str(path.parent.relative_to(out))[: -len("-gpu")])
+            continue
         system, seed = path.parent.name[: -len("-gpu")].rsplit("-seed", 1)
         rows.append({"cluster": path.parents[2].name, "load": path.parents[1].name, "system": system,
+                     "profile": made_with(real).get("date") or "unknown",
                      "seed": int(seed), "offered": real["offered_rate"], "real": real["goodput"],
                      "emulated": emu["goodput"],
                      "ratio": real["goodput"] / emu["goodput"] if emu["goodput"] else math.nan,
@@ -126,14 +193,20 @@ def table(out: Path) -> pd.DataFrame:
                         for side, got in (("real", real), ("emulated", emu))
                         for name, key in (("attainment", "slo_attainment"), ("p50 ms", "latency_p50_ms"))},
                      "valid": real["validity"]["valid"] and emu["validity"]["valid"]})
-    if not rows:
-        return pd.DataFrame()
-    per_seed = pd.DataFrame(rows)
+    result = pd.DataFrame()
+    if rows:
+        result = pd.DataFrame(_per_system(pd.DataFrame(rows)))
+    result.attrs["mixed"] = mixed
+    return result
+
+
+def _per_system(per_seed: pd.DataFrame) -> list[dict]:
     out_rows = []
-    for (cluster, load, system), g in per_seed.groupby(["cluster", "load", "system"], sort=False):
+    for (cluster, load, system, profile), g in per_seed.groupby(["cluster", "load", "system", "profile"],
+                                                                sort=False):
         mean, ci = mean_ci(g["ratio"])
         within = abs(mean - 1) <= TARGET
-        out_rows.append({"cluster": cluster, "load": load, "system": system, "seeds": len(g),
+        out_rows.append({"cluster": cluster, "load": load, "system": system, "profile": profile, "seeds": len(g),
                          "offered": g["offered"].mean(), "real goodput": g["real"].mean(),
                          "emulated goodput": g["emulated"].mean(), "real / emulated": mean, "95% CI +-": ci,
                          # The gap against what was offered: where both sides serve almost nothing (a
@@ -143,7 +216,7 @@ def table(out: Path) -> pd.DataFrame:
                                                      "emulated p50 ms")},
                          "within 5%": "yes" if within and g["valid"].all() else
                          ("no" if g["valid"].all() else "invalid run")})
-    return pd.DataFrame(out_rows)
+    return out_rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,16 +226,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clusters", type=listed(choice("cluster", CLUSTERS)), default=",".join(CLUSTERS))
     ap.add_argument("--loads", type=listed(choice("load", LOADS)), default=",".join(LOADS))
     ap.add_argument("--seeds", type=listed(at_least(0)), default="0,1,2")
-    ap.add_argument("--gpu-type", default="h200", help="the GPU's profiles, for the emulated side")
+    ap.add_argument("--gpu-type", help="the GPU's type, whose profiles both sides use (default: this host's GPU; "
+                    "another is refused)")
     ap.add_argument("--stop-after-s", type=above(0), default=math.inf, help="start no run after this many seconds")
     ap.add_argument("--table", action="store_true", help="print the table of what --out holds, run nothing")
     args, extra = ap.parse_known_args(argv)
-    if not args.table and not detect_gpus():
-        print("error: no NVIDIA GPU here (NVML sees none): run this on a GPU host, or --table to read what "
-              f"{args.out} holds", file=sys.stderr)
-        return 2
     if not args.table:
-        todo = plan(args.out, args.systems, args.clusters, args.loads, args.seeds)
+        gpus = detect_gpus()
+        if not gpus:
+            raise HarnessError("no NVIDIA GPU here (NVML sees none): run this on a GPU host, or --table to read "
+                               f"what {args.out} holds")
+        here = gpu_type_from_name(gpus[0])
+        if args.gpu_type not in (None, here):
+            raise HarnessError(f"--gpu-type {args.gpu_type}, but this host's GPU is {here} ({gpus[0]}): the real "
+                               f"side runs on it; pass --gpu-type {here} or leave it out")
+        args.gpu_type = here
+        current = {cluster: current_profile(here, cluster) for cluster in args.clusters}
+        todo = plan(args.out, args.systems, args.clusters, args.loads, args.seeds, current)
         started = time.monotonic()
         rates: dict[tuple[str, str], float | None] = {}
         for i, (cluster, load, system, seed, side) in enumerate(todo):
@@ -178,9 +258,12 @@ def main(argv: list[str] | None = None) -> int:
     result = table(args.out)
     if result.empty:
         print(f"no real / emulated pairs under {args.out} yet")
-        return 0
-    result.to_csv(args.out / "real_vs_emulated.csv", index=False)
-    print(result.to_string(index=False, float_format=lambda v: f"{v:,.3f}"))
+    else:
+        result.to_csv(args.out / "real_vs_emulated.csv", index=False)
+        print(result.to_string(index=False, float_format=lambda v: f"{v:,.3f}"))
+    if result.attrs["mixed"]:
+        print(f"left out, their two sides made with different profiles (run again to remake the older side): "
+              f"{', '.join(result.attrs['mixed'])}")
     return 0
 
 

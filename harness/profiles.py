@@ -60,6 +60,7 @@ start (about half a second), which a real GPU's 13 s re-cut dwarfs.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -262,6 +263,9 @@ class Profile:
     provenance: dict
     curves: dict[str, LatencyCurve]
     path: str = ""
+    # The file's SHA-256 (16 hex digits): which measurement a run emulated or planned with, where a profile
+    # re-measured or edited in place keeps its name.
+    digest: str = ""
 
 
 def profile_path(gpu_type: str, partition: str) -> Path:
@@ -271,7 +275,8 @@ def profile_path(gpu_type: str, partition: str) -> Path:
 def load_profile(path: str | Path) -> Profile:
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        raw = path.read_bytes()
+        data = json.loads(raw)
     except FileNotFoundError:
         available = sorted(str(p.relative_to(PROFILES_DIR)) for p in PROFILES_DIR.glob("*/*.json"))
         raise HarnessError(f"latency profile '{path.parent.name}/{path.name}' not found; available: "
@@ -298,7 +303,8 @@ def load_profile(path: str | Path) -> Profile:
         curves[model] = curves[model].costing(_seconds(data.get("start_s"), f"profile '{path.name}' start_s"),
                                               _seconds(points.get("load_s"), f"{where}: load_s"))
     return Profile(data.get("gpu_type", path.parent.name), data.get("partition", path.stem),
-                   bool(data.get("emulated_partition", False)), data.get("provenance", {}), curves, str(path))
+                   bool(data.get("emulated_partition", False)), data.get("provenance", {}), curves, str(path),
+                   hashlib.sha256(raw).hexdigest()[:16])
 
 
 def curves_for(gpu_type: str, partition: str, models: list[str], sleep: dict | None = None) -> dict[str, LatencyCurve]:

@@ -150,8 +150,8 @@ def provenance(assembly: Assembly, overrides: list[str]) -> dict:
         key = f"{spec.gpu_type}/{spec.partition}"
         if spec.gpu_type != "sleep" and key not in profiles:
             p = load_profile(profile_path(spec.gpu_type, spec.partition))
-            profiles[key] = {"file": str(Path(p.path).relative_to(ROOT)), "emulated_partition": p.emulated_partition,
-                             **p.provenance}
+            profiles[key] = {"file": str(Path(p.path).relative_to(ROOT)), "sha256": p.digest,
+                             "emulated_partition": p.emulated_partition, **p.provenance}
     return {
         "git_commit": commit,
         "git_dirty": dirty,

@@ -1,5 +1,6 @@
 """The main job end to end (a real subprocess), and its one-line errors for bad input."""
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -43,6 +44,10 @@ def test_sim_run_writes_records_and_summary(tmp_path):
         assert key in summary
     assert summary["system"] == "symphony" and summary["validity"]["valid"]
     assert summary["provenance"]["seeds"] == {"schedule": 0, "mapping": 1, "payload": 2, "runtime": 3}
+    # Which measurement it emulated: each profile's file, its digest and its provenance.
+    for key, used in summary["provenance"]["profiles"].items():
+        assert used["file"] == f"profiles/{key}.json" and used["date"]
+        assert used["sha256"] == hashlib.sha256((ROOT / used["file"]).read_bytes()).hexdigest()[:16]
     # Same seed, same result: the sim is deterministic.
     again = harness("runtime=sim", "system=symphony", "workload=bursty", "duration_s=12",
                     run_dir=tmp_path / "again")

@@ -17,11 +17,17 @@ rve = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(rve)
 
 
-def summary(path: Path, goodput: float, valid: bool = True, emulated: bool = False) -> None:
+OLD = {"sha256": "0123456789abcdef", "date": "2026-11-22T05:04:51Z"}
+NEW = {"sha256": "fedcba9876543210", "date": "2026-12-06T10:00:00Z"}
+
+
+def summary(path: Path, goodput: float, valid: bool = True, emulated: bool = False, profile: dict = OLD) -> None:
     path.mkdir(parents=True)
     (path / "summary.json").write_text(json.dumps({"goodput": goodput, "offered_rate": 1500.0, "emulated": emulated,
                                                    "slo_attainment": round(goodput / 1500, 2),
-                                                   "latency_p50_ms": 20.0, "validity": {"valid": valid}}))
+                                                   "latency_p50_ms": 20.0, "validity": {"valid": valid},
+                                                   "gpu_type": "h100", "partition": "mps25",
+                                                   "provenance": {"profiles": {"h100/mps25": profile}}}))
 
 
 def test_plan_skips_what_is_done_and_goes_seed_by_seed(tmp_path):
@@ -30,6 +36,35 @@ def test_plan_skips_what_is_done_and_goes_seed_by_seed(tmp_path):
     assert todo[0] == ("whole", "reference", "eager", 0, "emulated")      # its real half is there already
     assert [t[3] for t in todo] == [0, 0, 0, 1, 1, 1, 1]                  # every system at seed 0 first
     assert ("whole", "reference", "eager", 0, "gpu") not in todo
+
+
+def test_runs_made_with_another_profile_are_made_again_and_the_old_ones_kept(tmp_path):
+    summary(rve.run_dir(tmp_path, "mps25x4", "overload", "eager", 0, "gpu"), 1400)
+    summary(rve.run_dir(tmp_path, "mps25x4", "overload", "eager", 0, "emulated"), 1450)
+    summary(rve.run_dir(tmp_path, "mps25x4", "overload", "eager", 1, "gpu"), 1400, profile=NEW)
+    todo = rve.plan(tmp_path, ["eager"], ["mps25x4"], ["overload"], [0, 1], {"mps25x4": NEW})
+    assert todo == [("mps25x4", "overload", "eager", 0, "gpu"), ("mps25x4", "overload", "eager", 0, "emulated"),
+                    ("mps25x4", "overload", "eager", 1, "emulated")]
+    # Runs of before the digest was kept match the profile by its date of measurement.
+    assert rve.plan(tmp_path, ["eager"], ["mps25x4"], ["overload"], [0], {"mps25x4": {"date": OLD["date"]}}) == []
+    old = rve.run_dir(tmp_path, "mps25x4", "overload", "eager", 0, "emulated")
+    moved = rve.set_aside(old)
+    assert moved.name == "eager-seed0-emulated.profile-2026-11-22T05-04-51Z" and (moved / "summary.json").exists()
+    assert not old.exists() and rve.set_aside(old) is None
+    summary(old, 1300)
+    assert rve.set_aside(old).name.endswith("-2")                      # a second one made with it: kept too
+    # The real run of the old profile has no emulated twin of it any more: no pair. Seed 1's pair is mixed.
+    summary(rve.run_dir(tmp_path, "mps25x4", "overload", "eager", 1, "emulated"), 1450)
+    t = rve.table(tmp_path)
+    assert t.empty and t.attrs["mixed"] == ["mps25x4/overload/eager-seed1"]
+
+
+def test_seeds_made_with_different_profiles_are_never_averaged(tmp_path):
+    for seed, profile in ((0, OLD), (1, NEW), (2, NEW)):
+        summary(rve.run_dir(tmp_path, "mps25x4", "reference", "eager", seed, "gpu"), 1400, profile=profile)
+        summary(rve.run_dir(tmp_path, "mps25x4", "reference", "eager", seed, "emulated"), 1500, profile=profile)
+    t = rve.table(tmp_path).set_index("profile")
+    assert t.loc[NEW["date"], "seeds"] == 2 and t.loc[OLD["date"], "seeds"] == 1 and not t.attrs["mixed"]
 
 
 def test_table_is_the_mean_ratio_over_seeds_with_its_interval_and_the_5_percent_flag(tmp_path):
