@@ -84,14 +84,16 @@ def system_names(text: str) -> list[str]:
     return names
 
 
-def require_torch() -> None:
-    """The GPU benchmarks measure with PyTorch on a CUDA GPU: without PyTorch, say how to get it."""
+def require_cuda() -> None:
+    """The GPU benchmarks measure with PyTorch on a CUDA GPU: without either, say how to get it."""
     try:
         for name in ("torch", "torchvision"):
             importlib.import_module(name)
     except ImportError as exc:
         raise HarnessError(f"this benchmark needs PyTorch, torchvision and an NVIDIA GPU ({exc}); run it on a GPU "
                            'host after pip install -e ".[gpu]"') from None
+    if not importlib.import_module("torch").cuda.is_available():
+        raise HarnessError("this benchmark needs a CUDA GPU (torch.cuda.is_available() is False); run it on a GPU host")
 
 
 def child_error(stderr: str) -> str:

@@ -12,10 +12,9 @@ included). Medians; the synthetic ratio should stay within 1.05.
 
 from __future__ import annotations
 
-import sys
 
 import numpy as np
-from _cli import Parser, above, listed, require_torch, run_main
+from _cli import Parser, above, listed, require_cuda, run_main
 
 from harness.gpu.profiler import ALL_MODELS, time_replays, wall_ms  # noqa: E402
 
@@ -32,16 +31,12 @@ def main() -> int:
     ap.add_argument("--iters", type=above(0, int), default=50)
     ap.add_argument("--channels-last", default="default", help="as the profiler's --channels-last")
     args = ap.parse_args()
-    require_torch()
+    require_cuda()
 
     import torch
 
     from harness.gpu.executor import GpuExecutor
 
-    if not torch.cuda.is_available():
-        print("error: this benchmark needs a CUDA GPU (torch.cuda.is_available() is False); run it on a GPU host",
-              file=sys.stderr)
-        return 2
     sizes = args.batch
     rng = np.random.default_rng(0)
     channels_last = None if args.channels_last == "default" else \

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _cli import Parser, above, at_least, listed, require_torch, run_main
+from _cli import Parser, above, at_least, listed, require_cuda, run_main
 
 SIBLING_MODEL, SIBLING_BATCH = "resnet50", 16
 
@@ -124,7 +124,7 @@ def main() -> int:
     ap.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--json", help="also write the rows to this file")
     args = ap.parse_args()
-    require_torch()
+    require_cuda()
     args.models = [m for m in args.models.split(",") if m]
     args.batch = sorted(args.batch)
     args.gaps_ms = [float(g) for g in args.gaps_ms.split(",") if g]

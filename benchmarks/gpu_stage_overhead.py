@@ -18,10 +18,9 @@ Medians. The issue's bound: the staged model at batch b within 10% of the whole-
 from __future__ import annotations
 
 import itertools
-import sys
 
 import numpy as np
-from _cli import Parser, above, listed, require_torch, run_main
+from _cli import Parser, above, listed, require_cuda, run_main
 
 from harness.gpu.profiler import ALL_MODELS, wall_ms  # noqa: E402
 
@@ -55,16 +54,12 @@ def main() -> int:
     ap.add_argument("--batch", type=listed(above(0, int)), default="1,8,32,64,128")
     ap.add_argument("--iters", type=above(0, int), default=50)
     args = ap.parse_args()
-    require_torch()
+    require_cuda()
 
     import torch
 
     from harness.gpu.executor import GpuExecutor
 
-    if not torch.cuda.is_available():
-        print("error: this benchmark needs a CUDA GPU (torch.cuda.is_available() is False); run it on a GPU host",
-              file=sys.stderr)
-        return 2
     sizes = args.batch
     per_round = max(1, args.iters // ROUNDS)
     ids = itertools.count()
