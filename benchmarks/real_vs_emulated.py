@@ -3,6 +3,7 @@
     python benchmarks/real_vs_emulated.py --out DIR [--systems eager,symphony,...] [--clusters mps25x4,whole]
         [--loads reference,overload] [--seeds 0,1,2] [--gpu-type h200] [--stop-after-s 540] [overrides...]
     python benchmarks/real_vs_emulated.py --out DIR --table      # only the table of what DIR holds
+    python benchmarks/real_vs_emulated.py --out DIR --sim CALIBRATION   # add the sim's twins (no GPU needed)
 
 On a GPU host, each run of `experiment=reference_gpu` (live, real HTTP and
 Locust, the vision models, bursty load) is made twice in a row: on the GPU
@@ -26,11 +27,18 @@ than the one now in profiles/ is made again, the old run kept beside it as
 `<run>.profile-<its profile's date>`. The overload rate stays the one found
 first, so runs before and after a re-measured profile are offered the same.
 
+`--sim CALIBRATION` makes, on any machine, the sim's twin of each real run
+DIR holds (`<system>-seed<k>-sim`): the same overrides in the discrete-event
+runtime, emulating the same profile, charging the live path's delays that
+CALIBRATION measured (`python -m harness.calibrate` on the GPU host). A real
+run made with another profile than the one in profiles/ gets none.
+
 The table gives, per cluster, load, system and profile, the mean over seeds
 of real / emulated goodput with its 95% confidence interval and the mean gap
 (real - emulated) over the offered rate, and flags those more than 5% from 1
-or with an invalid run. A pair whose two sides were made with different
-profiles is left out, and said so.
+or with an invalid run; `real / sim`, where every seed has its sim twin. A
+pair whose two sides were made with different profiles is left out, and said
+so.
 """
 
 from __future__ import annotations
@@ -48,8 +56,9 @@ import pandas as pd
 # This directory, for _cli (which puts the project on sys.path), also where a test loads this file by its path.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _cli import Parser, above, at_least, choice, listed, run_main, system_names  # noqa: E402
+from _cli import Parser, above, at_least, child_error, choice, listed, run_main, system_names  # noqa: E402
 from harness.assembly import detect_gpus  # noqa: E402
+from harness.calibrate import load_calibration  # noqa: E402
 from harness.errors import HarnessError  # noqa: E402
 from harness.gpu.partitions import gpu_type_from_name  # noqa: E402
 from harness.profiles import load_profile, profile_path  # noqa: E402
@@ -170,24 +179,58 @@ def one_run(out: Path, cluster: str, load: str, system: str, seed: int, side: st
             + (f" (the run made with the profile before is now {moved.name})" if moved else ""))
 
 
+def real_runs(out: Path) -> list[Path]:
+    return sorted(p.parent for p in out.glob("*/*/*-seed*-gpu/summary.json"))
+
+
+def twin(real_run: Path, side: str) -> Path:
+    """The directory of a real run's twin on `side` (emulated, sim)."""
+    return real_run.with_name(real_run.name[: -len("gpu")] + side)
+
+
+def sim_twins(out: Path, calibration: Path, extra: list[str]) -> list[str]:
+    """Make the sim twin of each real run `out` holds that has none of its profile; what happened, a line each."""
+    said = []
+    for real_run in real_runs(out):
+        real = _summary(real_run)
+        where, name = twin(real_run, "sim"), str(real_run.relative_to(out))[: -len("-gpu")]
+        made = _summary(where)
+        if made is not None and same_profile(made_with(made), made_with(real)):
+            continue
+        if not same_profile(made_with(real), current_profile(real["gpu_type"], real_run.parents[1].name)):
+            said.append(f"{name}: made with another profile than profiles/ holds now; no sim twin")
+            continue
+        set_aside(where)
+        overrides = [o for o in real["provenance"]["overrides"]
+                     if not o.startswith(("hydra.", "runtime=", "cluster.gpu_type=", "runtime.calibration="))]
+        done = harness(*overrides, "runtime=sim", f"cluster.gpu_type={real['gpu_type']}",
+                       f"runtime.calibration={calibration.resolve()}", *extra, f"hydra.run.dir={where}")
+        sim = _summary(where)
+        said.append(f"{name} sim: " + (f"goodput {sim['goodput']:,.1f} req/s (real {real['goodput']:,.1f})" if sim
+                                       else f"no summary ({child_error(done.stderr)})"))
+    return said
+
+
 def table(out: Path) -> pd.DataFrame:
     """One row per cluster, load, system and profile; `attrs["mixed"]` names the pairs left out, whose
     two sides were made with different profiles."""
     rows, mixed = [], []
-    for path in sorted(out.glob("*/*/*-seed*-gpu/summary.json")):
-        emulated = path.parent.with_name(path.parent.name[: -len("gpu")] + "emulated") / "summary.json"
-        if not emulated.exists():
+    for real_run in real_runs(out):
+        real, emu, sim = _summary(real_run), _summary(twin(real_run, "emulated")), _summary(twin(real_run, "sim"))
+        if emu is None:
             continue
-        real, emu = json.loads(path.read_text()), json.loads(emulated.read_text())
         if not same_profile(made_with(real), made_with(emu)):
-            mixed.append(str(path.parent.relative_to(out))[: -len("-gpu")])
+            mixed.append(str(real_run.relative_to(out))[: -len("-gpu")])
             continue
-        system, seed = path.parent.name[: -len("-gpu")].rsplit("-seed", 1)
-        rows.append({"cluster": path.parents[2].name, "load": path.parents[1].name, "system": system,
+        if sim is not None and not same_profile(made_with(real), made_with(sim)):
+            sim = None
+        system, seed = real_run.name[: -len("-gpu")].rsplit("-seed", 1)
+        rows.append({"cluster": real_run.parents[1].name, "load": real_run.parent.name, "system": system,
                      "profile": made_with(real).get("date") or "unknown",
                      "seed": int(seed), "offered": real["offered_rate"], "real": real["goodput"],
                      "emulated": emu["goodput"],
                      "ratio": real["goodput"] / emu["goodput"] if emu["goodput"] else math.nan,
+                     "real / sim": real["goodput"] / sim["goodput"] if sim and sim["goodput"] else math.nan,
                      # Beside the goodput, where a gap comes from: SLOs met and the median latency of each side.
                      **{f"{side} {name}": got.get(key, math.nan)
                         for side, got in (("real", real), ("emulated", emu))
@@ -212,6 +255,7 @@ def _per_system(per_seed: pd.DataFrame) -> list[dict]:
                          # The gap against what was offered: where both sides serve almost nothing (a
                          # system past collapse) the ratio is one of two small numbers, this is not.
                          "gap / offered": ((g["real"] - g["emulated"]) / g["offered"]).mean(),
+                         "real / sim": g["real / sim"].mean(skipna=False),
                          **{c: g[c].mean() for c in ("real attainment", "emulated attainment", "real p50 ms",
                                                      "emulated p50 ms")},
                          "within 5%": "yes" if within and g["valid"].all() else
@@ -229,9 +273,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gpu-type", help="the GPU's type, whose profiles both sides use (default: this host's GPU; "
                     "another is refused)")
     ap.add_argument("--stop-after-s", type=above(0), default=math.inf, help="start no run after this many seconds")
-    ap.add_argument("--table", action="store_true", help="print the table of what --out holds, run nothing")
+    only = ap.add_mutually_exclusive_group()
+    only.add_argument("--table", action="store_true", help="print the table of what --out holds, run nothing")
+    only.add_argument("--sim", type=Path, metavar="CALIBRATION",
+                      help="make the sim twins of the real runs --out holds, charging the live path's delays this "
+                           "calibration file measured on the GPU host (no GPU needed), then print the table")
     args, extra = ap.parse_known_args(argv)
-    if not args.table:
+    if args.sim is not None:
+        load_calibration(args.sim)           # a bad file is one error, not one per run
+        if not args.out.is_dir():
+            raise HarnessError(f"--out {args.out} is not a directory of real runs; give the one the GPU runs went to")
+        for line in sim_twins(args.out, args.sim, extra):
+            print(line, flush=True)
+    elif not args.table:
         gpus = detect_gpus()
         if not gpus:
             raise HarnessError("no NVIDIA GPU here (NVML sees none): run this on a GPU host, or --table to read "

@@ -155,6 +155,9 @@ def refused(run: subprocess.CompletedProcess, *words: str) -> None:
     (["--systems", "eager,nosuch"], ["--systems", "'nosuch'", "symphony"]),
     (["--clusters", "big"], ["--clusters", "'big'", "mps25x4", "whole"]),
     (["--loads", "reference,peak"], ["--loads", "'peak'", "reference", "overload"]),
+    (["--sim", "nosuch.json"], ["calibration file 'nosuch.json' not found", "harness.calibrate"]),
+    (["--sim", "results/reference/vm-live-vs-sim-2/calibration.json"], ["is not a directory of real runs"]),
+    (["--sim", "results/reference/vm-live-vs-sim-2/calibration.json", "--table"], ["not allowed with"]),
 ])
 def test_real_vs_emulated_refuses_bad_arguments_before_looking_for_a_gpu(tmp_path, args, words):
     refused(bench("real_vs_emulated.py", "--out", str(tmp_path / "x"), *args), *words)

@@ -93,6 +93,32 @@ def test_a_collapse_on_both_sides_is_measured_against_the_offered_rate_too(tmp_p
     assert row["gap / offered"] == pytest.approx(-315 / 1500)
 
 
+def test_sim_twins_are_made_without_a_gpu_and_join_the_table(tmp_path):
+    current = rve.current_profile("h100", "mps25x4")
+    overrides = ["experiment=reference_gpu", "system=eager", "runtime.locust_workers=-1", "duration_s=4",
+                 "warmup_s=1", "cooldown_s=1", "seeds.schedule=0", "seeds.mapping=0", "seeds.runtime=0"]
+    for system, profile in (("eager", current), ("nexus", OLD)):
+        for side in ("gpu", "emulated"):
+            summary(rve.run_dir(tmp_path, "mps25x4", "reference", system, 0, side), 1450, profile=profile)
+        path = rve.run_dir(tmp_path, "mps25x4", "reference", system, 0, "gpu") / "summary.json"
+        real = json.loads(path.read_text())
+        real["provenance"]["overrides"] = [o.replace("eager", system) for o in overrides]
+        path.write_text(json.dumps(real))
+    calibration = ROOT / "results" / "reference" / "vm-live-vs-sim-2" / "calibration.json"
+    said = rve.sim_twins(tmp_path, calibration, [])
+    assert said[0].startswith("mps25x4/reference/eager-seed0 sim: goodput") and "real 1,450.0" in said[0]
+    assert said[1] == ("mps25x4/reference/nexus-seed0: made with another profile than profiles/ holds now; "
+                       "no sim twin")
+    sim = json.loads((rve.run_dir(tmp_path, "mps25x4", "reference", "eager", 0, "sim") / "summary.json").read_text())
+    assert sim["runtime"] == "sim" and sim["emulated"] and sim["gpu_type"] == "h100"
+    assert rve.made_with(sim)["sha256"] == current["sha256"] and sim["goodput"] > 1000
+    assert "runtime.calibration=" + str(calibration) in sim["provenance"]["overrides"]
+    assert rve.sim_twins(tmp_path, calibration, []) == said[1:]             # made once
+    t = rve.table(tmp_path).set_index("system")
+    assert t.loc["eager", "real / sim"] == pytest.approx(1450 / sim["goodput"])
+    assert t.loc["nexus", "real / sim"] != t.loc["nexus", "real / sim"]     # none: NaN
+
+
 def test_without_a_gpu_it_runs_nothing_and_says_why(tmp_path):
     if rve.detect_gpus():
         pytest.skip("a GPU is here: the benchmark would run")
