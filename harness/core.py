@@ -269,7 +269,7 @@ class Cluster(Protocol):
     def placement(self) -> "Placement":
         """The slots provisioned now (alive or joining) as a placement value."""
 
-    def reconfigure(self, placement: "Placement") -> None:
+    def reconfigure(self, placement: "Placement", overlap: bool = False) -> None:
         """Move to `placement` (harness.placement).
 
         Slots of the current placement that are not in the new one leave at
@@ -279,6 +279,13 @@ class Cluster(Protocol):
         worker restarted with its share, models loaded; sim: the measured
         cost). A slot that leaves and later comes back with the same spec
         keeps its index. Every call is a row of the reconfigurations table.
+
+        `overlap` makes before it breaks: the new slots start at once, and
+        the slots leaving a device where new ones start keep serving until
+        the last of those joins; then they leave (on_slot_lost, just before
+        the on_slot_added of that last one). No device waits empty for the
+        start cost. Not on real MIG instances, whose slices must be freed
+        first: those leave at once as without it.
         """
 
 

@@ -16,7 +16,8 @@ The runtime keeps time and runs batches; the ledger keeps the books:
     ledger.discard(batch, t) / ledger.fail(batch, t, reason) / ledger.preempt(batch, t)
     ledger.drop(tasks, t, reason, status)
     ledger.lose(slot, t, reason) / ledger.join(slot, t)
-    reconfiguration = ledger.plan(placement, t)          # who leaves (now) and who must start
+    reconfiguration = ledger.plan(placement, t, overlap) # who leaves (now) and who must start
+    gone = ledger.replaced(device, t)                    # overlap: the old slots leave once the new joined
     ledger.finish(t, reason)                             # what is still pending becomes a timeout
 
 `on_resolved(item)` is called once per request as it resolves (a plain task
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
 from harness.apps import App
+from harness.gpu.partitions import parse_partition
 from harness.core import DROPPED, ERROR, LATE, OK, PREEMPTED, TIMEOUT, Batch, QueryTask, Request, Slot, Task
 from harness.placement import Placement, SlotSpec
 from harness.profiles import LatencyCurve
@@ -44,7 +46,7 @@ class Reconfiguration:
     t_request: float
     before: str                          # Placement.describe() of what was provisioned
     after: str
-    left: list[int]                      # slots that left at t_request
+    left: list[int]                      # slots that left: at t_request, or (overlap) once replaced
     joining: list[int]                   # slots that must start
     t_done: float = float("nan")         # when the last of them joined (nan: never, or none to start)
     cost_s: float = field(init=False, default=float("nan"))
@@ -52,6 +54,11 @@ class Reconfiguration:
 
 def spec_of(slot: Slot) -> SlotSpec:
     return SlotSpec(slot.gpu_type, slot.partition, slot.device, slot.models)
+
+
+def _on_mig(slot: Slot) -> bool:
+    """A real MIG instance: its slice of the GPU is free for another only once it is destroyed."""
+    return parse_partition(slot.partition).kind == "mig"
 
 
 class Ledger:
@@ -70,6 +77,9 @@ class Ledger:
         self.slot_events: list[tuple[float, int, str, str]] = []   # (t, slot, event, reason)
         self.reconfigurations: list[Reconfiguration] = []
         self.joining: set[int] = set()
+        # Slots a reconfiguration with overlap replaces: alive and serving until no new slot of their device
+        # is still starting (replaced()); the placement no longer holds them.
+        self.replacing: set[int] = set()
         self.has_apps = False
         self.has_sizes = False                   # some task is a query of several items
         self.staged: dict[Task, tuple[int, int]] = {}   # a task part-way through: (slot, stage) it last ran
@@ -290,8 +300,9 @@ class Ledger:
     # -- slots --------------------------------------------------------------------------------------
     @property
     def placement(self) -> Placement:
-        """What is provisioned: slots alive or starting, by rank."""
-        return Placement(tuple(spec_of(s) for s in self.slots if s.alive or s.index in self.joining))
+        """What is provisioned: slots alive (but those being replaced) or starting, by rank."""
+        return Placement(tuple(spec_of(s) for s in self.slots
+                               if (s.alive and s.index not in self.replacing) or s.index in self.joining))
 
     def lose(self, slot: int, t: float, reason: str) -> bool:
         """The slot's worker died or hung: it leaves at once and what it held fails. False if it was gone."""
@@ -306,16 +317,23 @@ class Ledger:
         s.busy_until = t
         return True
 
-    def plan(self, placement: Placement, t: float) -> Reconfiguration:
+    def plan(self, placement: Placement, t: float, overlap: bool = False) -> Reconfiguration:
         """Start moving to `placement`: slots not in it leave now, the ones new in it are created (or
-        revived, same spec, same index) as starting. The runtime starts those and calls join()."""
+        revived, same spec, same index) as starting. The runtime starts those and calls join().
+
+        With `overlap` (make before break), a leaving slot on a device where new slots start keeps serving
+        until none of them is still starting (replaced()), but on a real MIG instance, whose slice the new
+        instances need first."""
         before = self.placement.describe()
-        provisioned = [s for s in self.slots if s.alive or s.index in self.joining]
-        # Each wanted spec takes the first provisioned slot of that spec not yet kept, else the first spare
-        # (stopped) slot of it, else a new slot: queues per spec, in slot order, keep that linear in slots.
+        provisioned = [s for s in self.slots if (s.alive and s.index not in self.replacing) or s.index in self.joining]
+        # Each wanted spec takes the first provisioned slot of that spec not yet kept, else one being replaced
+        # (it stays), else the first spare (stopped) slot of it, else a new slot: queues per spec, in slot
+        # order, keep that linear in slots.
         provided: dict = defaultdict(deque)
         for s in provisioned:
             provided[spec_of(s)].append(s.index)
+        for i in sorted(self.replacing):
+            provided[spec_of(self.slots[i])].append(i)
         spares: dict = defaultdict(deque)
         for s in self.slots:
             if not s.alive and s.index not in self.joining:
@@ -329,23 +347,54 @@ class Ledger:
                 starting.append(spares[spec].popleft())
             else:
                 starting.append(self._new_slot(spec))
-        leaving = [s.index for s in provisioned if s.index not in keep]
-        for i in leaving:
-            s = self.slots[i]
-            if i in self.joining:
-                self.joining.discard(i)
-                self.slot_events.append((t, i, CANCELLED, "reconfigured before it joined"))
-            else:
-                s.alive = False
-                self.slot_events.append((t, i, LEFT, "reconfigured"))
+        self.replacing -= keep
         for i in starting:
             self.joining.add(i)
             self.slot_events.append((t, i, STARTING, "reconfigured"))
+        starts_on = {self.slots[i].device for i in self.joining}
+        leaving = []
+        for s in provisioned:
+            i = s.index
+            if i in keep:
+                continue
+            if i in self.joining:
+                self.joining.discard(i)
+                self.slot_events.append((t, i, CANCELLED, "reconfigured before it joined"))
+                leaving.append(i)
+            elif overlap and s.device in starts_on and not _on_mig(s):
+                self.replacing.add(i)
+            else:
+                leaving.append(i)
+        starts_on = {self.slots[i].device for i in self.joining}
+        for i in sorted(self.replacing):          # nothing starts on its device any more: nothing to wait for
+            if self.slots[i].device not in starts_on:
+                self.replacing.discard(i)
+                leaving.append(i)
+        for i in leaving:
+            if self.slots[i].alive:
+                self.slots[i].alive = False
+                self.slot_events.append((t, i, LEFT, "reconfigured"))
         rec = Reconfiguration(t, before, placement.describe(), leaving, starting)
         if not starting:
             rec.t_done, rec.cost_s = t, 0.0
         self.reconfigurations.append(rec)
         return rec
+
+    def replaced(self, device: int, t: float) -> list[int]:
+        """The slots an overlapping reconfiguration replaces on `device`, once none of the device's new slots
+        is still starting: they leave now (what they hold runs to its end). [] while one is starting."""
+        if any(self.slots[i].device == device for i in self.joining):
+            return []
+        gone = sorted(i for i in self.replacing if self.slots[i].device == device)
+        for i in gone:
+            self.replacing.discard(i)
+            self.slots[i].alive = False
+            self.slot_events.append((t, i, LEFT, "replaced"))
+            for rec in reversed(self.reconfigurations):
+                if any(self.slots[j].device == device for j in rec.joining):
+                    rec.left.append(i)
+                    break
+        return gone
 
     def join(self, slot: int, t: float) -> bool:
         """A starting slot is ready: it joins, idle. False if a later reconfiguration cancelled it."""

@@ -2,7 +2,7 @@
 profiled at, and moving the cluster to a new placement a wave of devices at a time.
 
     shares = profiled_shares(cluster, models, ("mps", "whole"), "dstack")   # [(partition, share, curves)]
-    rollout = Rollout(cluster)
+    rollout = Rollout(cluster, overlap=True)
     rollout.to(target)            # a Placement on the cluster's devices
     rollout.joined(slot)          # from the policy's on_slot_added: the next wave starts when this one is in
 
@@ -66,17 +66,21 @@ def spec_of(slot: Slot) -> SlotSpec:
 
 
 class Rollout:
-    """Moves the cluster to a target placement in ROLL_WAVES waves of the devices that change.
+    """Moves the cluster to a target placement in waves of the devices that change.
 
     A reconfiguration restarts a device's slots only after the slots leaving it have drained, so
     changing every device at once would leave the whole cluster without a slot for the start cost.
     Here each wave is a placement that takes its devices to the target and leaves the others as they
     are; the next wave goes once every slot the wave started has joined. A new target replaces the
-    old one from the next wave on.
+    old one from the next wave on. With `overlap` (make before break: the old shares serve until the
+    new ones of their device have joined, Cluster.reconfigure) no device waits empty, so one wave
+    moves them all; without it, ROLL_WAVES waves.
     """
 
-    def __init__(self, cluster):
+    def __init__(self, cluster, overlap: bool = False):
         self.cluster = cluster
+        self.overlap = overlap
+        self.waves = 1 if overlap else ROLL_WAVES
         self.target: Placement | None = None
         self.starting: Counter = Counter()     # specs of the current wave not yet joined
 
@@ -102,10 +106,10 @@ class Rollout:
         if not changed:
             self.target = None
             return
-        wave = set(changed[:-(-len(devices) // ROLL_WAVES)])
+        wave = set(changed[:-(-len(devices) // self.waves)])
         step = Placement(tuple(s for d in devices for s in (want if d in wave else have).get(d, ())))
         self.starting = Counter(step.slots) - Counter(current.slots)
-        self.cluster.reconfigure(step)
+        self.cluster.reconfigure(step, overlap=self.overlap)
         if not self.starting:                  # the wave only removed slots: nothing to wait for
             self._next_wave()
 

@@ -21,8 +21,11 @@ the first one on): per model, how many of each size arrive per second. Then:
    instances that the MIG placement rules allow on one GPU, below) that
    covers most of the slices still wanted, the fewest unwanted slices on a
    tie. Every instance holds every model.
-The cluster moves to it (cluster.reconfigure) in two waves of devices
-(systems._spatial.Rollout); until then the configured slots serve.
+The cluster moves to it (cluster.reconfigure, systems._spatial.Rollout);
+until then the configured slots serve. With make_before_break (the default)
+the new partitions load beside the configured ones, which serve until the
+new ones of their device have joined (but on real MIG instances, whose
+slices must be freed first); without it, in two waves of devices.
 
 ELSA, the dispatch. On arrival, for each slot holding the model, smallest
 first, the predicted finish is when its queue drains (the runtime's
@@ -109,6 +112,7 @@ class ParisElsaConfig(SystemConfig):
     saturation: float = 0.9       # throughput saturates at the smallest batch reaching this fraction of the best
     plan_after_s: float = 1.0     # PARIS partitions from the queries of this long after the first one
     drop_late: bool = True        # drop a query that cannot finish by its deadline; false: run it late (the paper)
+    make_before_break: bool = True  # new partitions load beside the configured ones, which serve until they join
 
 
 def profile_of(partition: str) -> str:
@@ -293,7 +297,7 @@ class ParisElsa(Policy):
                                f"({', '.join(self.sizes)}); got {config.partitioning!r}: set system.partitioning")
         self.gpu_type = cluster.slots[0].gpu_type
         self.devices = cluster.placement.devices
-        self.rollout = Rollout(cluster)
+        self.rollout = Rollout(cluster, overlap=config.make_before_break)
         self.watching = config.partitioning == "paris"   # PARIS counts the queries until it partitions
         self.seen = {m: Counter() for m in models}       # queries per model and size
         self.plan_timer = None

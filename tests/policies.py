@@ -52,6 +52,7 @@ class ReshaperConfig(SystemConfig):
     name: str = "tests.policies:Reshaper"
     wide_at_s: float = 2.0          # when the four 25% shares become two 50% shares
     narrow_at_s: float = 5.0        # ... and back
+    overlap: bool = False           # make before break (Cluster.reconfigure)
 
 
 class Reshaper(Policy):
@@ -72,8 +73,9 @@ class Reshaper(Policy):
         self.wide = Placement((SlotSpec(spec.gpu_type, "mps50", spec.device, spec.models),) * 2)
 
     def start(self) -> None:
-        self.cluster.call_at(self.config.wide_at_s, lambda: self.cluster.reconfigure(self.wide))
-        self.cluster.call_at(self.config.narrow_at_s, lambda: self.cluster.reconfigure(self.narrow))
+        overlap = self.config.overlap
+        self.cluster.call_at(self.config.wide_at_s, lambda: self.cluster.reconfigure(self.wide, overlap))
+        self.cluster.call_at(self.config.narrow_at_s, lambda: self.cluster.reconfigure(self.narrow, overlap))
 
     def on_arrival(self, task: Task) -> None:
         self.queue.append(task)

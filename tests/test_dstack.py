@@ -156,10 +156,13 @@ THREE = {"whole": {m: line(4.0, 0.1) for m in "xyz"},
          "mps25": {"x": line(6.0, 0.1), "y": line(4.3, 0.1), "z": line(4.3, 0.1)}}
 
 
-def test_sim_run_resizes_to_the_packed_levels_and_shares_never_exceed_the_device(tmp_path, monkeypatch):
+@pytest.mark.parametrize("make_before_break", [False, True])
+def test_sim_run_resizes_to_the_packed_levels_and_shares_never_exceed_the_device(tmp_path, monkeypatch,
+                                                                                 make_before_break):
     write_profiles(tmp_path, THREE, monkeypatch)
     slos = {"x": 20, "y": 20, "z": 20}
-    tasks, sim, policy = run(DStackConfig(), slos, constant({m: 900 for m in slos}, 3.0))
+    tasks, sim, policy = run(DStackConfig(make_before_break=make_before_break), slos,
+                             constant({m: 900 for m in slos}, 3.0))
     # The first window (1 s) measures 900/s each; the plan replaces the configured whole GPU by two slots,
     # each holding every model and serving those of its level.
     assert sorted((sim.slots[i].partition, sorted(lane.curves)) for i, lane in policy.lanes.items()) == \
@@ -167,9 +170,19 @@ def test_sim_run_resizes_to_the_packed_levels_and_shares_never_exceed_the_device
     assert all(s.models == {"x", "y", "z"} for s in sim.slots)
     assert [(r.partition, r.batch, r.runs, r.items) for r in policy.rects.values()] == \
         [("mps50", 16, 2, 9), ("mps25", 16, 2, 9), ("mps25", 16, 2, 9)]
-    # At no moment do the batches running on the device hold more than 100% of it, the re-size included;
-    # after it, both levels run at once.
-    assert peak_share(sim, 0.0) <= 1.0 + 1e-9
+    # At no moment do the batches running on the device hold more than 100% of it, the re-size included
+    # (with make before break, but for the old share's last batches: it serves while the new ones start,
+    # 0.1 s, and takes no batch once they have joined); after it, both levels run at once.
+    if make_before_break:
+        [(t_handover, old)] = [(t, slot) for t, slot, event, why in sim.ledger.slot_events if why == "replaced"]
+        t_plan = sim.ledger.reconfigurations[0].t_request
+        assert t_handover == pytest.approx(t_plan + 0.1)
+        assert max(b.t_start for b in sim.batches if b.slot == old) > t_handover - 0.01      # served till then
+        assert all(b.t_dispatch <= t_handover for b in sim.batches if b.slot == old)
+        assert all(b.t_dispatch >= t_handover for b in sim.batches if b.slot != old)
+        assert peak_share(sim, t_handover + 0.05) <= 1.0 + 1e-9
+    else:
+        assert peak_share(sim, 0.0) <= 1.0 + 1e-9
     assert peak_share(sim, 1.2) == pytest.approx(0.75)
     after = [t for t in tasks if t.t_arrival >= 1.2]
     assert sum(t.status == "ok" for t in after) / len(after) > 0.99

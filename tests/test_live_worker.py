@@ -103,7 +103,8 @@ def test_worker_runs_batches_in_order_and_reports_late_and_bad_ones(worker):
     assert ready["ready"] and ready["address"].startswith("unix:")
     assert call({"op": "ping"}) == [{"pong": 1}]
     (ok,) = call({"op": "run", "batch": 7, "model": "m0", "size": 3, "start_within": None, "payload": None})
-    assert ok["batch"] == 7 and ok["status"] == "ok" and ok["exec"] == pytest.approx(0.008, abs=0.002)
+    # 8 ms as profiled: never less; more only as late as a loaded host wakes the worker.
+    assert ok["batch"] == 7 and ok["status"] == "ok" and 0.0079 <= ok["exec"] < 0.03
     # A 40 ms batch, then one that must start within 5 ms of its arrival: it waits ~40 ms, so it is late.
     sock.send({"op": "run", "batch": 8, "model": "m1", "size": 8, "start_within": None})
     sock.send({"op": "run", "batch": 9, "model": "m1", "size": 1, "start_within": 0.005})

@@ -132,18 +132,22 @@ def by_device(sim) -> list[list[str]]:
     return [sorted((s.partition for s in sim.slots if s.alive and s.device == d), reverse=True) for d in devices]
 
 
-def test_paris_partitions_the_cluster_from_the_queries_it_saw(tmp_path, monkeypatch):
+@pytest.mark.parametrize("make_before_break, joining", [(True, [7]), (False, [5, 2])])
+def test_paris_partitions_the_cluster_from_the_queries_it_saw(tmp_path, monkeypatch, make_before_break, joining):
     write_profiles(tmp_path, ["m"], monkeypatch)
     sim = cluster([G7, G7], ["m"])
     # The rates of the hand computation above for 2 s; PARIS counts the first second.
     queries = sorted([(i / 100, "m", 2) for i in range(200)] + [(i / 50, "m", 8) for i in range(100)] +
                      [(i / 10, "m", 14) for i in range(20)])
-    tasks, policy = replay(sim, ParisElsaConfig(), {"m": 100}, queries)
+    tasks, policy = replay(sim, ParisElsaConfig(make_before_break=make_before_break), {"m": 100}, queries)
     assert {b: round(n) for b, n in policy.seen["m"].items()} == {2: 100, 8: 50, 14: 10}
-    # Two waves: GPU 0 first, then GPU 1, so one of them serves all along.
+    # Make before break: both GPUs at once, each whole GPU serving until its new partitions joined.
+    # Otherwise two waves: GPU 0 first, then GPU 1, so one of them serves all along.
     assert by_device(sim) == [[G3, G1, G1, G1, G1], [G3, G3]]
-    assert [len(r.joining) for r in sim.ledger.reconfigurations] == [5, 2]
+    assert [len(r.joining) for r in sim.ledger.reconfigurations] == joining
     assert all(t.status == "ok" for t in tasks)
+    replaced = [slot for _, slot, _, why in sim.ledger.slot_events if why == "replaced"]
+    assert replaced == ([0, 1] if make_before_break else [])
 
 
 @pytest.mark.parametrize("partition, expected", [(G1, [[G1] * 7] * 2), (G3, [[G3] * 2] * 2), (G7, [[G7]] * 2)])
@@ -172,4 +176,5 @@ def test_sim_run_of_batched_queries_on_the_measured_h200_profiles(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["slo_attainment"] > 0.99
     # PARIS cut both GPUs into MIG-sized partitions (the H200 profiles hold 1g, 3g and the whole GPU).
-    assert summary["reconfigurations"] == 2 and summary["slots_total"] > 2
+    # (one move: the new partitions load beside the whole GPUs, which serve until they join).
+    assert summary["reconfigurations"] == 1 and summary["slots_total"] > 2

@@ -109,6 +109,39 @@ def test_reconfiguring_shares_mid_run_accounts_for_every_request_in_both_runtime
         assert set(batches["slot"]) == {0, 1, 2, 3, 4, 5}
 
 
+def test_a_reconfiguration_that_makes_before_it_breaks_leaves_no_gap_in_both_runtimes(tmp_path):
+    # The same reshaping, the new shares started beside the old ones: those serve until the new ones join.
+    cfg = config("workload=constant", "workload.rate=40", "duration_s=8", "warmup_s=0.5", "cooldown_s=0.5",
+                 "cluster.partition=mps25", "cluster.count=4", "cluster.sleep.a_ms=0", "cluster.sleep.c_ms=20",
+                 "runtime.slot_start_s=0.5",
+                 system={"name": "tests.policies:Reshaper", "overlap": True}, models={"m0": {"slo_ms": 3000}})
+    dirs = both(tmp_path, cfg)
+    for runtime, run in dirs.items():
+        requests, batches = table(run, "requests"), table(run, "batches")
+        recs, events, slots = table(run, "reconfigurations"), table(run, "slot_events"), table(run, "slots")
+        assert (requests["status"] == "ok").all(), (runtime, requests["status"].value_counts())
+        # No request waited for a share to start: 20 ms batches and the way there and back, nothing queued.
+        assert requests["latency"].max() < 0.2, (runtime, requests["latency"].max())
+        # Each move left its old shares when its last new one joined, and lists them as left.
+        left = events[events["event"] == "left"]
+        assert (left["reason"] == "replaced").all() and sorted(left["slot"]) == [0, 1, 2, 3, 4, 5], runtime
+        for rec in recs.itertuples():
+            gone = left[left["slot"].isin([int(i) for i in rec.left.split(",")])]
+            assert len(gone) in (2, 4) and (gone["t"] - rec.t_done).abs().max() < 1e-6, (runtime, rec)
+        lives = _lifetimes(events)
+        for batch in batches.itertuples():
+            assert any(a - 1e-9 <= batch.t_dispatch <= b + 1e-9 for a, b in lives[batch.slot]), (runtime, batch)
+        # The device is never without shares; it holds more than all of it only from the first new share's
+        # join to the last's, when the old ones leave.
+        share = dict(zip(slots["slot"], slots["share"]))
+        handovers = [(events[(events["event"] == "joined") & events["slot"].isin([int(i) for i in r.joining.split(",")])]
+                      ["t"].min(), r.t_done) for r in recs.itertuples()]
+        for t in sorted({t for spans in lives.values() for span in spans for t in span if np.isfinite(t)}):
+            in_use = sum(share[s] for s, spans in lives.items() for a, b in spans if a <= t < b)
+            assert in_use >= 0.5 - 1e-9, (runtime, t, in_use)
+            assert in_use <= 1.0 + 1e-9 or any(a - 1e-9 <= t < b for a, b in handovers), (runtime, t, in_use)
+
+
 def _lifetimes(events: pd.DataFrame) -> dict[int, list[tuple[float, float]]]:
     """slot -> its [joined, left) spans in the run (left inf: still there at the end)."""
     lives: dict[int, list[tuple[float, float]]] = {}

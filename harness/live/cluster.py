@@ -24,7 +24,9 @@ Where it must differ from the simulation:
 - reconfigure(): slots that leave stop taking batches at once; their
   workers are stopped once they have run what they hold; a new slot's
   worker starts once the slots leaving its device are stopped, and the slot
-  joins when the worker answers (the cost is measured, not modelled).
+  joins when the worker answers (the cost is measured, not modelled). With
+  overlap, the new workers start at once and the slots they replace serve
+  until the last new slot of their device joins, then leave as above.
 - offload(fn, then) runs fn in a worker thread (the loop's default
   executor) and calls then on the loop once it is done: arrivals and timers
   go on meanwhile, where the simulation calls then(fn()) at once.
@@ -265,19 +267,20 @@ class LiveCluster:
     def placement(self) -> Placement:
         return self.ledger.placement
 
-    def reconfigure(self, placement: Placement) -> None:
-        rec = self.ledger.plan(placement, self.clock.now())
+    def reconfigure(self, placement: Placement, overlap: bool = False) -> None:
+        rec = self.ledger.plan(placement, self.clock.now(), overlap)
         for slot in rec.left:
             self._call_policy("on_slot_lost", slot)
         # Each leaving slot stops once it has run what it holds; a device's new shares start once the shares
-        # leaving it are stopped (the device is never over-subscribed). Both wait on events, not by polling:
-        # a coroutine per slot polling every millisecond costs the loop more than the arrivals do once a
-        # reconfiguration moves a hundred slots.
+        # leaving it are stopped (the device is never over-subscribed), or with overlap at once, beside the
+        # shares they replace (MPS thread percentages are limits per client, not reservations). Both wait on
+        # events, not by polling: a coroutine per slot polling every millisecond costs the loop more than
+        # the arrivals do once a reconfiguration moves a hundred slots.
         stopping: dict[int, list[asyncio.Task]] = {}
         for slot in rec.left:
             stopping.setdefault(self.slots[slot].device, []).append(self._spawn(self._stop_slot(slot)))
         for slot in rec.joining:
-            self._spawn(self._start_slot(slot, stopping.get(self.slots[slot].device, ())))
+            self._spawn(self._start_slot(slot, () if overlap else stopping.get(self.slots[slot].device, ())))
 
     def _spawn(self, coroutine) -> asyncio.Task:
         task = asyncio.ensure_future(coroutine)
@@ -450,7 +453,11 @@ class LiveCluster:
         measured = LatencyCurve.start_cost(self.ledger.curves[slot].values()) if s.emulated else None
         if measured is not None and began + measured > self.clock.now():
             await asyncio.sleep(began + measured - self.clock.now())
-        if not self._finished and self.ledger.join(slot, self.clock.now()):
+        now = self.clock.now()
+        if not self._finished and self.ledger.join(slot, now):
+            for gone in self.ledger.replaced(s.device, now):
+                self._call_policy("on_slot_lost", gone)
+                self._spawn(self._stop_slot(gone))
             self._call_policy("on_slot_added", slot)
 
     def _call_policy(self, event: str, arg) -> None:

@@ -19,7 +19,8 @@ ties break by insertion order.
 A reconfiguration (Cluster.reconfigure) removes slots at once and starts the
 new ones once the slots leaving their device have drained, plus their
 start cost: what the profile measured on the GPU (a worker process, its
-models, their CUDA graphs), else `slot_start_s`. A computation a policy offloads (Cluster.offload, an
+models, their CUDA graphs), else `slot_start_s`. With overlap the new ones
+start at once and the slots they replace serve until they join. A computation a policy offloads (Cluster.offload, an
 allocation solve) runs at once and takes no virtual time.
 """
 
@@ -275,19 +276,20 @@ class SimCluster:
     def placement(self) -> Placement:
         return self.ledger.placement
 
-    def reconfigure(self, placement: Placement) -> None:
+    def reconfigure(self, placement: Placement, overlap: bool = False) -> None:
         now = self._now
-        rec = self.ledger.plan(placement, now)
+        rec = self.ledger.plan(placement, now, overlap)
         for slot in rec.left:
             self._policy.on_slot_lost(slot)
         for slot in rec.joining:
             s = self.slots[slot]
             # A device's new shares start once the shares leaving it have run what they hold (a share's queue,
-            # for as long as it is expected to take: its batches are timed when they start).
+            # for as long as it is expected to take: its batches are timed when they start); with overlap,
+            # at once, beside the shares they replace.
             drained = max([o.busy_until for o in self.slots
                            if o.device == s.device and not o.alive and o.outstanding and o.index != slot],
                           default=now)
-            self._push(max(now, drained) + self.start_cost(slot), self._join, slot)
+            self._push((now if overlap else max(now, drained)) + self.start_cost(slot), self._join, slot)
 
     def start_cost(self, slot: int) -> float:
         """Seconds the slot takes to start: what its profile measured on the GPU (a worker process, then
@@ -344,6 +346,8 @@ class SimCluster:
 
     def _join(self, slot: int) -> None:
         if self.ledger.join(slot, self._now):
+            for gone in self.ledger.replaced(self.slots[slot].device, self._now):
+                self._policy.on_slot_lost(gone)       # what it holds runs to its end
             self._policy.on_slot_added(slot)
 
     def run(self, policy: Policy, ids: np.ndarray, targets: Sequence[str], times: np.ndarray,
