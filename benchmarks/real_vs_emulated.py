@@ -38,7 +38,9 @@ of real / emulated goodput with its 95% confidence interval and the mean gap
 (real - emulated) over the offered rate, and flags those more than 5% from 1
 or with an invalid run; `real / sim`, where every seed has its sim twin. A
 pair whose two sides were made with different profiles is left out, and said
-so.
+so. DIR/real_vs_emulated.csv holds the table, DIR/real_vs_emulated.png (and
+.pdf) draws both ratios per system, a panel per cluster and load, against
+the 5% band.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ from harness.calibrate import load_calibration  # noqa: E402
 from harness.errors import HarnessError  # noqa: E402
 from harness.gpu.partitions import gpu_type_from_name  # noqa: E402
 from harness.profiles import load_profile, profile_path  # noqa: E402
+from harness.report import figures  # noqa: E402
 from harness.report.analysis import mean_ci  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -315,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         result.to_csv(args.out / "real_vs_emulated.csv", index=False)
         print(result.to_string(index=False, float_format=lambda v: f"{v:,.3f}"))
+        figure = figures.fidelity(result, figures.styles(result["system"]), TARGET)
+        print(f"wrote {', '.join(figures.save(figure, args.out, 'real_vs_emulated'))} in {args.out}")
     if result.attrs["mixed"]:
         print(f"left out, their two sides made with different profiles (run again to remake the older side): "
               f"{', '.join(result.attrs['mixed'])}")

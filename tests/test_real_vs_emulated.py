@@ -85,6 +85,17 @@ def test_table_is_the_mean_ratio_over_seeds_with_its_interval_and_the_5_percent_
     assert sym["gap / offered"] == pytest.approx(((1400 + 1450 + 1420) / 3 - 1500) / 1500)
 
 
+def test_the_table_comes_with_its_figure(tmp_path, capsys):
+    for seed, real in enumerate((1400, 1480)):
+        summary(rve.run_dir(tmp_path, "mps25x4", "reference", "symphony", seed, "gpu"), real, valid=seed == 0)
+        summary(rve.run_dir(tmp_path, "mps25x4", "reference", "symphony", seed, "emulated"), 1500)
+    summary(rve.run_dir(tmp_path, "mps25x4", "overload", "triton", 0, "gpu"), 45)      # drawn at the floor
+    summary(rve.run_dir(tmp_path, "mps25x4", "overload", "triton", 0, "emulated"), 360)
+    assert rve.main(["--out", str(tmp_path), "--table"]) == 0
+    assert "wrote real_vs_emulated.png, real_vs_emulated.pdf" in capsys.readouterr().out
+    assert (tmp_path / "real_vs_emulated.png").stat().st_size > 10_000 and (tmp_path / "real_vs_emulated.pdf").exists()
+
+
 def test_a_collapse_on_both_sides_is_measured_against_the_offered_rate_too(tmp_path):
     summary(rve.run_dir(tmp_path, "mps25x4", "overload", "triton", 0, "gpu"), 45)
     summary(rve.run_dir(tmp_path, "mps25x4", "overload", "triton", 0, "emulated"), 360)

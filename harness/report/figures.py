@@ -660,3 +660,44 @@ def search_paths(searches: Sequence[dict], st: dict[str, Style]) -> Figure:
 
 def _search_name(search: dict) -> str:
     return str(search.get("system") or search.get("label") or "search")
+
+
+FIDELITY_FLOOR = 0.8      # a ratio below this is drawn at it, its value written on the bar
+
+
+def fidelity(table: pd.DataFrame, st: dict[str, Style], target: float) -> Figure:
+    """Real over emulated goodput (mean over seeds, 95% CI) and real over sim, per system, a panel per cluster
+    and load; the band is the fidelity target. `table`: benchmarks/real_vs_emulated.py's table."""
+    panels = list(table.groupby(["cluster", "load"], sort=True))
+    with _theme():
+        fig, axes = _figure(*_grid(len(panels), max_cols=2))
+        for ax, ((cluster, load), g) in zip(axes.flat, panels):
+            g = g.sort_values("system").reset_index(drop=True)
+            x = np.arange(len(g))
+            ax.axhspan(1 - target, 1 + target, color="0.9", zorder=0)
+            ax.axhline(1.0, color="0.4", linewidth=0.8, zorder=1)
+            for offset, column, ci, hatch in ((-0.2, "real / emulated", "95% CI +-", ""),
+                                              (0.2, "real / sim", None, "//")):
+                if column not in g or g[column].isna().all():
+                    continue
+                ratio = g[column].to_numpy(dtype=float)
+                shown = np.maximum(ratio, FIDELITY_FLOOR)
+                err = g[ci].to_numpy(dtype=float) if ci else None
+                ax.bar(x + offset, shown - FIDELITY_FLOOR, bottom=FIDELITY_FLOOR, width=0.38, yerr=err,
+                       error_kw=ERRORBAR, color=[st[s].color for s in g["system"]], hatch=hatch,
+                       edgecolor="black", linewidth=0.6, zorder=2)
+                for xi, r in zip(x + offset, ratio):
+                    if r < FIDELITY_FLOOR:
+                        ax.annotate(f"{r:.2f}", (xi, FIDELITY_FLOOR), xytext=(0, 3), textcoords="offset points",
+                                    ha="center", fontsize=7)
+            ax.set_xticks(x, [f"{s}\n({n} seed{'s' * (n != 1)}{', a run invalid' * (w == 'invalid run')})"
+                              for s, n, w in zip(g["system"], g["seeds"], g["within 5%"])], fontsize=8)
+            ax.set(title=f"{cluster}, {load} load", ylabel="real / emulated or sim goodput",
+                   ylim=(FIDELITY_FLOOR, max(1.15, float(np.nanmax(g[["real / emulated"]].to_numpy())) + 0.05)))
+            ax.yaxis.set_major_formatter(PLAIN)
+        _hide_unused(axes, len(panels))
+        fig.suptitle("Real GPU against its emulation and the sim")
+        _legend_below(fig, [Patch(facecolor="white", edgecolor="black", label="real / emulated (95% CI)"),
+                            Patch(facecolor="white", edgecolor="black", hatch="//", label="real / sim"),
+                            Patch(facecolor="0.9", label=f"within {target:.0%}")])
+    return fig
