@@ -21,7 +21,7 @@ from typing import Callable, NoReturn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # the project (harness, systems), from any cwd
 
-from harness.errors import ArgumentParser, HarnessError  # noqa: E402
+from harness.errors import PIPE_CLOSED, ArgumentParser, HarnessError, stdout_gone  # noqa: E402
 
 
 Parser = ArgumentParser     # a bad argument is one line (`error: <what>; see <prog> --help`), exit 2
@@ -111,4 +111,7 @@ def run_main(main: Callable[[], int | None]) -> NoReturn:
     except HarnessError as exc:
         print(f"error: {exc}", file=sys.stderr)
         code = 2
+    except BrokenPipeError:             # the reader went away (`| head`): no traceback, and not done
+        stdout_gone()
+        code = PIPE_CLOSED
     sys.exit(code)

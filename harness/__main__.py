@@ -11,7 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
 from harness.config import register
-from harness.errors import HarnessError
+from harness.errors import HarnessError, say
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 # Lines of Hydra's error text that are noise on a command line.
@@ -97,8 +97,8 @@ def main(cfg) -> float:
     except KeyboardInterrupt:                   # the sim, or a live run before it served: no half-written run stays
         print(f"interrupted: {rundir.abandon(out_dir)}", file=sys.stderr)
         sys.exit(rundir.INTERRUPTED)
-    print(summary_table(summary))
-    print(f"results: {out_dir}")
+    say(summary_table(summary))
+    say(f"results: {out_dir}")
     if summary["validity"]["interrupted"]:
         sys.exit(rundir.INTERRUPTED)            # records written; the shell still learns it was interrupted
     if rundir.failures(summary) and not in_sweep:

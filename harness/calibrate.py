@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness.errors import ArgumentParser, HarnessError
+from harness.errors import ArgumentParser, HarnessError, exit_with
 from harness.metrics import Window, in_window
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -220,4 +220,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

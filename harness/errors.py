@@ -6,6 +6,7 @@ traceback. Raise it for bad configs, trace files, profiles and requests.
 """
 
 import argparse
+import os
 import sys
 from typing import NoReturn
 
@@ -21,3 +22,31 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         print(f"error: {message.removeprefix('argument ')}; see {self.prog} --help", file=sys.stderr)
         raise SystemExit(2)
+
+
+def say(text: str) -> None:
+    """Print `text` to stdout; where its reader went away (`| head`), drop the rest of the output quietly: the
+    run's results and exit status do not depend on who reads what it prints."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        stdout_gone()
+
+
+def stdout_gone() -> None:
+    """Point stdout at /dev/null, so neither later prints nor the flush at exit raise a broken pipe."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+PIPE_CLOSED = 141            # the status a process ended by SIGPIPE gets from the shell: `set -o pipefail` sees it
+
+
+def exit_with(main) -> NoReturn:
+    """sys.exit(main()); where the reader of stdout went away (`| head`), quietly with PIPE_CLOSED instead
+    of a traceback (what main had not finished is not claimed done)."""
+    try:
+        code = main()
+    except BrokenPipeError:
+        stdout_gone()
+        code = PIPE_CLOSED
+    sys.exit(code)

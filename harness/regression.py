@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import systems
-from harness.errors import ArgumentParser, HarnessError
+from harness.errors import ArgumentParser, HarnessError, exit_with
 
 BASELINE = Path(__file__).resolve().parent / "regression_baseline.json"
 
@@ -214,4 +214,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import Callable
 
 from harness import rundir
-from harness.errors import ArgumentParser, HarnessError
+from harness.errors import ArgumentParser, HarnessError, exit_with
 from workloads.config import TRACE_PROCESSES, is_finite_number
 
 TARGET = 0.99
@@ -581,4 +581,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

@@ -59,6 +59,16 @@ def snapshot(directory: Path) -> dict:
     return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
+def test_a_reader_that_goes_away_costs_no_traceback_and_no_result(tmp_path):
+    # `python -m harness ... | head -1`: the run is whole and exits 0, its table goes nowhere.
+    run = subprocess.Popen([sys.executable, "-m", "harness", "runtime=sim", "duration_s=10", f"hydra.run.dir={tmp_path}"],
+                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run.stdout.close()
+    err = run.stderr.read()
+    assert run.wait(timeout=120) == 0 and "Traceback" not in err and "Error" not in err, err[-800:]
+    assert json.loads((tmp_path / "summary.json").read_text())["validity"]["valid"]
+
+
 def test_existing_run_directory_is_never_overwritten(tmp_path):
     assert harness("runtime=sim", "duration_s=12", run_dir=tmp_path).returncode == 0
     before = snapshot(tmp_path)

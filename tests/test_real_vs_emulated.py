@@ -96,6 +96,18 @@ def test_the_table_comes_with_its_figure(tmp_path, capsys):
     assert (tmp_path / "real_vs_emulated.png").stat().st_size > 10_000 and (tmp_path / "real_vs_emulated.pdf").exists()
 
 
+def test_a_reader_that_goes_away_costs_no_traceback(tmp_path):
+    for system in ("eager", "symphony", "nexus", "clockwork", "shepherd", "triton"):
+        for seed in range(3):
+            summary(rve.run_dir(tmp_path, "mps25x4", "reference", system, seed, "gpu"), 1490)
+            summary(rve.run_dir(tmp_path, "mps25x4", "reference", system, seed, "emulated"), 1500)
+    run = subprocess.Popen([sys.executable, "benchmarks/real_vs_emulated.py", "--out", str(tmp_path), "--table"],
+                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run.stdout.close()
+    err = run.stderr.read()
+    assert run.wait(timeout=120) in (0, 141) and err == "", err[-800:]
+
+
 def test_a_collapse_on_both_sides_is_measured_against_the_offered_rate_too(tmp_path):
     summary(rve.run_dir(tmp_path, "mps25x4", "overload", "triton", 0, "gpu"), 45)
     summary(rve.run_dir(tmp_path, "mps25x4", "overload", "triton", 0, "emulated"), 360)

@@ -64,7 +64,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from harness.errors import ArgumentParser, HarnessError
+from harness.errors import ArgumentParser, HarnessError, exit_with
 from harness.gpu.models import DEFAULT_CHANNELS_LAST, MODELS
 from harness.gpu.mps import PERCENTAGE_ENV, mps_daemon
 from harness.gpu.partitions import Partition, find_mig_instance, gpu_type_from_name, parse_partitions
@@ -554,4 +554,4 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)   # so `kill` or `timeout` still stops the MPS daemon
-    sys.exit(main())
+    exit_with(main)

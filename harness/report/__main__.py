@@ -1,5 +1,4 @@
-import sys
-
+from harness.errors import exit_with
 from harness.report.cli import main
 
-sys.exit(main())
+exit_with(main)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.errors import ArgumentParser, HarnessError
+from harness.errors import ArgumentParser, HarnessError, exit_with
 from harness.live.protocol import infer_request, outcome
 from harness.live.triton.server import start_triton
 from harness.live.triton.stub_env import setup_stub_env, stub_env_needed
@@ -82,4 +82,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)
