@@ -310,6 +310,7 @@ class Ledger:
         if not s.alive:
             return False
         s.alive = False
+        self.replacing.discard(slot)         # (one being replaced is gone already: it has nothing left to hand over)
         self.slot_events.append((t, slot, LOST, reason))
         for batch in list(self.inflight[slot].values()):
             self.fail(batch, t, f"slot {slot} lost: {reason}")

@@ -80,3 +80,12 @@ def test_every_slot_that_went_is_in_its_reconfigurations_left(overlap):
     book.join(rec.joining[0], 1.4)
     book.replaced(0, 1.4)
     assert sorted(rec.left) == [0, 1] and not any(book.slots[i].alive for i in (0, 1))
+
+
+def test_a_slot_lost_while_being_replaced_is_not_replaced_again():
+    book = ledger(spec("whole"))
+    rec = book.plan(Placement((spec("mps50"), spec("mps50"))), 1.0, overlap=True)
+    assert book.lose(0, 1.1, "worker died") and book.replacing == set()
+    book.join(rec.joining[0], 1.5)
+    book.join(rec.joining[1], 1.5)
+    assert book.replaced(0, 1.5) == [] and [e for e in events(book) if e[0] == 0] == [(0, "lost", "worker died")]
