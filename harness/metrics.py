@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -189,16 +190,27 @@ def gpu_metrics(batches: pd.DataFrame, window: Window, slots: pd.DataFrame,
 def provisioned_timeline(events: pd.DataFrame, slots: pd.DataFrame) -> pd.DataFrame:
     """From the slot events: slots and share-weighted GPUs provisioned from t on (t, slots, gpus).
 
-    A slot counts from the moment it is asked for (starting) until it leaves, is lost or is cancelled.
+    A slot counts from the moment it is asked for (starting) until it leaves, is lost or is cancelled. A
+    device counts at most once: while a move makes before it breaks, its old and new shares add up to
+    more than the GPU they share.
     """
     share = dict(zip(slots["slot"], slots["share"]))
+    # (Records of before the device column: each slot on a device of its own.)
+    device = dict(zip(slots["slot"], slots["device"])) if "device" in slots else {}
     step = {"starting": 1, "left": -1, "lost": -1, "cancelled": -1}
     ev = events[events["event"].isin(list(step))].sort_values("t", kind="stable")
     if ev.empty:
         return pd.DataFrame({"t": [0.0], "slots": [0], "gpus": [0.0]})
     sign = ev["event"].map(step).to_numpy()
-    gpus = sign * ev["slot"].map(share).fillna(1.0).to_numpy(float)
-    out = pd.DataFrame({"t": ev["t"].to_numpy(float), "slots": np.cumsum(sign), "gpus": np.cumsum(gpus)})
+    held: dict = defaultdict(float)          # device -> shares provisioned on it
+    gpus, total = [], 0.0
+    for slot, d in zip(ev["slot"], sign):
+        on = device.get(slot, ("slot", slot))
+        before = min(1.0, held[on])
+        held[on] += d * share.get(slot, 1.0)
+        total += min(1.0, held[on]) - before
+        gpus.append(total)
+    out = pd.DataFrame({"t": ev["t"].to_numpy(float), "slots": np.cumsum(sign), "gpus": gpus})
     return out.groupby("t", as_index=False).last()
 
 
