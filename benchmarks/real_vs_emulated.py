@@ -28,8 +28,9 @@ than the one now in profiles/ is made again, the old run kept beside it as
 first, so runs before and after a re-measured profile are offered the same.
 
 `--sim CALIBRATION` makes, on any machine, the sim's twin of each real run
-DIR holds (`<system>-seed<k>-sim`): the same overrides in the discrete-event
-runtime, emulating the same profile, charging the live path's delays that
+DIR holds of the systems, clusters, loads and seeds given
+(`<system>-seed<k>-sim`): the same overrides in the discrete-event runtime,
+emulating the same profile, charging the live path's delays that
 CALIBRATION measured (`python -m harness.calibrate` on the GPU host). A real
 run made with another profile than the one in profiles/ gets none.
 
@@ -45,6 +46,7 @@ the 5% band.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import shutil
@@ -191,10 +193,18 @@ def twin(real_run: Path, side: str) -> Path:
     return real_run.with_name(real_run.name[: -len("gpu")] + side)
 
 
-def sim_twins(out: Path, calibration: Path, extra: list[str]) -> list[str]:
-    """Make the sim twin of each real run `out` holds that has none of its profile; what happened, a line each."""
+def selected(real_run: Path, systems: list[str], clusters: list[str], loads: list[str], seeds: list[int]) -> bool:
+    """Whether a real run is one of the systems, clusters, loads and seeds asked for."""
+    system, seed = real_run.name[: -len("-gpu")].rsplit("-seed", 1)
+    return (system in systems and real_run.parents[1].name in clusters and real_run.parent.name in loads
+            and int(seed) in seeds)
+
+
+def sim_twins(out: Path, calibration: Path, extra: list[str], chosen=lambda real_run: True) -> list[str]:
+    """Make the sim twin of each real run `out` holds (of those `chosen`) that has none of its profile;
+    what happened, a line each."""
     said = []
-    for real_run in real_runs(out):
+    for real_run in filter(chosen, real_runs(out)):
         real = _summary(real_run)
         where, name = twin(real_run, "sim"), str(real_run.relative_to(out))[: -len("-gpu")]
         made = _summary(where)
@@ -286,7 +296,9 @@ def main(argv: list[str] | None = None) -> int:
         load_calibration(args.sim)           # a bad file is one error, not one per run
         if not args.out.is_dir():
             raise HarnessError(f"--out {args.out} is not a directory of real runs; give the one the GPU runs went to")
-        for line in sim_twins(args.out, args.sim, extra):
+        chosen = functools.partial(selected, systems=args.systems, clusters=args.clusters, loads=args.loads,
+                                   seeds=args.seeds)
+        for line in sim_twins(args.out, args.sim, extra, chosen):
             print(line, flush=True)
     elif not args.table:
         gpus = detect_gpus()

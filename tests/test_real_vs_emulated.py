@@ -137,6 +137,10 @@ def test_sim_twins_are_made_without_a_gpu_and_join_the_table(tmp_path):
     assert rve.made_with(sim)["sha256"] == current["sha256"] and sim["goodput"] > 1000
     assert "runtime.calibration=" + str(calibration) in sim["provenance"]["overrides"]
     assert rve.sim_twins(tmp_path, calibration, []) == said[1:]             # made once
+    # Only the runs asked for: --systems and the other selections hold for the twins too.
+    assert rve.selected(rve.run_dir(tmp_path, "mps25x4", "reference", "nexus", 0, "gpu"), ["eager"], ["mps25x4"],
+                        ["reference"], [0]) is False
+    assert rve.sim_twins(tmp_path, calibration, [], lambda run: "nexus" not in run.name) == []
     t = rve.table(tmp_path).set_index("system")
     assert t.loc["eager", "real / sim"] == pytest.approx(1450 / sim["goodput"])
     assert t.loc["nexus", "real / sim"] != t.loc["nexus", "real / sim"]     # none: NaN
