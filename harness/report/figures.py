@@ -690,7 +690,8 @@ def fidelity(table: pd.DataFrame, st: dict[str, Style], target: float) -> Figure
                     if r < FIDELITY_FLOOR:
                         ax.annotate(f"{r:.2f}", (xi, FIDELITY_FLOOR), xytext=(0, 3), textcoords="offset points",
                                     ha="center", fontsize=7)
-            ax.set_xticks(x, [f"{s}\n({n} seed{'s' * (n != 1)}{', a run invalid' * (w == 'invalid run')})"
+            # One short line each (name, seeds, validity): six systems' labels side by side must not overlap.
+            ax.set_xticks(x, [f"{s}\n{n} seed{'s' * (n != 1)}" + "\ninvalid run" * (w == "invalid run")
                               for s, n, w in zip(g["system"], g["seeds"], g["within 5%"])], fontsize=8)
             ax.set(title=f"{cluster}, {load} load", ylabel="real / emulated or sim goodput",
                    ylim=(FIDELITY_FLOOR, max(1.15, float(np.nanmax(g[["real / emulated"]].to_numpy())) + 0.05)))
