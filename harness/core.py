@@ -171,7 +171,10 @@ class Slot:
     `busy_until` is the runtime's prediction of when the slot drains its
     queue (exact in simulation, an estimate live); `outstanding` counts
     batches dispatched and not yet finished; `alive` is False before the
-    slot joins and after it leaves or is lost. The runtime writes these.
+    slot joins and after it leaves or is lost; `leaving` is True while a
+    reconfiguration that makes before it breaks has it serving until the
+    new slots of its device join (it is no longer in the placement). The
+    runtime writes these.
     """
 
     index: int
@@ -185,6 +188,7 @@ class Slot:
     busy_until: float = 0.0
     outstanding: int = 0
     alive: bool = True
+    leaving: bool = False
 
 
 @dataclass(frozen=True)

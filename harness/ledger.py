@@ -311,6 +311,7 @@ class Ledger:
             return False
         s.alive = False
         self.replacing.discard(slot)         # (one being replaced is gone already: it has nothing left to hand over)
+        s.leaving = False
         self.slot_events.append((t, slot, LOST, reason))
         for batch in list(self.inflight[slot].values()):
             self.fail(batch, t, f"slot {slot} lost: {reason}")
@@ -375,6 +376,8 @@ class Ledger:
             if self.slots[i].alive:
                 self.slots[i].alive = False
                 self.slot_events.append((t, i, LEFT, "reconfigured"))
+        for s in self.slots:                    # what the policy sees of it
+            s.leaving = s.index in self.replacing
         rec = Reconfiguration(t, before, placement.describe(), leaving, starting)
         if not starting:
             rec.t_done, rec.cost_s = t, 0.0
@@ -389,7 +392,7 @@ class Ledger:
         gone = sorted(i for i in self.replacing if self.slots[i].device == device)
         for i in gone:
             self.replacing.discard(i)
-            self.slots[i].alive = False
+            self.slots[i].alive = self.slots[i].leaving = False
             self.slot_events.append((t, i, LEFT, "replaced"))
             for rec in reversed(self.reconfigurations):
                 if any(self.slots[j].device == device for j in rec.joining):

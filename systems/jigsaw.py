@@ -13,9 +13,12 @@ and the segments of each variant (`segments`: emulated MIG slices and MPS
 shares; of its own, or parts of shared segments that several light tasks
 run on in turn), of least GPU share within the SLOs and accuracy targets.
 The segments are packed onto the cluster's devices keeping the slots that
-stay (systems/_segments.py) and installed through cluster.reconfigure;
-slots dropped on devices the allocation leaves free serve on until its new
-segments have joined, so the apps are not left without slots meanwhile.
+stay (systems/_segments.py) and installed through cluster.reconfigure; no
+app is left without slots while the new segments start: with
+`make_before_break` (the default) a re-cut device's old slots serve until
+its new segments have joined, and slots dropped on devices the allocation
+leaves free serve on until every new segment has joined. A slot on its way
+out serves whichever of the new allocation's groups run a variant it holds.
 The solve and the packing, which read only the demand and a snapshot of
 the placement, run off the event loop (cluster.offload): live, in a worker
 thread while arrivals and timers go on, the allocation then installed only
@@ -94,6 +97,7 @@ class JigsawConfig(SystemConfig):
     headroom: float = 1.3               # capacity planned for headroom x the measured demand
     rate_smoothing: float = 0.5         # the last window's weight in the demand (an exponential moving average)
     rate_low: float = 0.8               # re-solve when an app's demand falls below rate_low x the demand planned for
+    make_before_break: bool = True      # a re-cut device's new segments load beside its old slots, which serve meanwhile
 
 
 class _Group:
@@ -351,7 +355,7 @@ class Jigsaw(Policy):
         self._serve(slot)
         if self.lingering and not self.unbound:     # every new segment is in: the old slots can go
             self.lingering = []
-            self.cluster.reconfigure(Placement(tuple(self.desired.elements())))
+            self.cluster.reconfigure(Placement(tuple(self.desired.elements())), overlap=self.config.make_before_break)
 
     # -- the allocation window ------------------------------------------------------------------------
     def _tick(self) -> None:
@@ -440,14 +444,16 @@ class Jigsaw(Policy):
         self.unbound = list(segments)
         self.desired = Counter(specs)
         # Slots the allocation drops on devices it leaves free serve on until its new segments have joined, so
-        # that a reconfiguration does not leave the apps without a slot while they start.
+        # that a reconfiguration does not leave the apps without a slot while they start (on a device it re-cuts,
+        # making before breaking does that).
         current = Counter(self.cluster.placement.slots)
         serving = Counter(spec_of(s) for s in self.cluster.slots if s.alive)
         used = {spec.device for spec in specs}
         self.lingering = [spec for spec in (current - self.desired).elements() if spec.device not in used] \
             if self.desired - serving else []
         if self.desired != current:
-            self.cluster.reconfigure(Placement(tuple(specs) + tuple(self.lingering)))
+            self.cluster.reconfigure(Placement(tuple(specs) + tuple(self.lingering)),
+                                     overlap=self.config.make_before_break)
         self.slot_groups, self.slot_idle = {}, {}
         for s in self.cluster.slots:
             if s.alive:
@@ -468,14 +474,15 @@ class Jigsaw(Policy):
 
     def _bind(self, slot: int) -> None:
         """Give the slot to the groups of a segment the allocation asked for like it (alive slots are idle or
-        finishing what they ran before: their next batch waits for on_batch_done)."""
+        finishing what they ran before: their next batch waits for on_batch_done). A slot on its way out
+        takes no segment: the one that replaces it will."""
         s = self.cluster.slots[slot]
         for k, (partition, models, groups) in enumerate(self.unbound):
-            if s.partition == partition and s.models == models:
+            if s.partition == partition and s.models == models and not s.leaving:
                 del self.unbound[k]
                 self._give(slot, list(dict.fromkeys(groups)))
                 break
-        else:                           # a lingering slot: it serves every group whose variant it holds
+        else:                           # lingering or leaving: it serves every group whose variant it holds
             self._give(slot, [g for g in self.groups.values() if g.model in s.models])
         if s.outstanding == 0:
             self._set_idle(slot, True)

@@ -33,9 +33,11 @@ def test_old_slots_serve_until_every_new_slot_of_their_device_joined():
     book = ledger(spec("whole", 0), spec("whole", 1))
     rec = book.plan(Placement((spec("mps50", 0), spec("mps50", 0), spec("whole", 1))), 1.0, overlap=True)
     assert rec.left == [] and rec.joining == [2, 3] and book.slots[0].alive
+    assert book.slots[0].leaving and not book.slots[1].leaving            # what a policy sees of the move
     assert Counter(book.placement.slots) == Counter([spec("mps50", 0), spec("mps50", 0), spec("whole", 1)])
     assert book.join(2, 1.5) and book.replaced(0, 1.5) == [] and book.slots[0].alive     # one still starting
     assert book.join(3, 1.7) and book.replaced(0, 1.7) == [0] and not book.slots[0].alive
+    assert not book.slots[0].leaving
     assert rec.left == [0] and rec.t_done == 1.7
     assert events(book)[-1] == (0, "left", "replaced") and book.slot_events[-1][0] == 1.7
     assert book.replaced(0, 1.8) == [] and book.slots[1].alive                            # device 1 untouched
@@ -64,6 +66,7 @@ def test_a_later_move_may_keep_a_slot_being_replaced_or_let_it_go_at_once():
     # Back to the whole GPU before the shares joined: the old slot stays, the starting shares are cancelled.
     rec = book.plan(Placement((spec("whole"),)), 1.2, overlap=True)
     assert sorted(rec.left) == [1, 2] and rec.joining == [] and book.replacing == set() and book.slots[0].alive
+    assert not book.slots[0].leaving
     assert not book.join(1, 1.5) and [e for e in events(book) if e[1] == "cancelled"] == [
         (1, "cancelled", "reconfigured before it joined"), (2, "cancelled", "reconfigured before it joined")]
     # A move that starts nothing on the device, made while a slot there is being replaced, lets it go now.

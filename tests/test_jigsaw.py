@@ -195,6 +195,30 @@ def test_the_traffic_app_runs_end_to_end_in_the_sim(tmp_path):
     assert (segments.loc[later["slot"], "partition"] != "whole").all()
 
 
+@pytest.mark.parametrize("make_before_break", [True, False])
+def test_a_re_cut_gpu_serves_on_its_old_slot_until_the_new_segment_joins(tmp_path, make_before_break):
+    # One H200: the first allocation (at 1 s) re-cuts it into a 25% share, which takes 2 s to start.
+    summary = _sim(tmp_path, "workload.rate=1000", "cluster=h200x1", "warmup_s=1", "runtime.slot_start_s=2",
+                   f"system.make_before_break={str(make_before_break).lower()}")
+    events = pd.read_parquet(tmp_path / "slot_events.parquet")
+    [(t_left, why)] = events.loc[(events["slot"] == 0) & (events["event"] == "left"), ["t", "reason"]].values
+    [t_joined] = events.loc[(events["slot"] == 1) & (events["event"] == "joined"), "t"]
+    batches = pd.read_parquet(tmp_path / "batches.parquet")
+    old, new = batches[batches["slot"] == 0], batches[batches["slot"] == 1]
+    assert t_joined == pytest.approx(3.0, abs=0.01) and new["t_dispatch"].min() >= t_joined
+    if make_before_break:
+        # The whole GPU serves (and takes no segment of the new allocation) until the share has joined.
+        assert why == "replaced" and t_left == t_joined
+        assert old["t_dispatch"].max() > t_joined - 0.1 and summary["slo_attainment"] == 1.0
+    else:
+        # It breaks first: nothing serves while the share starts.
+        assert why == "reconfigured" and t_left == pytest.approx(1.0) and old["t_dispatch"].max() <= 1.0
+        requests = pd.read_parquet(tmp_path / "requests.parquet")
+        due_unserved = requests[(requests["t_sched"] > 1.1) & (requests["t_sched"] + requests["slo"] < 2.9)]
+        assert len(due_unserved) > 500 and (due_unserved["status"] == "dropped").all()
+        assert summary["slo_attainment"] < 0.8
+
+
 def test_over_capacity_requests_are_rejected_with_the_reason(tmp_path):
     summary = _sim(tmp_path, "workload.rate=40000", "cluster=h200x1")
     requests = pd.read_parquet(tmp_path / "requests.parquet")
