@@ -91,7 +91,10 @@ def assert_replayed(client: pd.DataFrame, schedule: pd.DataFrame) -> None:
     assert np.allclose(client["t_sched"], schedule["t_sched"])
     lag = client["t_sent"] - client["t_sched"]
     assert lag.min() >= -1e-4                                           # never early
-    assert lag.quantile(0.99) < 0.02                                    # loose: 2 cores shared with the server
+    # Open loop: no send waits for an answer. A sender that did would be late by a slow request's timeout
+    # (1 s) from the first on; how close to the schedule it keeps is a speed, which
+    # benchmarks/load_rate.py measures (a bound here in ms would fail on a loaded machine).
+    assert lag.quantile(0.99) < 0.25
     assert (client["t_done"] >= client["t_sent"]).all()
 
 
