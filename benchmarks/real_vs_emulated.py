@@ -180,7 +180,9 @@ def one_run(out: Path, cluster: str, load: str, system: str, seed: int, side: st
     if side == "gpu" and summary["emulated"]:
         (where / "summary.json").rename(where / "summary-emulated.json")   # never counted as a real run
         raise SystemExit(f"error: the GPU side ran on emulated slots ({summary.get('notes')}); see {where}")
+    ready = summary.get("ready_seconds")      # where a run's time goes besides its schedule
     return (f"goodput {summary['goodput']:,.1f} req/s, valid {summary['validity']['valid']}"
+            + (f", ready after {ready:.1f} s" if ready is not None else "")
             + (f" (the run made with the profile before is now {moved.name})" if moved else ""))
 
 

@@ -117,6 +117,7 @@ def summarize(assembly: Assembly, requests: pd.DataFrame, tables: dict, window: 
         "per_model": per_model,
         "accuracy_served": metrics.accuracy_served(requests, tables["tasks"], batches, window, assembly.apps),
         "wall_seconds": outcome.wall_seconds,
+        "ready_seconds": outcome.ready_seconds,
         "notes": outcome.notes,
     }
     summary["validity"] = metrics.validity(

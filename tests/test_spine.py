@@ -134,6 +134,9 @@ def test_a_reconfiguration_that_makes_before_it_breaks_leaves_no_gap_in_both_run
         # One GPU provisioned all along, though old and new shares add up to more while the new ones start.
         summary = json.loads((run / "summary.json").read_text())
         assert summary["gpus_provisioned_peak"] == 1.0 and summary["slots_provisioned_peak"] > 4, runtime
+        # Live, how long the system under test took to be ready to serve; the sim has no start.
+        ready = summary["ready_seconds"]
+        assert (0 < ready < summary["wall_seconds"]) if runtime == "live" else ready is None, (runtime, ready)
         # The device is never without shares; it holds more than all of it only from the first new share's
         # join to the last's, when the old ones leave.
         share = dict(zip(slots["slot"], slots["share"]))

@@ -23,6 +23,8 @@ class Outcome:
     failures: list = field(default_factory=list)    # what else went wrong (e.g. the server died): invalidates
     interrupted: bool = False
     wall_seconds: float = float("nan")
+    ready_seconds: float | None = None  # live: from launch until the system under test could serve (workers up,
+                                        # models loaded); where a run's time goes besides its schedule
     notes: list = field(default_factory=list)
 
     @property

@@ -141,7 +141,7 @@ def run_live(assembly, out_dir: Path, schedule: pd.DataFrame) -> Outcome:
     epoch = None
     slo = {m: s.slo for m, s in assembly.models.items()} | {a: app.slo for a, app in assembly.apps.items()}
     timeout_s = max(30.0, 10 * max(slo.values()))
-    client, interrupted, telemetry, failures, workers = None, False, None, [], None
+    client, interrupted, telemetry, failures, workers, ready = None, False, None, [], None, None
     started = time.perf_counter()
     window = (cfg.warmup_s, cfg.duration_s - cfg.cooldown_s)
     with _sigterm_as_interrupt(), _progress(out_dir, lambda: epoch, cfg.duration_s, slo, window,
@@ -152,6 +152,7 @@ def run_live(assembly, out_dir: Path, schedule: pd.DataFrame) -> Outcome:
             else:
                 serve = _serve_frontend
             with serve(assembly, out_dir, clock_zero) as server:
+                ready = time.perf_counter() - started
                 epoch = time.time() + rt.start_lead_s
                 server.start(epoch)
                 if rt.executor == "gpu":
@@ -193,13 +194,14 @@ def run_live(assembly, out_dir: Path, schedule: pd.DataFrame) -> Outcome:
         notes.append("external load: no schedule was replayed; each request's latency counts from its "
                      "arrival at the server, and the client's own view is the client's")
         return Outcome(client=_server_view(out_dir), tables=tables, gpus=gpus, failures=failures,
-                       interrupted=interrupted, wall_seconds=wall, notes=notes + server.get("notes", []))
+                       interrupted=interrupted, wall_seconds=wall, ready_seconds=ready,
+                       notes=notes + server.get("notes", []))
     if workers is not None:
         notes.append(f"load generator: {'one Locust process' if workers == 0 else f'{workers} Locust workers'}"
                      + ("" if rt.locust_workers >= 0 else " (sized to the host and the schedule's busiest second)"))
     return Outcome(client=_client_view(schedule, client, out_dir, interrupted or bool(failures)),
                    tables=tables, gpus=gpus, failures=failures, interrupted=interrupted, wall_seconds=wall,
-                   notes=notes + server.get("notes", []))
+                   ready_seconds=ready, notes=notes + server.get("notes", []))
 
 
 @contextmanager
