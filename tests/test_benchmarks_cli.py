@@ -103,6 +103,9 @@ def test_a_reconfiguration_whose_batches_fail_fails():
     ("live_vs_sim.py", ["--systems", "nosuch"], ["unknown system 'nosuch'"]),
     ("gpu_overload.py", ["--out", "x", "--seconds", "1"], ["--seconds", "> 5"]),
     ("live_reconfigure.py", ["--slots", "4,x"], ["--slots", "'x'"]),
+    ("gpu_start_interference.py", ["--serve", "resnet50"], ["--serve", "MODEL:BATCH"]),
+    ("gpu_start_interference.py", ["--start", "resnet50,nosuch"], ["--start", "unknown model 'nosuch'"]),
+    ("gpu_start_interference.py", ["--servers", "4"], ["5 shares of 25%", "--servers"]),
 ])
 def test_bad_arguments_are_one_line(script, args, words):
     one_line_error(bench(script, *args), *words)
@@ -125,7 +128,7 @@ def test_batch_time_without_profiles_of_the_gpu_type_is_one_line(tmp_path):
 
 
 @pytest.mark.parametrize("script", ["gpu_channels_last.py", "gpu_executor_overhead.py", "gpu_served_latency.py",
-                                    "gpu_stage_overhead.py"])
+                                    "gpu_stage_overhead.py", "gpu_start_interference.py"])
 def test_gpu_benchmarks_without_torch_are_one_line(script):
     code = ("import runpy, sys; sys.modules['torch'] = None; "        # as if torch were not installed
             f"sys.argv = [{script!r}]; runpy.run_path({str(BENCH / script)!r}, run_name='__main__')")
@@ -204,3 +207,10 @@ def test_triton_path_refuses_what_is_not_a_live_triton_run(tmp_path):
     refused(bench("triton_path.py", str(tmp_path)), "batches.parquet")
     pd.DataFrame({"slot": [0]}).to_parquet(tmp_path / "batches.parquet")       # not the batches a run records
     refused(bench("triton_path.py", str(tmp_path)), "batches.parquet", "not a live run's batches")
+
+
+def test_start_interference_splits_batches_by_when_they_ended():
+    sys.path.insert(0, str(BENCH))
+    import gpu_start_interference as m
+    times = [(9.0, 1.0), (10.0, 2.0), (10.5, 3.0), (12.0, 4.0), (12.1, 5.0)]
+    assert m.phases(times, began=10.0, ready=12.0) == {"before": [1.0], "starting": [2.0, 3.0, 4.0], "after": [5.0]}
