@@ -202,6 +202,13 @@ def selected(real_run: Path, systems: list[str], clusters: list[str], loads: lis
             and int(seed) in seeds)
 
 
+def _from_root(path: Path) -> Path:
+    """`path` as the runs (started in the project's root) read it: relative to the root where it lies inside,
+    so the twins' configs and summaries name no machine's directories."""
+    path = path.resolve()
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+
+
 def sim_twins(out: Path, calibration: Path, extra: list[str], chosen=lambda real_run: True) -> list[str]:
     """Make the sim twin of each real run `out` holds (of those `chosen`) that has none of its profile;
     what happened, a line each."""
@@ -219,7 +226,7 @@ def sim_twins(out: Path, calibration: Path, extra: list[str], chosen=lambda real
         overrides = [o for o in real["provenance"]["overrides"]
                      if not o.startswith(("hydra.", "runtime=", "cluster.gpu_type=", "runtime.calibration="))]
         done = harness(*overrides, "runtime=sim", f"cluster.gpu_type={real['gpu_type']}",
-                       f"runtime.calibration={calibration.resolve()}", *extra, f"hydra.run.dir={where}")
+                       f"runtime.calibration={_from_root(calibration)}", *extra, f"hydra.run.dir={where}")
         sim = _summary(where)
         said.append(f"{name} sim: " + (f"goodput {sim['goodput']:,.1f} req/s (real {real['goodput']:,.1f})" if sim
                                        else f"no summary ({child_error(done.stderr)})"))

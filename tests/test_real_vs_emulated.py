@@ -135,7 +135,8 @@ def test_sim_twins_are_made_without_a_gpu_and_join_the_table(tmp_path):
     sim = json.loads((rve.run_dir(tmp_path, "mps25x4", "reference", "eager", 0, "sim") / "summary.json").read_text())
     assert sim["runtime"] == "sim" and sim["emulated"] and sim["gpu_type"] == "h100"
     assert rve.made_with(sim)["sha256"] == current["sha256"] and sim["goodput"] > 1000
-    assert "runtime.calibration=" + str(calibration) in sim["provenance"]["overrides"]
+    # Named from the project's root, as the run read it: a committed twin names no machine's directories.
+    assert "runtime.calibration=results/reference/vm-live-vs-sim-2/calibration.json" in sim["provenance"]["overrides"]
     assert rve.sim_twins(tmp_path, calibration, []) == said[1:]             # made once
     # Only the runs asked for: --systems and the other selections hold for the twins too.
     assert rve.selected(rve.run_dir(tmp_path, "mps25x4", "reference", "nexus", 0, "gpu"), ["eager"], ["mps25x4"],
