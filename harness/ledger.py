@@ -77,9 +77,9 @@ class Ledger:
         self.slot_events: list[tuple[float, int, str, str]] = []   # (t, slot, event, reason)
         self.reconfigurations: list[Reconfiguration] = []
         self.joining: set[int] = set()
-        # Slots a reconfiguration with overlap replaces: alive and serving until no new slot of their device
-        # is still starting (replaced()); the placement no longer holds them.
-        self.replacing: set[int] = set()
+        # A slot a reconfiguration with overlap replaces keeps serving, alive, until no new slot of its device
+        # is still starting (replaced()); its `leaving` flag says so, to the policy too, and the placement no
+        # longer holds it.
         self.has_apps = False
         self.has_sizes = False                   # some task is a query of several items
         self.staged: dict[Task, tuple[int, int]] = {}   # a task part-way through: (slot, stage) it last ran
@@ -302,16 +302,14 @@ class Ledger:
     def placement(self) -> Placement:
         """What is provisioned: slots alive (but those being replaced) or starting, by rank."""
         return Placement(tuple(spec_of(s) for s in self.slots
-                               if (s.alive and s.index not in self.replacing) or s.index in self.joining))
+                               if (s.alive and not s.leaving) or s.index in self.joining))
 
     def lose(self, slot: int, t: float, reason: str) -> bool:
         """The slot's worker died or hung: it leaves at once and what it held fails. False if it was gone."""
         s = self.slots[slot]
         if not s.alive:
             return False
-        s.alive = False
-        self.replacing.discard(slot)         # (one being replaced is gone already: it has nothing left to hand over)
-        s.leaving = False
+        s.alive = s.leaving = False          # (one being replaced is gone already: it has nothing left to hand over)
         self.slot_events.append((t, slot, LOST, reason))
         for batch in list(self.inflight[slot].values()):
             self.fail(batch, t, f"slot {slot} lost: {reason}")
@@ -327,15 +325,16 @@ class Ledger:
         until none of them is still starting (replaced()), but on a real MIG instance, whose slice the new
         instances need first."""
         before = self.placement.describe()
-        provisioned = [s for s in self.slots if (s.alive and s.index not in self.replacing) or s.index in self.joining]
+        provisioned = [s for s in self.slots if (s.alive and not s.leaving) or s.index in self.joining]
+        replacing = [s for s in self.slots if s.leaving]
         # Each wanted spec takes the first provisioned slot of that spec not yet kept, else one being replaced
         # (it stays), else the first spare (stopped) slot of it, else a new slot: queues per spec, in slot
         # order, keep that linear in slots.
         provided: dict = defaultdict(deque)
         for s in provisioned:
             provided[spec_of(s)].append(s.index)
-        for i in sorted(self.replacing):
-            provided[spec_of(self.slots[i])].append(i)
+        for s in replacing:
+            provided[spec_of(s)].append(s.index)
         spares: dict = defaultdict(deque)
         for s in self.slots:
             if not s.alive and s.index not in self.joining:
@@ -349,7 +348,8 @@ class Ledger:
                 starting.append(spares[spec].popleft())
             else:
                 starting.append(self._new_slot(spec))
-        self.replacing -= keep
+        for s in replacing:
+            s.leaving = s.index not in keep
         for i in starting:
             self.joining.add(i)
             self.slot_events.append((t, i, STARTING, "reconfigured"))
@@ -364,20 +364,18 @@ class Ledger:
                 self.slot_events.append((t, i, CANCELLED, "reconfigured before it joined"))
                 leaving.append(i)
             elif overlap and s.device in starts_on and not _on_mig(s):
-                self.replacing.add(i)
+                s.leaving = True
             else:
                 leaving.append(i)
         starts_on = {self.slots[i].device for i in self.joining}
-        for i in sorted(self.replacing):          # nothing starts on its device any more: nothing to wait for
-            if self.slots[i].device not in starts_on:
-                self.replacing.discard(i)
-                leaving.append(i)
+        for s in self.slots:                  # nothing starts on its device any more: nothing to wait for
+            if s.leaving and s.device not in starts_on:
+                s.leaving = False
+                leaving.append(s.index)
         for i in leaving:
             if self.slots[i].alive:
                 self.slots[i].alive = False
                 self.slot_events.append((t, i, LEFT, "reconfigured"))
-        for s in self.slots:                    # what the policy sees of it
-            s.leaving = s.index in self.replacing
         rec = Reconfiguration(t, before, placement.describe(), leaving, starting)
         if not starting:
             rec.t_done, rec.cost_s = t, 0.0
@@ -389,9 +387,8 @@ class Ledger:
         is still starting: they leave now (what they hold runs to its end). [] while one is starting."""
         if any(self.slots[i].device == device for i in self.joining):
             return []
-        gone = sorted(i for i in self.replacing if self.slots[i].device == device)
+        gone = sorted(s.index for s in self.on_device[device] if s.leaving)
         for i in gone:
-            self.replacing.discard(i)
             self.slots[i].alive = self.slots[i].leaving = False
             self.slot_events.append((t, i, LEFT, "replaced"))
             for rec in reversed(self.reconfigurations):

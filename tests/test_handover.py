@@ -25,6 +25,11 @@ def ledger(*specs: SlotSpec) -> Ledger:
     return Ledger(slots, [CURVE] * len(slots), curves_of=lambda s: CURVE)
 
 
+def leaving(book: Ledger) -> set[int]:
+    """The slots serving on until their replacements join."""
+    return {s.index for s in book.slots if s.leaving}
+
+
 def events(book: Ledger) -> list[tuple[int, str, str]]:
     return [(slot, event, why) for _, slot, event, why in book.slot_events if why != "initial placement"]
 
@@ -46,7 +51,7 @@ def test_old_slots_serve_until_every_new_slot_of_their_device_joined():
 def test_without_overlap_the_old_slots_leave_at_once():
     book = ledger(spec("whole"))
     rec = book.plan(Placement((spec("mps50"), spec("mps50"))), 1.0)
-    assert rec.left == [0] and not book.slots[0].alive and book.replacing == set()
+    assert rec.left == [0] and not book.slots[0].alive and leaving(book) == set()
 
 
 def test_real_mig_instances_break_before_they_make():
@@ -57,7 +62,7 @@ def test_real_mig_instances_break_before_they_make():
     # An emulated one is MPS underneath: it overlaps.
     book = ledger(spec("mig-3g.40gb-emulated"))
     rec = book.plan(Placement((spec("mig-1g.10gb-emulated"),)), 1.0, overlap=True)
-    assert rec.left == [] and book.slots[0].alive and book.replacing == {0}
+    assert rec.left == [] and book.slots[0].alive and leaving(book) == {0}
 
 
 def test_a_later_move_may_keep_a_slot_being_replaced_or_let_it_go_at_once():
@@ -65,14 +70,14 @@ def test_a_later_move_may_keep_a_slot_being_replaced_or_let_it_go_at_once():
     book.plan(Placement((spec("mps50"), spec("mps50"))), 1.0, overlap=True)
     # Back to the whole GPU before the shares joined: the old slot stays, the starting shares are cancelled.
     rec = book.plan(Placement((spec("whole"),)), 1.2, overlap=True)
-    assert sorted(rec.left) == [1, 2] and rec.joining == [] and book.replacing == set() and book.slots[0].alive
+    assert sorted(rec.left) == [1, 2] and rec.joining == [] and leaving(book) == set() and book.slots[0].alive
     assert not book.slots[0].leaving
     assert not book.join(1, 1.5) and [e for e in events(book) if e[1] == "cancelled"] == [
         (1, "cancelled", "reconfigured before it joined"), (2, "cancelled", "reconfigured before it joined")]
     # A move that starts nothing on the device, made while a slot there is being replaced, lets it go now.
     book.plan(Placement((spec("mps50"), spec("mps50"))), 2.0, overlap=True)
     rec = book.plan(Placement(()), 2.1, overlap=True)
-    assert 0 in rec.left and not book.slots[0].alive and book.replacing == set()
+    assert 0 in rec.left and not book.slots[0].alive and leaving(book) == set()
     assert book.placement.slots == ()
 
 
@@ -88,7 +93,7 @@ def test_every_slot_that_went_is_in_its_reconfigurations_left(overlap):
 def test_a_slot_lost_while_being_replaced_is_not_replaced_again():
     book = ledger(spec("whole"))
     rec = book.plan(Placement((spec("mps50"), spec("mps50"))), 1.0, overlap=True)
-    assert book.lose(0, 1.1, "worker died") and book.replacing == set()
+    assert book.lose(0, 1.1, "worker died") and leaving(book) == set()
     book.join(rec.joining[0], 1.5)
     book.join(rec.joining[1], 1.5)
     assert book.replaced(0, 1.5) == [] and [e for e in events(book) if e[0] == 0] == [(0, "lost", "worker died")]
