@@ -3,6 +3,7 @@
     python benchmarks/real_vs_emulated.py --out DIR [--systems eager,symphony,...] [--clusters mps25x4,whole]
         [--loads reference,overload] [--seeds 0,1,2] [--gpu-type h200] [--stop-after-s 540] [overrides...]
     python benchmarks/real_vs_emulated.py --out DIR --table      # only the table of what DIR holds
+    python benchmarks/real_vs_emulated.py --out DIR1 --out DIR2 --table   # of several calls' DIRs as one
     python benchmarks/real_vs_emulated.py --out DIR --sim CALIBRATION   # add the sim's twins (no GPU needed)
 
 On a GPU host, each run of `experiment=reference_gpu` (live, real HTTP and
@@ -39,7 +40,9 @@ of real / emulated goodput with its 95% confidence interval and the mean gap
 (real - emulated) over the offered rate, and flags those more than 5% from 1
 or with an invalid run; `real / sim`, where every seed has its sim twin. A
 pair whose two sides were made with different profiles is left out, and said
-so. DIR/real_vs_emulated.csv holds the table, DIR/real_vs_emulated.png (and
+so. With `--table`, `--out` may be given several times: the directories
+are read as one, a pair made in more than one taken from the last named,
+and the table written to that one. DIR/real_vs_emulated.csv holds the table, DIR/real_vs_emulated.png (and
 .pdf) draws both ratios per system, a panel per cluster and load, against
 the 5% band.
 """
@@ -233,11 +236,13 @@ def sim_twins(out: Path, calibration: Path, extra: list[str], chosen=lambda real
     return said
 
 
-def table(out: Path) -> pd.DataFrame:
-    """One row per cluster, load, system and profile; `attrs["mixed"]` names the pairs left out, whose
-    two sides were made with different profiles."""
+def table(*outs: Path) -> pd.DataFrame:
+    """One row per cluster, load, system and profile of the pairs the directories `outs` hold (a pair in
+    several read from the last); `attrs["mixed"]` names the pairs left out, whose two sides were made with
+    different profiles."""
     rows, mixed = [], []
-    for real_run in real_runs(out):
+    latest = {str(run.relative_to(out)): (out, run) for out in outs for run in real_runs(out)}
+    for out, real_run in (latest[name] for name in sorted(latest)):
         real, emu, sim = _summary(real_run), _summary(twin(real_run, "emulated")), _summary(twin(real_run, "sim"))
         if emu is None:
             continue
@@ -287,7 +292,8 @@ def _per_system(per_seed: pd.DataFrame) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = Parser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", type=Path, required=True, help="the runs' directory (made, or added to)")
+    ap.add_argument("--out", type=Path, action="append", required=True,
+                    help="the runs' directory (made, or added to); with --table, several may be named, read as one")
     ap.add_argument("--systems", type=system_names, default=SYSTEMS)
     ap.add_argument("--clusters", type=listed(choice("cluster", CLUSTERS)), default=",".join(CLUSTERS))
     ap.add_argument("--loads", type=listed(choice("load", LOADS)), default=",".join(LOADS))
@@ -301,6 +307,13 @@ def main(argv: list[str] | None = None) -> int:
                       help="make the sim twins of the real runs --out holds, charging the live path's delays this "
                            "calibration file measured on the GPU host (no GPU needed), then print the table")
     args, extra = ap.parse_known_args(argv)
+    outs, args.out = args.out, args.out[-1]
+    if len(outs) > 1 and not args.table:
+        raise HarnessError("several --out directories are read as one by --table only; runs and sim twins go to "
+                           "one: name one --out")
+    missing = [str(out) for out in outs if not out.is_dir()] if args.table else []
+    if missing:
+        raise HarnessError(f"--out {', '.join(missing)}: no such directory; name the directories of real runs")
     if args.sim is not None:
         load_calibration(args.sim)           # a bad file is one error, not one per run
         if not args.out.is_dir():
@@ -333,9 +346,9 @@ def main(argv: list[str] | None = None) -> int:
             said = one_run(args.out, cluster, load, system, seed, side, rates[cluster, load], args.gpu_type, extra)
             print(f"[{time.monotonic() - started:5.0f} s] {cluster} {load} {system} seed {seed} {side}: {said}",
                   flush=True)
-    result = table(args.out)
+    result = table(*outs)
     if result.empty:
-        print(f"no real / emulated pairs under {args.out} yet")
+        print(f"no real / emulated pairs under {', '.join(map(str, outs))} yet")
     else:
         result.to_csv(args.out / "real_vs_emulated.csv", index=False)
         print(result.to_string(index=False, float_format=lambda v: f"{v:,.3f}"))

@@ -96,6 +96,25 @@ def test_the_table_comes_with_its_figure(tmp_path, capsys):
     assert (tmp_path / "real_vs_emulated.png").stat().st_size > 10_000 and (tmp_path / "real_vs_emulated.pdf").exists()
 
 
+def test_several_calls_directories_read_as_one_the_last_named_winning(tmp_path, capsys):
+    first, later = tmp_path / "first", tmp_path / "later"
+    for seed in (0, 1):
+        summary(rve.run_dir(first, "mps25x4", "reference", "eager", seed, "gpu"), 1350)
+        summary(rve.run_dir(first, "mps25x4", "reference", "eager", seed, "emulated"), 1500)
+    summary(rve.run_dir(later, "mps25x4", "reference", "eager", 0, "gpu"), 1500)       # seed 0 made again
+    summary(rve.run_dir(later, "mps25x4", "reference", "eager", 0, "emulated"), 1500)
+    row = rve.table(first, later).iloc[0]
+    assert row["seeds"] == 2 and row["real / emulated"] == pytest.approx((1.0 + 0.9) / 2)
+    assert rve.table(later, first).iloc[0]["real / emulated"] == pytest.approx(0.9)
+    assert rve.main(["--out", str(first), "--out", str(later), "--table"]) == 0
+    assert (later / "real_vs_emulated.csv").exists() and not (first / "real_vs_emulated.csv").exists()
+    for argv, says in ((["--out", str(first), "--out", str(tmp_path / "nope"), "--table"], "nope: no such directory"),
+                       (["--out", str(first), "--out", str(later)], "by --table only")):
+        run = subprocess.run([sys.executable, "benchmarks/real_vs_emulated.py", *argv], cwd=ROOT,
+                             capture_output=True, text=True)
+        assert run.returncode != 0 and says in run.stderr and "Traceback" not in run.stderr, run.stderr
+
+
 def test_a_reader_that_goes_away_costs_no_traceback(tmp_path):
     for system in ("eager", "symphony", "nexus", "clockwork", "shepherd", "triton"):
         for seed in range(3):
