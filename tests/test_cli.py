@@ -167,6 +167,24 @@ def test_profiler_without_torch_is_one_line():
     assert len(lines) == 1 and lines[0].startswith("error: ") and "torch" in lines[0] and "pip install" in lines[0]
 
 
+def test_profiler_stopped_by_timeout_or_kill_is_one_line():
+    # What `timeout` or `kill` does to a profiling run (SIGTERM), with the measuring itself stood in for (no GPU
+    # here): one line saying what is kept, exit 130, no traceback from the parent or its measuring child.
+    code = ("import signal, sys, time, types; "
+            "sys.modules['torch'] = sys.modules['torchvision'] = types.ModuleType('t'); "
+            "from harness.gpu import profiler; "
+            "profiler.profile_partitions = lambda *a: (print('measuring', flush=True), time.sleep(60)); "
+            "signal.signal(signal.SIGTERM, profiler._terminate_as_interrupt); sys.exit(profiler.main([]))")
+    run = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+    assert run.stdout.readline().strip() == "measuring"
+    run.terminate()
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 130
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("interrupted (signal 15)") and "written" in lines[0], err
+
+
 def test_malformed_trace_names_file_and_line(tmp_path):
     trace = tmp_path / "trace.csv"
     trace.write_text("HashOwner,HashApp,HashFunction,Trigger,1,2\no,a,f,http,3,x\n")

@@ -546,6 +546,11 @@ def main(argv: list[str] | None = None) -> int:
     except HarnessError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:        # Ctrl-C, or SIGTERM (`kill`, `timeout`) made one below
+        if "--in-process" not in (sys.argv[1:] if argv is None else argv):   # a measuring child's parent says it
+            print(f"interrupted ({exc or 'Ctrl-C'}): the partitions done before it are written (above), the one "
+                  "under way is not; its MPS daemon and busy siblings are stopped", file=sys.stderr)
+        return 130
     if failed:
         print(f"error: profiling failed on {', '.join(failed)}", file=sys.stderr)
         return 1
