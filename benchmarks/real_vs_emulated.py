@@ -40,11 +40,11 @@ of real / emulated goodput with its 95% confidence interval and the mean gap
 (real - emulated) over the offered rate, and flags those more than 5% from 1
 or with an invalid run; `real / sim`, where every seed has its sim twin. A
 pair whose two sides were made with different profiles is left out, and said
-so. With `--table`, `--out` may be given several times: the directories
-are read as one, a pair made in more than one taken from the last named,
-and the table written to that one. DIR/real_vs_emulated.csv holds the table, DIR/real_vs_emulated.png (and
+so. DIR/real_vs_emulated.csv holds the table, DIR/real_vs_emulated.png (and
 .pdf) draws both ratios per system, a panel per cluster and load, against
-the 5% band.
+the 5% band. With `--table`, `--out` may be named several times: the
+directories are read as one, a pair made in more than one taken from the
+last named, and the table written to that one.
 """
 
 from __future__ import annotations
@@ -241,13 +241,13 @@ def table(*outs: Path) -> pd.DataFrame:
     several read from the last); `attrs["mixed"]` names the pairs left out, whose two sides were made with
     different profiles."""
     rows, mixed = [], []
-    latest = {str(run.relative_to(out)): (out, run) for out in outs for run in real_runs(out)}
-    for out, real_run in (latest[name] for name in sorted(latest)):
+    latest = {str(run.relative_to(out))[: -len("-gpu")]: run for out in outs for run in real_runs(out)}
+    for name, real_run in sorted(latest.items()):
         real, emu, sim = _summary(real_run), _summary(twin(real_run, "emulated")), _summary(twin(real_run, "sim"))
         if emu is None:
             continue
         if not same_profile(made_with(real), made_with(emu)):
-            mixed.append(str(real_run.relative_to(out))[: -len("-gpu")])
+            mixed.append(name)
             continue
         if sim is not None and not same_profile(made_with(real), made_with(sim)):
             sim = None
@@ -311,13 +311,13 @@ def main(argv: list[str] | None = None) -> int:
     if len(outs) > 1 and not args.table:
         raise HarnessError("several --out directories are read as one by --table only; runs and sim twins go to "
                            "one: name one --out")
-    missing = [str(out) for out in outs if not out.is_dir()] if args.table else []
-    if missing:
-        raise HarnessError(f"--out {', '.join(missing)}: no such directory; name the directories of real runs")
     if args.sim is not None:
         load_calibration(args.sim)           # a bad file is one error, not one per run
-        if not args.out.is_dir():
-            raise HarnessError(f"--out {args.out} is not a directory of real runs; give the one the GPU runs went to")
+    missing = [str(out) for out in outs if not out.is_dir()] if args.table or args.sim is not None else []
+    if missing:                              # (runs make theirs)
+        raise HarnessError(f"--out {', '.join(missing)} is not a directory of real runs; name the ones the GPU "
+                           "runs went to")
+    if args.sim is not None:
         chosen = functools.partial(selected, systems=args.systems, clusters=args.clusters, loads=args.loads,
                                    seeds=args.seeds)
         for line in sim_twins(args.out, args.sim, extra, chosen):

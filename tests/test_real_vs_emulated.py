@@ -108,7 +108,7 @@ def test_several_calls_directories_read_as_one_the_last_named_winning(tmp_path, 
     assert rve.table(later, first).iloc[0]["real / emulated"] == pytest.approx(0.9)
     assert rve.main(["--out", str(first), "--out", str(later), "--table"]) == 0
     assert (later / "real_vs_emulated.csv").exists() and not (first / "real_vs_emulated.csv").exists()
-    for argv, says in ((["--out", str(first), "--out", str(tmp_path / "nope"), "--table"], "nope: no such directory"),
+    for argv, says in ((["--out", str(first), "--out", str(tmp_path / "nope"), "--table"], "nope is not a directory"),
                        (["--out", str(first), "--out", str(later)], "by --table only")):
         run = subprocess.run([sys.executable, "benchmarks/real_vs_emulated.py", *argv], cwd=ROOT,
                              capture_output=True, text=True)
