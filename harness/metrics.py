@@ -272,8 +272,11 @@ def first_error(requests: pd.DataFrame, window: Window) -> str:
 
 def validity(summary: dict, *, duration: float, min_duration: float, min_requests: int,
              max_send_lag_p99_ms: float, send_lag_p99_ms: float, crashed_slots: list,
-             interrupted: bool, max_error_rate: float, failures: list = (), first_error: str = "") -> dict:
-    """LoadGen-style verdict: a run is valid only if every check passes; reasons say which failed."""
+             interrupted: bool, max_error_rate: float, failures: list = (), first_error: str = "",
+             host_cores: int | None = None) -> dict:
+    """LoadGen-style verdict: a run is valid only if every check passes; reasons say which failed.
+    `host_cores`: the cores of the host the load generator shared with the system under test, named in the
+    send-lag reason (on a small host more Locust processes only compete for the same cores)."""
     reasons = []
     n = summary["requests"]
     errors = summary.get("status_counts", {}).get("error", 0) / n if n else 0.0
@@ -287,8 +290,10 @@ def validity(summary: dict, *, duration: float, min_duration: float, min_request
     if summary["requests"] < min_requests:
         reasons.append(f"{summary['requests']} requests in the window < minimum {min_requests}")
     if send_lag_p99_ms > max_send_lag_p99_ms:
-        reasons.append(f"p99 send lag {send_lag_p99_ms:.3f} ms > bound {max_send_lag_p99_ms:g} ms "
-                       "(the load generator fell behind; lower the rate or add Locust workers)")
+        host = f"; this host has {host_cores}" if host_cores else ""
+        reasons.append(f"p99 send lag {send_lag_p99_ms:.3f} ms > bound {max_send_lag_p99_ms:g} ms (the load "
+                       "generator fell behind: lower the rate, or add Locust processes with "
+                       f"runtime.locust_workers=N where the host has cores to spare{host})")
     if crashed_slots:
         reasons.append(f"worker(s) lost during the run: slots {crashed_slots}")
     if interrupted:

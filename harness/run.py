@@ -125,7 +125,7 @@ def summarize(assembly: Assembly, requests: pd.DataFrame, tables: dict, window: 
         min_requests=cfg.validity.min_requests, max_send_lag_p99_ms=cfg.validity.max_send_lag_p99_ms,
         send_lag_p99_ms=lag, crashed_slots=outcome.lost_slots, interrupted=outcome.interrupted,
         failures=outcome.failures, max_error_rate=cfg.validity.max_error_rate,
-        first_error=metrics.first_error(requests, window))
+        first_error=metrics.first_error(requests, window), host_cores=os.cpu_count())
     summary["provenance"] = provenance(assembly, overrides)
     return summary
 

@@ -51,3 +51,16 @@ def test_a_run_whose_system_fails_requests_is_invalid_and_says_what_failed():
     # overload) do not count at all.
     assert _verdict(["ok"] * 995 + ["error"] * 5, [""] * 1000)["valid"]
     assert _verdict(["ok"] * 500 + ["dropped"] * 300 + ["timeout"] * 200, [""] * 1000)["valid"]
+
+
+def test_a_run_whose_load_generator_fell_behind_is_invalid_and_names_the_fix_and_the_host():
+    summary = metrics.request_metrics(pd.DataFrame({"t_sched": [1.0 + i / 1000 for i in range(200)],
+                                                    "status": ["ok"] * 200, "latency": [0.01] * 200,
+                                                    "slo": [0.05] * 200, "reason": [""] * 200}),
+                                      metrics.Window(1.0, 3.0))
+    verdict = metrics.validity(summary, duration=20, min_duration=10, min_requests=100, max_send_lag_p99_ms=2,
+                               send_lag_p99_ms=2.6, crashed_slots=[], interrupted=False, max_error_rate=0.01,
+                               host_cores=2)
+    (why,) = verdict["reasons"]
+    assert not verdict["valid"] and why.startswith("p99 send lag 2.600 ms > bound 2 ms")
+    assert "runtime.locust_workers=N" in why and "this host has 2" in why
