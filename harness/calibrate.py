@@ -44,6 +44,7 @@ import pandas as pd
 
 from harness.errors import ArgumentParser, HarnessError, exit_with
 from harness.metrics import Window, in_window
+from harness.records import write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN = ["runtime=live", "system=eager", "cluster=sleep1000", "cluster.count=2", "cluster.sleep.a_ms=0.1",
@@ -184,9 +185,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:                               # before the run: a path that cannot be written would lose what it measured
         args.out.parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=args.out.parent).close()     # a file can be made there (mkdir alone says not)
+        if args.out.exists():
+            args.out.open("a").close()                          # and the old file replaced, not appended to
     except OSError as exc:
-        print(f"error: cannot make the directory of --out {args.out} ({exc.strerror}: {exc.filename}); give a path "
-              "in a writable directory", file=sys.stderr)
+        print(f"error: cannot write --out {args.out} ({exc.strerror}); give a path in a writable directory",
+              file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="calibrate-") as tmp:
         run_dir = Path(tmp) / "run"
@@ -211,8 +215,13 @@ def main(argv: list[str] | None = None) -> int:
                     "python": platform.python_version()},
            "run": RUN + overrides, "send_lag_p99_ms": summary["send_lag_p99_ms"],
            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    try:
+        write_json(doc, args.out)
+    except OSError as exc:             # it became unwritable during the run: the measurement goes to stdout
+        print(json.dumps(doc, indent=2))
+        print(f"error: cannot write --out {args.out} ({exc.strerror}); the calibration is printed above: save it "
+              "to a file", file=sys.stderr)
+        return 2
     ms = {k: f"{v * 1e3:.3f}" for k, v in medians.items()}
     print(f"wrote {args.out}: request {ms['request_s']} ms (p99 {ms['request_p99_s']}), dispatch {ms['dispatch_s']} "
           f"ms (p99 {ms['dispatch_p99_s']}), response {ms['response_s']} ms (p99 {ms['response_p99_s']})")

@@ -119,11 +119,15 @@ def test_a_live_calibration_is_what_the_sim_then_charges(tmp_path):
 
 
 def test_bad_calibrate_arguments_are_refused_before_the_run(tmp_path):
-    """An --out under a file failed only after the run (its measurement lost); an unknown option went on to the
-    run as an override and the error named a temporary directory."""
+    """An --out under a file, or in a directory that exists but takes no new files (/proc), failed only after the
+    run (its measurement lost, with a traceback); an unknown option went on to the run as an override and the
+    error named a temporary directory."""
     (tmp_path / "afile").write_text("")
-    for argv, expected in ((["--out", str(tmp_path / "afile" / "c.json")], "cannot make the directory of --out"),
-                           (["--out", str(tmp_path / "c.json"), "--bogus"], "unknown option --bogus")):
+    cases = [(["--out", str(tmp_path / "afile" / "c.json")], "cannot write --out"),
+             (["--out", str(tmp_path / "c.json"), "--bogus"], "unknown option --bogus")]
+    if Path("/proc/self").is_dir():
+        cases.append((["--out", "/proc/calibration.json"], "cannot write --out /proc/calibration.json"))
+    for argv, expected in cases:
         done = subprocess.run([sys.executable, "-m", "harness.calibrate", *argv], capture_output=True, text=True,
                               timeout=60)
         assert done.returncode == 2 and expected in done.stderr and len(done.stderr.strip().splitlines()) == 1
