@@ -1,6 +1,6 @@
 """What the benchmarks share on the command line: bad arguments told in one line, never a traceback.
 
-    from _cli import Parser, above, at_least, choice, listed, run_main, system_names
+    from _cli import Parser, above, at_least, choice, listed, run_main, system_names, writable_file
 
 A benchmark builds its parser with `Parser`, checks numbers with the argparse
 types below, and ends with `run_main(main)`: a bad argument is one line
@@ -16,6 +16,7 @@ import argparse
 import importlib
 import math
 import sys
+import tempfile
 from pathlib import Path
 from typing import Callable, NoReturn
 
@@ -58,6 +59,21 @@ def listed(item: Callable[[str], float]) -> Callable[[str], list]:
             raise argparse.ArgumentTypeError(f"give at least one value, separated by commas (got '{text}')")
         return values
     return parse
+
+
+def writable_file(text: str) -> Path:
+    """An argparse type: a file the benchmark can write when it has measured (checked before it measures, so a
+    bad path loses nothing); its directory is made if missing."""
+    path = Path(text)
+    try:
+        if path.is_dir():
+            raise argparse.ArgumentTypeError(f"'{text}' is a directory; give a file name")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path.parent).close()
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot write '{text}' ({exc.strerror}); give a path in a writable "
+                                         "directory") from None
+    return path
 
 
 def choice(what: str, allowed) -> Callable[[str], str]:

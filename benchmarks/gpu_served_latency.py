@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _cli import Parser, above, at_least, listed, require_cuda, run_main
+from _cli import Parser, above, at_least, listed, require_cuda, run_main, writable_file
 
 SIBLING_MODEL, SIBLING_BATCH = "resnet50", 16
 
@@ -122,7 +122,7 @@ def main() -> int:
     ap.add_argument("--gaps-ms", default="2,20")
     ap.add_argument("--iters", type=above(0, int), default=40)
     ap.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--json", help="also write the rows to this file")
+    ap.add_argument("--json", type=writable_file, help="also write the rows to this file")
     args = ap.parse_args()
     require_cuda()
     args.models = [m for m in args.models.split(",") if m]

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _cli import Parser, above, at_least, choice, listed, require_cuda, run_main
+from _cli import Parser, above, at_least, choice, listed, require_cuda, run_main, writable_file
 
 from harness.gpu.models import MODELS  # noqa: E402
 
@@ -130,7 +130,7 @@ def main() -> int:
     ap.add_argument("--start-batch", type=listed(above(0, int)), default="1,2,4,8,16,32,64,128",
                     help="the batch sizes it captures a graph for")
     ap.add_argument("--lead-s", type=above(0), default=3.0, help="serving alone before the start and after it")
-    ap.add_argument("--json", help="also write the rows to this file")
+    ap.add_argument("--json", type=writable_file, help="also write the rows to this file")
     ap.add_argument("--as-server", nargs=2, metavar=("READY", "STOP"), help=argparse.SUPPRESS)
     ap.add_argument("--as-starter", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -106,6 +106,8 @@ def test_a_reconfiguration_whose_batches_fail_fails():
     ("gpu_start_interference.py", ["--serve", "resnet50"], ["--serve", "MODEL:BATCH"]),
     ("gpu_start_interference.py", ["--start", "resnet50,nosuch"], ["--start", "unknown model 'nosuch'"]),
     ("gpu_start_interference.py", ["--servers", "4"], ["5 shares of 25%", "--servers"]),
+    ("gpu_start_interference.py", ["--json", "/"], ["--json", "'/' is a directory"]),
+    ("gpu_served_latency.py", ["--json", "/dev/null/rows.json"], ["--json", "cannot write '/dev/null/rows.json'"]),
 ])
 def test_bad_arguments_are_one_line(script, args, words):
     one_line_error(bench(script, *args), *words)

@@ -273,6 +273,8 @@ def test_bad_input_is_one_line_error(tmp_path, capsys, monkeypatch):
     assert "is a file" in error([str(run / "summary.json")])
     (tmp_path / "file").write_text("")
     assert "--out" in error([str(tmp_path / "runs"), "--out", str(tmp_path / "file")])
+    if Path("/proc/sys").is_dir():      # a directory that takes no new files: said before the figures, no traceback
+        assert "cannot write the report directory '/proc/sys'" in error([str(tmp_path / "runs"), "--out", "/proc/sys"])
     assert "--reference gamma ran in none" in error([str(tmp_path / "runs"), "--out", str(tmp_path / "o"),
                                                      "--reference", "gamma"])
     (run / "summary.json").write_text("{not json")

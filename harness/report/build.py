@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import tempfile
 import time
 from pathlib import Path
 
@@ -106,8 +107,9 @@ def _output_dir(out: Path) -> Path:
         raise HarnessError(f"--out '{out}' is a file; give a directory for the report (it is created if missing)")
     try:
         out.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out).close()     # one that takes no files fails here, not after the figures
     except OSError as exc:
-        raise HarnessError(f"cannot create the report directory '{out}' ({exc.strerror}); choose another --out") \
+        raise HarnessError(f"cannot write the report directory '{out}' ({exc.strerror}); choose another --out") \
             from None
     for old in out.iterdir():
         if old.suffix in (".png", ".pdf") and old.stem.startswith(FIGURE_STEMS):
