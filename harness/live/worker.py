@@ -437,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="keep running when the parent process dies (for workers started by hand on other hosts)")
     args = ap.parse_args(argv)
     parent = None if args.orphan_ok else os.getppid()
+    started = time.perf_counter()
     try:
         spec = json.loads(args.spec) if args.spec else None
         board, row = None, -1
@@ -449,6 +450,11 @@ def main(argv: list[str] | None = None) -> int:
     except (HarnessError, OSError, ValueError, KeyError, AttributeError, RuntimeError, ImportError) as exc:
         print(f"error: slot {args.slot}: {exc}", file=sys.stderr)
         return 2
+    # Where a slot's start goes (on a GPU most of a run's time before it serves), in the worker's log.
+    loads = getattr(executor, "load_seconds", {})
+    print(f"worker slot {args.slot}: {args.executor} executor built in {time.perf_counter() - started:.1f} s"
+          + "".join(f"; {m} warm-up {w:.1f} s, capture {c:.1f} s" for m, (w, c) in loads.items()),
+          file=sys.stderr, flush=True)
     try:
         arenas = [Arena.attach(spec) for spec in args.arenas.split(",") if spec]
         worker = Worker(args.slot, executor, args.bind, parent_pid=parent, arenas=arenas)
