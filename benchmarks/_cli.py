@@ -16,7 +16,6 @@ import argparse
 import importlib
 import math
 import sys
-import tempfile
 from pathlib import Path
 from typing import Callable, NoReturn
 
@@ -64,12 +63,13 @@ def listed(item: Callable[[str], float]) -> Callable[[str], list]:
 def writable_file(text: str) -> Path:
     """An argparse type: a file the benchmark can write when it has measured (checked before it measures, so a
     bad path loses nothing); its directory is made if missing."""
+    from harness.records import check_writable_dir      # (records imports pandas: only where --json is given)
+
     path = Path(text)
     try:
         if path.is_dir():
             raise argparse.ArgumentTypeError(f"'{text}' is a directory; give a file name")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=path.parent).close()
+        check_writable_dir(path.parent)
     except OSError as exc:
         raise argparse.ArgumentTypeError(f"cannot write '{text}' ({exc.strerror}); give a path in a writable "
                                          "directory") from None

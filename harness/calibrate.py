@@ -44,7 +44,7 @@ import pandas as pd
 
 from harness.errors import ArgumentParser, HarnessError, exit_with
 from harness.metrics import Window, in_window
-from harness.records import write_json
+from harness.records import check_writable_dir, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN = ["runtime=live", "system=eager", "cluster=sleep1000", "cluster.count=2", "cluster.sleep.a_ms=0.1",
@@ -184,10 +184,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     try:                               # before the run: a path that cannot be written would lose what it measured
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=args.out.parent).close()     # a file can be made there (mkdir alone says not)
-        if args.out.exists():
-            args.out.open("a").close()                          # and the old file replaced, not appended to
+        check_writable_dir(args.out.parent)
     except OSError as exc:
         print(f"error: cannot write --out {args.out} ({exc.strerror}); give a path in a writable directory",
               file=sys.stderr)

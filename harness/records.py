@@ -207,6 +207,14 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def check_writable_dir(directory: Path) -> None:
+    """Make `directory` (and its parents) and a file in it, removed at once: OSError if the files written there
+    later (atomically, through a temporary file beside each) could not be. Checked before the work they record,
+    so a bad path loses nothing (mkdir alone passes for a directory that takes no files, such as /proc)."""
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    tempfile.TemporaryFile(dir=directory).close()
+
+
 def _atomic(path: Path, write) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pandas as pd
 
 from harness import metrics
 from harness.errors import HarnessError
+from harness.records import check_writable_dir
 from harness.report import analysis, figures, render
 from harness.report.analysis import Focus, Verdict
 from harness.report.render import Cell, Section, Table, number, text
@@ -106,8 +106,7 @@ def _output_dir(out: Path) -> Path:
     if out.exists() and not out.is_dir():
         raise HarnessError(f"--out '{out}' is a file; give a directory for the report (it is created if missing)")
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=out).close()     # one that takes no files fails here, not after the figures
+        check_writable_dir(out)                     # one that takes no files fails here, not after the figures
     except OSError as exc:
         raise HarnessError(f"cannot write the report directory '{out}' ({exc.strerror}); choose another --out") \
             from None
