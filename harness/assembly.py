@@ -31,7 +31,7 @@ from harness.apps import App, AppNode, variant_accuracies
 from harness.autoscaler import Autoscaled, check as check_autoscaler
 from harness.calibrate import Overheads, load_calibration
 from harness.config import Config
-from harness.core import ModelSpec, Policy, Slot, SystemConfig
+from harness.core import ABORT, PREEMPTIONS, ModelSpec, Policy, Slot, SystemConfig
 from harness.errors import HarnessError
 from harness.live import cores
 from harness.live.protocol import IMAGE_BYTES
@@ -235,6 +235,12 @@ def check_run_config(cfg: Config) -> None:
         raise HarnessError(f"runtime.port must be 0..65535 (got {rt.port}); 0 picks a free port")
     if rt.executor not in ("emulated", "gpu"):
         raise HarnessError(f"unknown runtime.executor '{rt.executor}'; choose emulated or gpu")
+    if rt.preemption not in PREEMPTIONS:
+        raise HarnessError(f"unknown runtime.preemption '{rt.preemption}'; choose finish (a preempted batch runs "
+                           "to its end, as on a real GPU) or abort (it stops at once: emulated and sim only)")
+    if rt.preemption == ABORT and rt.executor == "gpu" and rt.name == "live":
+        raise HarnessError("runtime.preemption=abort cannot run on a real GPU: a CUDA graph cannot stop "
+                           "part-way; use runtime.preemption=finish, or emulated slots to study an ideal abort")
     if rt.payload not in ("synthetic", "tensor"):
         raise HarnessError(f"unknown runtime.payload '{rt.payload}'; choose synthetic (one INT32 per item) or "
                            "tensor (an FP16 3x224x224 image per item)")

@@ -45,6 +45,11 @@ T = TypeVar("T")
 OK, DROPPED, REJECTED, TIMEOUT, ERROR = "ok", "dropped", "rejected", "timeout", "error"
 # Outcomes of batches beside ok and error: discarded unstarted past its latest start, or stopped early.
 LATE, PREEMPTED = "late", "preempted"
+# What a slot does with a batch preempted while it runs (runtime.preemption): FINISH runs it to its end
+# before the slot takes the next, as a real GPU does (a CUDA graph cannot stop part-way); ABORT stops it
+# at once, an executor that could (emulated and sim only).
+FINISH, ABORT = "finish", "abort"
+PREEMPTIONS = (FINISH, ABORT)
 # "Not yet" for times (t_done, t_start, t_end): one float shared by every task and batch, where float("nan")
 # per object costs a call each (a live run makes one task and often one batch per request).
 NAN = float("nan")
@@ -266,8 +271,11 @@ class Cluster(Protocol):
     def preempt(self, slot: int) -> list[Task]:
         """Abort the batch running on `slot` (Shepherd); its tasks return to the caller, still pending.
 
-        Live, it returns at once and the worker stops the batch as soon as its executor can
-        (the emulated executor at once; a CUDA graph runs to its end)."""
+        The tasks come back at once, in both runtimes. With runtime.preemption=finish (the default, what a
+        real GPU does: a CUDA graph cannot stop part-way) the batch still runs to its end and the slot
+        stays busy until then (Slot.busy_until unchanged), so what is dispatched to it next starts after;
+        with abort the slot is free at once (an emulated or simulated executor only).
+        A batch sent and not started yet never starts, either way."""
 
     @property
     def placement(self) -> "Placement":

@@ -36,6 +36,16 @@ class Scripted(Policy):
         pass
 
 
+class PreemptSecond(Scripted):
+    """Every arrival goes to slot 0 (where batches queue), but the second preempts the batch that slot
+    runs and goes with the tasks it gets back."""
+
+    def on_arrival(self, task: Task) -> None:
+        self.turn += 1
+        back = self.cluster.preempt(0) if self.turn == 2 else []
+        self.cluster.dispatch(0, task.model, back + [task])
+
+
 class Lopsided(Scripted):
     """Every other arrival goes to the first slot alive, where batches queue; the rest take the others in
     turn. A batch waiting on the first slot starts beside whatever its siblings were sent meanwhile."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from harness.core import ModelSpec, Slot
+from harness.core import FINISH, ModelSpec, Slot
 from harness.ledger import Ledger
 from harness.profiles import LatencyCurve
 from harness.runtimes.sim import SimCluster
@@ -19,10 +19,10 @@ def slots(models, n_gpus: int, partition: str = "whole") -> list[Slot]:
 
 
 def cluster(slos_ms: dict[str, float], n_gpus: int, curve: LatencyCurve, noise: bool = False,
-            slot_start_s: float = 0.0) -> SimCluster:
+            slot_start_s: float = 0.0, preemption: str = FINISH) -> SimCluster:
     ledger = Ledger(slots(slos_ms, n_gpus), [{m: curve for m in slos_ms}] * n_gpus,
                     curves_of=lambda spec: {m: curve for m in spec.models})
-    return SimCluster(ledger, noise=noise, slot_start_s=slot_start_s)
+    return SimCluster(ledger, noise=noise, slot_start_s=slot_start_s, preemption=preemption)
 
 
 def specs(slos_ms: dict[str, float]) -> dict[str, ModelSpec]:
@@ -34,9 +34,9 @@ def slo_of(slos_ms: dict[str, float]) -> dict[str, float]:
 
 
 def replay(policy_cls, config, slos_ms: dict[str, float], n_gpus: int, curve: LatencyCurve,
-           arrivals: list[tuple[float, str]], drain: float = 1.0):
+           arrivals: list[tuple[float, str]], drain: float = 1.0, preemption: str = FINISH):
     """Run `arrivals` [(t, model), ...] through a fresh policy; returns (tasks, sim cluster, policy)."""
-    sim = cluster(slos_ms, n_gpus, curve)
+    sim = cluster(slos_ms, n_gpus, curve, preemption=preemption)
     policy = policy_cls(sim, specs(slos_ms), config)
     times = np.array([t for t, _ in arrivals], dtype=float)
     tasks = sim.run(policy, np.arange(len(arrivals)), [m for _, m in arrivals], times, slo_of(slos_ms), drain=drain)

@@ -42,6 +42,9 @@ SHORT = ["runtime=sim", "cluster=sleep1000", "models=sleep10", "cluster.count=2"
     (["runtime.ingresses=1000"], "runtime.ingresses must be 0..64"),
     (["runtime.host=999.1.1.1"], "runtime.host '999.1.1.1' is not an IP address"),
     (["runtime.faults=[{t: 100, slot: 0}]"], "t=100.0 is not within the run"),
+    (["runtime.preemption=pause"], "unknown runtime.preemption 'pause'; choose finish"),
+    (["runtime=live", "runtime.executor=gpu", "runtime.preemption=abort"],
+     "runtime.preemption=abort cannot run on a real GPU"),
 ])
 def test_meaningless_settings_are_refused_in_one_line(tmp_path, overrides, expected):
     with pytest.raises(HarnessError) as err:

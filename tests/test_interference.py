@@ -259,6 +259,42 @@ def test_the_sim_shows_a_policy_a_share_as_the_live_runtime_predicts_it_and_time
                            ("ended", pytest.approx(0.006), pytest.approx(0.006))]
 
 
+class _PreemptEachArrival(Policy):
+    """Each request of "m0" after the first preempts what share 0 runs or holds and sends it all again."""
+
+    def on_arrival(self, task: Task) -> None:
+        back = self.cluster.preempt(0) if self.cluster.batches else []
+        self.cluster.dispatch(0, "m0", back + [task])
+
+    def on_batch_done(self, batch: Batch) -> None:
+        pass
+
+
+@pytest.mark.parametrize("preemption", ["finish", "abort"])
+def test_a_share_preempted_twice_stops_its_batch_as_its_executor_can(preemption):
+    # Two 50% shares of one device, the second idle: a batch of one takes 2 ms alone, of up to four 4 ms.
+    # A (one request, at 0) is preempted at 0.5 ms for B (two), and B at 1 ms for C (three).
+    curve = LatencyCurve.from_points([1, 4], [4.0, 8.0], alone_ms=[2.0, 4.0], step=True)
+    slots = [Slot(i, f"s{i}", "t", "mps50", frozenset({f"m{i}"}), device=0, share=0.5) for i in range(2)]
+    sim = SimCluster(Ledger(slots, [{"m0": curve}, {"m1": curve}]), preemption=preemption)
+    policy = _PreemptEachArrival(sim, {m: ModelSpec(m, 1.0) for m in ("m0", "m1")}, SystemConfig())
+    tasks = sim.run(policy, np.arange(3), ["m0"] * 3, np.array([0.0, 0.0005, 0.001]), {"m0": 1.0}, drain=1.0)
+    a, b, c = sim.batches
+    assert [(x.size, x.status) for x in sim.batches] == [(1, "preempted"), (2, "preempted"), (3, "ok")]
+    if preemption == "finish":
+        # A cannot stop part-way (a CUDA graph): it runs to 2 ms, B waits behind it and never starts, and
+        # C starts when A ends.
+        assert (a.t_start, a.t_end) == (0.0, pytest.approx(0.002))
+        assert (c.t_start, c.t_end) == (pytest.approx(0.002), pytest.approx(0.006))
+    else:
+        # A stops at 0.5 ms, B runs from then until it is stopped at 1 ms, and C runs from 1 ms.
+        assert a.t_end == pytest.approx(0.0005) and (b.t_start, b.t_end) == (pytest.approx(0.0005),
+                                                                              pytest.approx(0.001))
+        assert (c.t_start, c.t_end) == (pytest.approx(0.001), pytest.approx(0.005))
+    assert all(t.status == "ok" and t.t_done == pytest.approx(c.t_end) for t in tasks)
+    assert sim.slots[0].busy_until == pytest.approx(c.t_end)
+
+
 class _EightThenOne(Policy):
     """Model "m1" in one batch of eight to slot 1, each "m0" alone to slot 0."""
 

@@ -61,19 +61,19 @@ class Recorder(Eager):
         super().on_slot_lost(gpu)
 
 
-def make(n_gpus=2, pool=None, slo_ms=100.0, policy_cls=None):
+def make(n_gpus=2, pool=None, slo_ms=100.0, policy_cls=None, preemption="finish"):
     models = {"m": ModelSpec("m", slo_ms / 1000)}
     ledger = Ledger(slots({"m"}, n_gpus), [{"m": CURVE}] * n_gpus, curves_of=lambda spec: {"m": CURVE})
     pool = pool or FakePool()
-    cluster = LiveCluster(ledger, pool, precise.Clock(time.time()), {"m": slo_ms / 1000})
+    cluster = LiveCluster(ledger, pool, precise.Clock(time.time()), {"m": slo_ms / 1000}, preemption=preemption)
     cluster.on_answer = lambda fut, item: fut.done() or fut.set_result(item.status)
     policy = (policy_cls or Recorder)(cluster, models, EagerConfig())
     cluster.start(policy)
     return cluster, policy, pool
 
 
-def setup(n_gpus=2, pool=None, slo_ms=100.0):
-    return make(n_gpus, pool, slo_ms)
+def setup(n_gpus=2, pool=None, slo_ms=100.0, preemption="finish"):
+    return make(n_gpus, pool, slo_ms, preemption=preemption)
 
 
 def arrive(cluster, model, rid):
@@ -192,25 +192,33 @@ def test_lost_slot_fails_its_requests_tells_the_policy_once_and_others_go_on():
     assert [(slot, event) for _, slot, event, _ in cluster.ledger.slot_events if event == "lost"] == [(0, "lost")]
 
 
-def test_preempt_returns_the_running_batch_and_asks_the_worker_to_stop():
+@pytest.mark.parametrize("preemption", ["finish", "abort"])
+def test_preempt_returns_the_running_batch_and_asks_the_worker_to_stop(preemption):
     async def main():
         pool = FakePool()
         pool.hold = True
-        cluster, policy, pool = setup(1, pool)
+        cluster, policy, pool = setup(1, pool, preemption=preemption)
         req, fut = arrive(cluster, "m", 1)
+        expected_end = cluster.slots[0].busy_until               # l(1) = 6 ms from its dispatch
         back = cluster.preempt(0)
+        # Stopped at once (abort), the slot is free now; a batch that runs to its end (finish, a CUDA
+        # graph) holds it as long as it was expected to, until the worker says it ended.
+        shown = cluster.slots[0].busy_until
         with pytest.raises(ValueError):
             cluster.preempt(0)
         pool.futures[0].set_result({"batch": 0, "status": "preempted", "exec": 0.002, "wait": 0, "error": ""})
         await asyncio.sleep(0.01)
-        return cluster, policy, pool, req, fut, back
+        return cluster, policy, pool, req, fut, back, expected_end, shown
 
-    cluster, policy, pool, req, fut, back = run(main())
+    cluster, policy, pool, req, fut, back, expected_end, shown = run(main())
     assert back == [req] and req.status is None and not fut.done()
     assert pool.aborted == [(0, 0)]
+    assert shown == (expected_end if preemption == "finish" else pytest.approx(cluster.batches[0].t_dispatch,
+                                                                              abs=0.005))
     b = cluster.batches[0]
     assert b.status == "preempted" and b.t_end - b.t_start == pytest.approx(0.002)
     assert cluster.slots[0].outstanding == 0 and policy.done == []
+    assert cluster.slots[0].busy_until <= b.t_end + 1e-9       # free once it ended, either way
 
 
 def test_finish_times_out_pending_requests_and_silences_the_policy():

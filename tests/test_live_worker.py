@@ -28,12 +28,13 @@ ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
 
 
-def write_config(path: Path, c_ms: float = 5.0, a_ms: float = 1.0, models=("m0", "m1")) -> Path:
+def write_config(path: Path, c_ms: float = 5.0, a_ms: float = 1.0, models=("m0", "m1"),
+                 preemption: str = "finish") -> Path:
     """The parts of a resolved run config a worker reads."""
     lines = ["system: {name: eager}", "workload: {name: poisson}", "cluster:", "  gpu_type: sleep",
              "  partition: whole", "  count: 2", f"  sleep: {{a_ms: {a_ms}, c_ms: {c_ms}, max_batch: 8}}", "models:"]
     lines += [f"  {m}: {{slo_ms: 1000}}" for m in models]
-    lines += ["runtime: {name: live, noise: false}", "seeds: {runtime: 3}"]
+    lines += [f"runtime: {{name: live, noise: false, preemption: {preemption}}}", "seeds: {runtime: 3}"]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -65,9 +66,9 @@ def test_emulated_executor_noise_stays_above_half_the_mean():
         ex.duration("m", 3)
 
 
-def spawn_worker(tmp_path: Path, c_ms: float = 5.0):
+def spawn_worker(tmp_path: Path, c_ms: float = 5.0, preemption: str = "finish"):
     """A worker process (l(b) = b + c_ms ms, models m0 and m1); returns it, its ready line, a DEALER and call()."""
-    cfg = write_config(tmp_path / "config.yaml", c_ms=c_ms)
+    cfg = write_config(tmp_path / "config.yaml", c_ms=c_ms, preemption=preemption)
     proc = subprocess.Popen([sys.executable, "-m", "harness.live.worker", "--slot", "1", "--config", str(cfg)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
     ready = json.loads(proc.stdout.readline())
@@ -124,7 +125,7 @@ def test_worker_runs_batches_in_order_and_reports_late_and_bad_ones(worker):
 
 
 def test_worker_aborts_a_running_batch_and_stops_on_request(tmp_path):
-    proc, ready, sock, call, cleanup = spawn_worker(tmp_path, c_ms=500.0)
+    proc, ready, sock, call, cleanup = spawn_worker(tmp_path, c_ms=500.0, preemption="abort")
     try:
         sock.send({"op": "run", "batch": 1, "model": "m0", "size": 8, "start_within": None})
         time.sleep(0.02)
@@ -134,6 +135,23 @@ def test_worker_aborts_a_running_batch_and_stops_on_request(tmp_path):
         assert aborted["exec"] < 0.25 and time.perf_counter() - t < 0.25      # not the full 508 ms
         assert call({"op": "stop"}) == [{"stopped": 1}]
         assert proc.wait(5) == 0
+    finally:
+        cleanup()
+
+
+def test_a_worker_emulating_a_real_gpu_runs_a_preempted_batch_to_its_end(tmp_path):
+    # runtime.preemption=finish (the default): as a CUDA graph, the running batch cannot stop part-way;
+    # the batch queued behind it, preempted before it started, never starts.
+    proc, ready, sock, call, cleanup = spawn_worker(tmp_path, c_ms=150.0)
+    try:
+        sock.send({"op": "run", "batch": 1, "model": "m0", "size": 8, "start_within": None})
+        sock.send({"op": "run", "batch": 2, "model": "m0", "size": 1, "start_within": None})
+        time.sleep(0.02)
+        sock.send({"op": "abort", "batch": 1})
+        sock.send({"op": "abort", "batch": 2})
+        ran, skipped = sock.recv(), sock.recv()
+        assert (ran["batch"], ran["status"]) == (1, "ok") and ran["exec"] >= 0.158      # all of its 158 ms
+        assert (skipped["batch"], skipped["status"], skipped["exec"]) == (2, "preempted", 0.0)
     finally:
         cleanup()
 

@@ -54,15 +54,31 @@ def test_no_preemption_below_lambda():
     assert all(r.status == "ok" for r in tasks)
 
 
-def test_preemption_at_lambda_times_the_running_batch():
-    # The fourth b request makes a candidate of 4 >= 3.03 x 1: a is preempted at 1 ms,
-    # b's batch runs [1, 10] ms and a runs again [10, 16] ms.
+def test_preemption_at_lambda_times_the_running_batch_that_stops_at_once():
+    # The fourth b request makes a candidate of 4 >= 3.03 x 1: a is preempted at 1 ms; an executor
+    # that can abort stops it there, so b's batch runs [1, 10] ms and a runs again [10, 16] ms.
+    slos = {"a": 100, "b": 100}
+    tasks, sim, _ = replay(Shepherd, ShepherdConfig(), slos, 1, CURVE, [(0.0, "a")] + [(0.001, "b")] * 4,
+                           preemption="abort")
+    assert [(b.model, b.size, b.status) for b in sim.batches] == [("a", 1, "preempted"), ("b", 4, "ok"),
+                                                                  ("a", 1, "ok")]
+    assert sim.batches[0].t_end == pytest.approx(0.001)
+    assert sim.batches[1].t_start == pytest.approx(0.001)
+    assert tasks[0].status == "ok" and tasks[0].t_done == pytest.approx(0.016)
+    assert all(r.status == "ok" for r in tasks)
+
+
+def test_a_preempted_batch_runs_to_its_end_first_by_default():
+    # The same preemption where a batch cannot stop part-way (a CUDA graph; runtime.preemption=finish):
+    # a's tasks come back at 1 ms, but a still runs [0, 6] ms, so b's batch runs [6, 15] ms and a runs
+    # again [15, 21] ms. The preempted batch's record says when it really ended.
     slos = {"a": 100, "b": 100}
     tasks, sim, _ = replay(Shepherd, ShepherdConfig(), slos, 1, CURVE, [(0.0, "a")] + [(0.001, "b")] * 4)
     assert [(b.model, b.size, b.status) for b in sim.batches] == [("a", 1, "preempted"), ("b", 4, "ok"),
                                                                   ("a", 1, "ok")]
-    assert sim.batches[1].t_start == pytest.approx(0.001)
-    assert tasks[0].status == "ok" and tasks[0].t_done == pytest.approx(0.016)
+    assert (sim.batches[0].t_start, sim.batches[0].t_end) == (pytest.approx(0.0), pytest.approx(0.006))
+    assert sim.batches[1].t_start == pytest.approx(0.006)
+    assert tasks[0].status == "ok" and tasks[0].t_done == pytest.approx(0.021)
     assert all(r.status == "ok" for r in tasks)
 
 

@@ -80,6 +80,28 @@ def test_a_scripted_scenario_with_a_slot_lost_ends_the_same_request_by_request(t
         assert events[events["event"] == "lost"]["slot"].tolist() == [1]
 
 
+@pytest.mark.parametrize("preemption", ["finish", "abort"])
+def test_a_preempted_batch_holds_its_slot_as_long_in_both_runtimes(tmp_path, preemption):
+    # One slot, 10 req/s evenly spaced, every batch 130 ms: the first runs [0, 130] ms and the second
+    # arrival, at 100 ms, preempts it. Run to its end (finish, a CUDA graph's lot), it holds the slot
+    # until 130 ms; stopped at once (abort), until 100 ms. The re-sent pair starts then, the rest queue.
+    cfg = config("workload=constant", "workload.rate=10", "duration_s=1.2", "warmup_s=0.1", "cooldown_s=0.1",
+                 "cluster.count=1", "cluster.sleep.a_ms=0", "cluster.sleep.c_ms=130",
+                 f"runtime.preemption={preemption}",
+                 system={"name": "tests.policies:PreemptSecond"}, models={"m0": {"slo_ms": 3000}})
+    dirs = both(tmp_path, cfg)
+    sim, live = (table(dirs[r], "batches").sort_values("id").reset_index(drop=True) for r in ("sim", "live"))
+    assert sim[["size", "status"]].equals(live[["size", "status"]])
+    assert sim["status"].tolist()[:2] == ["preempted", "ok"] and sim["size"].tolist()[:2] == [1, 2]
+    held = 0.130 if preemption == "finish" else 0.100
+    for run in (sim, live):
+        t0 = run["t_start"][0]
+        assert run["t_end"][0] - t0 == pytest.approx(held, abs=0.01)
+        assert run["t_start"][1] - t0 == pytest.approx(held, abs=0.01)
+    for runtime in dirs:
+        assert (table(dirs[runtime], "requests")["status"] == "ok").all(), runtime
+
+
 def test_reconfiguring_shares_mid_run_accounts_for_every_request_in_both_runtimes(tmp_path):
     # Four 25% shares of one device -> two 50% shares at t = 2 s -> four 25% shares at t = 5 s.
     cfg = config("workload=constant", "workload.rate=40", "duration_s=8", "warmup_s=0.5", "cooldown_s=0.5",

@@ -21,6 +21,8 @@ Where it must differ from the simulation:
   (status error) and the policy hears on_slot_lost once.
 - preempt() returns the running batch's tasks at once and asks the worker
   to stop it; the batch's times are filled in when the worker confirms.
+  With runtime.preemption=finish (a real GPU's CUDA graph cannot stop
+  part-way) the slot stays busy until then, as the policy is shown.
 - reconfigure(): slots that leave stop taking batches at once; their
   workers are stopped once they have run what they hold; a new slot's
   worker starts once the slots leaving its device are stopped, and the slot
@@ -48,7 +50,7 @@ from array import array
 from typing import Callable, Sequence
 
 from harness.apps import App, AppNode
-from harness.core import DROPPED, ERROR, LATE, OK, PREEMPTED, Batch, HeapTimer, Policy, Task
+from harness.core import DROPPED, ERROR, FINISH, LATE, OK, PREEMPTED, Batch, HeapTimer, Policy, Task
 from harness.errors import HarnessError
 from harness.ledger import Ledger, spec_of
 from harness.live.loop import Clock
@@ -81,8 +83,9 @@ class LiveCluster:
     """See module doc. Build it inside the running loop; then `start(policy)`, `arrive(...)`, `finish()`."""
 
     def __init__(self, ledger: Ledger, pool, clock: Clock, deadline_of: dict[str, float], apps: dict | None = None,
-                 overheads=None):
+                 overheads=None, preemption: str = FINISH):
         self.ledger = ledger
+        self.preemption = preemption
         self.overheads = overheads            # the measured delays (harness.calibrate), when given
         self.slots = ledger.slots
         self.pool = pool
@@ -246,9 +249,10 @@ class LiveCluster:
             raise ValueError(f"preempt needs exactly one running batch on slot {slot} (it has {len(inflight)})")
         batch = next(iter(inflight.values()))
         now = self.clock.now()
-        self.slots[slot].busy_until = now
         tasks = self.ledger.preempt(batch, now)
-        self._queued_s[slot] = 0.0              # it was the slot's one batch in flight
+        if self.preemption != FINISH:         # it stops at once; with finish it holds the slot until its reply
+            self.slots[slot].busy_until = now
+            self._queued_s[slot] = 0.0          # it was the slot's one batch in flight
         self.pool.abort(slot, batch.id)
         self._drained(slot)
         return tasks
@@ -370,21 +374,13 @@ class LiveCluster:
         exec_time = float(reply.get("exec") or 0.0)
         if batch.status == PREEMPTED:           # the worker confirms when it really stopped
             batch.t_end, batch.t_start = now, now - exec_time
+            if self.preemption == FINISH:       # it held the slot until now (the ledger let it go at once)
+                self._left_slot(batch.slot, mean, now, holds=self.slots[batch.slot].outstanding)
             return
         if batch.status:                        # already failed: its slot was lost
             return
         s = self.slots[batch.slot]
-        others = self._queued_s[batch.slot] - mean
-        self._queued_s[batch.slot] = others if s.outstanding > 1 else 0.0   # (no float residue when empty)
-        if s.outstanding == 1 and s.busy_until > now:
-            s.busy_until = now
-        elif s.outstanding > 1:
-            # What the slot still holds runs from now on: where it runs slower than profiled (shares of a
-            # real GPU beside busy siblings), the predicted busy_until fell behind and would show a backlog
-            # as gone to the policies that plan on it (ELSA's finish times). The sim knows each batch's time.
-            rest = now + others
-            if rest > s.busy_until:
-                s.busy_until = rest
+        self._left_slot(batch.slot, mean, now, holds=s.outstanding - 1)
         status = reply.get("status")
         released = None
         if status == OK:
@@ -410,6 +406,21 @@ class LiveCluster:
                 self._call_policy("on_arrival", task)
         if self._draining:
             self._drained(batch.slot)
+
+    def _left_slot(self, slot: int, mean: float, now: float, holds: int) -> None:
+        """A batch expected to take `mean` left `slot` now, which `holds` batches more: correct its busy_until."""
+        s = self.slots[slot]
+        others = self._queued_s[slot] - mean
+        self._queued_s[slot] = others if holds else 0.0    # (no float residue when empty)
+        if not holds and s.busy_until > now:
+            s.busy_until = now
+        elif holds:
+            # What the slot still holds runs from now on: where it runs slower than profiled (shares of a
+            # real GPU beside busy siblings), the predicted busy_until fell behind and would show a backlog
+            # as gone to the policies that plan on it (ELSA's finish times). The sim knows each batch's time.
+            rest = now + others
+            if rest > s.busy_until:
+                s.busy_until = rest
 
     def _drained(self, slot: int) -> None:
         """A leaving slot that holds no batch any more may stop (_stop_slot)."""

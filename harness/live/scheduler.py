@@ -324,7 +324,8 @@ async def serve(args: argparse.Namespace) -> int:
         else:
             clock = precise.Clock(epoch)
             deadline_of = {m: s.slo for m, s in assembly.models.items()}
-            cluster = LiveCluster(ledger, pool, clock, deadline_of, assembly.apps, assembly.overheads)
+            cluster = LiveCluster(ledger, pool, clock, deadline_of, assembly.apps, assembly.overheads,
+                                  assembly.cfg.runtime.preemption)
             scheduler.begin(cluster, epoch - args.epoch)
             for fault in rt.faults:
                 cluster.call_at(fault.t, lambda fault=fault: cluster.inject_loss(fault.slot))

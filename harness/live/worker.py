@@ -23,7 +23,8 @@ the client is harness.live.workers.WorkerPool):
         -> {"batch", "status": "ok" | "late" | "error" | "preempted",
             "exec": seconds executing, "wait": seconds queued here, "error": str,
             "reached": the last stage run, where a chain was cut short}
-    {"op": "abort", "batch": int}   stop that batch early (reply "preempted") if the executor can
+    {"op": "abort", "batch": int}   stop that batch: one not started never starts; one running stops early
+                                    (reply "preempted") if the executor can, else runs to its end
     {"op": "cut", "batch": int}     stop that chain of stages at its next stage boundary
     {"op": "ping"}                  -> {"pong": slot}
     {"op": "stop"}                  -> {"stopped": slot}, then the process exits
@@ -57,6 +58,7 @@ from typing import ClassVar, Mapping
 
 import numpy as np
 
+from harness.core import ABORT
 from harness.errors import HarnessError
 from harness.live.arena import Arena, gather
 from harness.live.board import Board
@@ -123,12 +125,14 @@ class EmulatedExecutor(Executor):
     profile, measured on static inputs, holds no transfer time.
     """
 
-    abortable = True
     spin = 0.0003
 
     def __init__(self, curves: Mapping[str, LatencyCurve], noise: bool = False, seed: int | list = 0,
-                 board: Board | None = None, row: int = -1):
+                 board: Board | None = None, row: int = -1, abortable: bool = False):
         self.curves = dict(curves)
+        # Whether a preempted batch stops at once (runtime.preemption=abort) or, as on the real GPU whose
+        # CUDA graphs cannot stop part-way, runs to its end (finish).
+        self.abortable = abortable
         self.noise = noise
         self._rng = np.random.default_rng(seed)
         self.board, self.row = board, row
@@ -417,7 +421,7 @@ def build_executor(kind: str, config_path: str, slot: int, spec: dict | None = N
     if kind != "emulated":
         raise HarnessError(f"unknown executor '{kind}'; use --executor emulated or gpu")
     return EmulatedExecutor(curves, noise=assembly.cfg.runtime.noise, seed=[assembly.cfg.seeds.runtime, slot],
-                            board=board, row=row)
+                            board=board, row=row, abortable=assembly.cfg.runtime.preemption == ABORT)
 
 
 def main(argv: list[str] | None = None) -> int:

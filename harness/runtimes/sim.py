@@ -21,7 +21,9 @@ new ones once the slots leaving their device have drained, plus their
 start cost: what the profile measured on the GPU (a worker process, its
 models, their CUDA graphs), else `slot_start_s`. With overlap the new ones
 start at once and the slots they replace serve until they join. A computation a policy offloads (Cluster.offload, an
-allocation solve) runs at once and takes no virtual time.
+allocation solve) runs at once and takes no virtual time. A preempted batch
+runs to its end (runtime.preemption=finish, what a real GPU does) or stops at
+once (abort).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ import numpy as np
 import pandas as pd
 
 from harness.calibrate import Overheads
-from harness.core import DROPPED, Batch, HeapTimer, Policy, Slot, Task
+from harness.core import DROPPED, FINISH, Batch, HeapTimer, Policy, Slot, Task
 from harness.errors import HarnessError
 from harness.ledger import Ledger
 from harness.placement import Placement
@@ -76,8 +78,9 @@ class SimCluster:
     """The Cluster handle of the discrete-event runtime."""
 
     def __init__(self, ledger: Ledger, noise: bool = False, seed: int = 0, slot_start_s: float = 0.0,
-                 overheads: Overheads | None = None):
+                 overheads: Overheads | None = None, preemption: str = FINISH):
         self.ledger = ledger
+        self.preemption = preemption
         self.overheads = overheads or Overheads()
         self._dispatch_draw = self.overheads.sampler("dispatch", seed)
         self._dispatch_delays: list[float] = []
@@ -258,19 +261,34 @@ class SimCluster:
         waiting = self._waiting.get(slot)
         if waiting:                           # sent to a share, not started: it never starts
             w = waiting.popleft()
-            w.begin[2] = None
             batch = w.batch
+            if slot in self._started:         # behind a batch preempted before, still running to its end
+                self._expected[slot] -= w.expected
+                s = self.slots[slot]
+                s.busy_until = max(self._now, s.busy_until - w.expected)
+                return self.ledger.preempt(batch, self._now)
+            w.begin[2] = None
         else:
             entry = self._running.get(slot)
             if entry is None or entry[2] is None or entry[0] <= self._now:
                 raise ValueError(f"preempt needs exactly one running batch on slot {slot}")
             batch = entry[3]
+            if self.preemption == FINISH:
+                # It runs to its end, holding the slot (and its part of the device) until then: its end
+                # event stays, to let a share start what waits behind it, but completes nothing.
+                entry[2] = self._preempted_end
+                return self.ledger.preempt(batch, batch.t_end)
             entry[2] = None                    # the completion never fires
             self._until[slot] = self._now
             self._started.pop(slot, None)
         self._expected[slot] = 0.0
         self.slots[slot].busy_until = self._now
         return self.ledger.preempt(batch, self._now)
+
+    def _preempted_end(self, batch: Batch) -> None:
+        """A batch preempted with runtime.preemption=finish reaches its end: the slot is free of it."""
+        if batch.slot in self._started:
+            self._ended(batch)
 
     @property
     def placement(self) -> Placement:
@@ -429,7 +447,7 @@ def sim_cluster(assembly) -> SimCluster:
     cfg = assembly.cfg
     ledger = Ledger(assembly.slots(emulated=True), assembly.curves(), assembly.curves_of)
     return SimCluster(ledger, noise=cfg.runtime.noise, seed=cfg.seeds.runtime, slot_start_s=cfg.runtime.slot_start_s,
-                      overheads=assembly.overheads)
+                      overheads=assembly.overheads, preemption=cfg.runtime.preemption)
 
 
 def simulate(assembly, schedule: pd.DataFrame):
