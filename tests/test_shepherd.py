@@ -1,9 +1,12 @@
 """Shepherd Flex's rules, with hand-computed expectations (l(b) = 1 ms*b + 5 ms)."""
 
+import numpy as np
 import pytest
 
+from harness.core import Batch, Policy, SystemConfig, Task
+from harness.placement import Placement, SlotSpec
 from systems.shepherd import Shepherd, ShepherdConfig
-from tests.simkit import linear_curve, replay, poisson
+from tests.simkit import cluster, linear_curve, poisson, replay, specs
 
 CURVE = linear_curve(1.0, 5.0, 64)          # l(1) = 6 ms, l(b) = b + 5 ms
 NO_PREEMPT = ShepherdConfig(preempt_lambda=1000.0)
@@ -111,3 +114,41 @@ def test_multi_model_poisson_end_to_end():
     assert all(r.status in ("ok", "dropped") for r in tasks)          # none left unresolved (timeout)
     met = sum(r.status == "ok" and r.t_done - r.t_arrival <= 0.100 + 1e-9 for r in tasks)
     assert met / len(tasks) >= 0.99
+
+
+class _PreemptThenReshape(Policy):
+    """The second request preempts slot 0's batch and re-cuts its GPU into two 50% shares, where both
+    requests then go."""
+
+    def __init__(self, cluster, models, config):
+        super().__init__(cluster, models, config)
+        self.waiting: list[Task] = []
+
+    def on_arrival(self, task: Task) -> None:
+        if not self.cluster.batches:
+            self.cluster.dispatch(0, task.model, [task])
+            return
+        self.waiting = self.cluster.preempt(0) + [task]
+        spec = self.cluster.placement.slots[0]
+        self.cluster.reconfigure(Placement((SlotSpec(spec.gpu_type, "mps50", spec.device, spec.models),) * 2))
+
+    def on_slot_added(self, slot: int) -> None:
+        if self.waiting:
+            self.cluster.dispatch(slot, "m", self.waiting)
+            self.waiting = []
+
+    def on_batch_done(self, batch: Batch) -> None:
+        pass
+
+
+@pytest.mark.parametrize("preemption, joined_ms", [("finish", 6 + 1), ("abort", 1 + 1)])
+def test_a_re_cut_waits_for_a_preempted_batch_that_runs_to_its_end(preemption, joined_ms):
+    # One whole GPU; the first request's batch runs [0, 6] ms; at 1 ms the second preempts it and re-cuts
+    # the GPU (a share starts in 1 ms). Run to its end, the victim holds the device until 6 ms, so the new
+    # shares join at 7 ms; stopped at once, at 2 ms.
+    sim = cluster({"m": 1000}, 1, CURVE, slot_start_s=0.001, preemption=preemption)
+    policy = _PreemptThenReshape(sim, specs({"m": 1000}), SystemConfig())
+    tasks = sim.run(policy, np.arange(2), ["m", "m"], np.array([0.0, 0.001]), {"m": 1.0}, drain=1.0)
+    joined = [t for t, slot, event, _ in sim.ledger.slot_events if event == "joined" and slot > 0]
+    assert joined == [pytest.approx(joined_ms / 1000)] * 2
+    assert [t.status for t in tasks] == ["ok", "ok"]

@@ -302,11 +302,10 @@ class SimCluster:
         for slot in rec.joining:
             s = self.slots[slot]
             # A device's new shares start once the shares leaving it have run what they hold (a share's queue,
-            # for as long as it is expected to take: its batches are timed when they start); with overlap,
-            # at once, beside the shares they replace.
-            drained = max([o.busy_until for o in self.slots
-                           if o.device == s.device and not o.alive and o.outstanding and o.index != slot],
-                          default=now)
+            # for as long as it is expected to take: its batches are timed when they start), a preempted
+            # batch running to its end included; with overlap, at once, beside the shares they replace.
+            drained = max([o.busy_until for o in self.slots if o.device == s.device and not o.alive
+                           and (o.outstanding or self._until[o.index] > now) and o.index != slot], default=now)
             self._push((now if overlap else max(now, drained)) + self.start_cost(slot), self._join, slot)
 
     def start_cost(self, slot: int) -> float:
