@@ -274,9 +274,9 @@ class SimCluster:
                 raise ValueError(f"preempt needs exactly one running batch on slot {slot}")
             batch = entry[3]
             if self.preemption == FINISH:
-                # It runs to its end, holding the slot (and its part of the device) until then: its end
-                # event stays, to let a share start what waits behind it, but completes nothing.
-                entry[2] = self._preempted_end
+                # It runs to its end, holding the slot (and its part of the device) until then; its end
+                # completes nothing, but on a share it still starts what waits behind it.
+                entry[2] = self._ended if slot in self._started else None
                 return self.ledger.preempt(batch, batch.t_end)
             entry[2] = None                    # the completion never fires
             self._until[slot] = self._now
@@ -284,11 +284,6 @@ class SimCluster:
         self._expected[slot] = 0.0
         self.slots[slot].busy_until = self._now
         return self.ledger.preempt(batch, self._now)
-
-    def _preempted_end(self, batch: Batch) -> None:
-        """A batch preempted with runtime.preemption=finish reaches its end: the slot is free of it."""
-        if batch.slot in self._started:
-            self._ended(batch)
 
     @property
     def placement(self) -> Placement:
