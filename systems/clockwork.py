@@ -20,6 +20,13 @@ last `window` measured durations of batches of b (t_end - t_start of
 batches that ran ok), or the profile's p99 before any measurement.
 Slots are filled earliest-predicted-free first, ties to the lowest rank.
 
+Past capacity every head left has about est(m, 1) of slack, so the batches
+that fit are small, and an est(m, 1) above the truth serves more: it drops
+heads sooner and leaves larger batches. On a real GPU each model's first
+batches in a run are slow, and a size then seldom run keeps their p99, so
+a real run past capacity may serve twice what its sim twin (exact
+estimates) does; benchmarks/clockwork_first_batches.py measures it.
+
 Left out: model loading and eviction (every slot holds its models),
 Clockwork's per-batch-size strategy queues (the choice above is their
 outcome for one urgent head), the GPU-clock scaling of estimates, and the

@@ -34,10 +34,13 @@ def slo_of(slos_ms: dict[str, float]) -> dict[str, float]:
 
 
 def replay(policy_cls, config, slos_ms: dict[str, float], n_gpus: int, curve: LatencyCurve,
-           arrivals: list[tuple[float, str]], drain: float = 1.0, preemption: str = FINISH):
-    """Run `arrivals` [(t, model), ...] through a fresh policy; returns (tasks, sim cluster, policy)."""
+           arrivals: list[tuple[float, str]], drain: float = 1.0, preemption: str = FINISH, prepare=None):
+    """Run `arrivals` [(t, model), ...] through a fresh policy (given to `prepare` first, if named);
+    returns (tasks, sim cluster, policy)."""
     sim = cluster(slos_ms, n_gpus, curve, preemption=preemption)
     policy = policy_cls(sim, specs(slos_ms), config)
+    if prepare is not None:
+        prepare(policy)
     times = np.array([t for t, _ in arrivals], dtype=float)
     tasks = sim.run(policy, np.arange(len(arrivals)), [m for _, m in arrivals], times, slo_of(slos_ms), drain=drain)
     return tasks, sim, policy

@@ -91,3 +91,27 @@ def test_multi_model_poisson_end_to_end():
     assert all(r.status in ("ok", "dropped") for r in tasks)          # none left unresolved (timeout)
     met = sum(r.status == "ok" and r.t_done - r.t_arrival <= 0.100 + 1e-9 for r in tasks)
     assert met / len(tasks) >= 0.99
+
+
+
+def test_past_capacity_its_goodput_hangs_on_its_estimate_for_one_request():
+    # Heads are dropped once they cannot finish even alone (t0 + est(1) > D), so past capacity every head
+    # left has about est(1) of slack and the batch that fits it is small: fewer served, more queued, heads
+    # older still. An est(1) above the truth (one slow first batch on a real GPU, a size then rarely run
+    # again) drops heads sooner, leaves larger batches, and serves more than twice as much.
+    slos = {"a": 25, "b": 25, "c": 25}
+    arrivals = poisson({m: 5000 for m in slos}, 1.0, seed=1)       # 15,000 req/s: about all one slot serves
+
+    def slow_first_batch(policy):                                  # est(1) 3 ms where a batch of 1 takes 1.05
+        for state in policy.state.values():
+            state.measured[1].append(0.003)
+            state.est[1] = 0.003
+
+    served = {}
+    for name, prepare in (("exact", None), ("slow first batch", slow_first_batch)):
+        tasks, sim, _ = replay(Clockwork, ClockworkConfig(), slos, 1, linear_curve(0.05, 1.0, 64), arrivals,
+                               prepare=prepare)
+        good = sum(t.status == "ok" and t.t_done <= t.deadline for t in tasks)
+        served[name] = good, sum(b.size for b in sim.batches) / len(sim.batches)
+    assert served["slow first batch"][0] > 2 * served["exact"][0]
+    assert served["slow first batch"][1] > 3 * served["exact"][1]

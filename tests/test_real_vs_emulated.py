@@ -75,12 +75,17 @@ def test_table_is_the_mean_ratio_over_seeds_with_its_interval_and_the_5_percent_
         summary(rve.run_dir(tmp_path, "mps25x4", "reference", "eager", seed, "gpu"), 1500, valid=seed != 2)
         summary(rve.run_dir(tmp_path, "mps25x4", "reference", "eager", seed, "emulated"), 1500)
     summary(rve.run_dir(tmp_path, "whole", "overload", "nexus", 0, "gpu"), 900)   # no emulated half: left out
+    for seed, sim in enumerate((1500, 1500, 1200)):      # the sim judged apart: within 5% of symphony's, not eager's
+        summary(rve.run_dir(tmp_path, "mps25x4", "reference", "symphony", seed, "sim"), 1440, emulated=True)
+        summary(rve.run_dir(tmp_path, "mps25x4", "reference", "eager", seed, "sim"), sim, emulated=True)
     t = rve.table(tmp_path).set_index("system")
     assert list(t.index) == ["eager", "symphony"]
     sym = t.loc["symphony"]
     assert sym["seeds"] == 3 and sym["real / emulated"] == pytest.approx((1400 + 1450 + 1420) / 4500)
     assert sym["95% CI +-"] > 0 and sym["within 5%"] == "no"                 # 0.947: more than 5% off
     assert t.loc["eager", "real / emulated"] == 1 and t.loc["eager", "within 5%"] == "invalid run"
+    assert sym["real / sim"] == pytest.approx((1400 + 1450 + 1420) / 1440 / 3) and sym["sim within 5%"] == "yes"
+    assert t.loc["eager", "real / sim"] == pytest.approx((2 + 1500 / 1200) / 3) and t.loc["eager", "sim within 5%"] == "no"
     assert sym["real attainment"] == pytest.approx((0.93 + 0.97 + 0.95) / 3) and sym["emulated attainment"] == 1.0
     assert sym["gap / offered"] == pytest.approx(((1400 + 1450 + 1420) / 3 - 1500) / 1500)
 
@@ -164,6 +169,7 @@ def test_sim_twins_are_made_without_a_gpu_and_join_the_table(tmp_path):
     t = rve.table(tmp_path).set_index("system")
     assert t.loc["eager", "real / sim"] == pytest.approx(1450 / sim["goodput"])
     assert t.loc["nexus", "real / sim"] != t.loc["nexus", "real / sim"]     # none: NaN
+    assert t.loc["nexus", "sim within 5%"] == ""
 
 
 def test_without_a_gpu_it_runs_nothing_and_says_why(tmp_path):
