@@ -31,7 +31,7 @@ from _cli import Parser, run_main
 from real_vs_emulated import _summary, sim_overrides, twin
 
 from harness.errors import HarnessError
-from systems.clockwork import Clockwork, p99
+from systems.clockwork import Clockwork
 
 
 def first_measurements(batches: pd.DataFrame) -> dict[str, dict[int, float]]:
@@ -52,11 +52,9 @@ def estimates_measured_first(first: dict[str, dict[int, float]]):
     def init(self, cluster, models, config):
         made(self, cluster, models, config)
         for model, sizes in first.items():
-            state = self.state.get(model)
             for size, took in sizes.items():
-                if state is not None and size < len(state.est):
-                    state.measured[size].append(took)
-                    state.est[size] = p99(state.measured[size])
+                if model in self.state and size < len(self.state[model].est):
+                    self.measure(model, size, took)
 
     Clockwork.__init__ = init
     try:
@@ -73,7 +71,8 @@ def simulate(overrides: list[str], out: Path) -> dict:
 
 
 def compare(real_run: Path, calibration: Path, out: Path) -> dict:
-    real, emulated = _summary(real_run), _summary(twin(real_run, "emulated"))
+    emulated_run = twin(real_run, "emulated")
+    real, emulated = _summary(real_run), _summary(emulated_run)
     if real is None or real.get("system") != "clockwork":
         raise HarnessError(f"{real_run}: not a real Clockwork run (no summary.json of system clockwork); name a "
                            "clockwork-seed<k>-gpu directory of benchmarks/real_vs_emulated.py")
@@ -85,7 +84,7 @@ def compare(real_run: Path, calibration: Path, out: Path) -> dict:
            "emulated": emulated["goodput"] if emulated else float("nan")}
     sim = simulate(overrides, out / "exact")
     row.update({"sim": sim["goodput"], "sim batch": sim["mean_batch_size"]})
-    for side, where in (("real", real_run), ("emulated", twin(real_run, "emulated"))):
+    for side, where in (("real", real_run), ("emulated", emulated_run)):
         if (where / "batches.parquet").exists():
             with estimates_measured_first(first_measurements(pd.read_parquet(where / "batches.parquet"))):
                 seeded = simulate(overrides, out / f"first-{side}")
@@ -106,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         root = args.out or Path(scratch)
         rows = []
-        for run in args.runs:
-            rows.append(compare(run.resolve(), args.sim, root / run.resolve().parent.name / run.name))
+        for run in (run.resolve() for run in args.runs):
+            rows.append(compare(run, args.sim, root / run.parent.name / run.name))
             print(f"{rows[-1]['run']}: real {rows[-1]['real']:,.1f}, sim {rows[-1]['sim']:,.1f} req/s", flush=True)
     print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:,.1f}"))
     return 0

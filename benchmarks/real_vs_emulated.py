@@ -296,7 +296,7 @@ def _per_system(per_seed: pd.DataFrame) -> list[dict]:
                          ("no" if g["valid"].all() else "invalid run"),
                          # The sim judged as the emulation is (blank where a seed has no twin): the two
                          # predict the GPU by different means, and one can hold where the other fails.
-                         "sim within 5%": "" if sim != sim else "yes" if abs(sim - 1) <= TARGET else "no"})
+                         "sim within 5%": "" if math.isnan(sim) else "yes" if abs(sim - 1) <= TARGET else "no"})
     return out_rows
 
 

@@ -118,15 +118,7 @@ class Clockwork(Policy):
     def on_batch_done(self, batch: Batch) -> None:
         gpu, now = batch.slot, self.cluster.now()
         if batch.status == "ok":
-            st = self.state[batch.model]
-            window = st.measured[batch.size]
-            took = batch.t_end - batch.t_start
-            # A measurement that pushes out an equal one leaves the window, so its p99, as it was:
-            # no sort per completion when durations repeat (emulated or instant slots).
-            same = len(window) == window.maxlen and window[0] == took
-            window.append(took)
-            if not same:
-                st.est[batch.size] = p99(window)
+            self.measure(batch.model, batch.size, batch.t_end - batch.t_start)
         work = self.work[gpu] - self.sent.pop(batch.id, 0.0)
         if not work > 0.0 or self.cluster.slots[gpu].outstanding == 0:
             work = 0.0                               # no rounding residue once the slot is empty
@@ -166,6 +158,17 @@ class Clockwork(Policy):
 
     def estimate(self, model: str, b: int) -> float:
         return self.state[model].est[b]
+
+    def measure(self, model: str, b: int, took: float) -> None:
+        """A batch of b of `model` ran `took` seconds: into its window, and its estimate from the window."""
+        st = self.state[model]
+        window = st.measured[b]
+        # A measurement that pushes out an equal one leaves the window, so its p99, as it was:
+        # no sort per completion when durations repeat (emulated or instant slots).
+        same = len(window) == window.maxlen and window[0] == took
+        window.append(took)
+        if not same:
+            st.est[b] = p99(window)
 
     # -- decisions --------------------------------------------------------------
     def _serve_pool(self, pool) -> None:

@@ -93,7 +93,6 @@ def test_multi_model_poisson_end_to_end():
     assert met / len(tasks) >= 0.99
 
 
-
 def test_past_capacity_its_goodput_hangs_on_its_estimate_for_one_request():
     # Heads are dropped once they cannot finish even alone (t0 + est(1) > D), so past capacity every head
     # left has about est(1) of slack and the batch that fits it is small: fewer served, more queued, heads
@@ -103,9 +102,8 @@ def test_past_capacity_its_goodput_hangs_on_its_estimate_for_one_request():
     arrivals = poisson({m: 5000 for m in slos}, 1.0, seed=1)       # 15,000 req/s: about all one slot serves
 
     def slow_first_batch(policy):                                  # est(1) 3 ms where a batch of 1 takes 1.05
-        for state in policy.state.values():
-            state.measured[1].append(0.003)
-            state.est[1] = 0.003
+        for model in slos:
+            policy.measure(model, 1, 0.003)
 
     served = {}
     for name, prepare in (("exact", None), ("slow first batch", slow_first_batch)):
