@@ -198,7 +198,8 @@ def check_run_config(cfg: Config) -> None:
     if rt.calibration and (rt.request_delay_ms or rt.dispatch_delay_ms or rt.response_delay_ms):
         raise HarnessError("runtime.calibration gives the request, dispatch and response delays; leave "
                            "runtime.*_delay_ms at 0 or drop runtime.calibration")
-    for key in ("drain_s", "request_delay_ms", "dispatch_delay_ms", "response_delay_ms", "slot_start_s", "spin_us"):
+    for key in ("drain_s", "request_delay_ms", "dispatch_delay_ms", "response_delay_ms", "slot_start_s", "spin_us",
+                "warm_s"):
         if not getattr(rt, key) >= 0:
             raise HarnessError(f"runtime.{key} must be >= 0 (got {getattr(rt, key)}); set runtime.{key}=<value>")
     for key in ("worker_timeout_s", "worker_start_timeout_s", "start_lead_s"):

@@ -123,6 +123,8 @@ class RuntimeConfig:
     locust_workers: int = -1            # -1: sized to the host and the rate (harness.load.default_workers); 0: one process;
                                         # N: a master and N workers
     start_lead_s: float = 4.0           # the schedule starts this long after the load generator is launched
+    warm_s: float = 1.0                 # the workers run their models back to back over this long before time 0
+                                        # (0: not at all): an idle GPU's first batches run slow, its clocks down
 
 
 @dataclass

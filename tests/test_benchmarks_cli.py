@@ -108,6 +108,8 @@ def test_a_reconfiguration_whose_batches_fail_fails():
     ("gpu_start_interference.py", ["--servers", "4"], ["5 shares of 25%", "--servers"]),
     ("gpu_start_interference.py", ["--json", "/"], ["--json", "'/' is a directory"]),
     ("gpu_served_latency.py", ["--json", "/dev/null/rows.json"], ["--json", "cannot write '/dev/null/rows.json'"]),
+    ("gpu_first_batches.py", ["--models", "resnet50,nosuch"], ["--models", "unknown nosuch"]),
+    ("gpu_first_batches.py", ["--idle-s", "0"], ["--idle-s", "> 0"]),
 ])
 def test_bad_arguments_are_one_line(script, args, words):
     one_line_error(bench(script, *args), *words)
@@ -130,7 +132,7 @@ def test_batch_time_without_profiles_of_the_gpu_type_is_one_line(tmp_path):
 
 
 @pytest.mark.parametrize("script", ["gpu_channels_last.py", "gpu_executor_overhead.py", "gpu_served_latency.py",
-                                    "gpu_stage_overhead.py", "gpu_start_interference.py"])
+                                    "gpu_stage_overhead.py", "gpu_start_interference.py", "gpu_first_batches.py"])
 def test_gpu_benchmarks_without_torch_are_one_line(script):
     code = ("import runpy, sys; sys.modules['torch'] = None; "        # as if torch were not installed
             f"sys.argv = [{script!r}]; runpy.run_path({str(BENCH / script)!r}, run_name='__main__')")

@@ -124,3 +124,17 @@ def test_the_profiler_measures_stages_into_a_loadable_profile(tmp_path):
     assert all(stage.max_batch == 2 and stage.mean[1] > 0 for stage in curve.stages)
     # The stages add up to about the whole model (each also writes its output for the next).
     assert 0.7 * curve.mean[2] < sum(stage.mean[2] for stage in curve.stages) < 1.5 * curve.mean[2]
+
+
+def test_warm_up_replays_every_graph_and_leaves_held_rows_intact(resnet):
+    steps = resnet.warm_steps()
+    assert len(steps) == 4 * (1 + len(RESNET_STAGES))        # each size's whole graph and its stages' graphs
+    a = images(3, seed=5)
+    resnet.run_stage("resnet50", 0, 40, 3, a.tobytes(), None)
+    resnet.run_stage("resnet50", 1, 41, 3, None, [(40, r) for r in range(3)])
+    for step in steps:                       # rows are held for layer2: the stage graphs leave them alone
+        step()
+    for k in range(2, len(RESNET_STAGES)):
+        resnet.run_stage("resnet50", k, 40 + k, 3, None, [(39 + k, r) for r in range(3)])
+    assert rel_err(resnet.last_output.clone(), whole(resnet, "resnet50", a)) < 1e-2
+    assert resnet.held_batches == 0

@@ -124,6 +124,29 @@ def test_worker_runs_batches_in_order_and_reports_late_and_bad_ones(worker):
     assert call({"op": "ping"}) == [{"pong": 1}]        # still serving
 
 
+def test_worker_warms_up_until_asked_and_gives_way_to_a_batch(worker):
+    proc, ready, sock, call = worker
+    # Alone: batches of 8 of m0 and m1 (13 ms each) back to back, none starting unless it ends in time.
+    (warmed,) = call({"op": "warm", "seconds": 0.2})
+    assert warmed["warmed"] == 1 and 0.2 - 0.03 <= warmed["seconds"] <= 0.2 + 0.02
+    assert 10 <= warmed["batches"] <= 15
+    # A batch that comes meanwhile runs after the step under way, and the warm-up ends there.
+    sock.send({"op": "warm", "seconds": 5.0})
+    time.sleep(0.05)
+    sock.send({"op": "run", "batch": 3, "model": "m0", "size": 2, "start_within": None, "payload": None})
+    first, second = sock.recv(), sock.recv()
+    assert first["warmed"] == 1 and first["seconds"] < 0.5
+    assert (second["batch"], second["status"]) == (3, "ok") and second["wait"] < 0.03
+    (bad,) = call({"op": "warm", "seconds": -1})
+    assert bad["status"] == "error" and "seconds >= 0" in bad["error"]
+    assert "warmed up on" in _stderr_so_far(proc)
+
+
+def _stderr_so_far(proc) -> str:
+    os.set_blocking(proc.stderr.fileno(), False)
+    return (proc.stderr.read() or b"").decode()
+
+
 def test_worker_aborts_a_running_batch_and_stops_on_request(tmp_path):
     proc, ready, sock, call, cleanup = spawn_worker(tmp_path, c_ms=500.0, preemption="abort")
     try:

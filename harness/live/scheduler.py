@@ -327,6 +327,7 @@ async def serve(args: argparse.Namespace) -> int:
             cluster = LiveCluster(ledger, pool, clock, deadline_of, assembly.apps, assembly.overheads,
                                   assembly.cfg.runtime.preemption)
             scheduler.begin(cluster, epoch - args.epoch)
+            pool.warm_before(epoch, rt.warm_s)
             for fault in rt.faults:
                 cluster.call_at(fault.t, lambda fault=fault: cluster.inject_loss(fault.slot))
             # The policy starts at run time 0, as in the sim (its timers count from there).

@@ -26,6 +26,10 @@ the client is harness.live.workers.WorkerPool):
     {"op": "abort", "batch": int}   stop that batch: one not started never starts; one running stops early
                                     (reply "preempted") if the executor can, else runs to its end
     {"op": "cut", "batch": int}     stop that chain of stages at its next stage boundary
+    {"op": "warm", "seconds": float} run the slot's models back to back for that long, a batch at a time,
+                                    giving way at once to any batch that comes -> {"warmed": slot,
+                                    "batches": int, "seconds": float}; the pool sends it just before a
+                                    run's time 0 (a GPU left idle meanwhile runs its first batches slow)
     {"op": "ping"}                  -> {"pong": slot}
     {"op": "stop"}                  -> {"stopped": slot}, then the process exits
 
@@ -47,7 +51,9 @@ changes), so an orchestrator killed with SIGKILL leaves nothing behind.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import math
 import os
 import queue
 import socket
@@ -68,6 +74,7 @@ from harness.profiles import LatencyCurve
 
 EXECUTORS = ("emulated", "gpu")
 PARENT_CHECK_S = 0.2
+MIN_WARM_STEP_S = 0.001
 
 
 class Aborted(Exception):
@@ -106,6 +113,10 @@ class Executor:
 
     def free(self, rows: list) -> None:
         pass
+
+    def warm_steps(self) -> list:
+        """Callables that each run one batch to its end, for a warm-up (none: nothing to warm)."""
+        return []
 
 
 class EmulatedExecutor(Executor):
@@ -174,6 +185,13 @@ class EmulatedExecutor(Executor):
             _check_images(payload, size)
         self._sleep(self.duration(model, size), abort, self.curves[model].padded(size))
 
+    def warm_steps(self) -> list:
+        # A batch of each model: the host path the run's batches take (an emulated GPU has no clocks to bring
+        # up), so both executors start a run the same way. The largest, whose busy-wait is the least of its
+        # time; a model emulated as (nearly) instant is left out, whose batches back to back would only spin.
+        return [functools.partial(self.run, model, curve.max_batch, None) for model, curve in self.curves.items()
+                if curve.mean[curve.max_batch] >= MIN_WARM_STEP_S]
+
     def _sleep(self, seconds: float, abort: threading.Event | None, batch: int) -> None:
         end = time.perf_counter() + seconds
         if self.board is not None:
@@ -193,6 +211,28 @@ class EmulatedExecutor(Executor):
             if self.board is not None:
                 self.board.hold(self.row, time.monotonic())      # stopped early: its share works no more
             raise
+
+
+def warm_up(steps: list, deadline: float, interrupted) -> int:
+    """Run `steps` (callables, a batch each) round and round until `deadline` (perf_counter) or until
+    `interrupted()`; returns how many ran. A step starts only if it ends in time by its last duration (the
+    longest so far where it has none yet; else the shortest step, where that fits), so the device idles at
+    most about one short step before the deadline."""
+    perf = time.perf_counter
+    took: list[float | None] = [None] * len(steps)
+    done = 0
+    while steps and not interrupted():
+        now = perf()
+        i = done % len(steps)
+        expected = took[i] if took[i] is not None else max((d for d in took if d is not None), default=0.0)
+        if now + expected > deadline:
+            i = min(range(len(steps)), key=lambda k: math.inf if took[k] is None else took[k])
+            if took[i] is None or now + took[i] > deadline:
+                break
+        steps[i]()
+        took[i] = perf() - now
+        done += 1
+    return done
 
 
 def _check_images(views: list, size: int) -> None:
@@ -236,6 +276,15 @@ class _Free:
 
     def __init__(self, rows: list):
         self.rows = rows
+
+
+class _Warm:
+    """Run the executor's warm-up steps until `deadline` (perf_counter), then answer on `channel`."""
+
+    __slots__ = ("channel", "deadline")
+
+    def __init__(self, channel: BlockingChannel, deadline: float):
+        self.channel, self.deadline = channel, deadline
 
 
 class Worker:
@@ -309,6 +358,12 @@ class Worker:
                     job.cut = True
             elif op == "free":
                 self._queue.put(_Free(msg.get("rows") or []))      # after what is queued: the executor's own
+            elif op == "warm":
+                seconds = msg.get("seconds")
+                if not isinstance(seconds, (int, float)) or not seconds >= 0:
+                    channel.send({"status": "error", "error": f"warm needs seconds >= 0 (got {seconds!r})"})
+                else:
+                    self._queue.put(_Warm(channel, t + seconds))
             elif op == "stop":
                 channel.send({"stopped": self.slot})
                 self._why = "stop message"
@@ -338,6 +393,10 @@ class Worker:
                 return
             if isinstance(job, _Free):
                 self.executor.free(job.rows)
+                continue
+            if isinstance(job, _Warm):
+                self._warm(job)
+                idle_since = perf()
                 continue
             start = perf()
             wait = start - job.t_arrival
@@ -371,6 +430,19 @@ class Worker:
             idle_since = perf()
             job.channel.send(reply)              # a client gone (stopping) is nobody to answer
 
+
+    def _warm(self, job: _Warm) -> None:
+        start, reply = time.perf_counter(), {"warmed": self.slot}
+        try:
+            reply["batches"] = warm_up(self.executor.warm_steps(), job.deadline, lambda: not self._queue.empty())
+            said = f"warmed up on {reply['batches']} batches"
+        except Exception as exc:  # a warm-up that fails says so and leaves the slot to its batches
+            reply["error"] = said = f"warm-up failed: {type(exc).__name__}: {exc}"
+        reply["seconds"] = time.perf_counter() - start
+        print(f"worker slot {self.slot}: {said} in {reply['seconds']:.3f} s "
+              f"({max(0.0, job.deadline - time.perf_counter()) * 1e3:.1f} ms before the time asked)",
+              file=sys.stderr, flush=True)
+        job.channel.send(reply)
 
     def _run_chain(self, job: _Job, payload, abortable: bool) -> int:
         """Stages job.stage..job.through back to back, each reading what the one before left under the

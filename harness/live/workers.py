@@ -61,6 +61,7 @@ from harness.processes import log_tail, signal_group
 
 ROOT = Path(__file__).resolve().parents[2]     # the directory holding the harness package
 HUNG_BATCH_FACTOR = 10.0
+WARM_MARGIN_S = 0.005      # a warm-up ends this long before time 0: the first batch finds the slot free
 
 
 class _Slot:
@@ -197,6 +198,18 @@ class WorkerPool:
                         "start_within": start_within, "payload": payload, "stage": stage, "rows": rows,
                         "through": through, "busy": busy})
         return fut
+
+    def warm_before(self, epoch: float, seconds: float) -> None:
+        """Have every worker run its models back to back over the `seconds` before `epoch` (unix time), ending
+        just before it: a GPU idle while the load generator starts would run the first batches slow, its
+        clocks down. Call it on the pool's loop; the workers' logs say what each ran."""
+        def send() -> None:
+            left = epoch - WARM_MARGIN_S - time.time()
+            for slot in list(self._slots):
+                self._tell(slot, {"op": "warm", "seconds": max(0.0, left)})
+
+        if seconds > 0:
+            asyncio.get_running_loop().call_later(max(0.0, epoch - seconds - time.time()), send)
 
     def free(self, slot: int, rows: list) -> None:
         """Tell `slot` that these (batch, row) activations of earlier stages will not be needed."""

@@ -37,6 +37,7 @@ class TritonBackend:
     def __init__(self, assembly, config_path: Path, epoch: float, out_dir: Path):
         rt = assembly.cfg.runtime
         self.clock = Clock(epoch)              # until start(): the run clock from then on
+        self.warm_s = rt.warm_s
         self.instance_count = max(1, int(assembly.system.instance_count))
         # Each model's instances sit on its slots, as the sim model places them (instance_gpus).
         self.slots_of = instance_slots(list(assembly.models), assembly.slots(emulated=True),
@@ -55,6 +56,7 @@ class TritonBackend:
 
     def start(self, epoch: float) -> None:
         self.clock = Clock(epoch)
+        self._loop.call_soon_threadsafe(self.pool.warm_before, epoch, self.warm_s)
 
     def _call(self, coro):
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
