@@ -37,9 +37,9 @@ def test_system_serves_live(tmp_path, system):
     assert len(ok) >= 0.5 * len(requests)                          # it serves (fidelity: benchmarks/live_vs_sim.py)
     assert ok["batch_id"].isin(batches["id"]).all() and (ok["latency"] > 0).all()
     assert (ok["t_sent"] >= ok["t_sched"] - 1e-3).all()
-    # Each worker ran its models over the second before time 0 (runtime.warm_s), as on a real GPU.
-    logs = sorted(tmp_path.glob("worker-*.log"))
-    assert logs and all("warmed up on" in log.read_text() for log in logs), [log.read_text()[-300:] for log in logs]
+    # The workers there at time 0 (slot 0's in every system; those of a later re-cut start after it) ran their
+    # models over the second before it (runtime.warm_s), as on a real GPU.
+    assert "warmed up on" in (tmp_path / "worker-0.log").read_text()
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["runtime"] == "live" and summary["system"] == system and summary["emulated"]
     # Valid but for send lag, which depends on how many cores the load generator gets on this machine.
