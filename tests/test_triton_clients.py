@@ -164,7 +164,8 @@ def test_an_external_client_drives_a_run_and_its_requests_are_the_records(tmp_pa
         port = s.getsockname()[1]
     run = subprocess.Popen([sys.executable, "-m", "harness", "runtime.load=external", f"runtime.port={port}",
                             "system=eager", "cluster=sleep1000", "cluster.count=2", "models=sleep10",
-                            "duration_s=10", "warmup_s=0", "cooldown_s=0", "runtime.start_lead_s=4",
+                            "duration_s=5", "warmup_s=0", "cooldown_s=0", "validity.min_duration_s=5",
+                            "runtime.start_lead_s=3",
                             f"hydra.run.dir={tmp_path}"], cwd=ROOT, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
 
