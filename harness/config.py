@@ -124,7 +124,7 @@ class RuntimeConfig:
                                         # N: a master and N workers
     start_lead_s: float = 4.0           # the schedule starts this long after the load generator is launched
     warm_s: float = 1.0                 # the workers run their models back to back over this long before time 0
-                                        # (0: not at all): an idle GPU's first batches run slow, its clocks down
+                                        # (0: not at all): a graph's first replay, and a GPU's after an idle, run slow
 
 
 @dataclass

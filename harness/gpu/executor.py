@@ -293,9 +293,11 @@ class GpuExecutor:
     def warm_steps(self) -> list:
         """One callable per captured graph, whole models' and their stages', each replaying it to its end.
 
-        Run back to back just before a run's time 0 they bring the GPU's clocks up from idle and take each
-        graph's first replay: a GPU left idle while the load generator starts ran a run's first batches up
-        to 1.9 x their profiled time, and a policy that learns from its measurements (Clockwork) keeps that.
+        Run back to back just before a run's time 0 they take each graph's first replay and the cost of the
+        idle before it, where the run's first batches would pay them: on an H100 a graph's first replay took
+        up to 1.48 x its steady time, a batch after 4 s idle up to 1.11 x (the SM clock stayed at 1,980 MHz),
+        a batch after the warm-up up to 1.06 x (benchmarks/gpu_first_batches.py); a policy that learns from
+        its measurements (Clockwork) keeps what the first batches cost.
         A stage graph writes the next stage's input, so it is skipped while activations are held there.
         """
         steps = []

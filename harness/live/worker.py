@@ -186,8 +186,8 @@ class EmulatedExecutor(Executor):
         self._sleep(self.duration(model, size), abort, self.curves[model].padded(size))
 
     def warm_steps(self) -> list:
-        # A batch of each model: the host path the run's batches take (an emulated GPU has no clocks to bring
-        # up), so both executors start a run the same way. The largest, whose busy-wait is the least of its
+        # A batch of each model: the host path the run's batches take (an emulated GPU has no graphs to replay
+        # first), so both executors start a run the same way. The largest, whose busy-wait is the least of its
         # time; a model emulated as (nearly) instant is left out, whose batches back to back would only spin.
         return [functools.partial(self.run, model, curve.max_batch, None) for model, curve in self.curves.items()
                 if curve.mean[curve.max_batch] >= MIN_WARM_STEP_S]

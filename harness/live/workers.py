@@ -201,8 +201,8 @@ class WorkerPool:
 
     def warm_before(self, epoch: float, seconds: float) -> None:
         """Have every worker run its models back to back over the `seconds` before `epoch` (unix time), ending
-        just before it: a GPU idle while the load generator starts would run the first batches slow, its
-        clocks down. Call it on the pool's loop; the workers' logs say what each ran."""
+        just before it: each graph's first replay, and a batch after the GPU idled while the load generator
+        started, would run slow. Call it on the pool's loop; the workers' logs say what each ran."""
         def send() -> None:
             left = epoch - WARM_MARGIN_S - time.time()
             for slot in list(self._slots):
