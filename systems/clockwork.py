@@ -23,9 +23,11 @@ Slots are filled earliest-predicted-free first, ties to the lowest rank.
 Past capacity every head left has about est(m, 1) of slack, so the batches
 that fit are small, and an est(m, 1) above the truth serves more: it drops
 heads sooner and leaves larger batches. On a real GPU each model's first
-batches in a run are slow, and a size then seldom run keeps their p99, so
+batches in a run were slow, and a size then seldom run kept their p99, so
 a real run past capacity may serve twice what its sim twin (exact
-estimates) does; benchmarks/clockwork_first_batches.py measures it.
+estimates) does; benchmarks/clockwork_first_batches.py measures it. The
+live workers now warm up before time 0 (runtime.warm_s), which takes most
+of that excess (a graph's first replay) out of the run.
 
 Left out: model loading and eviction (every slot holds its models),
 Clockwork's per-batch-size strategy queues (the choice above is their

@@ -29,7 +29,7 @@ the client is harness.live.workers.WorkerPool):
     {"op": "warm", "seconds": float} run the slot's models back to back for that long, a batch at a time,
                                     giving way at once to any batch that comes -> {"warmed": slot,
                                     "batches": int, "seconds": float}; the pool sends it just before a
-                                    run's time 0 (a GPU left idle meanwhile runs its first batches slow)
+                                    run's time 0 (a graph's first replay, and a batch after an idle, run slow)
     {"op": "ping"}                  -> {"pong": slot}
     {"op": "stop"}                  -> {"stopped": slot}, then the process exits
 
@@ -219,18 +219,19 @@ def warm_up(steps: list, deadline: float, interrupted) -> int:
     longest so far where it has none yet; else the shortest step, where that fits), so the device idles at
     most about one short step before the deadline."""
     perf = time.perf_counter
-    took: list[float | None] = [None] * len(steps)
+    took = [math.nan] * len(steps)           # each step's last duration (nan: not run yet)
+    longest = 0.0
     done = 0
     while steps and not interrupted():
         now = perf()
         i = done % len(steps)
-        expected = took[i] if took[i] is not None else max((d for d in took if d is not None), default=0.0)
-        if now + expected > deadline:
-            i = min(range(len(steps)), key=lambda k: math.inf if took[k] is None else took[k])
-            if took[i] is None or now + took[i] > deadline:
+        if now + (longest if math.isnan(took[i]) else took[i]) > deadline:
+            i = min(range(len(steps)), key=lambda k: math.inf if math.isnan(took[k]) else took[k])
+            if not now + took[i] <= deadline:            # (nan: no step has run; none is known to fit)
                 break
         steps[i]()
         took[i] = perf() - now
+        longest = max(longest, took[i])
         done += 1
     return done
 
