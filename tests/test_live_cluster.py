@@ -144,6 +144,38 @@ def test_dispatch_sends_the_action_window_as_seconds_from_now():
     assert within == pytest.approx(0.02, abs=0.002) and no_window is None
 
 
+class NextWhenDone(Holder):
+    """Sends one held request to the slot whose batch just ended (Nexus's shape: one batch a slot)."""
+
+    def on_batch_done(self, batch):
+        if self.held:
+            self.cluster.dispatch(batch.slot, "m", [self.held.pop(0)])
+
+
+def test_a_reply_sends_the_slots_next_batch_before_it_answers_its_requests():
+    # The slot idles from a reply until the next batch is sent: answering a batch of n first kept it idle
+    # for n answers' bookkeeping, which grew with the batch (a 4-6% loss to Nexus on a whole H100).
+    events = []
+
+    async def main():
+        cluster, policy, pool = make(1, policy_cls=NextWhenDone)
+        answered = cluster.on_answer
+        cluster.on_answer = lambda fut, item: (events.append(("answer", item.id)), answered(fut, item))
+        submit = pool.submit
+        pool.submit = lambda slot, batch_id, *a, **kw: (events.append(("dispatch", batch_id)),
+                                                        submit(slot, batch_id, *a, **kw))[1]
+        futs = [arrive(cluster, "m", i)[1] for i in range(5)]
+        cluster.dispatch(0, "m", policy.held[:3])
+        del policy.held[:3]
+        await asyncio.wait_for(asyncio.gather(*futs), 1)
+        return cluster
+
+    cluster = run(main())
+    assert events == [("dispatch", 0), ("dispatch", 1), ("answer", 0), ("answer", 1), ("answer", 2),
+                      ("dispatch", 2), ("answer", 3), ("answer", 4)]
+    assert [r.status for r in cluster.ledger.items] == ["ok"] * 5 and cluster.pending == 0
+
+
 def test_a_slot_slower_than_its_profile_keeps_its_backlog_in_busy_until():
     # Three batches of 1 (profiled 6 ms each) held by one slot, answered late and out of order: after each
     # reply what the slot still holds runs from then on (2 x 6 ms, then 6 ms), so busy_until must not stay

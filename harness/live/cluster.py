@@ -6,8 +6,10 @@ on an asyncio loop, and records every outcome through the same ledger
 orchestrator chose), timers are loop timers, and a dispatched batch goes to
 the slot's worker through the pool (harness.live.workers.WorkerPool, or any
 object with its `submit`, `abort`, `add`, `remove` and `on_lost`). When the
-reply comes the ledger resolves the batch and its tasks, `on_resolved` wakes
-whoever waits for each request, and the policy hears on_batch_done.
+reply comes the ledger resolves the batch and its tasks, the policy hears
+on_batch_done, and then `on_resolved` wakes whoever waits for each request:
+the slot's next batch goes out before the answers' bookkeeping, as in the
+simulation, where the policy's reaction costs no time.
 
 Where it must differ from the simulation:
 
@@ -119,6 +121,10 @@ class LiveCluster:
         # A leaving slot with batches in flight -> a future done once it has none.
         self._draining: dict[int, asyncio.Future] = {}
         self.on_answer: Callable | None = None    # on_answer(origin, request) once it resolves
+        # While a reply is handled, what it resolves waits here: the policy sends the slot's next batch
+        # first, and the answers follow (a reply of a batch of n requests otherwise kept the slot idle
+        # for n answers' bookkeeping; None: answer at once).
+        self._held_answers: list | None = None
         self.on_batch_ok: Callable[[Batch], None] | None = None    # each batch that ran ok
         ledger.on_resolved = self._resolved
         pool.on_lost = self._on_lost
@@ -359,6 +365,9 @@ class LiveCluster:
         self.ledger.finish(self.clock.now(), reason)
 
     def _resolved(self, item) -> None:
+        if self._held_answers is not None:
+            self._held_answers.append(item)
+            return
         if self._payload:                 # its tensor's memory goes back to its ingress once it is answered
             for task in getattr(item, "tasks", None) or (item,):
                 self._payload.pop(task, None)
@@ -381,6 +390,16 @@ class LiveCluster:
             return
         s = self.slots[batch.slot]
         self._left_slot(batch.slot, mean, now, holds=s.outstanding - 1)
+        self._held_answers = []
+        try:
+            self._settle(batch, s, now, exec_time, reply)
+        finally:
+            held, self._held_answers = self._held_answers, None
+            for item in held:
+                self._resolved(item)
+
+    def _settle(self, batch: Batch, s, now: float, exec_time: float, reply: dict) -> None:
+        """A reply of a batch that ran (or failed) in its slot: the ledger, then the policy."""
         status = reply.get("status")
         released = None
         if status == OK:
