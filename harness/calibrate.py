@@ -1,6 +1,7 @@
 """Calibration: measure the live path's own delays on a host, so the sim charges the same ones.
 
     python -m harness.calibrate --out calibration/this-host.json [overrides...]
+    python -m harness.calibrate --out calibration/this-load.json --from-run RUN_DIR [--base CALIBRATION]
     python -m harness runtime=sim runtime.calibration=calibration/this-host.json ...
 
 A short live run (eager on two emulated slots of a 2 ms sleep model, Poisson
@@ -18,7 +19,16 @@ send -> Triton calls the model, for requests that found their model idle;
 dispatch and response as above): a calibration per serving path.
 
 each as its distribution (percentiles 0..100), and writes them with the
-host's description. Given `runtime.calibration`, the sim delays each
+host's description.
+
+The light run measures the path of an idle host. Under load the hops change:
+on a 16-core H100 host at 9,000 req/s the dispatch hop was 0.08 ms, against
+the 0.28-0.29 ms an idle host's calibration measures, and a policy that
+sends a slot's next batch only once the last has ended (Nexus, Shepherd)
+idles the slot that long for every batch. `--from-run` measures a live run
+already made instead (its host, at its load: run eager, or the system itself,
+at the load to be simulated); a run that kept only batches.parquet gives the
+dispatch hop, and `--base` supplies the other delays. Given `runtime.calibration`, the sim delays each
 request's arrival, each batch's start and each answer by a draw from those
 distributions (seeded by seeds.runtime): the spread matters as much as the
 median to a policy that plans to the deadline's edge. One source of truth
@@ -117,23 +127,51 @@ def load_calibration(path: str | os.PathLike) -> Overheads:
     return overheads
 
 
-def measure(run_dir: Path) -> Overheads:
+def measure(run_dir: Path, base: Overheads | None = None) -> Overheads:
     """The delays from a live run's records (requests, server_requests, batches), over its measurement
     window where its summary gives one: the warm-up's first requests meet cold paths (a connection, a
     model's first batch) whose tenths of a second would otherwise be the distribution's top quantile, and
-    the sim, drawing between the p99 and that top, would charge 1% of its requests up to as much."""
-    r = pd.read_parquet(run_dir / "requests.parquet")
+    the sim, drawing between the p99 and that top, would charge 1% of its requests up to as much.
+
+    A run that kept only its batches (no requests.parquet) gives the dispatch hop alone; the request,
+    ingress and response delays then come from `base` (HarnessError without one)."""
     b = pd.read_parquet(run_dir / "batches.parquet").sort_values(["slot", "t_dispatch"])
-    ok = r[r["status"] == "ok"].merge(
-        b[["id", "t_dispatch", "t_end", "size"]].rename(columns={"id": "batch_id"}), on="batch_id")
     # A batch dispatched to an idle slot: its slot's previous batch had ended (else it queued there).
     previous_end = b.groupby("slot")["t_end"].shift()
     idle = b[(b["status"] == "ok") & ~(previous_end > b["t_dispatch"])]
     summary = run_dir / "summary.json"
-    if summary.exists():
-        window = Window(*json.loads(summary.read_text())["window_s"])
-        ok = in_window(ok, window)
+    window = Window(*json.loads(summary.read_text())["window_s"]) if summary.exists() else None
+    if window is not None:
         idle = idle[(idle["t_dispatch"] >= window.start) & (idle["t_dispatch"] < window.end)]
+    parts = {"dispatch": idle["t_start"] - idle["t_dispatch"]}
+    if (run_dir / "requests.parquet").exists():
+        parts.update(_request_path(run_dir, b, window))
+    elif base is None:
+        raise HarnessError(f"{run_dir} holds no requests.parquet, so only its dispatch hop can be measured; give "
+                           "--base CALIBRATION for the request and response delays")
+    if any(len(v.dropna()) < 50 for v in parts.values()):
+        raise HarnessError(f"the calibration run in {run_dir} served too few requests to measure; see its summary")
+    out, quantiles = {}, {}
+    for name in PARTS:
+        if name not in parts:          # from the base calibration, as it measured them
+            out[f"{name}_s"], out[f"{name}_p99_s"] = getattr(base, f"{name}_s"), getattr(base, f"{name}_p99_s")
+            if name in base.quantiles:
+                quantiles[name] = list(base.quantiles[name])
+            continue
+        v = np.clip(parts[name].dropna().to_numpy(), 0, None)
+        out[f"{name}_s"] = float(np.median(v))
+        out[f"{name}_p99_s"] = float(np.percentile(v, 99))
+        quantiles[name] = np.percentile(v, np.arange(101)).tolist()
+    return Overheads(**out, quantiles=quantiles)
+
+
+def _request_path(run_dir: Path, b: pd.DataFrame, window: Window | None) -> dict[str, pd.Series]:
+    """The request, ingress and response delays of the run's requests served ok (in its window)."""
+    r = pd.read_parquet(run_dir / "requests.parquet")
+    ok = r[r["status"] == "ok"].merge(
+        b[["id", "t_dispatch", "t_end", "size"]].rename(columns={"id": "batch_id"}), on="batch_id")
+    if window is not None:
+        ok = in_window(ok, window)
     arrivals = run_dir / "server_requests.parquet"
     if arrivals.exists():
         seen = pd.read_parquet(arrivals, columns=["id", "t_arrival", "t_scheduler"])
@@ -145,17 +183,7 @@ def measure(run_dir: Path) -> Overheads:
         # way in: HTTP, tritonserver, the Python backend stub and the forwarding socket. The deadline is the
         # client's (Triton plans with none), so the ingress part is the same.
         request = ingress = _alone(ok, b)
-    parts = {"request": request, "ingress": ingress,
-             "dispatch": idle["t_start"] - idle["t_dispatch"], "response": ok["t_done"] - ok["t_end"]}
-    if any(len(v.dropna()) < 50 for v in parts.values()):
-        raise HarnessError(f"the calibration run in {run_dir} served too few requests to measure; see its summary")
-    out, quantiles = {}, {}
-    for name, v in parts.items():
-        v = np.clip(v.dropna().to_numpy(), 0, None)
-        out[f"{name}_s"] = float(np.median(v))
-        out[f"{name}_p99_s"] = float(np.percentile(v, 99))
-        quantiles[name] = np.percentile(v, np.arange(101)).tolist()
-    return Overheads(**out, quantiles=quantiles)
+    return {"request": request, "ingress": ingress, "response": ok["t_done"] - ok["t_end"]}
 
 
 def _alone(ok: pd.DataFrame, batches: pd.DataFrame) -> pd.Series:
@@ -173,6 +201,12 @@ def _alone(ok: pd.DataFrame, batches: pd.DataFrame) -> pd.Series:
 def main(argv: list[str] | None = None) -> int:
     ap = ArgumentParser(prog="python -m harness.calibrate", description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, required=True, help="the calibration file to write (JSON)")
+    ap.add_argument("--from-run", type=Path, metavar="RUN_DIR",
+                    help="measure this live run's records instead of making a light calibration run: the delays "
+                         "of its host at its load")
+    ap.add_argument("--base", type=Path, metavar="CALIBRATION",
+                    help="with --from-run, for a run that kept only its batches: the request and response delays "
+                         "of this calibration")
     args, overrides = ap.parse_known_args(argv)
     if args.out.is_dir():
         print(f"error: --out {args.out} is a directory; give a file name, e.g. {args.out}/calibration.json",
@@ -180,8 +214,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     unknown = [o for o in overrides if o.startswith("-")]
     if unknown:
-        print(f"error: unknown option {unknown[0]}; the calibration takes --out and key=value overrides of its run",
-              file=sys.stderr)
+        print(f"error: unknown option {unknown[0]}; the calibration takes --out, --from-run, --base and key=value "
+              "overrides of its run", file=sys.stderr)
+        return 2
+    if args.from_run is None and args.base is not None:
+        print("error: --base completes a run's records (--from-run RUN_DIR); a calibration run measures every "
+              "delay itself", file=sys.stderr)
+        return 2
+    if args.from_run is not None and overrides:
+        print(f"error: {overrides[0]} overrides a calibration run, but --from-run measures a run already made; "
+              "drop one of them", file=sys.stderr)
         return 2
     try:                               # before the run: a path that cannot be written would lose what it measured
         check_writable_dir(args.out.parent)
@@ -189,29 +231,31 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot write --out {args.out} ({exc.strerror}); give a path in a writable directory",
               file=sys.stderr)
         return 2
-    with tempfile.TemporaryDirectory(prefix="calibrate-") as tmp:
-        run_dir = Path(tmp) / "run"
-        run = subprocess.run([sys.executable, "-m", "harness", *RUN, *overrides, f"hydra.run.dir={run_dir}"],
-                             cwd=ROOT, capture_output=True, text=True)
-        if run.returncode != 0:
-            print(f"error: the calibration run failed: {run.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
-            return 2
-        summary = json.loads((run_dir / "summary.json").read_text())
-        if summary.get("runtime") != "live":
-            print(f"error: the calibration measures the live path, but its run was {summary.get('runtime')}; "
-                  "drop the runtime override", file=sys.stderr)
-            return 2
-        try:
-            overheads = measure(run_dir)
-        except HarnessError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+    try:
+        if args.from_run is not None:
+            base = load_calibration(args.base) if args.base is not None else None
+            overheads, summary = _measure_run(args.from_run, base)
+            host = {"name": summary.get("provenance", {}).get("host")}
+            made = {"from_run": str(args.from_run), "overrides": summary.get("provenance", {}).get("overrides"),
+                    "offered_rate": summary.get("offered_rate"),
+                    **({"base": str(args.base)} if base is not None else {})}
+        else:
+            with tempfile.TemporaryDirectory(prefix="calibrate-") as tmp:
+                run_dir = Path(tmp) / "run"
+                run = subprocess.run([sys.executable, "-m", "harness", *RUN, *overrides, f"hydra.run.dir={run_dir}"],
+                                     cwd=ROOT, capture_output=True, text=True)
+                if run.returncode != 0:
+                    raise HarnessError(f"the calibration run failed: {run.stderr.strip().splitlines()[-1:]}")
+                overheads, summary = _measure_run(run_dir, None, hint="drop the runtime override")
+            host = {"name": platform.node(), "cores": os.cpu_count(), "machine": platform.machine(),
+                    "python": platform.python_version()}
+            made = RUN + overrides
+    except HarnessError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     medians = {k: v for k, v in asdict(overheads).items() if k != "quantiles"}
-    doc = {"overheads": medians, "quantiles": overheads.quantiles,
-           "host": {"name": platform.node(), "cores": os.cpu_count(), "machine": platform.machine(),
-                    "python": platform.python_version()},
-           "run": RUN + overrides, "send_lag_p99_ms": summary["send_lag_p99_ms"],
-           "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    doc = {"overheads": medians, "quantiles": overheads.quantiles, "host": host, "run": made,
+           "send_lag_p99_ms": summary.get("send_lag_p99_ms"), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     try:
         write_json(doc, args.out)
     except OSError as exc:             # it became unwritable during the run: the measurement goes to stdout
@@ -223,6 +267,22 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {args.out}: request {ms['request_s']} ms (p99 {ms['request_p99_s']}), dispatch {ms['dispatch_s']} "
           f"ms (p99 {ms['dispatch_p99_s']}), response {ms['response_s']} ms (p99 {ms['response_p99_s']})")
     return 0
+
+
+def _measure_run(run_dir: Path, base: Overheads | None, hint: str = "give a run made with runtime=live"):
+    """(its overheads, its summary) of a finished live run; HarnessError naming what is wrong."""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except FileNotFoundError:
+        raise HarnessError(f"{run_dir} holds no summary.json: give the directory of a finished run") from None
+    except (OSError, ValueError) as exc:
+        raise HarnessError(f"{run_dir}/summary.json is unreadable ({exc})") from None
+    if summary.get("runtime") != "live":
+        raise HarnessError(f"the calibration measures the live path, but the run in {run_dir} was "
+                           f"{summary.get('runtime')}; {hint}")
+    if not (run_dir / "batches.parquet").exists():
+        raise HarnessError(f"{run_dir} holds no batches.parquet: give the directory of a run that kept its records")
+    return measure(run_dir, base), summary
 
 
 if __name__ == "__main__":

@@ -131,3 +131,61 @@ def test_bad_calibrate_arguments_are_refused_before_the_run(tmp_path):
         done = subprocess.run([sys.executable, "-m", "harness.calibrate", *argv], capture_output=True, text=True,
                               timeout=60)
         assert done.returncode == 2 and expected in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def _loaded_run(run: Path) -> Path:
+    """A live run at load that kept only its batches: 60 batches, each sent 0.08 ms before it started (the
+    hop under load), none queued behind another."""
+    run.mkdir()
+    t = np.arange(60) * 5 * MS
+    pd.DataFrame([{"id": i, "slot": 0, "model": "m", "size": 8, "t_dispatch": s, "t_start": s + 0.08 * MS,
+                   "t_end": s + 4 * MS, "status": "ok"} for i, s in enumerate(t)]).to_parquet(run / "batches.parquet")
+    (run / "summary.json").write_text(json.dumps({"runtime": "live", "window_s": [0.0, 1.0], "offered_rate": 9000.0,
+                                                  "send_lag_p99_ms": 0.5,
+                                                  "provenance": {"host": "gpu-host", "overrides": ["system=nexus"]}}))
+    return run
+
+
+def test_a_calibration_from_a_run_at_load_takes_its_dispatch_hop_and_the_rest_from_a_base(tmp_path):
+    # The light calibration's hop (0.2 ms here) is not the hop under load (0.08 ms): --from-run measures the run's
+    # own, and a run without requests.parquet takes the request and response delays from --base.
+    t = np.arange(60) * 10 * MS
+    write_run(tmp_path / "light",
+              [{"id": i, "model": "m", "t_sent": s, "t_done": s + 3.1 * MS, "batch_id": i} for i, s in enumerate(t)],
+              [{"id": i, "slot": 0, "model": "m", "size": 1, "t_dispatch": s + 0.4 * MS, "t_start": s + 0.6 * MS,
+                "t_end": s + 2.6 * MS} for i, s in enumerate(t)],
+              [{"id": i, "t_arrival": s + 0.1 * MS, "t_scheduler": s + 0.3 * MS} for i, s in enumerate(t)])
+    base = tmp_path / "base.json"
+    light = measure(tmp_path / "light")
+    base.write_text(json.dumps({"overheads": {f"{p}_s": getattr(light, f"{p}_s") for p in
+                                              ("request", "ingress", "dispatch", "response")},
+                                "quantiles": light.quantiles}))
+    run, out = _loaded_run(tmp_path / "loaded"), tmp_path / "at-load.json"
+    done = subprocess.run([sys.executable, "-m", "harness.calibrate", "--out", str(out), "--from-run", str(run),
+                           "--base", str(base)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    o = load_calibration(out)
+    assert o.dispatch_s == pytest.approx(0.08 * MS) and max(o.quantiles["dispatch"]) == pytest.approx(0.08 * MS)
+    assert (o.request_s, o.response_s) == pytest.approx((0.3 * MS, 0.5 * MS))
+    assert o.quantiles["request"] == pytest.approx(light.quantiles["request"])
+    doc = json.loads(out.read_text())
+    assert doc["run"]["from_run"] == str(run) and doc["run"]["base"] == str(base) and doc["host"]["name"] == "gpu-host"
+
+
+def test_bad_from_run_arguments_say_what_to_do(tmp_path):
+    run = _loaded_run(tmp_path / "loaded")
+    sim = tmp_path / "sim"
+    sim.mkdir()
+    (sim / "summary.json").write_text(json.dumps({"runtime": "sim"}))
+    out = str(tmp_path / "c.json")
+    cases = [(["--from-run", str(run)], "holds no requests.parquet"),
+             (["--from-run", str(tmp_path / "none")], "holds no summary.json"),
+             (["--from-run", str(sim)], "but the run in"),
+             (["--base", str(tmp_path / "b.json")], "--base completes a run's records"),
+             (["--from-run", str(run), "workload.rate=5"], "drop one of them"),
+             (["--from-run", str(run), "--base", str(tmp_path / "b.json")], "not found")]
+    for argv, expected in cases:
+        done = subprocess.run([sys.executable, "-m", "harness.calibrate", "--out", out, *argv], cwd=ROOT,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and expected in done.stderr and len(done.stderr.strip().splitlines()) == 1, argv
+    assert not Path(out).exists()
