@@ -192,3 +192,31 @@ def test_eager_capacity_is_searched_once_in_the_sim_and_kept_small(tmp_path):
     assert json.loads((kept / "eager-capacity.json").read_text())["search"] == "eager-capacity-search"
     (kept / "eager-capacity-search").rename(kept / "moved")                   # read from the file, not searched again
     assert rve.eager_capacity(tmp_path, "whole", "h200", []) == capacity
+
+
+def test_a_real_run_gets_its_own_calibration_beside_it_where_its_records_measure_one(tmp_path):
+    # A GPU run's per-request records stay on its host; the delays they give (this host at this load) go beside
+    # the run. One whose slot never idled before a dispatch (a queue kept full) measures no hop: it says so.
+    import numpy as np
+    import pandas as pd
+
+    def run(name: str, queued: bool) -> Path:
+        where = tmp_path / name
+        where.mkdir()
+        t = np.arange(60) * 0.005
+        end = t + (0.010 if queued else 0.004)         # queued: each batch sent before the last one ended
+        pd.DataFrame({"id": range(60), "slot": 0, "model": "m", "size": 8, "t_dispatch": t, "t_start": t + 8e-5,
+                      "t_end": end, "status": "ok"}).to_parquet(where / "batches.parquet")
+        pd.DataFrame({"id": range(60), "model": "m", "t_sched": t - 4e-4, "t_sent": t - 4e-4, "t_done": end + 3e-4,
+                      "batch_id": range(60), "status": "ok"}).to_parquet(where / "requests.parquet")
+        pd.DataFrame({"id": range(60), "t_arrival": t - 3e-4, "t_scheduler": t - 1e-4}).to_parquet(
+            where / "server_requests.parquet")
+        (where / "summary.json").write_text(json.dumps({"runtime": "live", "window_s": [0.0, 1.0]}))
+        return where
+
+    idle = run("idle", queued=False)
+    said = rve.calibrate_beside(idle)
+    assert said.startswith("wrote calibration.json: request 0.300 ms") and "dispatch 0.080 ms" in said
+    assert json.loads((idle / "calibration.json").read_text())["run"]["from_run"] == str(idle)
+    busy = run("busy", queued=True)
+    assert "served too few requests" in rve.calibrate_beside(busy) and not (busy / "calibration.json").exists()
