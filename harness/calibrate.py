@@ -66,6 +66,7 @@ PARTS = ("request", "ingress", "dispatch", "response")
 # A delay of the serving path beyond this is no measurement of a live path (a file edited by hand, or the
 # wrong unit): the sim would hold every request that long, and at days per request it never ended.
 MAX_DELAY_S = 60.0
+MIN_SAMPLES = 50           # of each delay, for its percentiles
 
 
 @dataclass(frozen=True)
@@ -149,8 +150,15 @@ def measure(run_dir: Path, base: Overheads | None = None) -> Overheads:
     elif base is None:
         raise HarnessError(f"{run_dir} holds no requests.parquet, so only its dispatch hop can be measured; give "
                            "--base CALIBRATION for the request and response delays")
-    if any(len(v.dropna()) < 50 for v in parts.values()):
-        raise HarnessError(f"the calibration run in {run_dir} served too few requests to measure; see its summary")
+    few = {name: len(v.dropna()) for name, v in parts.items() if len(v.dropna()) < MIN_SAMPLES}
+    if few == {"dispatch": few.get("dispatch")}:
+        raise HarnessError(f"the run in {run_dir} sent only {few['dispatch']} batches to an idle slot, too few to "
+                           f"measure the dispatch hop ({MIN_SAMPLES} needed): a system that keeps work queued at its "
+                           "slots (Clockwork, Triton past capacity) measures none; calibrate from another system's "
+                           "run at this load")
+    if few:
+        raise HarnessError(f"the run in {run_dir} served too few requests to measure "
+                           f"({', '.join(f'{k}: {n}' for k, n in few.items())}; {MIN_SAMPLES} needed); see its summary")
     out, quantiles = {}, {}
     for name in PARTS:
         if name not in parts:          # from the base calibration, as it measured them

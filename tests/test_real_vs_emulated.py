@@ -219,4 +219,4 @@ def test_a_real_run_gets_its_own_calibration_beside_it_where_its_records_measure
     assert said.startswith("wrote calibration.json: request 0.300 ms") and "dispatch 0.080 ms" in said
     assert json.loads((idle / "calibration.json").read_text())["run"]["from_run"] == str(idle)
     busy = run("busy", queued=True)
-    assert "served too few requests" in rve.calibrate_beside(busy) and not (busy / "calibration.json").exists()
+    assert "too few to measure the dispatch hop" in rve.calibrate_beside(busy) and not (busy / "calibration.json").exists()
