@@ -27,8 +27,9 @@ the 0.28-0.29 ms an idle host's calibration measures, and a policy that
 sends a slot's next batch only once the last has ended (Nexus, Shepherd)
 idles the slot that long for every batch. `--from-run` measures a live run
 already made instead (its host, at its load: run eager, or the system itself,
-at the load to be simulated); a run that kept only batches.parquet gives the
-dispatch hop, and `--base` supplies the other delays. Given `runtime.calibration`, the sim delays each
+at the load to be simulated); `--base` supplies what the run does not
+measure (a run that kept only batches.parquet gives the dispatch hop alone,
+one that kept its slots' queues full no dispatch hop). Given `runtime.calibration`, the sim delays each
 request's arrival, each batch's start and each answer by a draw from those
 distributions (seeded by seeds.runtime): the spread matters as much as the
 median to a policy that plans to the deadline's edge. One source of truth
@@ -83,6 +84,7 @@ class Overheads:
     dispatch_p99_s: float = 0.0
     response_p99_s: float = 0.0
     quantiles: dict = field(default_factory=dict, compare=False)
+    measured: tuple = field(default=PARTS, compare=False)     # the parts measured (the rest from a base)
 
     def sampler(self, part: str, seed: int):
         """draw(n) -> n delays of `part`: from its measured distribution, else its fixed median."""
@@ -134,8 +136,9 @@ def measure(run_dir: Path, base: Overheads | None = None) -> Overheads:
     model's first batch) whose tenths of a second would otherwise be the distribution's top quantile, and
     the sim, drawing between the p99 and that top, would charge 1% of its requests up to as much.
 
-    A run that kept only its batches (no requests.parquet) gives the dispatch hop alone; the request,
-    ingress and response delays then come from `base` (HarnessError without one)."""
+    A run that kept only its batches (no requests.parquet) gives the dispatch hop alone, and one that kept
+    its slots' queues full (Clockwork past capacity) too few dispatches to an idle slot for it: what a run
+    does not measure comes from `base` (HarnessError without one); `measured` names what it did."""
     b = pd.read_parquet(run_dir / "batches.parquet").sort_values(["slot", "t_dispatch"])
     # A batch dispatched to an idle slot: its slot's previous batch had ended (else it queued there).
     previous_end = b.groupby("slot")["t_end"].shift()
@@ -151,11 +154,14 @@ def measure(run_dir: Path, base: Overheads | None = None) -> Overheads:
         raise HarnessError(f"{run_dir} holds no requests.parquet, so only its dispatch hop can be measured; give "
                            "--base CALIBRATION for the request and response delays")
     few = {name: len(v.dropna()) for name, v in parts.items() if len(v.dropna()) < MIN_SAMPLES}
+    if few and base is not None and len(few) < len(parts):
+        parts = {name: v for name, v in parts.items() if name not in few}
+        few = {}
     if few == {"dispatch": few.get("dispatch")}:
         raise HarnessError(f"the run in {run_dir} sent only {few['dispatch']} batches to an idle slot, too few to "
                            f"measure the dispatch hop ({MIN_SAMPLES} needed): a system that keeps work queued at its "
-                           "slots (Clockwork, Triton past capacity) measures none; calibrate from another system's "
-                           "run at this load")
+                           "slots (Clockwork, Triton past capacity) measures none; give --base CALIBRATION for it, "
+                           "or calibrate from another system's run at this load")
     if few:
         raise HarnessError(f"the run in {run_dir} served too few requests to measure "
                            f"({', '.join(f'{k}: {n}' for k, n in few.items())}; {MIN_SAMPLES} needed); see its summary")
@@ -170,7 +176,7 @@ def measure(run_dir: Path, base: Overheads | None = None) -> Overheads:
         out[f"{name}_s"] = float(np.median(v))
         out[f"{name}_p99_s"] = float(np.percentile(v, 99))
         quantiles[name] = np.percentile(v, np.arange(101)).tolist()
-    return Overheads(**out, quantiles=quantiles)
+    return Overheads(**out, quantiles=quantiles, measured=tuple(p for p in PARTS if p in parts))
 
 
 def _request_path(run_dir: Path, b: pd.DataFrame, window: Window | None) -> dict[str, pd.Series]:
@@ -239,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot write --out {args.out} ({exc.strerror}); give a path in a writable directory",
               file=sys.stderr)
         return 2
+    base = None
     try:
         if args.from_run is not None:
             base = load_calibration(args.base) if args.base is not None else None
@@ -261,7 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     except HarnessError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    medians = {k: v for k, v in asdict(overheads).items() if k != "quantiles"}
+    medians = {k: v for k, v in asdict(overheads).items() if k not in ("quantiles", "measured")}
+    if base is not None:
+        made["from_base"] = [p for p in PARTS if p not in overheads.measured]
     doc = {"overheads": medians, "quantiles": overheads.quantiles, "host": host, "run": made,
            "send_lag_p99_ms": summary.get("send_lag_p99_ms"), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     try:
@@ -273,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     ms = {k: f"{v * 1e3:.3f}" for k, v in medians.items()}
     print(f"wrote {args.out}: request {ms['request_s']} ms (p99 {ms['request_p99_s']}), dispatch {ms['dispatch_s']} "
-          f"ms (p99 {ms['dispatch_p99_s']}), response {ms['response_s']} ms (p99 {ms['response_p99_s']})")
+          f"ms (p99 {ms['dispatch_p99_s']}), response {ms['response_s']} ms (p99 {ms['response_p99_s']})"
+          + (f"; from the base: {', '.join(made['from_base'])}" if base is not None and made["from_base"] else ""))
     return 0
 
 

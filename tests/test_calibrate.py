@@ -170,6 +170,22 @@ def test_a_calibration_from_a_run_at_load_takes_its_dispatch_hop_and_the_rest_fr
     assert o.quantiles["request"] == pytest.approx(light.quantiles["request"])
     doc = json.loads(out.read_text())
     assert doc["run"]["from_run"] == str(run) and doc["run"]["base"] == str(base) and doc["host"]["name"] == "gpu-host"
+    assert doc["run"]["from_base"] == ["request", "ingress", "response"] and "from the base: request" in done.stdout
+    # A run that kept its slot's queue full (each batch sent before the last ended) measures its way in and
+    # out but no dispatch hop: that one comes from the base, and the calibration says so.
+    queued = tmp_path / "queued"
+    write_run(queued,
+              [{"id": i, "model": "m", "t_sent": s, "t_done": s + 9.2 * MS, "batch_id": i} for i, s in enumerate(t)],
+              [{"id": i, "slot": 0, "model": "m", "size": 1, "t_dispatch": s + 0.2 * MS, "t_start": s + 6 * MS,
+                "t_end": s + 9 * MS} for i, s in enumerate(t)],   # 9 ms batches every 10 ms, sent 0.2 ms in
+              [{"id": i, "t_arrival": s + 0.05 * MS, "t_scheduler": s + 0.1 * MS} for i, s in enumerate(t)])
+    pd.read_parquet(queued / "batches.parquet").assign(t_end=lambda d: d["t_dispatch"] + 11 * MS).to_parquet(
+        queued / "batches.parquet")
+    o = measure(queued, load_calibration(base))
+    assert o.measured == ("request", "ingress", "response") and o.dispatch_s == pytest.approx(0.2 * MS)
+    assert (o.request_s, o.ingress_s) == pytest.approx((0.1 * MS, 0.05 * MS))
+    with pytest.raises(HarnessError, match="too few to measure the dispatch hop"):
+        measure(queued)
 
 
 def test_bad_from_run_arguments_say_what_to_do(tmp_path):
