@@ -19,23 +19,23 @@ send -> Triton calls the model, for requests that found their model idle;
 dispatch and response as above): a calibration per serving path.
 
 each as its distribution (percentiles 0..100), and writes them with the
-host's description.
-
-The light run measures the path of an idle host. Under load the hops change:
-on a 16-core H100 host at 9,000 req/s the dispatch hop was 0.08 ms, against
-the 0.28-0.29 ms an idle host's calibration measures, and a policy that
-sends a slot's next batch only once the last has ended (Nexus, Shepherd)
-idles the slot that long for every batch. `--from-run` measures a live run
-already made instead (its host, at its load: run eager, or the system itself,
-at the load to be simulated); `--base` supplies what the run does not
-measure (a run that kept only batches.parquet gives the dispatch hop alone,
-one that kept its slots' queues full no dispatch hop). Given `runtime.calibration`, the sim delays each
+host's description. Given `runtime.calibration`, the sim delays each
 request's arrival, each batch's start and each answer by a draw from those
 distributions (seeded by seeds.runtime): the spread matters as much as the
 median to a policy that plans to the deadline's edge. One source of truth
 instead of hand-set `request_delay_ms`/`response_delay_ms`; a policy that
 plans with measured overheads reads them through the Cluster handle
 (`cluster.overheads`: medians and p99s), in the sim and live alike.
+
+The light run measures the path of an idle host. Under load the hops change:
+on a 16-core H100 host at 9,000 req/s the dispatch hop was 0.08 ms, against
+the 0.28-0.29 ms an idle host's calibration measures, and a policy that
+sends a slot's next batch only once the last has ended (Nexus, Shepherd)
+idles the slot that long for every batch. `--from-run` measures a live run
+already made instead (its host, at its load: run eager, or the system
+itself, at the load to be simulated); `--base` supplies what the run does
+not measure (a run that kept only batches.parquet gives the dispatch hop
+alone, one that kept its slots' queues full no dispatch hop).
 """
 
 from __future__ import annotations
@@ -219,8 +219,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="measure this live run's records instead of making a light calibration run: the delays "
                          "of its host at its load")
     ap.add_argument("--base", type=Path, metavar="CALIBRATION",
-                    help="with --from-run, for a run that kept only its batches: the request and response delays "
-                         "of this calibration")
+                    help="with --from-run: the delays the run does not measure (all but the dispatch hop where it "
+                         "kept only its batches; the hop where its slots' queues stayed full) from this calibration")
     args, overrides = ap.parse_known_args(argv)
     if args.out.is_dir():
         print(f"error: --out {args.out} is a directory; give a file name, e.g. {args.out}/calibration.json",
