@@ -13,6 +13,10 @@ A short live run (eager on two emulated slots of a 2 ms sleep model, Poisson
 - dispatch: the scheduler dispatches a batch to an idle slot -> the batch starts (the hop to the
   worker and back, as the scheduler sees it: the worker's start is its reply minus its execution);
 - response: the batch ends -> the client has the answer (the hop back, the ingress, HTTP);
+- exec (not a delay): each batch's execution over the median of its slot, model and size in the run,
+  the spread of the host's execution (an emulated slot's sleep overshoot, a real GPU's jitter), which
+  the sim draws each batch's time by: a policy that estimates from the times it measured (Clockwork's
+  p99 of the last ten) plans above the profile by it;
 
 With `system=triton` it measures tritonserver's path instead (request: client
 send -> Triton calls the model, for requests that found their model idle;
@@ -64,6 +68,12 @@ RUN = ["runtime=live", "system=eager", "cluster=sleep1000", "cluster.count=2", "
 
 
 PARTS = ("request", "ingress", "dispatch", "response")
+# Not a delay: a batch's execution over the typical one of its slot, model and size in the run (a ratio). The
+# spread matters to a policy that estimates from what it measured: Clockwork's p99 of the last ten rises
+# with it, and past capacity that decides how much it serves. Optional: calibrations before it have none.
+SPREAD = "exec"
+MAX_SPREAD = 100.0
+MIN_PER_BATCH_KIND = 5     # batches of one slot, model and size, for their typical time
 # A delay of the serving path beyond this is no measurement of a live path (a file edited by hand, or the
 # wrong unit): the sim would hold every request that long, and at days per request it never ended.
 MAX_DELAY_S = 60.0
@@ -92,9 +102,17 @@ class Overheads:
         if not q:
             median = getattr(self, f"{part}_s")
             return lambda n: np.full(n, median)
-        rng = np.random.default_rng([seed, PARTS.index(part)])
-        grid = np.linspace(0, 100, len(q))
-        return lambda n: np.interp(rng.uniform(0, 100, n), grid, q)
+        return _draws(q, np.random.default_rng([seed, PARTS.index(part)]))
+
+    def spread(self, seed: int):
+        """draw(n) -> n factors of a batch's execution over its typical time, as measured; None if not."""
+        q = self.quantiles.get(SPREAD)
+        return _draws(q, np.random.default_rng([seed, len(PARTS)])) if q else None
+
+
+def _draws(q: list, rng: np.random.Generator):
+    grid = np.linspace(0, 100, len(q))
+    return lambda n: np.interp(rng.uniform(0, 100, n), grid, q)
 
 
 def load_calibration(path: str | os.PathLike) -> Overheads:
@@ -115,6 +133,8 @@ def load_calibration(path: str | os.PathLike) -> Overheads:
     try:
         fields = {k: float(v) for k, v in data["overheads"].items()}
         quantiles = {p: [float(x) for x in data["quantiles"][p]] for p in PARTS}
+        if data["quantiles"].get(SPREAD) is not None:
+            quantiles[SPREAD] = [float(x) for x in data["quantiles"][SPREAD]]
         overheads = Overheads(**fields, quantiles=quantiles)
     except KeyError as exc:
         raise bad(f"has no quantiles of the {exc} delay") from None
@@ -124,7 +144,11 @@ def load_calibration(path: str | os.PathLike) -> Overheads:
         if not 0 <= value <= MAX_DELAY_S:
             raise bad(f"gives {name} = {value}, not a delay of 0 to {MAX_DELAY_S:g} s")
     for part, q in quantiles.items():
-        if not q or not all(0 <= x <= MAX_DELAY_S for x in q) or any(b < a for a, b in zip(q, q[1:])):
+        if part == SPREAD:
+            if not q or not all(0 < x <= MAX_SPREAD for x in q) or any(b < a for a, b in zip(q, q[1:])):
+                raise bad(f"gives the execution spread's quantiles as {q[:3]}...: they must be non-decreasing "
+                          f"factors above 0 and up to {MAX_SPREAD:g}")
+        elif not q or not all(0 <= x <= MAX_DELAY_S for x in q) or any(b < a for a, b in zip(q, q[1:])):
             raise bad(f"gives the {part} delay's quantiles as {q[:3]}...: they must be non-decreasing delays of "
                       f"0 to {MAX_DELAY_S:g} s")
     return overheads
@@ -166,6 +190,11 @@ def measure(run_dir: Path, base: Overheads | None = None) -> Overheads:
         raise HarnessError(f"the run in {run_dir} served too few requests to measure "
                            f"({', '.join(f'{k}: {n}' for k, n in few.items())}; {MIN_SAMPLES} needed); see its summary")
     out, quantiles = {}, {}
+    spread = _spread(b, window)
+    if spread is not None:
+        quantiles[SPREAD] = np.percentile(spread, np.arange(101)).tolist()
+    elif base is not None and base.quantiles.get(SPREAD):
+        quantiles[SPREAD] = list(base.quantiles[SPREAD])
     for name in PARTS:
         if name not in parts:          # from the base calibration, as it measured them
             out[f"{name}_s"], out[f"{name}_p99_s"] = getattr(base, f"{name}_s"), getattr(base, f"{name}_p99_s")
@@ -176,7 +205,22 @@ def measure(run_dir: Path, base: Overheads | None = None) -> Overheads:
         out[f"{name}_s"] = float(np.median(v))
         out[f"{name}_p99_s"] = float(np.percentile(v, 99))
         quantiles[name] = np.percentile(v, np.arange(101)).tolist()
-    return Overheads(**out, quantiles=quantiles, measured=tuple(p for p in PARTS if p in parts))
+    return Overheads(**out, quantiles=quantiles,
+                     measured=tuple(p for p in PARTS if p in parts) + ((SPREAD,) if spread is not None else ()))
+
+
+def _spread(b: pd.DataFrame, window: Window | None) -> np.ndarray | None:
+    """Each ok batch's execution over the median of its slot, model and size (those run at least
+    MIN_PER_BATCH_KIND times in the window); None where fewer than MIN_SAMPLES batches count."""
+    ok = b[b["status"] == "ok"]
+    if window is not None:
+        ok = ok[(ok["t_dispatch"] >= window.start) & (ok["t_dispatch"] < window.end)]
+    took = ok["t_end"] - ok["t_start"]
+    kind = [ok["slot"], ok["model"], ok["size"]]
+    typical = took.groupby(kind).transform("median")
+    count = took.groupby(kind).transform("size")
+    ratio = (took / typical)[(count >= MIN_PER_BATCH_KIND) & (typical > 0)].dropna().to_numpy()
+    return ratio if len(ratio) >= MIN_SAMPLES else None
 
 
 def _request_path(run_dir: Path, b: pd.DataFrame, window: Window | None) -> dict[str, pd.Series]:
@@ -270,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     medians = {k: v for k, v in asdict(overheads).items() if k not in ("quantiles", "measured")}
     if base is not None:
-        made["from_base"] = [p for p in PARTS if p not in overheads.measured]
+        made["from_base"] = [p for p in (*PARTS, SPREAD) if p not in overheads.measured and p in overheads.quantiles]
     doc = {"overheads": medians, "quantiles": overheads.quantiles, "host": host, "run": made,
            "send_lag_p99_ms": summary.get("send_lag_p99_ms"), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     try:
@@ -283,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     ms = {k: f"{v * 1e3:.3f}" for k, v in medians.items()}
     print(f"wrote {args.out}: request {ms['request_s']} ms (p99 {ms['request_p99_s']}), dispatch {ms['dispatch_s']} "
           f"ms (p99 {ms['dispatch_p99_s']}), response {ms['response_s']} ms (p99 {ms['response_p99_s']})"
+          + (f", execution p99 x{overheads.quantiles[SPREAD][99]:.3f} its typical time"
+             if SPREAD in overheads.quantiles else "")
           + (f"; from the base: {', '.join(made['from_base'])}" if base is not None and made["from_base"] else ""))
     return 0
 

@@ -102,6 +102,8 @@ def test_a_live_calibration_is_what_the_sim_then_charges(tmp_path):
     doc = json.loads(out.read_text())
     o = load_calibration(out)
     assert 0 < o.ingress_s <= o.request_s < 0.05 and 0 < o.dispatch_s < 0.05 and 0 < o.response_s < 0.05
+    spread = doc["quantiles"]["exec"]           # a sleep's overshoot over the typical one of its batch kind
+    assert spread[50] == pytest.approx(1.0, abs=0.01) and spread[0] <= 1.0 <= spread[100]
     assert doc["host"]["cores"] and doc["run"][0] == "runtime=live"
     run = tmp_path / "sim"
     sim = subprocess.run([sys.executable, "-m", "harness", "runtime=sim", "system=eager", "cluster=sleep1000",
@@ -182,7 +184,7 @@ def test_a_calibration_from_a_run_at_load_takes_its_dispatch_hop_and_the_rest_fr
     pd.read_parquet(queued / "batches.parquet").assign(t_end=lambda d: d["t_dispatch"] + 11 * MS).to_parquet(
         queued / "batches.parquet")
     o = measure(queued, load_calibration(base))
-    assert o.measured == ("request", "ingress", "response") and o.dispatch_s == pytest.approx(0.2 * MS)
+    assert o.measured == ("request", "ingress", "response", "exec") and o.dispatch_s == pytest.approx(0.2 * MS)
     assert (o.request_s, o.ingress_s) == pytest.approx((0.1 * MS, 0.05 * MS))
     with pytest.raises(HarnessError, match="too few to measure the dispatch hop"):
         measure(queued)
@@ -205,3 +207,39 @@ def test_bad_from_run_arguments_say_what_to_do(tmp_path):
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 2 and expected in done.stderr and len(done.stderr.strip().splitlines()) == 1, argv
     assert not Path(out).exists()
+
+
+def test_the_execution_spread_is_each_batch_over_its_kinds_median_and_the_sim_draws_by_it(tmp_path):
+    # 60 batches of one kind, every third 20% slower than the rest: the spread's median is 1, its top 1.2.
+    # Four batches of another kind are too few to say what is typical for it and are left out.
+    t = np.arange(64) * 10 * MS
+    took = [2.4 * MS if i % 3 == 0 else 2.0 * MS for i in range(60)] + [5.0 * MS] * 4
+    batches = [{"id": i, "slot": 0, "model": "m" if i < 60 else "n", "size": 1, "t_dispatch": s,
+                "t_start": s + 0.2 * MS, "t_end": s + 0.2 * MS + d} for i, (s, d) in enumerate(zip(t, took))]
+    requests = [{"id": i, "model": "m", "t_sent": s - 0.3 * MS, "t_done": s + 3 * MS, "batch_id": i}
+                for i, s in enumerate(t)]
+    o = measure(write_run(tmp_path / "run", requests, batches, None))
+    spread = o.quantiles["exec"]
+    assert len(spread) == 101 and spread[50] == pytest.approx(1.0) and spread[100] == pytest.approx(1.2)
+    assert "exec" in o.measured
+    # A calibration whose spread is x1.5 throughout: every sim batch takes 1.5 times the model's time.
+    cal = tmp_path / "slow.json"
+    cal.write_text(json.dumps({"overheads": {f"{p}_s": 0.0 for p in ("request", "ingress", "dispatch", "response")},
+                               "quantiles": {**{p: [0.0] * 101 for p in ("request", "ingress", "dispatch",
+                                                                          "response")}, "exec": [1.5] * 101}}))
+    run = tmp_path / "sim"
+    sim = subprocess.run([sys.executable, "-m", "harness", "runtime=sim", "system=eager", "cluster=sleep1000",
+                          "cluster.count=1", "cluster.sleep.a_ms=1", "cluster.sleep.c_ms=4", "models=sleep10",
+                          "workload=poisson", "workload.rate=20", "duration_s=5", f"runtime.calibration={cal}",
+                          f"hydra.run.dir={run}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert sim.returncode == 0, sim.stderr
+    b = pd.read_parquet(run / "batches.parquet")
+    b = b[b["status"] == "ok"]
+    assert len(b) > 20
+    assert (b["t_end"] - b["t_start"]).to_numpy() == pytest.approx(1.5 * (1.0 * b["size"] + 4.0).to_numpy() * MS)
+    # A spread that is no factor is refused in one line.
+    bad = json.loads(cal.read_text())
+    bad["quantiles"]["exec"] = [0.0] * 101
+    cal.write_text(json.dumps(bad))
+    with pytest.raises(HarnessError, match="execution spread's quantiles"):
+        load_calibration(cal)

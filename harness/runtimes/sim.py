@@ -5,7 +5,8 @@ with the request schedule, which is already sorted, so arrivals cost no heap
 operations. Each slot runs its batches in dispatch order, for the profiled
 latency beside as much of the rest of its device as works when the batch
 starts (harness.profiles; optionally with Gaussian noise of the profile's
-std, clipped at half the mean). On a share whose time depends on that (one
+std, clipped at half the mean; times a draw of the execution spread a
+calibration measured, where it did). On a share whose time depends on that (one
 profiled alone and beside busy siblings) a batch waits in its slot's queue
 and is timed when it starts, beside whatever its siblings were sent
 meanwhile, as an emulated worker reads its device then; and the policy sees
@@ -84,6 +85,8 @@ class SimCluster:
         self.overheads = overheads or Overheads()
         self._dispatch_draw = self.overheads.sampler("dispatch", seed)
         self._dispatch_delays: list[float] = []
+        self._spread_draw = self.overheads.spread(seed)    # a batch's execution over its typical time, or None
+        self._spreads: list[float] = []
         self.slots: list[Slot] = ledger.slots
         self._now = 0.0
         self._heap: list[list] = []
@@ -218,10 +221,15 @@ class SimCluster:
 
     def _exec_time(self, curve: LatencyCurve, b: int, busy: float, sibling_batch: float | None) -> float:
         """The profiled mean beside `busy` of the rest of the device at work on batches of about
-        `sibling_batch`, or with noise a draw around it (clipped at half the mean)."""
+        `sibling_batch`, or with noise a draw around it (clipped at half the mean); times the calibrated
+        execution spread where the calibration measured one."""
         exec_time = curve.beside(b, busy, sibling_batch)
         if self._noise and curve.std[b] > 0:
             exec_time = max(0.5 * exec_time, exec_time + curve.std[b] * self._normal())
+        if self._spread_draw is not None:
+            if not self._spreads:
+                self._spreads = self._spread_draw(4096).tolist()
+            exec_time *= self._spreads.pop()
         return exec_time
 
     def stop_at_boundary(self, slot: int) -> None:
