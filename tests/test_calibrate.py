@@ -25,6 +25,15 @@ def write_run(run: Path, requests: list[dict], batches: list[dict], arrivals: li
     return run
 
 
+def sim_run(run: Path, calibration: Path, *overrides: str) -> Path:
+    """Eager in the sim on sleep-model slots (ten models, Poisson), charging `calibration`; its directory."""
+    sim = subprocess.run([sys.executable, "-m", "harness", "runtime=sim", "system=eager", "cluster=sleep1000",
+                          "models=sleep10", "workload=poisson", *overrides, f"runtime.calibration={calibration}",
+                          f"hydra.run.dir={run}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert sim.returncode == 0, sim.stderr
+    return run
+
+
 def test_frontend_delays_come_from_the_scheduler_and_ingress_stamps(tmp_path):
     # 60 requests, each alone on an idle slot: sent at i*10 ms, stamped by the ingress 0.1 ms later, read by
     # the scheduler at 0.3 ms, its batch dispatched at 0.4, started at 0.6, ended at 2.6, answered at 3.1 ms.
@@ -105,12 +114,8 @@ def test_a_live_calibration_is_what_the_sim_then_charges(tmp_path):
     spread = doc["quantiles"]["exec"]           # a sleep's overshoot over the typical one of its batch kind
     assert spread[50] == pytest.approx(1.0, abs=0.01) and spread[0] <= 1.0 <= spread[100]
     assert doc["host"]["cores"] and doc["run"][0] == "runtime=live"
-    run = tmp_path / "sim"
-    sim = subprocess.run([sys.executable, "-m", "harness", "runtime=sim", "system=eager", "cluster=sleep1000",
-                          "cluster.count=2", "cluster.sleep.a_ms=0.1", "cluster.sleep.c_ms=2", "models=sleep10",
-                          "workload=poisson", "workload.rate=50", "duration_s=10", f"runtime.calibration={out}",
-                          f"hydra.run.dir={run}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert sim.returncode == 0, sim.stderr
+    run = sim_run(tmp_path / "sim", out, "cluster.count=2", "cluster.sleep.a_ms=0.1", "cluster.sleep.c_ms=2",
+                  "workload.rate=50", "duration_s=10")
     r = pd.read_parquet(run / "requests.parquet")
     b = pd.read_parquet(run / "batches.parquet").set_index("id")
     ok = r[r["status"] == "ok"]
@@ -227,12 +232,8 @@ def test_the_execution_spread_is_each_batch_over_its_kinds_median_and_the_sim_dr
     cal.write_text(json.dumps({"overheads": {f"{p}_s": 0.0 for p in ("request", "ingress", "dispatch", "response")},
                                "quantiles": {**{p: [0.0] * 101 for p in ("request", "ingress", "dispatch",
                                                                           "response")}, "exec": [1.5] * 101}}))
-    run = tmp_path / "sim"
-    sim = subprocess.run([sys.executable, "-m", "harness", "runtime=sim", "system=eager", "cluster=sleep1000",
-                          "cluster.count=1", "cluster.sleep.a_ms=1", "cluster.sleep.c_ms=4", "models=sleep10",
-                          "workload=poisson", "workload.rate=20", "duration_s=5", f"runtime.calibration={cal}",
-                          f"hydra.run.dir={run}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert sim.returncode == 0, sim.stderr
+    run = sim_run(tmp_path / "sim", cal, "cluster.count=1", "cluster.sleep.a_ms=1", "cluster.sleep.c_ms=4",
+                  "workload.rate=20", "duration_s=5")
     b = pd.read_parquet(run / "batches.parquet")
     b = b[b["status"] == "ok"]
     assert len(b) > 20
