@@ -177,8 +177,9 @@ def measure(run_dir: Path, base: Overheads | None = None) -> Overheads:
     elif base is None:
         raise HarnessError(f"{run_dir} holds no requests.parquet, so only its dispatch hop can be measured; give "
                            "--base CALIBRATION for the request and response delays")
+    spread = _spread(b, window)
     few = {name: len(v.dropna()) for name, v in parts.items() if len(v.dropna()) < MIN_SAMPLES}
-    if few and base is not None and len(few) < len(parts):
+    if few and base is not None and (len(few) < len(parts) or spread is not None):
         parts = {name: v for name, v in parts.items() if name not in few}
         few = {}
     if few == {"dispatch": few.get("dispatch")}:
@@ -190,7 +191,6 @@ def measure(run_dir: Path, base: Overheads | None = None) -> Overheads:
         raise HarnessError(f"the run in {run_dir} served too few requests to measure "
                            f"({', '.join(f'{k}: {n}' for k, n in few.items())}; {MIN_SAMPLES} needed); see its summary")
     out, quantiles = {}, {}
-    spread = _spread(b, window)
     if spread is not None:
         quantiles[SPREAD] = np.percentile(spread, np.arange(101)).tolist()
     elif base is not None and base.quantiles.get(SPREAD):

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness.calibrate import load_calibration, measure
+from harness.calibrate import Overheads, load_calibration, measure
 from harness.errors import HarnessError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -244,3 +244,20 @@ def test_the_execution_spread_is_each_batch_over_its_kinds_median_and_the_sim_dr
     cal.write_text(json.dumps(bad))
     with pytest.raises(HarnessError, match="execution spread's quantiles"):
         load_calibration(cal)
+
+
+def test_a_queued_run_that_kept_only_its_batches_still_gives_its_execution_spread(tmp_path):
+    # Clockwork past capacity on a GPU host: no requests kept, its slot's queue never empty (no hop), but
+    # 60 batches of one kind, every fourth 10% slower: the spread is measured, every delay is the base's.
+    run = tmp_path / "queued"
+    run.mkdir()
+    t = np.arange(60) * 4 * MS
+    took = np.where(np.arange(60) % 4 == 0, 5.5 * MS, 5.0 * MS)
+    pd.DataFrame({"id": range(60), "slot": 0, "model": "m", "size": 4, "t_dispatch": t, "t_start": t + 1 * MS,
+                  "t_end": t + 1 * MS + took, "status": "ok"}).to_parquet(run / "batches.parquet")
+    base = Overheads(0.3 * MS, 0.1 * MS, 0.2 * MS, 0.4 * MS, quantiles={})
+    o = measure(run, base)
+    assert o.measured == ("exec",) and o.quantiles["exec"][100] == pytest.approx(1.1)
+    assert (o.request_s, o.dispatch_s, o.response_s) == (0.3 * MS, 0.2 * MS, 0.4 * MS)
+    with pytest.raises(HarnessError, match="holds no requests.parquet"):
+        measure(run)
