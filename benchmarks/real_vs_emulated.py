@@ -56,9 +56,7 @@ last named, and the table written to that one.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import io
 import json
 import math
 import shutil
@@ -74,11 +72,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _cli import Parser, above, at_least, child_error, choice, listed, run_main, system_names  # noqa: E402
 from harness.assembly import detect_gpus  # noqa: E402
-from harness.calibrate import load_calibration  # noqa: E402
-from harness.calibrate import main as calibrate  # noqa: E402
+from harness.calibrate import describe, from_run, load_calibration  # noqa: E402
 from harness.errors import HarnessError  # noqa: E402
 from harness.gpu.partitions import gpu_type_from_name  # noqa: E402
 from harness.profiles import load_profile, profile_path  # noqa: E402
+from harness.records import write_json  # noqa: E402
 from harness.report import figures  # noqa: E402
 from harness.report.analysis import mean_ci  # noqa: E402
 
@@ -205,13 +203,14 @@ def calibrate_beside(run: Path) -> str:
     records stay on the host, and an idle host's calibration is not a loaded one's (the dispatch hop of a
     16-core H100 host was 0.08 ms at 9,000 req/s, 0.28 ms idle). A run whose records measure too little
     (a slot never idle before a dispatch: Clockwork, Triton past capacity) gets none; what happened, a line."""
-    said = io.StringIO()
     try:
-        with contextlib.redirect_stdout(said), contextlib.redirect_stderr(said):
-            calibrate(["--out", str(run / "calibration.json"), "--from-run", str(run)])
+        doc = from_run(run)
+        write_json(doc, run / "calibration.json")
+    except HarnessError as exc:
+        return f"no calibration ({exc})"
     except Exception as exc:  # a by-product: the runs still to make matter more than this one's delays
         return f"no calibration ({type(exc).__name__}: {exc})"
-    return said.getvalue().strip().splitlines()[-1].replace(f"{run / 'calibration.json'}", "calibration.json")
+    return f"wrote calibration.json: {describe(doc)}"
 
 
 def real_runs(out: Path) -> list[Path]:

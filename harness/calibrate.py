@@ -289,15 +289,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot write --out {args.out} ({exc.strerror}); give a path in a writable directory",
               file=sys.stderr)
         return 2
-    base = None
     try:
         if args.from_run is not None:
-            base = load_calibration(args.base) if args.base is not None else None
-            overheads, summary = _measure_run(args.from_run, base)
-            host = {"name": summary.get("provenance", {}).get("host")}
-            made = {"from_run": str(args.from_run), "overrides": summary.get("provenance", {}).get("overrides"),
-                    "offered_rate": summary.get("offered_rate"),
-                    **({"base": str(args.base)} if base is not None else {})}
+            doc = from_run(args.from_run, args.base)
         else:
             with tempfile.TemporaryDirectory(prefix="calibrate-") as tmp:
                 run_dir = Path(tmp) / "run"
@@ -308,15 +302,10 @@ def main(argv: list[str] | None = None) -> int:
                 overheads, summary = _measure_run(run_dir, None, hint="drop the runtime override")
             host = {"name": platform.node(), "cores": os.cpu_count(), "machine": platform.machine(),
                     "python": platform.python_version()}
-            made = RUN + overrides
+            doc = _document(overheads, host, RUN + overrides, summary)
     except HarnessError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    medians = {k: v for k, v in asdict(overheads).items() if k not in ("quantiles", "measured")}
-    if base is not None:
-        made["from_base"] = [p for p in (*PARTS, SPREAD) if p not in overheads.measured and p in overheads.quantiles]
-    doc = {"overheads": medians, "quantiles": overheads.quantiles, "host": host, "run": made,
-           "send_lag_p99_ms": summary.get("send_lag_p99_ms"), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     try:
         write_json(doc, args.out)
     except OSError as exc:             # it became unwritable during the run: the measurement goes to stdout
@@ -324,13 +313,40 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot write --out {args.out} ({exc.strerror}); the calibration is printed above: save it "
               "to a file", file=sys.stderr)
         return 2
-    ms = {k: f"{v * 1e3:.3f}" for k, v in medians.items()}
-    print(f"wrote {args.out}: request {ms['request_s']} ms (p99 {ms['request_p99_s']}), dispatch {ms['dispatch_s']} "
-          f"ms (p99 {ms['dispatch_p99_s']}), response {ms['response_s']} ms (p99 {ms['response_p99_s']})"
-          + (f", execution p99 x{overheads.quantiles[SPREAD][99]:.3f} its typical time"
-             if SPREAD in overheads.quantiles else "")
-          + (f"; from the base: {', '.join(made['from_base'])}" if base is not None and made["from_base"] else ""))
+    print(f"wrote {args.out}: {describe(doc)}")
     return 0
+
+
+def from_run(run_dir: Path, base_path: Path | None = None) -> dict:
+    """The calibration of a live run already made (its host at its load), what it does not measure from the
+    calibration at `base_path`; HarnessError naming what is wrong."""
+    base = load_calibration(base_path) if base_path is not None else None
+    overheads, summary = _measure_run(run_dir, base)
+    provenance = summary.get("provenance", {})
+    made = {"from_run": str(run_dir), "overrides": provenance.get("overrides"),
+            "offered_rate": summary.get("offered_rate")}
+    if base is not None:
+        made["base"] = str(base_path)
+        made["from_base"] = [p for p in (*PARTS, SPREAD) if p not in overheads.measured and p in overheads.quantiles]
+    return _document(overheads, {"name": provenance.get("host")}, made, summary)
+
+
+def _document(overheads: Overheads, host: dict, made, summary: dict) -> dict:
+    """A calibration file's content."""
+    medians = {k: v for k, v in asdict(overheads).items() if k not in ("quantiles", "measured")}
+    return {"overheads": medians, "quantiles": overheads.quantiles, "host": host, "run": made,
+            "send_lag_p99_ms": summary.get("send_lag_p99_ms"), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def describe(doc: dict) -> str:
+    """A calibration's medians and p99s (and its spread, and what came from a base) in a line."""
+    ms = {k: f"{v * 1e3:.3f}" for k, v in doc["overheads"].items()}
+    spread = doc["quantiles"].get(SPREAD)
+    from_base = doc["run"].get("from_base") if isinstance(doc["run"], dict) else None
+    return (f"request {ms['request_s']} ms (p99 {ms['request_p99_s']}), dispatch {ms['dispatch_s']} ms (p99 "
+            f"{ms['dispatch_p99_s']}), response {ms['response_s']} ms (p99 {ms['response_p99_s']})"
+            + (f", execution p99 x{spread[99]:.3f} its typical time" if spread else "")
+            + (f"; from the base: {', '.join(from_base)}" if from_base else ""))
 
 
 def _measure_run(run_dir: Path, base: Overheads | None, hint: str = "give a run made with runtime=live"):

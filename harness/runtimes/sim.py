@@ -75,6 +75,21 @@ class _Waiting:
         self.begin: list | None = None         # its start event, once it is the slot's next batch
 
 
+class _Drawn:
+    """One value at a time of draw(n), drawn 4,096 at a time: a numpy call per value would cost more than
+    the event it times."""
+
+    __slots__ = ("draw", "left")
+
+    def __init__(self, draw: Callable[[int], np.ndarray]):
+        self.draw, self.left = draw, []
+
+    def next(self) -> float:
+        if not self.left:
+            self.left = self.draw(4096).tolist()
+        return self.left.pop()
+
+
 class SimCluster:
     """The Cluster handle of the discrete-event runtime."""
 
@@ -83,17 +98,15 @@ class SimCluster:
         self.ledger = ledger
         self.preemption = preemption
         self.overheads = overheads or Overheads()
-        self._dispatch_draw = self.overheads.sampler("dispatch", seed)
-        self._dispatch_delays: list[float] = []
-        self._spread_draw = self.overheads.spread(seed)    # a batch's execution over its typical time, or None
-        self._spreads: list[float] = []
+        self._delays = _Drawn(self.overheads.sampler("dispatch", seed))
+        spread = self.overheads.spread(seed)    # a batch's execution over its typical time, or None
+        self._spread = _Drawn(spread) if spread is not None else None
         self.slots: list[Slot] = ledger.slots
         self._now = 0.0
         self._heap: list[list] = []
         self._seq = itertools.count()
         self._noise = noise
-        self._rng = np.random.default_rng(seed)
-        self._z: list[float] = []
+        self._normal = _Drawn(np.random.default_rng(seed).standard_normal).next
         self.slot_start_s = slot_start_s
         self._running: dict[int, list] = {}   # slot -> completion entry of its last batch
         self._chains: dict[int, tuple] = {}   # slot -> its last chain: (batch, completion entry, stage ends)
@@ -137,7 +150,8 @@ class SimCluster:
         now = self._now
         batch, curves = self.ledger.open_batch(slot, model, tasks, now, latest_start, stage, through)
         s = self.slots[slot]
-        delay = self._dispatch_delays.pop() if self._dispatch_delays else self._next_delay()
+        left = self._delays.left
+        delay = left.pop() if left else self._delays.next()     # (inline: once per batch)
         ready = now + delay
         beside = self._beside.get(slot)
         if beside is None:
@@ -226,10 +240,8 @@ class SimCluster:
         exec_time = curve.beside(b, busy, sibling_batch)
         if self._noise and curve.std[b] > 0:
             exec_time = max(0.5 * exec_time, exec_time + curve.std[b] * self._normal())
-        if self._spread_draw is not None:
-            if not self._spreads:
-                self._spreads = self._spread_draw(4096).tolist()
-            exec_time *= self._spreads.pop()
+        if self._spread is not None:
+            exec_time *= self._spread.next()
         return exec_time
 
     def stop_at_boundary(self, slot: int) -> None:
@@ -325,14 +337,7 @@ class SimCluster:
 
     def _next_delay(self) -> float:
         """The way from the policy to a slot (a dispatch, a stop request): the calibration's dispatch delay."""
-        if not self._dispatch_delays:
-            self._dispatch_delays = self._dispatch_draw(4096).tolist()
-        return self._dispatch_delays.pop()
-
-    def _normal(self) -> float:
-        if not self._z:
-            self._z = self._rng.standard_normal(4096).tolist()
-        return self._z.pop()
+        return self._delays.next()
 
     def _complete(self, batch: Batch) -> None:
         released = self.ledger.complete(batch, batch.t_start, batch.t_end)
