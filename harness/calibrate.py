@@ -33,7 +33,7 @@ plans with measured overheads reads them through the Cluster handle
 
 The light run measures the path of an idle host. Under load the hops change:
 on a 16-core H100 host at 9,000 req/s the dispatch hop was 0.08 ms, against
-the 0.28-0.29 ms an idle host's calibration measures, and a policy that
+the 0.28 ms an idle H200 host's calibration measured, and a policy that
 sends a slot's next batch only once the last has ended (Nexus, Shepherd)
 idles the slot that long for every batch. `--from-run` measures a live run
 already made instead (its host, at its load: run eager, or the system
