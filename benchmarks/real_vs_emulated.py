@@ -201,8 +201,9 @@ def one_run(out: Path, cluster: str, load: str, system: str, seed: int, side: st
 def calibrate_beside(run: Path) -> str:
     """Write the run's own delays (this host at this load) beside it, as `calibration.json`: its per-request
     records stay on the host, and an idle host's calibration is not a loaded one's (the dispatch hop of a
-    16-core H100 host was 0.08 ms at 9,000 req/s, an idle H200 host's 0.28 ms). A run whose records measure too little
-    (a slot never idle before a dispatch: Clockwork, Triton past capacity) gets none; what happened, a line."""
+    16-core H100 host was 0.08 ms at 9,000 req/s, an idle H200 host's 0.28 ms). A run whose records measure
+    too little (a slot never idle before a dispatch: Clockwork, Triton past capacity) gets none; what
+    happened, a line."""
     try:
         doc = from_run(run)
         write_json(doc, run / "calibration.json")
