@@ -39,7 +39,10 @@ DIR holds of the systems, clusters, loads and seeds given
 (`<system>-seed<k>-sim`): the same overrides in the discrete-event runtime,
 emulating the same profile, charging the live path's delays that
 CALIBRATION measured (`python -m harness.calibrate` on the GPU host). A real
-run made with another profile than the one in profiles/ gets none.
+run made with another profile than the one in profiles/ gets none. `--sim
+own` charges each real run's own delays (its `calibration.json`: the host at
+that run's load); a run without one gets no twin, and its line says to name a
+calibration for it. A twin made with another calibration file is made again.
 
 The table gives, per cluster, load, system and profile, the mean over seeds
 of real / emulated goodput with its 95% confidence interval and the mean gap
@@ -88,6 +91,7 @@ LOADS = ("reference", "overload")
 SIDES = ("gpu", "emulated")
 TARGET = 0.05
 OVERLOAD = 1.5
+OWN = "own"             # --sim own: each real run's own calibration.json
 
 
 def run_dir(out: Path, cluster: str, load: str, system: str, seed: int, side: str) -> Path:
@@ -245,21 +249,38 @@ def sim_overrides(real: dict, calibration: Path) -> list[str]:
             f"runtime.calibration={_from_root(calibration)}"]
 
 
-def sim_twins(out: Path, calibration: Path, extra: list[str], chosen=lambda real_run: True) -> list[str]:
-    """Make the sim twin of each real run `out` holds (of those `chosen`) that has none of its profile;
-    what happened, a line each."""
+def calibrated_with(sim: dict) -> str | None:
+    """The calibration file a sim twin (its summary) charged, as its overrides name it."""
+    named = [o.split("=", 1)[1] for o in sim["provenance"]["overrides"] if o.startswith("runtime.calibration=")]
+    return named[-1] if named else None
+
+
+def sim_twins(out: Path, calibration: Path | None, extra: list[str], chosen=lambda real_run: True) -> list[str]:
+    """Make the sim twin of each real run `out` holds (of those `chosen`) that has none of its profile and
+    `calibration` (None: each real run's own calibration.json); what happened, a line each."""
     said = []
     for real_run in filter(chosen, real_runs(out)):
         real = _summary(real_run)
         where, name = twin(real_run, "sim"), str(real_run.relative_to(out))[: -len("-gpu")]
+        charged = calibration or real_run / "calibration.json"
         made = _summary(where)
-        if made is not None and same_profile(made_with(made), made_with(real)):
+        if (made is not None and same_profile(made_with(made), made_with(real))
+                and calibrated_with(made) == str(_from_root(charged))):
             continue
         if not same_profile(made_with(real), current_profile(real["gpu_type"], real_run.parents[1].name)):
             said.append(f"{name}: made with another profile than profiles/ holds now; no sim twin")
             continue
-        set_aside(where)
-        done = harness(*sim_overrides(real, calibration), *extra, f"hydra.run.dir={where}")
+        if calibration is None:
+            try:
+                load_calibration(charged)
+            except HarnessError as exc:   # one run's missing or bad file stops no other twin
+                system = real_run.name.rsplit("-seed", 1)[0]
+                said.append(f"{name}: no sim twin with its own delays ({exc}); name a calibration for it: "
+                            f"--sim CALIBRATION --systems {system}")
+                continue
+        if made is not None:
+            shutil.rmtree(where)          # the sim's twin of another calibration: made again from its config
+        done = harness(*sim_overrides(real, charged), *extra, f"hydra.run.dir={where}")
         sim = _summary(where)
         said.append(f"{name} sim: " + (f"goodput {sim['goodput']:,.1f} req/s (real {real['goodput']:,.1f})" if sim
                                        else f"no summary ({child_error(done.stderr)})"))
@@ -337,16 +358,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stop-after-s", type=above(0), default=math.inf, help="start no run after this many seconds")
     only = ap.add_mutually_exclusive_group()
     only.add_argument("--table", action="store_true", help="print the table of what --out holds, run nothing")
-    only.add_argument("--sim", type=Path, metavar="CALIBRATION",
+    only.add_argument("--sim", metavar="CALIBRATION",
                       help="make the sim twins of the real runs --out holds, charging the live path's delays this "
-                           "calibration file measured on the GPU host (no GPU needed), then print the table")
+                           "calibration file measured on the GPU host, or 'own': each real run's calibration.json "
+                           "(no GPU needed), then print the table")
     args, extra = ap.parse_known_args(argv)
     outs, args.out = args.out, args.out[-1]
     if len(outs) > 1 and not args.table:
         raise HarnessError("several --out directories are read as one by --table only; runs and sim twins go to "
                            "one: name one --out")
-    if args.sim is not None:
-        load_calibration(args.sim)           # a bad file is one error, not one per run
+    calibration = None if args.sim in (None, OWN) else Path(args.sim)
+    if calibration is not None:
+        load_calibration(calibration)        # a bad file is one error, not one per run
     missing = [str(out) for out in outs if not out.is_dir()] if args.table or args.sim is not None else []
     if missing:                              # (runs make theirs)
         raise HarnessError(f"--out {', '.join(missing)} is not a directory of real runs; name the ones the GPU "
@@ -354,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.sim is not None:
         chosen = functools.partial(selected, systems=args.systems, clusters=args.clusters, loads=args.loads,
                                    seeds=args.seeds)
-        for line in sim_twins(args.out, args.sim, extra, chosen):
+        for line in sim_twins(args.out, calibration, extra, chosen):
             print(line, flush=True)
     elif not args.table:
         gpus = detect_gpus()

@@ -172,6 +172,32 @@ def test_sim_twins_are_made_without_a_gpu_and_join_the_table(tmp_path):
     assert t.loc["nexus", "sim within 5%"] == ""
 
 
+def test_sim_twins_charge_each_real_runs_own_delays_and_are_made_again_with_another_calibration(tmp_path):
+    overrides = ["experiment=reference_gpu", "system=eager", "duration_s=3", "warmup_s=1", "cooldown_s=1"]
+    current = rve.current_profile("h100", "mps25x4")
+    for system in ("eager", "nexus"):
+        real = rve.run_dir(tmp_path, "mps25x4", "reference", system, 0, "gpu")
+        summary(real, 1450, profile=current)
+        doc = json.loads((real / "summary.json").read_text())
+        doc["provenance"]["overrides"] = [o.replace("eager", system) for o in overrides]
+        (real / "summary.json").write_text(json.dumps(doc))
+    own = rve.run_dir(tmp_path, "mps25x4", "reference", "eager", 0, "gpu") / "calibration.json"
+    own.write_text((ROOT / "results" / "reference" / "vm-live-vs-sim-2" / "calibration.json").read_text())
+    said = rve.sim_twins(tmp_path, None, [])
+    assert said[0].startswith("mps25x4/reference/eager-seed0 sim: goodput")
+    # A real run whose records measured no delays (no calibration.json) gets no twin, and the line says what to do.
+    assert said[1].startswith("mps25x4/reference/nexus-seed0: no sim twin with its own delays (")
+    assert said[1].endswith("name a calibration for it: --sim CALIBRATION --systems nexus")
+    twin = rve.run_dir(tmp_path, "mps25x4", "reference", "eager", 0, "sim")
+    assert rve.calibrated_with(json.loads((twin / "summary.json").read_text())) == str(own)   # outside the root
+    assert rve.sim_twins(tmp_path, None, []) == said[1:]                       # made once
+    other = ROOT / "results" / "reference" / "vm-live-vs-sim-3" / "calibration.json"
+    again = rve.sim_twins(tmp_path, other, [], lambda run: "eager" in run.name)
+    assert len(again) == 1 and again[0].startswith("mps25x4/reference/eager-seed0 sim: goodput")
+    assert rve.calibrated_with(json.loads((twin / "summary.json").read_text())) == \
+        "results/reference/vm-live-vs-sim-3/calibration.json"
+
+
 def test_without_a_gpu_it_runs_nothing_and_says_why(tmp_path):
     if rve.detect_gpus():
         pytest.skip("a GPU is here: the benchmark would run")
