@@ -29,10 +29,13 @@ than the one now in profiles/ is made again, the old run kept beside it as
 first, so runs before and after a re-measured profile are offered the same.
 
 Each real run's own delays (the host at the run's load) are written beside
-it as `calibration.json` where its records measure them (`python -m
-harness.calibrate --from-run`; not for a slot that never idled before a
-dispatch, as Clockwork's past capacity): an idle host's calibration is not a
-loaded one's, and the per-request records it is measured from stay on the host.
+it as `calibration.json` (`python -m harness.calibrate --from-run`): an idle
+host's calibration is not a loaded one's, and the per-request records it is
+measured from stay on the host. What a run does not measure (the dispatch hop
+where its slots never idled before a dispatch, as Clockwork's past capacity)
+comes from another real run of the same cluster and load on the same host
+(the file names those parts, `run.from_base`); a Triton run takes none (its
+path is tritonserver's).
 
 `--sim CALIBRATION` makes, on any machine, the sim's twin of each real run
 DIR holds of the systems, clusters, loads and seeds given
@@ -205,17 +208,44 @@ def one_run(out: Path, cluster: str, load: str, system: str, seed: int, side: st
 def calibrate_beside(run: Path) -> str:
     """Write the run's own delays (this host at this load) beside it, as `calibration.json`: its per-request
     records stay on the host, and an idle host's calibration is not a loaded one's (the dispatch hop of a
-    16-core H100 host was 0.08 ms at 9,000 req/s, an idle H200 host's 0.28 ms). A run whose records measure
-    too little (a slot never idle before a dispatch: Clockwork, Triton past capacity) gets none; what
+    16-core H100 host was 0.08 ms at 9,000 req/s, an idle H200 host's 0.28 ms). What a run's records do
+    not measure (no slot idle before a dispatch: Clockwork past capacity) comes from another real run of
+    the same cluster and load on this host (`same_host_base`); a run with neither gets none. What
     happened, a line."""
     try:
-        doc = from_run(run)
+        try:
+            doc = from_run(run)
+        except HarnessError:
+            base = same_host_base(run)
+            if base is None:
+                raise
+            doc = from_run(run, base)
         write_json(doc, run / "calibration.json")
     except HarnessError as exc:
         return f"no calibration ({exc})"
     except Exception as exc:  # a by-product: the runs still to make matter more than this one's delays
         return f"no calibration ({type(exc).__name__}: {exc})"
     return f"wrote calibration.json: {describe(doc)}"
+
+
+def same_host_base(run: Path) -> Path | None:
+    """The latest calibration.json, measured whole, of another real run beside `run` (the same cluster and
+    load) on the same host: the delays `run` does not measure, as close as this host gives them. None for a
+    Triton run (its path is tritonserver's, which the other systems' runs do not take) or where there is none."""
+    host = ((_summary(run) or {}).get("provenance") or {}).get("host")
+    if not host or run.name.startswith("triton-"):
+        return None
+    found = []
+    for path in run.parent.glob("*-gpu/calibration.json"):
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        made = doc.get("run") if isinstance(doc.get("run"), dict) else {}
+        if (path.parent != run and not path.parent.name.startswith("triton-") and not made.get("from_base")
+                and (doc.get("host") or {}).get("name") == host):
+            found.append(path)
+    return max(found, key=lambda p: p.stat().st_mtime, default=None)
 
 
 def real_runs(out: Path) -> list[Path]:

@@ -226,7 +226,7 @@ def test_a_real_run_gets_its_own_calibration_beside_it_where_its_records_measure
     import numpy as np
     import pandas as pd
 
-    def run(name: str, queued: bool) -> Path:
+    def run(name: str, queued: bool, host: str = "gpu-host-1") -> Path:
         where = tmp_path / name
         where.mkdir()
         t = np.arange(60) * 0.005
@@ -237,12 +237,24 @@ def test_a_real_run_gets_its_own_calibration_beside_it_where_its_records_measure
                       "batch_id": range(60), "status": "ok"}).to_parquet(where / "requests.parquet")
         pd.DataFrame({"id": range(60), "t_arrival": t - 3e-4, "t_scheduler": t - 1e-4}).to_parquet(
             where / "server_requests.parquet")
-        (where / "summary.json").write_text(json.dumps({"runtime": "live", "window_s": [0.0, 1.0]}))
+        (where / "summary.json").write_text(json.dumps({"runtime": "live", "window_s": [0.0, 1.0],
+                                                        "provenance": {"host": host}}))
         return where
 
-    idle = run("idle", queued=False)
+    # Alone, a run that cannot measure its hop gets no calibration, and says why.
+    busy = run("clockwork-seed0-gpu", queued=True)
+    assert "too few to measure the dispatch hop" in rve.calibrate_beside(busy) and not (busy / "calibration.json").exists()
+    idle = run("eager-seed0-gpu", queued=False)
     said = rve.calibrate_beside(idle)
     assert said.startswith("wrote calibration.json: request 0.300 ms") and "dispatch 0.080 ms" in said
     assert json.loads((idle / "calibration.json").read_text())["run"]["from_run"] == str(idle)
-    busy = run("busy", queued=True)
-    assert "too few to measure the dispatch hop" in rve.calibrate_beside(busy) and not (busy / "calibration.json").exists()
+    # Beside a run of the same host at the same load, it measures its own way in and out and takes the hop
+    # from that run's calibration; one made on another host, or a Triton run (tritonserver's path), does not.
+    said = rve.calibrate_beside(busy)
+    assert said.startswith("wrote calibration.json: request 0.300 ms") and said.endswith("from the base: dispatch")
+    made = json.loads((busy / "calibration.json").read_text())["run"]
+    assert made["base"] == str(idle / "calibration.json") and made["from_base"] == ["dispatch"]
+    for name, host in (("nexus-seed0-gpu", "gpu-host-2"), ("triton-seed0-gpu", "gpu-host-1")):
+        other = run(name, queued=True, host=host)
+        assert "too few to measure the dispatch hop" in rve.calibrate_beside(other), name
+        assert not (other / "calibration.json").exists()
