@@ -301,12 +301,17 @@ def sim_twins(out: Path, calibration: Path | None, extra: list[str], chosen=lamb
             said.append(f"{name}: made with another profile than profiles/ holds now; no sim twin")
             continue
         if calibration is None:
+            system = real_run.name.rsplit("-seed", 1)[0]
+            fix = (f"write one (python -m harness.calibrate --from-run {real_run} --base CALIBRATION --out "
+                   f"{charged}) or name one: --sim CALIBRATION --systems {system}")
+            if not charged.exists():      # its records measured too little on the GPU host
+                said.append(f"{name}: no sim twin with its own delays (no calibration.json beside its real run); "
+                            + fix)
+                continue
             try:
                 load_calibration(charged)
-            except HarnessError as exc:   # one run's missing or bad file stops no other twin
-                system = real_run.name.rsplit("-seed", 1)[0]
-                said.append(f"{name}: no sim twin with its own delays ({exc}); name a calibration for it: "
-                            f"--sim CALIBRATION --systems {system}")
+            except HarnessError as exc:   # one run's bad file stops no other twin
+                said.append(f"{name}: no sim twin with its own delays ({exc}); " + fix)
                 continue
         if made is not None:
             shutil.rmtree(where)          # the sim's twin of another calibration: made again from its config

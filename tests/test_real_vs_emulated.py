@@ -186,8 +186,9 @@ def test_sim_twins_charge_each_real_runs_own_delays_and_are_made_again_with_anot
     said = rve.sim_twins(tmp_path, None, [])
     assert said[0].startswith("mps25x4/reference/eager-seed0 sim: goodput")
     # A real run whose records measured no delays (no calibration.json) gets no twin, and the line says what to do.
-    assert said[1].startswith("mps25x4/reference/nexus-seed0: no sim twin with its own delays (")
-    assert said[1].endswith("name a calibration for it: --sim CALIBRATION --systems nexus")
+    assert said[1].startswith("mps25x4/reference/nexus-seed0: no sim twin with its own delays (no calibration.json")
+    assert "python -m harness.calibrate --from-run" in said[1]
+    assert said[1].endswith("or name one: --sim CALIBRATION --systems nexus")
     twin = rve.run_dir(tmp_path, "mps25x4", "reference", "eager", 0, "sim")
     assert rve.calibrated_with(json.loads((twin / "summary.json").read_text())) == str(own)   # outside the root
     assert rve.sim_twins(tmp_path, None, []) == said[1:]                       # made once
