@@ -44,8 +44,9 @@ emulating the same profile, charging the live path's delays that
 CALIBRATION measured (`python -m harness.calibrate` on the GPU host). A real
 run made with another profile than the one in profiles/ gets none. `--sim
 own` charges each real run's own delays (its `calibration.json`: the host at
-that run's load); a run without one gets no twin, and its line says to name a
-calibration for it. A twin made with another calibration file is made again.
+that run's load); a run without one gets no twin, and its line says how to
+write one or name one. A twin made with another calibration file is made
+again (one made with another profile is kept beside it, as a real run is).
 
 The table gives, per cluster, load, system and profile, the mean over seeds
 of real / emulated goodput with its 95% confidence interval and the mean gap
@@ -301,20 +302,18 @@ def sim_twins(out: Path, calibration: Path | None, extra: list[str], chosen=lamb
             said.append(f"{name}: made with another profile than profiles/ holds now; no sim twin")
             continue
         if calibration is None:
-            system = real_run.name.rsplit("-seed", 1)[0]
-            fix = (f"write one (python -m harness.calibrate --from-run {real_run} --base CALIBRATION --out "
-                   f"{charged}) or name one: --sim CALIBRATION --systems {system}")
-            if not charged.exists():      # its records measured too little on the GPU host
-                said.append(f"{name}: no sim twin with its own delays (no calibration.json beside its real run); "
-                            + fix)
-                continue
             try:
                 load_calibration(charged)
-            except HarnessError as exc:   # one run's bad file stops no other twin
-                said.append(f"{name}: no sim twin with its own delays ({exc}); " + fix)
+            except HarnessError as exc:   # one run's missing or bad file stops no other twin
+                # Missing: its records measured too little on the GPU host.
+                why = str(exc) if charged.exists() else "no calibration.json beside its real run"
+                said.append(f"{name}: no sim twin with its own delays ({why}); write one (python -m "
+                            f"harness.calibrate --from-run {real_run} --base CALIBRATION --out {charged}) or name "
+                            f"one: --sim CALIBRATION --systems {real_run.name.rsplit('-seed', 1)[0]}")
                 continue
-        if made is not None:
-            shutil.rmtree(where)          # the sim's twin of another calibration: made again from its config
+        if made is not None and same_profile(made_with(made), made_with(real)):
+            shutil.rmtree(where)          # the twin of another calibration: made again from its config
+        set_aside(where)                  # one of another profile is kept beside, as the real runs are
         done = harness(*sim_overrides(real, charged), *extra, f"hydra.run.dir={where}")
         sim = _summary(where)
         said.append(f"{name} sim: " + (f"goodput {sim['goodput']:,.1f} req/s (real {real['goodput']:,.1f})" if sim

@@ -183,7 +183,10 @@ def test_sim_twins_charge_each_real_runs_own_delays_and_are_made_again_with_anot
         (real / "summary.json").write_text(json.dumps(doc))
     own = rve.run_dir(tmp_path, "mps25x4", "reference", "eager", 0, "gpu") / "calibration.json"
     own.write_text((ROOT / "results" / "reference" / "vm-live-vs-sim-2" / "calibration.json").read_text())
+    summary(rve.run_dir(tmp_path, "mps25x4", "reference", "eager", 0, "sim"), 1400, profile=OLD)  # an old twin
     said = rve.sim_twins(tmp_path, None, [])
+    assert (tmp_path / "mps25x4" / "reference" / f"eager-seed0-sim.profile-{OLD['date'].replace(':', '-')}"
+            / "summary.json").exists()                                           # kept beside, not deleted
     assert said[0].startswith("mps25x4/reference/eager-seed0 sim: goodput")
     # A real run whose records measured no delays (no calibration.json) gets no twin, and the line says what to do.
     assert said[1].startswith("mps25x4/reference/nexus-seed0: no sim twin with its own delays (no calibration.json")
