@@ -5,6 +5,7 @@
     python benchmarks/real_vs_emulated.py --out DIR --table      # only the table of what DIR holds
     python benchmarks/real_vs_emulated.py --out DIR1 --out DIR2 --table   # of several calls' DIRs as one
     python benchmarks/real_vs_emulated.py --out DIR --sim CALIBRATION   # add the sim's twins (no GPU needed)
+    python benchmarks/real_vs_emulated.py --out DIR1 --out DIR2 --sim own   # twins in each, one table of both
 
 On a GPU host, each run of `experiment=reference_gpu` (live, real HTTP and
 Locust, the vision models, bursty load) is made twice in a row: on the GPU
@@ -47,6 +48,8 @@ own` charges each real run's own delays (its `calibration.json`: the host at
 that run's load); a run without one gets no twin, and its line says how to
 write one or name one. A twin made with another calibration file is made
 again (one made with another profile is kept beside it, as a real run is).
+With several `--out`, each gets its runs' twins and the table is of them all,
+as with `--table`.
 
 The table gives, per cluster, load, system and profile, the mean over seeds
 of real / emulated goodput with its 95% confidence interval and the mean gap
@@ -382,7 +385,8 @@ def _per_system(per_seed: pd.DataFrame) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     ap = Parser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, action="append", required=True,
-                    help="the runs' directory (made, or added to); with --table, several may be named, read as one")
+                    help="the runs' directory (made, or added to); with --table or --sim, several may be named, "
+                         "read as one")
     ap.add_argument("--systems", type=system_names, default=SYSTEMS)
     ap.add_argument("--clusters", type=listed(choice("cluster", CLUSTERS)), default=",".join(CLUSTERS))
     ap.add_argument("--loads", type=listed(choice("load", LOADS)), default=",".join(LOADS))
@@ -398,9 +402,9 @@ def main(argv: list[str] | None = None) -> int:
                            "(no GPU needed), then print the table")
     args, extra = ap.parse_known_args(argv)
     outs, args.out = args.out, args.out[-1]
-    if len(outs) > 1 and not args.table:
-        raise HarnessError("several --out directories are read as one by --table only; runs and sim twins go to "
-                           "one: name one --out")
+    if len(outs) > 1 and not args.table and args.sim is None:
+        raise HarnessError("several --out directories are read as one by --table and --sim only; runs on the GPU "
+                           "go to one: name one --out")
     calibration = None if args.sim in (None, OWN) else Path(args.sim)
     if calibration is not None:
         load_calibration(calibration)        # a bad file is one error, not one per run
@@ -411,8 +415,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.sim is not None:
         chosen = functools.partial(selected, systems=args.systems, clusters=args.clusters, loads=args.loads,
                                    seeds=args.seeds)
-        for line in sim_twins(args.out, calibration, extra, chosen):
-            print(line, flush=True)
+        for out in outs:
+            for line in sim_twins(out, calibration, extra, chosen):
+                print(line, flush=True)
     elif not args.table:
         gpus = detect_gpus()
         if not gpus:

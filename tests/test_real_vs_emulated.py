@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,7 +115,7 @@ def test_several_calls_directories_read_as_one_the_last_named_winning(tmp_path, 
     assert rve.main(["--out", str(first), "--out", str(later), "--table"]) == 0
     assert (later / "real_vs_emulated.csv").exists() and not (first / "real_vs_emulated.csv").exists()
     for argv, says in ((["--out", str(first), "--out", str(tmp_path / "nope"), "--table"], "nope is not a directory"),
-                       (["--out", str(first), "--out", str(later)], "by --table only")):
+                       (["--out", str(first), "--out", str(later)], "by --table and --sim only")):
         run = subprocess.run([sys.executable, "benchmarks/real_vs_emulated.py", *argv], cwd=ROOT,
                              capture_output=True, text=True)
         assert run.returncode != 0 and says in run.stderr and "Traceback" not in run.stderr, run.stderr
@@ -170,6 +171,18 @@ def test_sim_twins_are_made_without_a_gpu_and_join_the_table(tmp_path):
     assert t.loc["eager", "real / sim"] == pytest.approx(1450 / sim["goodput"])
     assert t.loc["nexus", "real / sim"] != t.loc["nexus", "real / sim"]     # none: NaN
     assert t.loc["nexus", "sim within 5%"] == ""
+    # Several directories: each gets its runs' twins, and the table of them all goes to the last named.
+    later = tmp_path / "later"
+    for side in ("gpu", "emulated"):
+        summary(rve.run_dir(later, "mps25x4", "reference", "eager", 1, side), 1450, profile=current)
+    path = rve.run_dir(later, "mps25x4", "reference", "eager", 1, "gpu") / "summary.json"
+    real = json.loads(path.read_text())
+    real["provenance"]["overrides"] = [o.replace("=0", "=1") for o in overrides]
+    path.write_text(json.dumps(real))
+    assert rve.main(["--out", str(tmp_path), "--out", str(later), "--sim", str(calibration), "--systems", "eager"]) == 0
+    assert (rve.run_dir(later, "mps25x4", "reference", "eager", 1, "sim") / "summary.json").exists()
+    both = pd.read_csv(later / "real_vs_emulated.csv").set_index("system")
+    assert both.loc["eager", "seeds"] == 2 and both.loc["eager", "real / sim"] > 0
 
 
 def test_sim_twins_charge_each_real_runs_own_delays_and_are_made_again_with_another_calibration(tmp_path):
