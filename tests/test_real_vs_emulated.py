@@ -180,9 +180,12 @@ def test_sim_twins_are_made_without_a_gpu_and_join_the_table(tmp_path):
     real["provenance"]["overrides"] = [o.replace("=0", "=1") for o in overrides]
     path.write_text(json.dumps(real))
     assert rve.main(["--out", str(tmp_path), "--out", str(later), "--sim", str(calibration), "--systems", "eager"]) == 0
-    assert (rve.run_dir(later, "mps25x4", "reference", "eager", 1, "sim") / "summary.json").exists()
+    sims = [json.loads((rve.run_dir(out, "mps25x4", "reference", "eager", seed, "sim") / "summary.json").read_text())
+            for out, seed in ((tmp_path, 0), (later, 1))]
+    assert sims[0] == sim                                                   # made once: not made again
     both = pd.read_csv(later / "real_vs_emulated.csv").set_index("system")
-    assert both.loc["eager", "seeds"] == 2 and both.loc["eager", "real / sim"] > 0
+    assert both.loc["eager", "seeds"] == 2
+    assert both.loc["eager", "real / sim"] == pytest.approx(sum(1450 / s["goodput"] for s in sims) / 2, rel=1e-3)
 
 
 def test_sim_twins_charge_each_real_runs_own_delays_and_are_made_again_with_another_calibration(tmp_path):
