@@ -274,8 +274,10 @@ class Cluster(Protocol):
         The tasks come back at once, in both runtimes. With runtime.preemption=finish (the default, what a
         real GPU does: a CUDA graph cannot stop part-way) the batch still runs to its end and the slot
         stays busy until then (Slot.busy_until unchanged), so what is dispatched to it next starts after;
-        with abort the slot is free at once (an emulated or simulated executor only).
-        A batch sent and not started yet never starts, either way."""
+        with abort the slot is free to the policy at once and the batch stops when the stop reaches it (an
+        emulated or simulated executor only). The stop travels to the slot as a dispatch does and never
+        overtakes its batch: a batch sent to an idle slot has started when it arrives, and one waiting behind
+        another there never starts if its stop gets there first, either way."""
 
     @property
     def placement(self) -> "Placement":

@@ -23,8 +23,9 @@ start cost: what the profile measured on the GPU (a worker process, its
 models, their CUDA graphs), else `slot_start_s`. With overlap the new ones
 start at once and the slots they replace serve until they join. A computation a policy offloads (Cluster.offload, an
 allocation solve) runs at once and takes no virtual time. A preempted batch
-runs to its end (runtime.preemption=finish, what a real GPU does) or stops at
-once (abort).
+runs to its end (runtime.preemption=finish, what a real GPU does) or stops
+(abort) when its stop reaches the slot, a dispatch delay after the policy sent
+it and never before the batch itself got there.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ import numpy as np
 import pandas as pd
 
 from harness.calibrate import Overheads
-from harness.core import DROPPED, FINISH, Batch, HeapTimer, Policy, Slot, Task
+from harness.core import DROPPED, FINISH, NAN, Batch, HeapTimer, Policy, Slot, Task
 from harness.errors import HarnessError
 from harness.ledger import Ledger
 from harness.placement import Placement
@@ -66,13 +67,14 @@ def _collector_paused():
 class _Waiting:
     """A batch sent to a share beside siblings, to be timed when it starts."""
 
-    __slots__ = ("batch", "curves", "ready", "expected", "latest_start", "delay", "cut_told", "begin")
+    __slots__ = ("batch", "curves", "ready", "expected", "latest_start", "delay", "cut_told", "begin", "stop")
 
     def __init__(self, batch, curves, ready, expected, latest_start, delay):
         self.batch, self.curves, self.ready, self.expected = batch, curves, ready, expected
         self.latest_start, self.delay = latest_start, delay
         self.cut_told: float | None = None    # when a stop at its next stage boundary reached the slot
         self.begin: list | None = None         # its start event, once it is the slot's next batch
+        self.stop: float | None = None         # preempted before it started: when its stop reaches the slot
 
 
 class _Drawn:
@@ -119,6 +121,7 @@ class SimCluster:
         self._until: defaultdict[int, float] = defaultdict(float)   # every slot: until when it runs a batch
         self._batch: dict[int, int] = {}            # every slot: the size it runs its batch at (padded)
         self._expected: defaultdict[int, float] = defaultdict(float)
+        self._ready: dict[int, float] = {}          # a whole slot: when its last batch reached it
         self._policy: Policy | None = None
 
     @property
@@ -171,6 +174,7 @@ class SimCluster:
                 waiting[0].begin = self._push(max(ready, self._until[slot]), self._begin, batch)
             return batch
         start = s.busy_until if s.busy_until > ready else ready
+        self._ready[slot] = ready             # (preempt: whether its stop finds it started)
         if latest_start is not None and start > latest_start + delay + 1e-12:
             # The slot would start it too late: it discards the batch when it reaches it. As a live worker
             # does, it counts only the wait in its own queue, not the way to it (the dispatch delay).
@@ -206,7 +210,19 @@ class SimCluster:
         now, slot = self._now, batch.slot
         w = self._waiting[slot].popleft()
         self._started[slot] = w
-        if w.latest_start is not None and now > w.latest_start + w.delay + 1e-12:
+        late = w.latest_start is not None and now > w.latest_start + w.delay + 1e-12
+        if w.stop is not None:                # preempted before it started (preempt)
+            if late or now > w.stop + 1e-12:
+                self._ended(batch)            # its stop got here first: it never starts
+                return
+            self._run_batch(batch, w.curves, now)
+            entry = self._running[slot]
+            self._chains.pop(slot, None)
+            if self.preemption == FINISH:
+                entry[2] = self._ended        # it runs to its end and completes nothing
+            else:
+                self._stop(slot, entry, batch, w.stop)
+        elif late:
             batch.t_start = batch.t_end = now     # too late (see dispatch)
             self._push(now, self._discard, batch)
         else:
@@ -278,32 +294,56 @@ class SimCluster:
     def preempt(self, slot: int) -> list[Task]:
         if len(self.ledger.inflight[slot]) != 1:
             raise ValueError(f"preempt needs exactly one running batch on slot {slot}")
+        # The stop travels to the slot as a dispatch does, behind the batch on the same way, which it never
+        # overtakes (as a live worker reads them): a batch sent to an idle slot has started when its stop
+        # arrives, and only one waiting behind another until after then never starts.
+        now = self._now
+        told = now + self._next_delay()
         waiting = self._waiting.get(slot)
-        if waiting:                           # sent to a share, not started: it never starts
-            w = waiting.popleft()
-            batch = w.batch
-            if slot in self._started:         # behind a batch preempted before, still running to its end
+        if waiting and waiting[-1].stop is None:      # a share's batch, sent and not started (the last sent)
+            w = waiting[-1]
+            # Whether it starts is seen when the share reaches it (_begin): it does if it gets there first.
+            w.stop = max(told, w.ready)
+            if self.preemption != FINISH:
                 self._expected[slot] -= w.expected
-                s = self.slots[slot]
-                s.busy_until = max(self._now, s.busy_until - w.expected)
-                return self.ledger.preempt(batch, self._now)
-            w.begin[2] = None
-        else:
-            entry = self._running.get(slot)
-            if entry is None or entry[2] is None or entry[0] <= self._now:
-                raise ValueError(f"preempt needs exactly one running batch on slot {slot}")
-            batch = entry[3]
-            if self.preemption == FINISH:
-                # It runs to its end, holding the slot (and its part of the device) until then; its end
-                # completes nothing, but on a share it still starts what waits behind it.
-                entry[2] = self._ended if slot in self._started else None
-                return self.ledger.preempt(batch, batch.t_end)
-            entry[2] = None                    # the completion never fires
-            self._until[slot] = self._now
-            self._started.pop(slot, None)
-        self._expected[slot] = 0.0
-        self.slots[slot].busy_until = self._now
-        return self.ledger.preempt(batch, self._now)
+                w.expected = 0.0
+                self.slots[slot].busy_until = now     # the policy sees the slot free, as the live runtime shows it
+            return self.ledger.preempt(w.batch, now)
+        entry = self._running.get(slot)
+        if entry is None or entry[2] is None or entry[0] <= now:
+            raise ValueError(f"preempt needs exactly one running batch on slot {slot}")
+        batch = entry[3]
+        s = self.slots[slot]
+        if slot not in self._started and batch.t_start > max(told, self._ready.get(slot, now)):
+            # A whole slot's batch waiting behind a batch preempted before: it never starts.
+            entry[2] = None
+            s.busy_until = self._until[slot] = batch.t_start
+            batch.t_start = NAN
+            return self.ledger.preempt(batch, now)
+        if self.preemption == FINISH:
+            # It runs to its end, holding the slot (and its part of the device) until then; its end
+            # completes nothing, but on a share it still starts what waits behind it.
+            entry[2] = self._ended if slot in self._started else None
+            return self.ledger.preempt(batch, batch.t_end)
+        if slot in self._started:             # the policy sees the share free at once, as the live runtime shows it
+            w = self._started[slot]
+            self._expected[slot] -= w.expected
+            w.expected = 0.0
+            s.busy_until = now
+        self._stop(slot, entry, batch, told)
+        return self.ledger.preempt(batch, batch.t_end)
+
+    def _stop(self, slot: int, entry: list, batch: Batch, told: float) -> None:
+        """The running `batch` stops where its stop reaches the slot (runtime.preemption=abort): at `told`,
+        or as it starts if the stop came right behind it, or at its end if it ends first."""
+        end = min(max(told, batch.t_start), batch.t_end)
+        entry[2] = None                       # its completion never fires
+        batch.t_end = self._until[slot] = end
+        self._chains.pop(slot, None)
+        if slot in self._started:             # a share: what waits behind it starts once it stops
+            self._running[slot] = self._push(end, self._ended, batch)
+        else:                                 # a whole slot: exact, as every batch's start on it is
+            self.slots[slot].busy_until = end
 
     @property
     def placement(self) -> Placement:
