@@ -116,7 +116,8 @@ class RuntimeConfig:
     scheduler_cpu: str = "none"         # the scheduler's core: none (the OS places it) | a core number | auto (the
                                         # fastest, measured, on hosts of 8+ cores); the run's other processes kept off it
     preemption: str = FINISH            # a batch preempted while it runs: finish (runs to its end first, as a CUDA
-                                        # graph on a real GPU must) | abort (stops at once: emulated and sim only)
+                                        # graph on a real GPU must) | abort (stops when the stop reaches the slot:
+                                        # emulated and sim only)
     slot_start_s: float = 0.5           # sim: seconds a slot takes to start where its profile measured none
                                         # (an emulated worker, measured live)
     faults: List[FaultConfig] = field(default_factory=list)   # scripted slot losses, for fault studies
