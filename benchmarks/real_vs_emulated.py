@@ -1,7 +1,8 @@
 """Real against emulated GPUs, repeated over seeds: each system's goodput on the GPU and on its emulation.
 
     python benchmarks/real_vs_emulated.py --out DIR [--systems eager,symphony,...] [--clusters mps25x4,whole]
-        [--loads reference,overload] [--seeds 0,1,2] [--gpu-type h200] [--stop-after-s 540] [overrides...]
+        [--loads reference,overload] [--seeds 0,1,2] [--gpu-type h200] [--stop-after-s 540] [--keep batches]
+        [overrides...]
     python benchmarks/real_vs_emulated.py --out DIR --table      # only the table of what DIR holds
     python benchmarks/real_vs_emulated.py --out DIR1 --out DIR2 --table   # of several calls' DIRs as one
     python benchmarks/real_vs_emulated.py --out DIR --sim CALIBRATION   # add the sim's twins (no GPU needed)
@@ -37,6 +38,13 @@ where its slots never idled before a dispatch, as Clockwork's past capacity)
 comes from another real run of the same cluster and load on the same host
 (the file names those parts, `run.from_base`); a Triton run takes none (its
 path is tritonserver's).
+
+`--keep batches` deletes each run's per-request records once it is made (and
+a real run's calibration written from them): `requests.parquet`,
+`server_requests.parquet` and `schedule.parquet`, tens of MB a run past
+capacity, where its batches, summary, config and logs are under 1 MB. What
+the table, `--sim` and a later run's calibration read stays; a run's
+latency figures and a new calibration from its records do not.
 
 `--sim CALIBRATION` makes, on any machine, the sim's twin of each real run
 DIR holds of the systems, clusters, loads and seeds given
@@ -185,8 +193,11 @@ def eager_capacity(out: Path, cluster: str, gpu_type: str, extra: list[str]) -> 
     return float(json.loads(path.read_text())["capacity"])
 
 
+RECORDS = ("requests.parquet", "server_requests.parquet", "schedule.parquet")   # a run's per-request records
+
+
 def one_run(out: Path, cluster: str, load: str, system: str, seed: int, side: str, rate: float | None,
-            gpu_type: str, extra: list[str]) -> str:
+            gpu_type: str, extra: list[str], keep: str = "all") -> str:
     where = run_dir(out, cluster, load, system, seed, side)
     moved = set_aside(where)
     # Locust sized to each schedule's busiest second (the experiment's four workers fall behind past capacity).
@@ -203,9 +214,13 @@ def one_run(out: Path, cluster: str, load: str, system: str, seed: int, side: st
         (where / "summary.json").rename(where / "summary-emulated.json")   # never counted as a real run
         raise SystemExit(f"error: the GPU side ran on emulated slots ({summary.get('notes')}); see {where}")
     ready = summary.get("ready_seconds")      # where a run's time goes besides its schedule
+    calibrated = calibrate_beside(where) if side == "gpu" else None      # (from the records, so first)
+    if keep == "batches":
+        for name in RECORDS:
+            (where / name).unlink(missing_ok=True)
     return (f"goodput {summary['goodput']:,.1f} req/s, valid {summary['validity']['valid']}"
             + (f", ready after {ready:.1f} s" if ready is not None else "")
-            + (f"; {calibrate_beside(where)}" if side == "gpu" else "")
+            + (f"; {calibrated}" if calibrated else "")
             + (f" (the run made with the profile before is now {moved.name})" if moved else ""))
 
 
@@ -394,6 +409,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gpu-type", help="the GPU's type, whose profiles both sides use (default: this host's GPU; "
                     "another is refused)")
     ap.add_argument("--stop-after-s", type=above(0), default=math.inf, help="start no run after this many seconds")
+    ap.add_argument("--keep", choices=("all", "batches"), default="all",
+                    help="batches: delete each run's per-request records once it is made (its calibration written "
+                         "first), keeping its batches, summary, config and logs")
     only = ap.add_mutually_exclusive_group()
     only.add_argument("--table", action="store_true", help="print the table of what --out holds, run nothing")
     only.add_argument("--sim", metavar="CALIBRATION",
@@ -439,7 +457,8 @@ def main(argv: list[str] | None = None) -> int:
             if (cluster, load) not in rates:
                 rates[cluster, load] = (OVERLOAD * eager_capacity(args.out, cluster, args.gpu_type, extra)
                                         if load == "overload" else None)
-            said = one_run(args.out, cluster, load, system, seed, side, rates[cluster, load], args.gpu_type, extra)
+            said = one_run(args.out, cluster, load, system, seed, side, rates[cluster, load], args.gpu_type, extra,
+                           args.keep)
             print(f"[{time.monotonic() - started:5.0f} s] {cluster} {load} {system} seed {seed} {side}: {said}",
                   flush=True)
     result = table(*outs)

@@ -278,3 +278,34 @@ def test_a_real_run_gets_its_own_calibration_beside_it_where_its_records_measure
         other = run(name, queued=True, host=host)
         assert "too few to measure the dispatch hop" in rve.calibrate_beside(other), name
         assert not (other / "calibration.json").exists()
+
+
+@pytest.mark.parametrize("keep", ["all", "batches"])
+def test_keep_batches_deletes_a_runs_per_request_records_after_its_calibration_is_written(tmp_path, monkeypatch, keep):
+    # The harness run is stood in for by what a finished live run leaves (its records as in the test above);
+    # the calibration is measured from the records before they go, and what the table reads stays.
+    import numpy as np
+
+    def made(*overrides):
+        where = Path(next(o for o in overrides if o.startswith("hydra.run.dir=")).split("=", 1)[1])
+        where.mkdir(parents=True)
+        t = np.arange(60) * 0.005
+        pd.DataFrame({"id": range(60), "slot": 0, "model": "m", "size": 8, "t_dispatch": t, "t_start": t + 8e-5,
+                      "t_end": t + 0.004, "status": "ok"}).to_parquet(where / "batches.parquet")
+        pd.DataFrame({"id": range(60), "model": "m", "t_sched": t - 4e-4, "t_sent": t - 4e-4,
+                      "t_done": t + 0.0043, "batch_id": range(60), "status": "ok"}).to_parquet(where / "requests.parquet")
+        pd.DataFrame({"id": range(60), "t_arrival": t - 3e-4, "t_scheduler": t - 1e-4}).to_parquet(
+            where / "server_requests.parquet")
+        pd.DataFrame({"id": range(60), "t_sched": t - 4e-4}).to_parquet(where / "schedule.parquet")
+        (where / "summary.json").write_text(json.dumps({"runtime": "live", "window_s": [0.0, 1.0], "goodput": 1500.0,
+                                                        "emulated": False, "validity": {"valid": True},
+                                                        "provenance": {"host": "gpu-host-1"}}))
+        return subprocess.CompletedProcess([], 0, "", "")
+
+    monkeypatch.setattr(rve, "harness", made)
+    said = rve.one_run(tmp_path, "whole", "reference", "eager", 0, "gpu", None, "h100", [], keep)
+    where = rve.run_dir(tmp_path, "whole", "reference", "eager", 0, "gpu")
+    assert "wrote calibration.json: request 0.300 ms" in said and (where / "calibration.json").exists()
+    left = {p.name for p in where.iterdir()}
+    assert {"summary.json", "batches.parquet", "calibration.json"} <= left
+    assert (left & set(rve.RECORDS)) == (set() if keep == "batches" else set(rve.RECORDS))
