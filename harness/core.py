@@ -276,8 +276,9 @@ class Cluster(Protocol):
         stays busy until then (Slot.busy_until unchanged), so what is dispatched to it next starts after;
         with abort the slot is free to the policy at once and the batch stops when the stop reaches it (an
         emulated or simulated executor only). The stop travels to the slot as a dispatch does and never
-        overtakes its batch: a batch sent to an idle slot has started when it arrives, and one waiting behind
-        another there never starts if its stop gets there first, either way."""
+        overtakes its batch: a batch sent to an idle slot has started when it arrives (live nearly always: a
+        worker slow to pick it up may still skip it), and one waiting behind another there never starts if its
+        stop gets there first, either way."""
 
     @property
     def placement(self) -> "Placement":
