@@ -297,56 +297,39 @@ def test_a_share_preempted_twice_stops_its_batch_as_its_executor_can(preemption)
 
 
 
-@pytest.mark.parametrize("preemption", ["finish", "abort"])
-def test_a_stop_follows_its_batch_to_the_share_and_finds_it_started(preemption):
-    # The same preemptions with a 1 ms way to the share (a dispatch, a stop): A reaches the share at 1 ms and
-    # starts; its stop, sent at 0.5 ms, gets there at 1.5 ms. B reaches it at 1.5 ms; its stop, sent at 1 ms,
-    # at 2 ms. A stop never overtakes its batch (a live worker reads both in order), so A, sent to an idle
-    # share, has started when its stop arrives; the sim had stopped it before it started.
-    curve = LatencyCurve.from_points([1, 4], [4.0, 8.0], alone_ms=[2.0, 4.0], step=True)
-    slots = [Slot(i, f"s{i}", "t", "mps50", frozenset({f"m{i}"}), device=0, share=0.5) for i in range(2)]
-    sim = SimCluster(Ledger(slots, [{"m0": curve}, {"m1": curve}]), preemption=preemption,
+# When A, B and C ran (ms; None: never started), each sent on a 1 ms way to its slot: A at 0 ms (it reaches the
+# slot at 1 ms), preempted at 0.5 ms for B (its stop gets there at 1.5 ms), B preempted at 1 ms for C (at 2 ms).
+STOPS = {("share", "finish"): ((1, 3), None, (3, 7)),     # A to its end; B behind it past its stop
+         ("share", "abort"): ((1, 1.5), (1.5, 2), (2, 6)),  # each until its stop arrives
+         ("whole", "finish"): ((1, 5), None, (5, 13)),
+         ("whole", "abort"): ((1, 1.5), (1.5, 2), (2, 10))}
+
+
+@pytest.mark.parametrize("where, preemption", list(STOPS))
+def test_a_stop_follows_its_batch_to_the_slot_and_finds_it_started(where, preemption):
+    # A stop never overtakes its batch (a live worker reads both in order), so A, sent to an idle slot, has
+    # started when its stop arrives; the sim had stopped it before it started. On a share (two 50% shares of
+    # one device, the other idle) a batch of one takes 2 ms alone, of up to four 4 ms; on a whole GPU 4 and 8.
+    if where == "share":
+        curve = LatencyCurve.from_points([1, 4], [4.0, 8.0], alone_ms=[2.0, 4.0], step=True)
+        slots = [Slot(i, f"s{i}", "t", "mps50", frozenset({f"m{i}"}), device=0, share=0.5) for i in range(2)]
+    else:
+        curve = LatencyCurve.from_points([1, 4], [4.0, 8.0], step=True)
+        slots = [Slot(0, "g0", "t", "whole", frozenset({"m0"}), device=0)]
+    sim = SimCluster(Ledger(slots, [{f"m{i}": curve} for i in range(len(slots))]), preemption=preemption,
                      overheads=Overheads(dispatch_s=0.001))
-    policy = _PreemptEachArrival(sim, {m: ModelSpec(m, 1.0) for m in ("m0", "m1")}, SystemConfig())
+    policy = _PreemptEachArrival(sim, {f"m{i}": ModelSpec(f"m{i}", 1.0) for i in range(len(slots))}, SystemConfig())
     tasks = sim.run(policy, np.arange(3), ["m0"] * 3, np.array([0.0, 0.0005, 0.001]), {"m0": 1.0}, drain=1.0)
-    a, b, c = sim.batches
     assert [(x.size, x.status) for x in sim.batches] == [(1, "preempted"), (2, "preempted"), (3, "ok")]
-    if preemption == "finish":
-        # A runs to its end (3 ms); B waits behind it past its stop (2 ms) and never starts; C starts at 3 ms.
-        assert (a.t_start, a.t_end) == (pytest.approx(0.001), pytest.approx(0.003))
-        assert np.isnan(b.t_start)
-        assert (c.t_start, c.t_end) == (pytest.approx(0.003), pytest.approx(0.007))
-    else:
-        # A runs until its stop (1.5 ms), B from then until its own (2 ms), C from 2 ms.
-        assert (a.t_start, a.t_end) == (pytest.approx(0.001), pytest.approx(0.0015))
-        assert (b.t_start, b.t_end) == (pytest.approx(0.0015), pytest.approx(0.002))
-        assert (c.t_start, c.t_end) == (pytest.approx(0.002), pytest.approx(0.006))
+    for batch, ran in zip(sim.batches, STOPS[where, preemption]):
+        if ran is None:
+            assert np.isnan(batch.t_start)
+        else:
+            assert (batch.t_start, batch.t_end) == (pytest.approx(ran[0] / 1e3), pytest.approx(ran[1] / 1e3))
+    c = sim.batches[2]
     assert all(t.status == "ok" and t.t_done == pytest.approx(c.t_end) for t in tasks)
     assert sim.slots[0].busy_until == pytest.approx(c.t_end)
 
-
-@pytest.mark.parametrize("preemption", ["finish", "abort"])
-def test_a_stop_follows_its_batch_to_a_whole_gpu(preemption):
-    # One whole GPU (a batch of one takes 4 ms, of up to four 8 ms), a 1 ms way to it: A reaches it at 1 ms;
-    # at 0.5 ms B preempts it, at 1 ms C preempts B. Under finish A runs to its end (5 ms) and B, waiting behind it past its stop,
-    # never starts; under abort A stops at 1.5 ms and B at 2 ms, as on a share.
-    curve = LatencyCurve.from_points([1, 4], [4.0, 8.0], step=True)
-    slots = [Slot(0, "g0", "t", "whole", frozenset({"m0"}), device=0)]
-    sim = SimCluster(Ledger(slots, [{"m0": curve}]), preemption=preemption, overheads=Overheads(dispatch_s=0.001))
-    policy = _PreemptEachArrival(sim, {"m0": ModelSpec("m0", 1.0)}, SystemConfig())
-    tasks = sim.run(policy, np.arange(3), ["m0"] * 3, np.array([0.0, 0.0005, 0.001]), {"m0": 1.0}, drain=1.0)
-    a, b, c = sim.batches
-    assert [(x.size, x.status) for x in sim.batches] == [(1, "preempted"), (2, "preempted"), (3, "ok")]
-    if preemption == "finish":
-        assert (a.t_start, a.t_end) == (pytest.approx(0.001), pytest.approx(0.005))
-        assert np.isnan(b.t_start)
-        assert (c.t_start, c.t_end) == (pytest.approx(0.005), pytest.approx(0.013))
-    else:
-        assert (a.t_start, a.t_end) == (pytest.approx(0.001), pytest.approx(0.0015))
-        assert (b.t_start, b.t_end) == (pytest.approx(0.0015), pytest.approx(0.002))
-        assert (c.t_start, c.t_end) == (pytest.approx(0.002), pytest.approx(0.010))
-    assert all(t.status == "ok" and t.t_done == pytest.approx(c.t_end) for t in tasks)
-    assert sim.slots[0].busy_until == pytest.approx(c.t_end)
 
 class _EightThenOne(Policy):
     """Model "m1" in one batch of eight to slot 1, each "m0" alone to slot 0."""

@@ -305,9 +305,7 @@ class SimCluster:
             # Whether it starts is seen when the share reaches it (_begin): it does if it gets there first.
             w.stop = max(told, w.ready)
             if self.preemption != FINISH:
-                self._expected[slot] -= w.expected
-                w.expected = 0.0
-                self.slots[slot].busy_until = now     # the policy sees the slot free, as the live runtime shows it
+                self._free_to_policy(slot, w)
             return self.ledger.preempt(w.batch, now)
         entry = self._running.get(slot)
         if entry is None or entry[2] is None or entry[0] <= now:
@@ -325,13 +323,17 @@ class SimCluster:
             # completes nothing, but on a share it still starts what waits behind it.
             entry[2] = self._ended if slot in self._started else None
             return self.ledger.preempt(batch, batch.t_end)
-        if slot in self._started:             # the policy sees the share free at once, as the live runtime shows it
-            w = self._started[slot]
-            self._expected[slot] -= w.expected
-            w.expected = 0.0
-            s.busy_until = now
+        if slot in self._started:
+            self._free_to_policy(slot, self._started[slot])
         self._stop(slot, entry, batch, told)
         return self.ledger.preempt(batch, batch.t_end)
+
+    def _free_to_policy(self, slot: int, w: _Waiting) -> None:
+        """A share's batch preempted under abort: the policy sees the share free at once, as the live runtime
+        shows it, and no longer expects the batch's time there."""
+        self._expected[slot] -= w.expected
+        w.expected = 0.0
+        self.slots[slot].busy_until = self._now
 
     def _stop(self, slot: int, entry: list, batch: Batch, told: float) -> None:
         """The running `batch` stops where its stop reaches the slot (runtime.preemption=abort): at `told`,
