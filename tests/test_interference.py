@@ -296,7 +296,6 @@ def test_a_share_preempted_twice_stops_its_batch_as_its_executor_can(preemption)
     assert sim.slots[0].busy_until == pytest.approx(c.t_end)
 
 
-
 # When A, B and C ran (ms; None: never started), each sent on a 1 ms way to its slot: A at 0 ms (it reaches the
 # slot at 1 ms), preempted at 0.5 ms for B (its stop gets there at 1.5 ms), B preempted at 1 ms for C (at 2 ms).
 STOPS = {("share", "finish"): ((1, 3), None, (3, 7)),     # A to its end; B behind it past its stop

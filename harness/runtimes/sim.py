@@ -217,8 +217,8 @@ class SimCluster:
                 return
             self._run_batch(batch, w.curves, now)
             entry = self._running[slot]
-            self._chains.pop(slot, None)
             if self.preemption == FINISH:
+                self._chains.pop(slot, None)  # (_stop drops them under abort)
                 entry[2] = self._ended        # it runs to its end and completes nothing
             else:
                 self._stop(slot, entry, batch, w.stop)
