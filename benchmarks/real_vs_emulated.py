@@ -41,12 +41,11 @@ path is tritonserver's).
 
 `--keep batches` deletes each run's per-request records once it is made (and
 a real run's calibration written from them): `requests.parquet`,
-`server_requests.parquet`, `schedule.parquet` and the client's shards under
+`server_requests.parquet`, `schedule.parquet` and what is left under
 `client/` (at 8,200 req/s on the H100's shares `requests.parquet` alone was
-7.7 MB a run, and nine runs without the first three files still packed to
-33 MB, mostly the client's shards), and the server's copies of its
-tables (`server_batches.parquet` and the like, the same rows as
-`batches.parquet`), where its batches, summary, config and logs are under 1 MB. What
+7.7 MB a run; the client's shards and the server's copies of the tables,
+which once made nine runs pack to 33 MB, the harness deletes itself once a
+run's summary is written), where its batches, summary, config and logs are under 1 MB. What
 the table, `--sim` and a later run's calibration read stays; a run's
 latency figures and a new calibration from its records do not.
 
@@ -98,7 +97,7 @@ from harness.calibrate import describe, from_run, load_calibration  # noqa: E402
 from harness.errors import HarnessError  # noqa: E402
 from harness.gpu.partitions import gpu_type_from_name  # noqa: E402
 from harness.profiles import load_profile, profile_path  # noqa: E402
-from harness.records import LEDGER_TABLES, write_json  # noqa: E402
+from harness.records import write_json  # noqa: E402
 from harness.report import figures  # noqa: E402
 from harness.report.analysis import mean_ci  # noqa: E402
 
@@ -197,10 +196,8 @@ def eager_capacity(out: Path, cluster: str, gpu_type: str, extra: list[str]) -> 
     return float(json.loads(path.read_text())["capacity"])
 
 
-# What `--keep batches` deletes: a run's per-request records (the client's shards among them, merged into
-# requests.parquet) and the server's copies of the run's tables (batches.parquet and the rest hold the same rows).
-RECORDS = ("requests.parquet", "server_requests.parquet", "schedule.parquet", "client",
-           *(f"server_{name}.parquet" for name in LEDGER_TABLES))
+# What `--keep batches` deletes: a run's per-request records and the load generator's log.
+RECORDS = ("requests.parquet", "server_requests.parquet", "schedule.parquet", "client")
 
 
 def one_run(out: Path, cluster: str, load: str, system: str, seed: int, side: str, rate: float | None,

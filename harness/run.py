@@ -51,7 +51,12 @@ def execute(cfg, out_dir: Path, overrides: list[str]) -> dict:
 
         outcome = run_live(assembly, out_dir, schedule)
     outcome.notes[:0] = assembly.notes
-    return record(assembly, out_dir, outcome, overrides)
+    summary = record(assembly, out_dir, outcome, overrides)
+    if assembly.cfg.runtime.name == "live":
+        from harness.runtimes.live import drop_copies
+
+        drop_copies(out_dir)       # only now: until the summary is written they are the run's only record
+    return summary
 
 
 def make_schedule(assembly: Assembly) -> pd.DataFrame:

@@ -63,6 +63,10 @@ def test_system_serves_live(live_runs, system):
     assert len(ok) >= 0.5 * len(requests)                          # it serves (fidelity: benchmarks/live_vs_sim.py)
     assert ok["batch_id"].isin(batches["id"]).all() and (ok["latency"] > 0).all()
     assert (ok["t_sent"] >= ok["t_sched"] - 1e-3).all()
+    # What the tables were assembled from goes once the summary is written; what only the server knows stays.
+    assert not list(tmp_path.glob("server_batches*")) and not list(tmp_path.glob("client/client-*"))
+    assert (tmp_path / "server_requests.parquet").exists() or system == "triton"
+    assert (tmp_path / "client" / "locust.log").exists()
     # The workers there at time 0 (slot 0's in every system; those of a later re-cut start after it) ran their
     # models over the second before it (runtime.warm_s), as on a real GPU.
     assert "warmed up on" in (tmp_path / "worker-0.log").read_text()

@@ -5,7 +5,6 @@ Its runs need a GPU host; here the summaries are written by hand, as those runs 
 
 import importlib.util
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -299,8 +298,7 @@ def test_keep_batches_deletes_a_runs_per_request_records_after_its_calibration_i
             where / "server_requests.parquet")
         pd.DataFrame({"id": range(60), "t_sched": t - 4e-4}).to_parquet(where / "schedule.parquet")
         (where / "client").mkdir()
-        pd.read_parquet(where / "requests.parquet").to_parquet(where / "client" / "client-000.parquet")
-        shutil.copy(where / "batches.parquet", where / "server_batches.parquet")
+        (where / "client" / "locust.log").write_text("Locust's summary")
         (where / "summary.json").write_text(json.dumps({"runtime": "live", "window_s": [0.0, 1.0], "goodput": 1500.0,
                                                         "emulated": False, "validity": {"valid": True},
                                                         "provenance": {"host": "gpu-host-1"}}))
@@ -312,7 +310,6 @@ def test_keep_batches_deletes_a_runs_per_request_records_after_its_calibration_i
     assert "wrote calibration.json: request 0.300 ms" in said and (where / "calibration.json").exists()
     left = {p.name for p in where.iterdir()}
     assert {"summary.json", "batches.parquet", "calibration.json"} <= left
-    made_records = {"requests.parquet", "server_requests.parquet", "schedule.parquet", "client",
-                    "server_batches.parquet"}
+    made_records = {"requests.parquet", "server_requests.parquet", "schedule.parquet", "client"}
     assert made_records <= set(rve.RECORDS)
     assert (left & made_records) == (set() if keep == "batches" else made_records)
