@@ -19,6 +19,15 @@ partition and model the real mean batch time over each:
 
 1.00 is a perfect prediction. Runs whose table predates the `device` and `slot`
 columns (one GPU, `gpu` naming the slot) are read as one device.
+
+    python benchmarks/batch_time.py RUN_DIR [RUN_DIR ...] --by-sibling-batch
+
+prints instead real over `beside` for all the runs' batches together, by the
+siblings' batch when each started (their mean padded size, in bins between
+powers of two; "none" where no sibling worked): where the ratio grows with it,
+the siblings slow the share more than the profile's own sibling batch did, and
+the share wants a profile measured beside siblings at several batch sizes
+(harness.gpu.profiler --sibling-batch).
 """
 
 from __future__ import annotations
@@ -89,7 +98,10 @@ def busy_at_start(batches: pd.DataFrame, shares: dict[int, float]) -> tuple[np.n
     return busy, sibling_batch
 
 
-def table(run: Path, gpu_type: str) -> pd.DataFrame:
+def predicted(run: Path, gpu_type: str) -> tuple[pd.DataFrame, dict]:
+    """The run's batches that ran ok, each with what it took (`took`, s), the fraction of the rest of its device
+    at work when it started (`busy`), the siblings' batch then (`sibling batch`) and what its emulated share
+    charges for it (`beside`, s); and the profiles by partition."""
     path = run / "batches.parquet"
     try:
         batches = pd.read_parquet(path)
@@ -111,29 +123,54 @@ def table(run: Path, gpu_type: str) -> pd.DataFrame:
     batches["padded"] = [profiles[p].curves[m].padded(int(b))
                          for p, m, b in zip(batches["partition"], batches["model"], batches["size"])]
     batches["busy"], batches["sibling batch"] = busy_at_start(batches, shares)
+    batches["took"] = batches["t_end"] - batches["t_start"]
+    batches["beside"] = [profiles[p].curves[m].beside(int(b), f, None if np.isnan(sb) else sb)
+                         for p, m, b, f, sb in zip(batches["partition"], batches["model"], batches["size"],
+                                                   batches["busy"], batches["sibling batch"])]
+    return batches, profiles
+
+
+def table(run: Path, gpu_type: str) -> pd.DataFrame:
+    """Per partition and model of the run: its batches' mean time against the profile, two ways."""
+    batches, profiles = predicted(run, gpu_type)
     rows = []
     for partition, of_partition in batches.groupby("partition"):
-        profile = profiles[partition]
-        measured = json.loads(Path(profile.path).read_text())["models"]
+        measured = json.loads(Path(profiles[partition].path).read_text())["models"]
         for model, g in of_partition.groupby("model"):
             linear = LatencyCurve.from_points(measured[model]["batch"], measured[model]["mean_ms"])  # the old way
-            stepped = profile.curves[model]
-            took = (g["t_end"] - g["t_start"]).mean()
+            took = g["took"].mean()
             rows.append({"run": run.name, "partition": partition, "model": model, "batches": len(g),
                          "mean batch": g["size"].mean(), "siblings at work": g["busy"].mean(),
                          "sibling batch": g["sibling batch"].mean(),
                          "real (ms)": took * 1000,
                          "real / interpolated": took / np.mean([linear.mean[b] for b in g["size"]]),
-                         "real / beside": took / np.mean([stepped.beside(b, f, None if np.isnan(sb) else sb)
-                                                          for b, f, sb in zip(g["size"], g["busy"],
-                                                                              g["sibling batch"])])})
+                         "real / beside": took / g["beside"].mean()})
     return pd.DataFrame(rows)
+
+
+def by_sibling_batch(batches: pd.DataFrame) -> pd.DataFrame:
+    """Real over `beside` by the siblings' batch when each batch started, over all of `batches` (from
+    `predicted`): bins (lo, hi] between powers of two, and "none" where no sibling worked."""
+    sibling = batches["sibling batch"]
+    edges = 2.0 ** np.arange(0, 9)
+    where = np.searchsorted(edges, sibling.fillna(0).to_numpy(), side="left")
+    label = np.where(sibling.isna(), "none",
+                     [f"{edges[i - 1]:g}-{edges[i]:g}" if 0 < i < len(edges) else
+                      (f"<= {edges[0]:g}" if i == 0 else f"> {edges[-1]:g}") for i in where])
+    grouped = batches.assign(bin=label, order=np.where(sibling.isna(), -1, where)).groupby(["order", "bin"])
+    out = grouped.agg(batches=("took", "size"), **{"siblings at work": ("busy", "mean"),
+                                                    "mean batch": ("size", "mean")},
+                      took=("took", "sum"), beside=("beside", "sum")).reset_index()
+    out["real / beside"] = out.pop("took") / out.pop("beside")
+    return out.drop(columns="order").rename(columns={"bin": "sibling batch"})
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = Parser(description=__doc__.split("\n")[0])
     ap.add_argument("runs", nargs="+", type=Path, help="run directories holding batches.parquet")
     ap.add_argument("--gpu-type", default=None, help="the profiles' GPU type (default: each run's summary)")
+    ap.add_argument("--by-sibling-batch", action="store_true",
+                    help="real over beside for all the runs' batches by the siblings' batch, not per model")
     args = ap.parse_args(argv)
     if args.gpu_type is not None:
         check_gpu_type(args.gpu_type, "--gpu-type")
@@ -142,8 +179,11 @@ def main(argv: list[str] | None = None) -> int:
         if not (run / "batches.parquet").exists():
             print(f"error: {run} has no batches.parquet; give run directories of real-GPU runs", file=sys.stderr)
             return 2
-        out.append(table(run, args.gpu_type or run_gpu_type(run)))
+        gpu_type = args.gpu_type or run_gpu_type(run)
+        out.append(predicted(run, gpu_type)[0] if args.by_sibling_batch else table(run, gpu_type))
     result = pd.concat(out, ignore_index=True)
+    if args.by_sibling_batch and not result.empty:
+        result = by_sibling_batch(result)
     if result.empty:
         print(f"error: no batch ran ok in {', '.join(map(str, args.runs))}; nothing to compare", file=sys.stderr)
         return 1

@@ -358,16 +358,37 @@ def test_the_sim_charges_a_share_for_the_batch_its_busy_sibling_runs():
     assert (one.t_start, one.t_end) == (pytest.approx(0.001), pytest.approx(0.007))   # 6 ms: beside batch 8
 
 
-def test_the_model_predicts_the_batches_of_real_h100_shares_closer_than_the_interpolated_profile():
-    # Real batches of two committed reference runs on four 25% MPS shares of an H100: symphony (big batches,
-    # siblings at work about 15% of the time) and clockwork (batches of one, about 75%).
+def _batch_time():
     path = REFERENCE.parent.parent / "benchmarks" / "batch_time.py"
     spec = importlib.util.spec_from_file_location("batch_time", path)
     batch_time = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(batch_time)
+    return batch_time
+
+
+def test_the_model_predicts_the_batches_of_real_h100_shares_closer_than_the_interpolated_profile():
+    # Real batches of two committed reference runs on four 25% MPS shares of an H100: symphony (big batches,
+    # siblings at work about 15% of the time) and clockwork (batches of one, about 75%).
+    batch_time = _batch_time()
     for run in ("symphony-gpu", "clockwork-gpu"):
         got = batch_time.table(REFERENCE / "h100-mps25x4" / run, "h100")
         assert len(got) == 3 and got["batches"].min() > 500
         assert got["real / beside"].between(0.98, 1.06).all(), got
         # The worst model: ViT in symphony's big batches (1.14x interpolated), every model in clockwork's (0.92x).
         assert abs(got["real / beside"] - 1).max() < abs(got["real / interpolated"] - 1).max() - 0.03, got
+
+
+def test_real_h100_shares_slow_down_with_their_siblings_batch_which_the_profile_at_16_misses():
+    # Shepherd past capacity on four 25% shares of an H100 (committed, seed 0): on the GPU a batch beside
+    # siblings running batches of 33-64 takes 1.07 x what the emulated share charges, beside siblings at 9-16
+    # (the profile's own sibling batch) 1.02 x; the emulated twin charges what it says at every sibling batch.
+    batch_time = _batch_time()
+    runs = REFERENCE / "h100-shares-current" / "mps25x4" / "overload"
+    ratio = {}
+    for side in ("gpu", "emulated"):
+        table = batch_time.by_sibling_batch(batch_time.predicted(runs / f"shepherd-seed0-{side}", "h100")[0])
+        assert table["batches"].sum() > 7000 and list(table["sibling batch"])[:1] == ["none"], table
+        ratio[side] = table.set_index("sibling batch")["real / beside"]
+    assert ratio["gpu"]["32-64"] - ratio["gpu"]["8-16"] > 0.03, ratio["gpu"]
+    assert ratio["emulated"][["8-16", "16-32", "32-64"]].between(0.99, 1.03).all(), ratio["emulated"]
+
