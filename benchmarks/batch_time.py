@@ -148,21 +148,20 @@ def table(run: Path, gpu_type: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+SIBLING_BINS = [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, np.inf]
+SIBLING_LABELS = ["<= 1", *(f"{lo}-{hi}" for lo, hi in zip(SIBLING_BINS[1:-2], SIBLING_BINS[2:-1])), "> 256"]
+
+
 def by_sibling_batch(batches: pd.DataFrame) -> pd.DataFrame:
     """Real over `beside` by the siblings' batch when each batch started, over all of `batches` (from
     `predicted`): bins (lo, hi] between powers of two, and "none" where no sibling worked."""
-    sibling = batches["sibling batch"]
-    edges = 2.0 ** np.arange(0, 9)
-    where = np.searchsorted(edges, sibling.fillna(0).to_numpy(), side="left")
-    label = np.where(sibling.isna(), "none",
-                     [f"{edges[i - 1]:g}-{edges[i]:g}" if 0 < i < len(edges) else
-                      (f"<= {edges[0]:g}" if i == 0 else f"> {edges[-1]:g}") for i in where])
-    grouped = batches.assign(bin=label, order=np.where(sibling.isna(), -1, where)).groupby(["order", "bin"])
-    out = grouped.agg(batches=("took", "size"), **{"siblings at work": ("busy", "mean"),
-                                                    "mean batch": ("size", "mean")},
-                      took=("took", "sum"), beside=("beside", "sum")).reset_index()
+    bins = pd.cut(batches["sibling batch"], SIBLING_BINS, labels=SIBLING_LABELS)
+    bins = bins.cat.add_categories("none").cat.reorder_categories(["none", *SIBLING_LABELS]).fillna("none")
+    out = batches.groupby(bins.rename("sibling batch"), observed=True).agg(
+        batches=("took", "size"), **{"siblings at work": ("busy", "mean"), "mean batch": ("size", "mean")},
+        took=("took", "sum"), beside=("beside", "sum")).reset_index()
     out["real / beside"] = out.pop("took") / out.pop("beside")
-    return out.drop(columns="order").rename(columns={"bin": "sibling batch"})
+    return out.astype({"sibling batch": str})
 
 
 def main(argv: list[str] | None = None) -> int:
