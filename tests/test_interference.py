@@ -380,7 +380,7 @@ def test_the_model_predicts_the_batches_of_real_h100_shares_closer_than_the_inte
 
 def test_real_h100_shares_slow_down_with_their_siblings_batch_which_the_profile_at_16_misses():
     # Shepherd past capacity on four 25% shares of an H100 (committed, seed 0): on the GPU a batch beside
-    # siblings running batches of 33-64 takes 1.07 x what the emulated share charges, beside siblings at 9-16
+    # siblings running batches of 32-64 takes 1.07 x what the emulated share charges, beside siblings at 8-16
     # (the profile's own sibling batch) 1.02 x; the emulated twin charges what it says at every sibling batch.
     batch_time = _batch_time()
     runs = REFERENCE / "h100-shares-current" / "mps25x4" / "overload"
@@ -391,4 +391,3 @@ def test_real_h100_shares_slow_down_with_their_siblings_batch_which_the_profile_
         ratio[side] = table.set_index("sibling batch")["real / beside"]
     assert ratio["gpu"]["32-64"] - ratio["gpu"]["8-16"] > 0.03, ratio["gpu"]
     assert ratio["emulated"][["8-16", "16-32", "32-64"]].between(0.99, 1.03).all(), ratio["emulated"]
-

@@ -235,22 +235,17 @@ def _serve_external(server, epoch: float, seconds: float) -> list[str]:
     return []
 
 
-def drop_copies(out_dir: Path) -> list[str]:
+def drop_copies(out_dir: Path) -> None:
     """Once a live run's records and summary are written, delete the files they repeat (about a third of
     the run's bytes): the server's copies of the ledger's tables (`server_batches.parquet` and the like,
     read into the outcome and written again unchanged as `batches.parquet` and the rest) and the client's
     shards (`client/client-*.parquet`, merged into `requests.parquet` with every column). Kept: the server's
     `server_requests.parquet` (arrival times, which only it has), the load generator's log, and all of a run
-    cut short before its summary. Returns the names deleted."""
+    cut short before its summary."""
     out_dir = Path(out_dir)
-    copies = [out_dir / f"server_{name}.parquet" for name in LEDGER_TABLES]
-    copies += sorted((out_dir / "client").glob("client-*.parquet"))
-    gone = []
-    for path in copies:
-        if path.exists():
-            path.unlink()
-            gone.append(str(path.relative_to(out_dir)))
-    return gone
+    for path in [*(out_dir / f"server_{name}.parquet" for name in LEDGER_TABLES),
+                 *(out_dir / "client").glob("client-*.parquet")]:
+        path.unlink(missing_ok=True)
 
 
 def _no_records(columns: list[str]) -> pd.DataFrame:
