@@ -41,11 +41,12 @@ path is tritonserver's).
 
 `--keep batches` deletes each run's per-request records once it is made (and
 a real run's calibration written from them): `requests.parquet`,
-`server_requests.parquet`, `schedule.parquet` and what is left under
-`client/` (at 8,200 req/s on the H100's shares `requests.parquet` alone was
-7.7 MB a run; the client's shards and the server's copies of the tables,
-which once made nine runs pack to 33 MB, the harness deletes itself once a
-run's summary is written), where its batches, summary, config and logs are under 1 MB. What
+`server_requests.parquet`, `schedule.parquet` and the load generator's log
+under `client/` (at 8,200 req/s on the H100's shares `requests.parquet` alone
+was 7.7 MB a run), where its batches, summary, config and logs are under
+1 MB. (The client's shards and the server's copies of the tables, which
+once packed nine runs to 33 MB, every live run deletes once its summary is
+written.) What
 the table, `--sim` and a later run's calibration read stays; a run's
 latency figures and a new calibration from its records do not.
 
