@@ -28,6 +28,16 @@ powers of two; "none" where no sibling worked): where the ratio grows with it,
 the siblings slow the share more than the profile's own sibling batch did, and
 the share wants a profile measured beside siblings at several batch sizes
 (harness.gpu.profiler --sibling-batch).
+
+    python benchmarks/batch_time.py RUN_DIR [RUN_DIR ...] --by-siblings-at-work
+
+prints real over `beside` by the fraction of the rest of the device at work
+when each batch started (what an emulated share charges by), and real over
+the same charge with that fraction averaged over the batch's span (what the
+siblings did while it ran), with the span's mean fraction: where the first
+ratio falls with the fraction at the start and the second stays flat, the
+GPU slows a share by what its siblings run during its batch, not at its
+start.
 """
 
 from __future__ import annotations
@@ -164,13 +174,77 @@ def by_sibling_batch(batches: pd.DataFrame) -> pd.DataFrame:
     return out.astype({"sibling batch": str})
 
 
+BUSY_BINS = [-np.inf, 0.0, 1 / 3 + 1e-9, 2 / 3 + 1e-9, 1 - 1e-9, 1.0]
+BUSY_LABELS = ["none", "<= 1/3", "<= 2/3", "< 1", "all"]
+
+
+def at_work_over_span(batches: pd.DataFrame) -> np.ndarray:
+    """Per batch (by position), the fraction of the rest of its device at work averaged over its run
+    (each sibling slot's share times the part of the span it ran a batch), as `busy` is at its start."""
+    out = np.zeros(len(batches))
+    for _, on_device in batches.groupby("device"):
+        spans = {slot: g.sort_values("t_start")[["t_start", "t_end"]].to_numpy()
+                 for slot, g in on_device.groupby("slot")}
+        shares = {int(s): parse_partition(p).share for s, p in zip(on_device["slot"], on_device["partition"])}
+        for row in on_device.itertuples():
+            rest, length = 1.0 - shares[row.slot], row.t_end - row.t_start
+            if rest <= 1e-9 or length <= 0:
+                continue
+            worked = 0.0
+            for slot, span in spans.items():
+                if slot == row.slot:
+                    continue
+                # A slot's batches do not overlap one another: those ending after the start and starting
+                # before the end are the ones that ran during it.
+                during = span[np.searchsorted(span[:, 1], row.t_start, side="right"):
+                              np.searchsorted(span[:, 0], row.t_end, side="left")]
+                overlap = np.minimum(during[:, 1], row.t_end) - np.maximum(during[:, 0], row.t_start)
+                worked += shares[slot] * overlap.clip(0).sum() / length
+            out[row.Index] = min(1.0, worked / rest)
+    return out
+
+
+def over_span(run: Path, gpu_type: str) -> pd.DataFrame:
+    """`predicted`'s batches with the fraction of the rest of their device at work averaged over each one's
+    run (`at work over span`) and what the share's profile charges at that fraction (`beside over span`)."""
+    batches, profiles = predicted(run, gpu_type)
+    at_work = at_work_over_span(batches)
+    return batches.assign(**{"at work over span": at_work, "beside over span": [
+        profiles[p].curves[m].beside(int(b), f, None if np.isnan(sb) else sb)
+        for p, m, b, f, sb in zip(batches["partition"], batches["model"], batches["size"], at_work,
+                                  batches["sibling batch"])]})
+
+
+def by_siblings_at_work(batches: pd.DataFrame) -> pd.DataFrame:
+    """Real over `beside` by the fraction of the rest of the device at work when each batch started, and
+    real over the charge at the fraction averaged over its run, over all of `batches` (from `over_span`)."""
+    bins = pd.cut(batches["busy"], BUSY_BINS, labels=BUSY_LABELS).rename("siblings at work at start")
+    out = batches.groupby(bins, observed=True).agg(
+        batches=("took", "size"), **{"at work over span": ("at work over span", "mean")},
+        took=("took", "sum"), beside=("beside", "sum"), over_span=("beside over span", "sum")).reset_index()
+    out = out.astype({"siblings at work at start": str})
+    every = {"siblings at work at start": "every batch", "batches": len(batches),
+             "at work over span": batches["at work over span"].mean(), "took": batches["took"].sum(),
+             "beside": batches["beside"].sum(), "over_span": batches["beside over span"].sum()}
+    out = pd.concat([out, pd.DataFrame([every])], ignore_index=True)
+    out["real / beside"] = out["took"] / out.pop("beside")
+    out["real / beside over span"] = out.pop("took") / out.pop("over_span")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = Parser(description=__doc__.split("\n")[0])
     ap.add_argument("runs", nargs="+", type=Path, help="run directories holding batches.parquet")
     ap.add_argument("--gpu-type", default=None, help="the profiles' GPU type (default: each run's summary)")
     ap.add_argument("--by-sibling-batch", action="store_true",
                     help="real over beside for all the runs' batches by the siblings' batch, not per model")
+    ap.add_argument("--by-siblings-at-work", action="store_true",
+                    help="real over beside for all the runs' batches by the siblings at work when each started, "
+                         "and over the charge by what they did during it")
     args = ap.parse_args(argv)
+    if args.by_sibling_batch and args.by_siblings_at_work:
+        print("error: give one of --by-sibling-batch and --by-siblings-at-work", file=sys.stderr)
+        return 2
     if args.gpu_type is not None:
         check_gpu_type(args.gpu_type, "--gpu-type")
     out = []
@@ -179,10 +253,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {run} has no batches.parquet; give run directories of real-GPU runs", file=sys.stderr)
             return 2
         gpu_type = args.gpu_type or run_gpu_type(run)
-        out.append(predicted(run, gpu_type)[0] if args.by_sibling_batch else table(run, gpu_type))
+        if args.by_siblings_at_work:
+            out.append(over_span(run, gpu_type))
+        else:
+            out.append(predicted(run, gpu_type)[0] if args.by_sibling_batch else table(run, gpu_type))
     result = pd.concat(out, ignore_index=True)
     if args.by_sibling_batch and not result.empty:
         result = by_sibling_batch(result)
+    if args.by_siblings_at_work and not result.empty:
+        result = by_siblings_at_work(result)
     if result.empty:
         print(f"error: no batch ran ok in {', '.join(map(str, args.runs))}; nothing to compare", file=sys.stderr)
         return 1

@@ -129,6 +129,8 @@ def test_batch_time_without_profiles_of_the_gpu_type_is_one_line(tmp_path):
     one_line_error(bench("batch_time.py", str(run_dir)), "'sleep'", "--gpu-type")
     (run_dir / "summary.json").write_text("{broken")
     one_line_error(bench("batch_time.py", str(run_dir)), "summary.json", "--gpu-type")
+    one_line_error(bench("batch_time.py", str(run_dir), "--by-sibling-batch", "--by-siblings-at-work"),
+                   "--by-sibling-batch", "--by-siblings-at-work")
 
 
 @pytest.mark.parametrize("script", ["gpu_channels_last.py", "gpu_executor_overhead.py", "gpu_served_latency.py",

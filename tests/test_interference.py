@@ -391,3 +391,32 @@ def test_real_h100_shares_slow_down_with_their_siblings_batch_which_the_profile_
         ratio[side] = table.set_index("sibling batch")["real / beside"]
     assert ratio["gpu"]["32-64"] - ratio["gpu"]["8-16"] > 0.03, ratio["gpu"]
     assert ratio["emulated"][["8-16", "16-32", "32-64"]].between(0.99, 1.03).all(), ratio["emulated"]
+
+
+def test_siblings_at_work_over_a_batch_span_count_the_part_of_it_they_ran():
+    # Two half-GPU shares: slot 1 starts a batch halfway through slot 0's and ends with it, then idles.
+    batches = pd.DataFrame({"device": 0, "slot": [0, 1, 1], "partition": "mps50",
+                            "t_start": [0.0, 0.005, 0.020], "t_end": [0.010, 0.010, 0.030]})
+    got = _batch_time().at_work_over_span(batches)
+    assert got == pytest.approx([0.5, 1.0, 0.0])
+
+
+def test_real_h100_shares_slow_down_by_what_siblings_run_during_a_batch_not_at_its_start():
+    # Shepherd past capacity on four 25% shares of an H100 (committed, seed 0). An emulated share charges by
+    # the siblings at work when its batch starts; 14% of the GPU's batches started while one sibling was
+    # between batches and took 1.11 x that charge (those starting beside all three 1.04 x). Charged by what
+    # the siblings did over the batch's run, both are 1.05-1.06 x: the sibling restarts within a dispatch.
+    batch_time = _batch_time()
+    runs = REFERENCE / "h100-shares-current" / "mps25x4" / "overload"
+    ratio = {}
+    for side in ("gpu", "emulated"):
+        table = batch_time.by_siblings_at_work(batch_time.over_span(runs / f"shepherd-seed0-{side}", "h100"))
+        assert table["siblings at work at start"].iloc[-1] == "every batch" and table["batches"].iloc[-1] > 7000
+        ratio[side] = table.set_index("siblings at work at start")
+    gpu, emulated = ratio["gpu"], ratio["emulated"]
+    assert gpu.loc["<= 2/3", "real / beside"] - gpu.loc["all", "real / beside"] > 0.05, gpu
+    assert abs(gpu.loc["<= 2/3", "real / beside over span"] - gpu.loc["all", "real / beside over span"]) < 0.02, gpu
+    assert gpu.loc["<= 2/3", "at work over span"] > 0.8 and gpu.loc["<= 2/3", "batches"] > 1000, gpu
+    # The emulated share charges what it read when the batch started (its board, which these tables only
+    # approximate from the batches' starts and ends).
+    assert emulated.loc[["<= 2/3", "all"], "real / beside"].between(0.99, 1.06).all(), emulated
