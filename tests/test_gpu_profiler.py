@@ -120,3 +120,30 @@ def test_several_sibling_batches_reach_the_child_that_writes_the_profile(tmp_pat
     child = parse_args(command[command.index("--in-process"):])
     assert child.sibling_batch == 16 and child.beside_profile == {128: "b128.json", 1: "b1.json"}
     assert child.alone_profile == "alone.json" and child.siblings_busy == 3
+
+
+def test_a_set_of_busy_siblings_that_fails_to_start_is_ended_and_started_again(tmp_path, monkeypatch, capsys):
+    # Real processes: each stands in for a sibling share that fails (exits) on the first try, as one did when
+    # the GPU was busy or unavailable, and on the second replays (waits) once it has touched its ready file.
+    import subprocess
+    import sys
+
+    from harness.gpu import profiler
+
+    script = ("import pathlib, sys, time; r = pathlib.Path(sys.argv[1]); "
+              "sys.exit(1) if r.name.split('-')[2] == '1' else (r.touch(), time.sleep(60))")
+    monkeypatch.setattr(profiler, "_sibling_command", lambda p, a, ready, b: [sys.executable, "-c", script, str(ready)])
+    monkeypatch.setattr(profiler, "SIBLING_RETRY_S", 0.0)
+    part = parse_partition("mps25")
+    siblings = profiler._start_siblings(part, None, {}, 3, tmp_path, 16)
+    try:
+        assert len(siblings) == 3 and all(s.poll() is None for s in siblings)
+        assert "did not start; trying again" in capsys.readouterr().out
+    finally:
+        for s in siblings:
+            profiler._end(s)
+    assert all(isinstance(s, subprocess.Popen) and s.returncode is not None for s in siblings)
+    # Failing every time: one line saying how many tries it made.
+    monkeypatch.setattr(profiler, "_sibling_command", lambda p, a, r, b: [sys.executable, "-c", "raise SystemExit(1)"])
+    with pytest.raises(HarnessError, match=rf"did not start \({profiler.SIBLING_TRIES} tries\)"):
+        profiler._start_siblings(part, None, {}, 3, tmp_path, 16)

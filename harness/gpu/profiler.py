@@ -191,21 +191,31 @@ def sibling_count(partition: Partition, requested: str) -> int:
 
 
 def sibling_load(models: list[str], batch: int, ready: Path, args) -> None:
-    """Replay each model's graph at `batch`, round robin, until killed or orphaned; touch `ready` once running."""
+    """Replay each model's graph at `batch`, round robin, until told to stop (SIGTERM) or orphaned; touch
+    `ready` once running. Told to stop, it ends its round and leaves the GPU as a process that ends cleanly:
+    on an H100 under MPS, the third set of siblings of a profile, started after the second had been killed
+    mid-replay, found the GPU busy or unavailable."""
     import torch
 
     from harness.gpu.executor import GpuExecutor
 
-    executor = GpuExecutor(models, device=args.device, dtype=args.dtype, batch_sizes=[batch],
-                           channels_last=args.channels_last)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)       # ended while loading: at once (no replay under way)
+    try:
+        executor = GpuExecutor(models, device=args.device, dtype=args.dtype, batch_sizes=[batch],
+                               channels_last=args.channels_last)
+    except RuntimeError as exc:          # a CUDA error (torch.AcceleratorError is one): what it said, in a line
+        raise HarnessError(f"a busy sibling share could not load its models: {str(exc).splitlines()[0]}") from None
     graphs = [executor.graph(m, batch) for m in models]
     stream = torch.cuda.current_stream()
     parent = os.getppid()
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
     ready.touch()
-    while os.getppid() == parent:        # never outlive the profiler: an orphan would load the GPU for ever
+    while not stop and os.getppid() == parent:   # never outlive the profiler: an orphan would load the GPU for ever
         for graph in graphs:
             graph.replay()
         stream.synchronize()             # a few graphs ahead at most
+    executor.close()
 
 
 def provenance(partition: Partition, args, mig_uuid: str | None) -> dict:
@@ -358,24 +368,40 @@ def _end(process: subprocess.Popen, timeout: float = 30.0) -> None:
             process.wait()
 
 
+SIBLING_TRIES = 3
+SIBLING_RETRY_S = 5.0
+
+
 def _start_siblings(partition: Partition, args, env: dict[str, str], count: int, scratch: Path,
                     sibling_batch: int, timeout_s: float = 300.0) -> list[subprocess.Popen]:
     """`count` busy sibling shares, each replaying at `sibling_batch` once its models are loaded; [] and ended
-    on failure."""
-    readies = [scratch / f"sibling-{sibling_batch}-{i}.ready" for i in range(count)]
-    siblings = [subprocess.Popen(_sibling_command(partition, args, r, sibling_batch), env=env) for r in readies]
-    deadline = time.monotonic() + timeout_s
-    try:
-        while not all(r.exists() for r in readies):
-            if any(s.poll() is not None for s in siblings) or time.monotonic() > deadline:
-                raise HarnessError(f"[{partition.name}] a busy sibling share did not start")
-            time.sleep(0.2)
-    except BaseException:
-        for s in siblings:
-            _end(s)
-        raise
-    print(f"[{partition.name}] {count} busy sibling shares running at batch {sibling_batch}", flush=True)
-    return siblings
+    on failure. A set that fails is ended and started again, up to SIBLING_TRIES times: the MPS server may
+    still be letting the last pass's siblings go."""
+    attempt = 1
+    while True:
+        readies = [scratch / f"sibling-{sibling_batch}-{attempt}-{i}.ready" for i in range(count)]
+        for r in readies:
+            r.unlink(missing_ok=True)    # (of an earlier set: ready is what this one says)
+        siblings = [subprocess.Popen(_sibling_command(partition, args, r, sibling_batch), env=env) for r in readies]
+        deadline = time.monotonic() + timeout_s
+        try:
+            while not all(r.exists() for r in readies):
+                if any(s.poll() is not None for s in siblings) or time.monotonic() > deadline:
+                    raise HarnessError(f"[{partition.name}] a busy sibling share did not start"
+                                       + (f" ({attempt} tries)" if attempt > 1 else ""))
+                time.sleep(0.2)
+        except BaseException as exc:
+            for s in siblings:
+                _end(s)
+            if not isinstance(exc, HarnessError) or attempt == SIBLING_TRIES:
+                raise
+            print(f"[{partition.name}] a busy sibling share did not start; trying again in {SIBLING_RETRY_S:g} s",
+                  flush=True)
+            time.sleep(SIBLING_RETRY_S)
+            attempt += 1
+            continue
+        print(f"[{partition.name}] {count} busy sibling shares running at batch {sibling_batch}", flush=True)
+        return siblings
 
 
 def _run_child(partition: Partition, args, env: dict[str, str]) -> bool:
@@ -532,8 +558,7 @@ def main(argv: list[str] | None = None) -> int:
         partitions = parse_partitions(args.partition)
         if len(partitions) > 1 and "{partition}" not in args.out:
             raise HarnessError("several partitions need --out with a {partition} placeholder")
-        if args.sibling_load:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)   # the profiler ends its siblings so: their normal end
+        if args.sibling_load:                    # (its own SIGTERM handler: the profiler ends it so)
             sibling_load(args.models, args.sibling_batch, Path(args.sibling_load), args)
             return 0
         if args.in_process:
