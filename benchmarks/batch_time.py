@@ -79,33 +79,48 @@ def run_gpu_type(run: Path) -> str:
     return check_gpu_type(gpu_type, str(path))
 
 
+def slot_spans(on_device: pd.DataFrame) -> dict:
+    """Each slot's batches on one device as rows of (t_start, t_end, padded), in start order."""
+    return {slot: g.sort_values("t_start")[["t_start", "t_end", "padded"]].to_numpy()
+            for slot, g in on_device.groupby("slot")}
+
+
+def shares_of(batches: pd.DataFrame) -> dict[int, float]:
+    """Each slot's share of its device, from its partition."""
+    return {int(s): parse_partition(p).share for s, p in zip(batches["slot"], batches["partition"])}
+
+
 def busy_at_start(batches: pd.DataFrame, shares: dict[int, float]) -> tuple[np.ndarray, np.ndarray]:
     """Per batch (by position), the share of the rest of its device whose slots ran a batch when it started,
     and the share-weighted mean size those batches ran at (the `padded` column; NaN where none ran)."""
     busy = np.zeros(len(batches))
     sibling_batch = np.full(len(batches), np.nan)
     for _, on_device in batches.groupby("device"):
-        spans = {slot: g[["t_start", "t_end", "padded"]].to_numpy() for slot, g in on_device.groupby("slot")}
-        order = {slot: np.argsort(a[:, 0]) for slot, a in spans.items()}
-        starts = {slot: a[order[slot], 0] for slot, a in spans.items()}
-        ends = {slot: a[order[slot], 1] for slot, a in spans.items()}
-        sizes = {slot: a[order[slot], 2] for slot, a in spans.items()}
+        spans = slot_spans(on_device)
         for row in on_device.itertuples():
             rest = 1.0 - shares[row.slot]
             if rest <= 1e-9:
                 continue                  # a whole GPU: nothing beside it
             working = weighted = 0.0
-            for slot in spans:
+            for slot, span in spans.items():
                 if slot == row.slot:
                     continue
-                i = np.searchsorted(starts[slot], row.t_start, side="right") - 1
-                if i >= 0 and ends[slot][i] > row.t_start:
+                i = np.searchsorted(span[:, 0], row.t_start, side="right") - 1
+                if i >= 0 and span[i, 1] > row.t_start:
                     working += shares[slot]
-                    weighted += shares[slot] * sizes[slot][i]
+                    weighted += shares[slot] * span[i, 2]
             busy[row.Index] = min(1.0, working / rest)
             if working > 0:
                 sibling_batch[row.Index] = weighted / working
     return busy, sibling_batch
+
+
+def charged(batches: pd.DataFrame, profiles: dict, busy) -> list[float]:
+    """What each batch's emulated share charges for it with the fraction `busy` (per batch) of the rest of its
+    device at work, beside siblings at its `sibling batch`."""
+    return [profiles[p].curves[m].beside(int(b), f, None if np.isnan(sb) else sb)
+            for p, m, b, f, sb in zip(batches["partition"], batches["model"], batches["size"], busy,
+                                      batches["sibling batch"])]
 
 
 def predicted(run: Path, gpu_type: str) -> tuple[pd.DataFrame, dict]:
@@ -122,7 +137,6 @@ def predicted(run: Path, gpu_type: str) -> tuple[pd.DataFrame, dict]:
     if "device" not in batches:
         batches = batches.assign(device=0, slot=batches["gpu"])
     batches = batches[batches["status"] == "ok"].reset_index(drop=True)
-    shares = {int(s): parse_partition(p).share for s, p in zip(batches["slot"], batches["partition"])}
     profiles = {p: load_profile(profile_path(gpu_type, p))        # (a missing or broken profile: a HarnessError)
                 for p in batches["partition"].unique()}
     for partition, model in batches[["partition", "model"]].drop_duplicates().itertuples(index=False):
@@ -132,11 +146,9 @@ def predicted(run: Path, gpu_type: str) -> tuple[pd.DataFrame, dict]:
     # The size each batch ran at: the GPU executor pads it to the next profiled size.
     batches["padded"] = [profiles[p].curves[m].padded(int(b))
                          for p, m, b in zip(batches["partition"], batches["model"], batches["size"])]
-    batches["busy"], batches["sibling batch"] = busy_at_start(batches, shares)
+    batches["busy"], batches["sibling batch"] = busy_at_start(batches, shares_of(batches))
     batches["took"] = batches["t_end"] - batches["t_start"]
-    batches["beside"] = [profiles[p].curves[m].beside(int(b), f, None if np.isnan(sb) else sb)
-                         for p, m, b, f, sb in zip(batches["partition"], batches["model"], batches["size"],
-                                                   batches["busy"], batches["sibling batch"])]
+    batches["beside"] = charged(batches, profiles, batches["busy"])
     return batches, profiles
 
 
@@ -178,14 +190,12 @@ BUSY_BINS = [-np.inf, 0.0, 1 / 3 + 1e-9, 2 / 3 + 1e-9, 1 - 1e-9, 1.0]
 BUSY_LABELS = ["none", "<= 1/3", "<= 2/3", "< 1", "all"]
 
 
-def at_work_over_span(batches: pd.DataFrame) -> np.ndarray:
+def at_work_over_span(batches: pd.DataFrame, shares: dict[int, float]) -> np.ndarray:
     """Per batch (by position), the fraction of the rest of its device at work averaged over its run
     (each sibling slot's share times the part of the span it ran a batch), as `busy` is at its start."""
     out = np.zeros(len(batches))
     for _, on_device in batches.groupby("device"):
-        spans = {slot: g.sort_values("t_start")[["t_start", "t_end"]].to_numpy()
-                 for slot, g in on_device.groupby("slot")}
-        shares = {int(s): parse_partition(p).share for s, p in zip(on_device["slot"], on_device["partition"])}
+        spans = slot_spans(on_device)
         for row in on_device.itertuples():
             rest, length = 1.0 - shares[row.slot], row.t_end - row.t_start
             if rest <= 1e-9 or length <= 0:
@@ -208,11 +218,8 @@ def over_span(run: Path, gpu_type: str) -> pd.DataFrame:
     """`predicted`'s batches with the fraction of the rest of their device at work averaged over each one's
     run (`at work over span`) and what the share's profile charges at that fraction (`beside over span`)."""
     batches, profiles = predicted(run, gpu_type)
-    at_work = at_work_over_span(batches)
-    return batches.assign(**{"at work over span": at_work, "beside over span": [
-        profiles[p].curves[m].beside(int(b), f, None if np.isnan(sb) else sb)
-        for p, m, b, f, sb in zip(batches["partition"], batches["model"], batches["size"], at_work,
-                                  batches["sibling batch"])]})
+    at_work = at_work_over_span(batches, shares_of(batches))
+    return batches.assign(**{"at work over span": at_work, "beside over span": charged(batches, profiles, at_work)})
 
 
 def by_siblings_at_work(batches: pd.DataFrame) -> pd.DataFrame:

@@ -416,9 +416,9 @@ def test_the_h100_share_profile_beside_siblings_at_several_batches_follows_what_
 
 def test_siblings_at_work_over_a_batch_span_count_the_part_of_it_they_ran():
     # Two half-GPU shares: slot 1 starts a batch halfway through slot 0's and ends with it, then idles.
-    batches = pd.DataFrame({"device": 0, "slot": [0, 1, 1], "partition": "mps50",
+    batches = pd.DataFrame({"device": 0, "slot": [0, 1, 1], "partition": "mps50", "padded": 8,
                             "t_start": [0.0, 0.005, 0.020], "t_end": [0.010, 0.010, 0.030]})
-    got = _batch_time().at_work_over_span(batches)
+    got = _batch_time().at_work_over_span(batches, {0: 0.5, 1: 0.5})
     assert got == pytest.approx([0.5, 1.0, 0.0])
 
 
