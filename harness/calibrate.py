@@ -17,6 +17,9 @@ A short live run (eager on two emulated slots of a 2 ms sleep model, Poisson
   the spread of the host's execution (an emulated slot's sleep overshoot, a real GPU's jitter), which
   the sim draws each batch's time by: a policy that estimates from the times it measured (Clockwork's
   p99 of the last ten) plans above the profile by it;
+- turnaround (runs whose batches queue at their slots only, so not the light run): a slot's hand-over
+  from a batch that ended to the next one waiting there, which the sim charges such a batch before it
+  starts (a policy that plans batch after batch to the deadline's edge, Clockwork, pays it on each);
 
 With `system=triton` it measures tritonserver's path instead (request: client
 send -> Triton calls the model, for requests that found their model idle;
@@ -73,6 +76,13 @@ PARTS = ("request", "ingress", "dispatch", "response")
 # with it, and past capacity that decides how much it serves. Optional: calibrations before it have none.
 SPREAD = "exec"
 MAX_SPREAD = 100.0
+# Not a request's delay either: a slot's hand-over from a batch that ended to the next one already waiting
+# there (the worker's reply, then its executor taking the next), in seconds. A policy that keeps work queued
+# at its slots (Clockwork) plans each batch to start as the one before ends, so every hand-over moves all that
+# follows later, and past capacity, with batches planned to end at their head's deadline, that decides how
+# many meet it. Only a run whose batches queue at their slots measures it; without it the sim charges none.
+TURNAROUND = "turnaround"
+QUEUED_BY_S = 1e-3         # a batch sent this long before its slot's last batch ended was waiting there by then
 MIN_PER_BATCH_KIND = 5     # batches of one slot, model and size, for their typical time
 # A delay of the serving path beyond this is no measurement of a live path (a file edited by hand, or the
 # wrong unit): the sim would hold every request that long, and at days per request it never ended.
@@ -109,6 +119,11 @@ class Overheads:
         q = self.quantiles.get(SPREAD)
         return _draws(q, np.random.default_rng([seed, len(PARTS)])) if q else None
 
+    def turnaround(self, seed: int):
+        """draw(n) -> n hand-overs (seconds) from a slot's batch to the next waiting there; None if not measured."""
+        q = self.quantiles.get(TURNAROUND)
+        return _draws(q, np.random.default_rng([seed, len(PARTS) + 1])) if q else None
+
 
 def _draws(q: list, rng: np.random.Generator):
     grid = np.linspace(0, 100, len(q))
@@ -133,8 +148,9 @@ def load_calibration(path: str | os.PathLike) -> Overheads:
     try:
         fields = {k: float(v) for k, v in data["overheads"].items()}
         quantiles = {p: [float(x) for x in data["quantiles"][p]] for p in PARTS}
-        if data["quantiles"].get(SPREAD) is not None:
-            quantiles[SPREAD] = [float(x) for x in data["quantiles"][SPREAD]]
+        for optional in (SPREAD, TURNAROUND):
+            if data["quantiles"].get(optional) is not None:
+                quantiles[optional] = [float(x) for x in data["quantiles"][optional]]
         overheads = Overheads(**fields, quantiles=quantiles)
     except KeyError as exc:
         raise bad(f"has no quantiles of the {exc} delay") from None
@@ -177,7 +193,7 @@ def measure(run_dir: Path, base: Overheads | None = None) -> Overheads:
     elif base is None:
         raise HarnessError(f"{run_dir} holds no requests.parquet, so only its dispatch hop can be measured; give "
                            "--base CALIBRATION for the request and response delays")
-    spread = _spread(b, window)
+    spread, turnaround = _spread(b, window), _turnaround(b, window)
     few = {name: len(v.dropna()) for name, v in parts.items() if len(v.dropna()) < MIN_SAMPLES}
     if few and base is not None and (len(few) < len(parts) or spread is not None):
         parts = {name: v for name, v in parts.items() if name not in few}
@@ -191,10 +207,11 @@ def measure(run_dir: Path, base: Overheads | None = None) -> Overheads:
         raise HarnessError(f"the run in {run_dir} served too few requests to measure "
                            f"({', '.join(f'{k}: {n}' for k, n in few.items())}; {MIN_SAMPLES} needed); see its summary")
     out, quantiles = {}, {}
-    if spread is not None:
-        quantiles[SPREAD] = np.percentile(spread, np.arange(101)).tolist()
-    elif base is not None and base.quantiles.get(SPREAD):
-        quantiles[SPREAD] = list(base.quantiles[SPREAD])
+    for optional, values in ((SPREAD, spread), (TURNAROUND, turnaround)):
+        if values is not None:
+            quantiles[optional] = np.percentile(values, np.arange(101)).tolist()
+        elif base is not None and base.quantiles.get(optional):
+            quantiles[optional] = list(base.quantiles[optional])
     for name in PARTS:
         if name not in parts:          # from the base calibration, as it measured them
             out[f"{name}_s"], out[f"{name}_p99_s"] = getattr(base, f"{name}_s"), getattr(base, f"{name}_p99_s")
@@ -206,7 +223,8 @@ def measure(run_dir: Path, base: Overheads | None = None) -> Overheads:
         out[f"{name}_p99_s"] = float(np.percentile(v, 99))
         quantiles[name] = np.percentile(v, np.arange(101)).tolist()
     return Overheads(**out, quantiles=quantiles,
-                     measured=tuple(p for p in PARTS if p in parts) + ((SPREAD,) if spread is not None else ()))
+                     measured=tuple(p for p in PARTS if p in parts) + ((SPREAD,) if spread is not None else ())
+                     + ((TURNAROUND,) if turnaround is not None else ()))
 
 
 def _spread(b: pd.DataFrame, window: Window | None) -> np.ndarray | None:
@@ -221,6 +239,21 @@ def _spread(b: pd.DataFrame, window: Window | None) -> np.ndarray | None:
     count = took.groupby(kind).transform("size")
     ratio = (took / typical)[(count >= MIN_PER_BATCH_KIND) & (typical > 0)].dropna().to_numpy()
     return ratio if len(ratio) >= MIN_SAMPLES else None
+
+
+def _turnaround(b: pd.DataFrame, window: Window | None) -> np.ndarray | None:
+    """Each ok batch's start after the end of its slot's batch before it (ok too), for the batches sent
+    QUEUED_BY_S or more before that one ended (so waiting at the slot when it did); None where fewer than
+    MIN_SAMPLES. `b` in dispatch order per slot. A live batch's end is when its reply reached the scheduler
+    and its start that less the execution the worker measured, so the two replies' hops differ by a little
+    either way: a hand-over read below 0 is 0."""
+    before = b.groupby("slot")
+    previous_end, previous_ok = before["t_end"].shift(), before["status"].shift() == "ok"
+    queued = (b["status"] == "ok") & previous_ok & (previous_end - b["t_dispatch"] >= QUEUED_BY_S)
+    if window is not None:
+        queued &= (b["t_dispatch"] >= window.start) & (b["t_dispatch"] < window.end)
+    handover = (b["t_start"] - previous_end)[queued].clip(lower=0).to_numpy()
+    return handover if len(handover) >= MIN_SAMPLES else None
 
 
 def _request_path(run_dir: Path, b: pd.DataFrame, window: Window | None) -> dict[str, pd.Series]:
@@ -327,7 +360,8 @@ def from_run(run_dir: Path, base_path: Path | None = None) -> dict:
             "offered_rate": summary.get("offered_rate")}
     if base is not None:
         made["base"] = str(base_path)
-        made["from_base"] = [p for p in (*PARTS, SPREAD) if p not in overheads.measured and p in overheads.quantiles]
+        made["from_base"] = [p for p in (*PARTS, SPREAD, TURNAROUND)
+                             if p not in overheads.measured and p in overheads.quantiles]
     return _document(overheads, {"name": provenance.get("host")}, made, summary)
 
 
@@ -341,11 +375,13 @@ def _document(overheads: Overheads, host: dict, made, summary: dict) -> dict:
 def describe(doc: dict) -> str:
     """A calibration's medians and p99s (and its spread, and what came from a base) in a line."""
     ms = {k: f"{v * 1e3:.3f}" for k, v in doc["overheads"].items()}
-    spread = doc["quantiles"].get(SPREAD)
+    spread, handover = doc["quantiles"].get(SPREAD), doc["quantiles"].get(TURNAROUND)
     from_base = doc["run"].get("from_base") if isinstance(doc["run"], dict) else None
     return (f"request {ms['request_s']} ms (p99 {ms['request_p99_s']}), dispatch {ms['dispatch_s']} ms (p99 "
             f"{ms['dispatch_p99_s']}), response {ms['response_s']} ms (p99 {ms['response_p99_s']})"
             + (f", execution p99 x{spread[99]:.3f} its typical time" if spread else "")
+            + (f", a slot's turnaround to a waiting batch {handover[50] * 1e3:.3f} ms (p99 {handover[99] * 1e3:.3f})"
+               if handover else "")
             + (f"; from the base: {', '.join(from_base)}" if from_base else ""))
 
 

@@ -186,10 +186,13 @@ def test_a_calibration_from_a_run_at_load_takes_its_dispatch_hop_and_the_rest_fr
               [{"id": i, "slot": 0, "model": "m", "size": 1, "t_dispatch": s + 0.2 * MS, "t_start": s + 6 * MS,
                 "t_end": s + 9 * MS} for i, s in enumerate(t)],   # 9 ms batches every 10 ms, sent 0.2 ms in
               [{"id": i, "t_arrival": s + 0.05 * MS, "t_scheduler": s + 0.1 * MS} for i, s in enumerate(t)])
-    pd.read_parquet(queued / "batches.parquet").assign(t_end=lambda d: d["t_dispatch"] + 11 * MS).to_parquet(
+    pd.read_parquet(queued / "batches.parquet").assign(t_end=lambda d: d["t_dispatch"] + 12 * MS).to_parquet(
         queued / "batches.parquet")
     o = measure(queued, load_calibration(base))
-    assert o.measured == ("request", "ingress", "response", "exec") and o.dispatch_s == pytest.approx(0.2 * MS)
+    assert o.measured == ("request", "ingress", "response", "exec", "turnaround")
+    assert o.dispatch_s == pytest.approx(0.2 * MS)
+    # Each batch waited at the slot 2 ms before the one before ended, and started 3.8 ms after it did.
+    assert o.quantiles["turnaround"][50] == pytest.approx(3.8 * MS)
     assert (o.request_s, o.ingress_s) == pytest.approx((0.1 * MS, 0.05 * MS))
     with pytest.raises(HarnessError, match="too few to measure the dispatch hop"):
         measure(queued)
@@ -251,13 +254,49 @@ def test_a_queued_run_that_kept_only_its_batches_still_gives_its_execution_sprea
     # 60 batches of one kind, every fourth 10% slower: the spread is measured, every delay is the base's.
     run = tmp_path / "queued"
     run.mkdir()
-    t = np.arange(60) * 4 * MS
+    # Each batch is sent 3 ms before it starts and starts 0.05 ms after the one before it ended.
     took = np.where(np.arange(60) % 4 == 0, 5.5 * MS, 5.0 * MS)
-    pd.DataFrame({"id": range(60), "slot": 0, "model": "m", "size": 4, "t_dispatch": t, "t_start": t + 1 * MS,
-                  "t_end": t + 1 * MS + took, "status": "ok"}).to_parquet(run / "batches.parquet")
+    start = 3 * MS + np.concatenate([[0.0], np.cumsum(took[:-1] + 0.05 * MS)])
+    pd.DataFrame({"id": range(60), "slot": 0, "model": "m", "size": 4, "t_dispatch": start - 3 * MS,
+                  "t_start": start, "t_end": start + took, "status": "ok"}).to_parquet(run / "batches.parquet")
     base = Overheads(0.3 * MS, 0.1 * MS, 0.2 * MS, 0.4 * MS, quantiles={})
     o = measure(run, base)
-    assert o.measured == ("exec",) and o.quantiles["exec"][100] == pytest.approx(1.1)
+    assert o.measured == ("exec", "turnaround") and o.quantiles["exec"][100] == pytest.approx(1.1)
+    assert o.quantiles["turnaround"][0] == pytest.approx(0.05 * MS) == o.quantiles["turnaround"][100]
     assert (o.request_s, o.dispatch_s, o.response_s) == (0.3 * MS, 0.2 * MS, 0.4 * MS)
     with pytest.raises(HarnessError, match="holds no requests.parquet"):
         measure(run)
+
+
+def test_the_sim_starts_a_batch_that_waited_at_its_slot_the_calibrated_turnaround_after_the_one_before(tmp_path):
+    # Clockwork past capacity keeps batches waiting at their slots. A calibration with no delays and a 1 ms
+    # turnaround: every batch that reached its slot before the one ahead ended starts 1 ms after that one's
+    # end, on a whole slot (timed when sent) and on a share beside siblings (timed when it starts) alike, and
+    # one sent to an idle slot starts at once. A discarded (late) batch costs the slot no turnaround.
+    cal = tmp_path / "turnaround.json"
+    none = {p: [0.0] * 101 for p in ("request", "ingress", "dispatch", "response")}
+    cal.write_text(json.dumps({"overheads": {f"{p}_s": 0.0 for p in none},
+                               "quantiles": {**none, "turnaround": [1 * MS] * 101}}))
+    assert load_calibration(cal).turnaround(0)(3) == pytest.approx([1 * MS] * 3)
+    clusters = {"whole": ["cluster=sleep1000", "cluster.count=1", "models=sleep10", "workload=poisson",
+                          "workload.rate=400"],
+                "shares": ["experiment=reference_gpu", "cluster.gpu_type=h100", "workload.rate=9000"]}
+    for name, overrides in clusters.items():
+        run = subprocess.run([sys.executable, "-m", "harness", "runtime=sim", "system=clockwork", *overrides,
+                              "duration_s=3", "warmup_s=1", "cooldown_s=1", f"runtime.calibration={cal}",
+                              f"hydra.run.dir={tmp_path / name}"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=300)
+        assert run.returncode == 0, run.stderr
+        b = pd.read_parquet(tmp_path / name / "batches.parquet")
+        b = b[b["status"] == "ok"].sort_values(["slot", "t_start"])
+        ahead_ended = b.groupby("slot")["t_end"].shift()
+        waited = b["t_dispatch"] < ahead_ended
+        assert waited.sum() > 100 and (~waited).sum() > 0, name
+        assert (b["t_start"] - ahead_ended)[waited].to_numpy() == pytest.approx(1 * MS, abs=1e-9), name
+        assert (b["t_start"] - b["t_dispatch"])[~waited].to_numpy() == pytest.approx(0.0, abs=1e-9), name
+    # A turnaround that is no delay is refused in one line.
+    bad = json.loads(cal.read_text())
+    bad["quantiles"]["turnaround"] = [-1.0] * 101
+    cal.write_text(json.dumps(bad))
+    with pytest.raises(HarnessError, match="turnaround delay's quantiles"):
+        load_calibration(cal)

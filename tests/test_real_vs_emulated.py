@@ -319,12 +319,13 @@ def test_the_h100_shares_past_capacity_with_the_profile_beside_siblings_at_1_16_
     # Committed: one H100 as four 25% shares at 1.5 x eager's capacity, five systems, three seeds each, all made
     # with the share's profile measured beside siblings at 1, 16 and 128. A second emulated run of Clockwork's
     # seed 2 (kept as `.repeat`, 6,269.5 against 6,253.0 req/s) is not a seed of its own: the table reads the
-    # named pairs only. Clockwork's emulation is the farthest (1.045, its seed 2 1.092).
+    # named pairs only. Clockwork's emulation is the farthest (1.045, its seed 2 1.092). The sim twins charge each
+    # GPU run's own delays, spread and slot turnaround (Clockwork's 0.952 before the turnaround, 0.981 with it).
     out = ROOT / "results" / "reference" / "h100-shares-sibling-profile"
     t = rve.table(out).set_index("system")
     assert sorted(t.index) == ["clockwork", "eager", "nexus", "shepherd", "symphony"] and (t["seeds"] == 3).all()
     assert (t["within 5%"] == "yes").all() and (t["sim within 5%"] == "yes").all(), t
-    assert t["real / emulated"].between(0.99, 1.05).all() and t["real / sim"].between(0.95, 1.02).all(), t
+    assert t["real / emulated"].between(0.99, 1.05).all() and t["real / sim"].between(0.97, 1.02).all(), t
     runs = out / "mps25x4" / "overload"
     emulated = [json.loads((runs / f"clockwork-seed{s}-emulated" / "summary.json").read_text())["goodput"]
                 for s in (0, 1, 2)]

@@ -6,7 +6,9 @@ operations. Each slot runs its batches in dispatch order, for the profiled
 latency beside as much of the rest of its device as works when the batch
 starts (harness.profiles; optionally with Gaussian noise of the profile's
 std, clipped at half the mean; times a draw of the execution spread a
-calibration measured, where it did). On a share whose time depends on that (one
+calibration measured, where it did; a batch that waited at its slot starts a
+draw of the calibrated turnaround after the one before it ended, where that
+was measured). On a share whose time depends on that (one
 profiled alone and beside busy siblings) a batch waits in its slot's queue
 and is timed when it starts, beside whatever its siblings were sent
 meanwhile, as an emulated worker reads its device then; and the policy sees
@@ -67,7 +69,8 @@ def _collector_paused():
 class _Waiting:
     """A batch sent to a share beside siblings, to be timed when it starts."""
 
-    __slots__ = ("batch", "curves", "ready", "expected", "latest_start", "delay", "cut_told", "begin", "stop")
+    __slots__ = ("batch", "curves", "ready", "expected", "latest_start", "delay", "cut_told", "begin", "stop",
+                 "waited")
 
     def __init__(self, batch, curves, ready, expected, latest_start, delay):
         self.batch, self.curves, self.ready, self.expected = batch, curves, ready, expected
@@ -75,6 +78,7 @@ class _Waiting:
         self.cut_told: float | None = None    # when a stop at its next stage boundary reached the slot
         self.begin: list | None = None         # its start event, once it is the slot's next batch
         self.stop: float | None = None         # preempted before it started: when its stop reaches the slot
+        self.waited = False                    # it reached the slot before the batch ahead of it ended
 
 
 class _Drawn:
@@ -103,6 +107,8 @@ class SimCluster:
         self._delays = _Drawn(self.overheads.sampler("dispatch", seed))
         spread = self.overheads.spread(seed)    # a batch's execution over its typical time, or None
         self._spread = _Drawn(spread) if spread is not None else None
+        turnaround = self.overheads.turnaround(seed)   # a slot's hand-over to a batch waiting there, or None
+        self._turnaround = _Drawn(turnaround) if turnaround is not None else None
         self.slots: list[Slot] = ledger.slots
         self._now = 0.0
         self._heap: list[list] = []
@@ -173,7 +179,8 @@ class SimCluster:
             if len(waiting) == 1 and slot not in self._started:
                 waiting[0].begin = self._push(max(ready, self._until[slot]), self._begin, batch)
             return batch
-        start = s.busy_until if s.busy_until > ready else ready
+        queued = s.busy_until > ready
+        start = s.busy_until if queued else ready
         self._ready[slot] = ready             # (preempt: whether its stop finds it started)
         if latest_start is not None and start > latest_start + delay + 1e-12:
             # The slot would start it too late: it discards the batch when it reaches it. As a live worker
@@ -181,6 +188,8 @@ class SimCluster:
             batch.t_start = batch.t_end = start
             self._push(start, self._discard, batch)
             return batch
+        if queued and self._turnaround is not None:
+            start += self._turnaround.next()  # the slot's hand-over from the batch before (not counted as late)
         self._run_batch(batch, curves, start)
         s.busy_until = batch.t_end
         return batch
@@ -226,7 +235,9 @@ class SimCluster:
             batch.t_start = batch.t_end = now     # too late (see dispatch)
             self._push(now, self._discard, batch)
         else:
-            self._run_batch(batch, w.curves, now)
+            # One that waited here starts after the slot's hand-over to it (a discarded one costs none).
+            handover = self._turnaround.next() if w.waited and self._turnaround is not None else 0.0
+            self._run_batch(batch, w.curves, now + handover)
             if w.cut_told is not None and len(w.curves) > 1:
                 self._cut_chain(slot, w.cut_told)
 
@@ -247,6 +258,7 @@ class SimCluster:
             s.busy_until = self._now + self._expected[slot]
         if waiting:
             head = waiting[0]
+            head.waited = head.ready < self._now
             head.begin = self._push(max(self._now, head.ready), self._begin, head.batch)
 
     def _exec_time(self, curve: LatencyCurve, b: int, busy: float, sibling_batch: float | None) -> float:
