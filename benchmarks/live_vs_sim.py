@@ -9,7 +9,14 @@ real tritonserver live and the dynamic-batcher model in the sim; its path
 systems' frontend, so it is calibrated on its own (`system=triton`).
 
     python benchmarks/live_vs_sim.py [--systems eager,symphony,...] [--calibration FILE]
-        [--triton-calibration FILE] [--out DIR] [overrides...]
+        [--triton-calibration FILE] [--at-load] [--out DIR] [overrides...]
+
+The light calibration run measures an idle host. Past capacity the hops
+grow, and a system that keeps batches waiting at its slots (Clockwork) pays
+a slot's turnaround to each, which only a run that queues measures:
+`--at-load` also calibrates from each system's live run (its own delays,
+what it does not measure from the light calibration) and runs the sim again
+with that, a second ratio beside the first.
 
 Besides goodput it prints each side's mean batch size and p50 / p99 latency:
 a model of a batcher can match goodput at a load both serve while forming
@@ -51,6 +58,10 @@ def harness(run_dir: Path, *overrides: str) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
 
 
+def ratio(live: dict, sim: dict) -> float:
+    return live["goodput"] / sim["goodput"] if sim["goodput"] else float("nan")
+
+
 def calibrate(path: Path, *overrides: str) -> None:
     made = subprocess.run([sys.executable, "-m", "harness.calibrate", "--out", str(path), *overrides], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
@@ -65,6 +76,9 @@ def main() -> int:
     ap.add_argument("--calibration", type=Path, help="a calibration file of this host (default: make one first)")
     ap.add_argument("--triton-calibration", type=Path,
                     help="a calibration of this host's tritonserver path, for triton (default: make one first)")
+    ap.add_argument("--at-load", action="store_true",
+                    help="also run each sim with the delays its live run measured (python -m harness.calibrate "
+                         "--from-run, the rest from the light calibration)")
     ap.add_argument("--out", type=Path, help="keep the calibration and the run directories here")
     args, given = ap.parse_known_args()
     overrides = given or DEFAULT
@@ -87,18 +101,28 @@ def main() -> int:
             live_dir, sim_dir = work / f"{system}-live", work / f"{system}-sim"
             own = for_system(system, overrides, given)
             live = harness(live_dir, "runtime=live", f"system={system}", *own)
-            sim = harness(sim_dir, "runtime=sim", f"system={system}", *own,
-                          f"runtime.calibration={calibration['triton' if system == 'triton' else 'frontend']}")
-            rows.append({"system": system, "live goodput": live["goodput"], "sim goodput": sim["goodput"],
-                         "live/sim": live["goodput"] / sim["goodput"] if sim["goodput"] else float("nan"),
+            light = calibration["triton" if system == "triton" else "frontend"]
+            sim = harness(sim_dir, "runtime=sim", f"system={system}", *own, f"runtime.calibration={light}")
+            row = {"system": system, "live goodput": live["goodput"], "sim goodput": sim["goodput"],
+                   "live/sim": ratio(live, sim)}
+            if args.at_load:
+                at_load = work / f"calibration-{system}-at-load.json"
+                calibrate(at_load, "--from-run", str(live_dir), "--base", str(light))
+                loaded = harness(work / f"{system}-sim-at-load", "runtime=sim", f"system={system}", *own,
+                                 f"runtime.calibration={at_load}")
+                row.update({"sim at load": loaded["goodput"], "live/sim at load": ratio(live, loaded)})
+            rows.append({**row,
                          "live attain.": live["slo_attainment"], "sim attain.": sim["slo_attainment"],
                          "live batch": live["mean_batch_size"], "sim batch": sim["mean_batch_size"],
                          "live p50 ms": live["latency_p50_ms"], "sim p50 ms": sim["latency_p50_ms"],
                          "live p99 ms": live["latency_p99_ms"], "sim p99 ms": sim["latency_p99_ms"],
                          "live valid": live["validity"]["valid"]})
-            print(f"  {system}: live {live['goodput']:.1f} / sim {sim['goodput']:.1f} req/s", flush=True)
+            print(f"  {system}: live {live['goodput']:.1f} / sim {row['sim goodput']:.1f} req/s"
+                  + (f" ({row['sim at load']:.1f} at load)" if args.at_load else ""), flush=True)
     table = pd.DataFrame(rows)
-    print(f"\nconfig: {' '.join(overrides)}; sim calibrated to this host's live path")
+    print(f"\nconfig: {' '.join(overrides)}; sim calibrated to this host's live path"
+          + ("; 'at load': to each live run's own (the other columns are the light calibration's sim)"
+             if args.at_load else ""))
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return 0
 

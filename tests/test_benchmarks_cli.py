@@ -220,3 +220,21 @@ def test_start_interference_splits_batches_by_when_they_ended():
     import gpu_start_interference as m
     times = [(9.0, 1.0), (10.0, 2.0), (10.5, 3.0), (12.0, 4.0), (12.1, 5.0)]
     assert m.phases(times, began=10.0, ready=12.0) == {"before": [1.0], "starting": [2.0, 3.0, 4.0], "after": [5.0]}
+
+
+def test_live_vs_sim_at_load_calibrates_each_sim_from_its_live_run(tmp_path):
+    # Real: eager live on two sleep-model slots for a few seconds, its sim with the light calibration given,
+    # then a calibration from the live run itself (what it does not measure from the light one) and the sim
+    # again with it. The second calibration is the live run's, and the table carries both ratios.
+    light = ROOT / "results" / "reference" / "vm-live-vs-sim-3" / "calibration.json"
+    out = tmp_path / "out"
+    run = bench("live_vs_sim.py", "--systems", "eager", "--calibration", str(light), "--at-load", "--out", str(out),
+                "cluster=sleep1000", "cluster.count=2", "models=sleep10", "workload=poisson", "workload.rate=100",
+                "duration_s=4", "warmup_s=1", "cooldown_s=1", timeout=240)
+    assert run.returncode == 0, run.stderr
+    made = json.loads((out / "calibration-eager-at-load.json").read_text())
+    assert made["run"]["from_run"] == str(out / "eager-live") and made["run"]["base"] == str(light)
+    sim = json.loads((out / "eager-sim-at-load" / "summary.json").read_text())
+    assert f"runtime.calibration={out / 'calibration-eager-at-load.json'}" in sim["provenance"]["overrides"]
+    header = next(line for line in run.stdout.splitlines() if line.strip().startswith("system"))
+    assert "live/sim at load" in header and "eager: live" in run.stdout
