@@ -193,7 +193,7 @@ def measure(run_dir: Path, base: Overheads | None = None) -> Overheads:
     elif base is None:
         raise HarnessError(f"{run_dir} holds no requests.parquet, so only its dispatch hop can be measured; give "
                            "--base CALIBRATION for the request and response delays")
-    spread, turnaround = _spread(b, window), _turnaround(b, window)
+    spread, turnaround = _spread(b, window), _turnaround(b, previous_end, window)
     few = {name: len(v.dropna()) for name, v in parts.items() if len(v.dropna()) < MIN_SAMPLES}
     if few and base is not None and (len(few) < len(parts) or spread is not None):
         parts = {name: v for name, v in parts.items() if name not in few}
@@ -241,14 +241,13 @@ def _spread(b: pd.DataFrame, window: Window | None) -> np.ndarray | None:
     return ratio if len(ratio) >= MIN_SAMPLES else None
 
 
-def _turnaround(b: pd.DataFrame, window: Window | None) -> np.ndarray | None:
+def _turnaround(b: pd.DataFrame, previous_end: pd.Series, window: Window | None) -> np.ndarray | None:
     """Each ok batch's start after the end of its slot's batch before it (ok too), for the batches sent
     QUEUED_BY_S or more before that one ended (so waiting at the slot when it did); None where fewer than
-    MIN_SAMPLES. `b` in dispatch order per slot. A live batch's end is when its reply reached the scheduler
-    and its start that less the execution the worker measured, so the two replies' hops differ by a little
-    either way: a hand-over read below 0 is 0."""
-    before = b.groupby("slot")
-    previous_end, previous_ok = before["t_end"].shift(), before["status"].shift() == "ok"
+    MIN_SAMPLES. `b` in dispatch order per slot, `previous_end` the end of the batch before each on its slot.
+    A live batch's end is when its reply reached the scheduler and its start that less the execution the
+    worker measured, so the two replies' hops differ by a little either way: a hand-over read below 0 is 0."""
+    previous_ok = b.groupby("slot")["status"].shift() == "ok"
     queued = (b["status"] == "ok") & previous_ok & (previous_end - b["t_dispatch"] >= QUEUED_BY_S)
     if window is not None:
         queued &= (b["t_dispatch"] >= window.start) & (b["t_dispatch"] < window.end)
