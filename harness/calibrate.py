@@ -4,8 +4,9 @@
     python -m harness.calibrate --out calibration/this-load.json --from-run RUN_DIR [--base CALIBRATION]
     python -m harness runtime=sim runtime.calibration=calibration/this-host.json ...
 
-A short live run (eager on two emulated slots of a 2 ms sleep model, Poisson
-300 req/s: light enough that nothing queues) measures, from its records,
+A short live run (Clockwork on two emulated slots of a 2 ms sleep model,
+Poisson 300 req/s: light enough that no request waits for long) measures,
+from its records,
 
 - request: client send -> the scheduler reads the request (HTTP, the ingress, the hop to the scheduler),
   and the part of it up to the ingress's arrival stamp (`ingress`), from which the request's deadline
@@ -17,13 +18,9 @@ A short live run (eager on two emulated slots of a 2 ms sleep model, Poisson
   the spread of the host's execution (an emulated slot's sleep overshoot, a real GPU's jitter), which
   the sim draws each batch's time by: a policy that estimates from the times it measured (Clockwork's
   p99 of the last ten) plans above the profile by it;
-- turnaround (runs whose batches queue at their slots only, so not the light run): a slot's hand-over
-  from a batch that ended to the next one waiting there, which the sim charges such a batch before it
-  starts (a policy that plans batch after batch to the deadline's edge, Clockwork, pays it on each);
-
-With `system=triton` it measures tritonserver's path instead (request: client
-send -> Triton calls the model, for requests that found their model idle;
-dispatch and response as above): a calibration per serving path.
+- turnaround: a slot's hand-over from a batch that ended to the next one already waiting there, which
+  the sim charges such a batch before it starts (a policy that plans batch after batch to the deadline's
+  edge, Clockwork, pays it on each);
 
 each as its distribution (percentiles 0..100), and writes them with the
 host's description. Given `runtime.calibration`, the sim delays each
@@ -33,6 +30,16 @@ median to a policy that plans to the deadline's edge. One source of truth
 instead of hand-set `request_delay_ms`/`response_delay_ms`; a policy that
 plans with measured overheads reads them through the Cluster handle
 (`cluster.overheads`: medians and p99s), in the sim and live alike.
+
+The run is Clockwork's because it sends most batches to an idle slot and
+some to a slot still busy with the one before (it plans 10 ms ahead), so
+one run gives both the dispatch hop and the hand-over (some 20 a second
+here); eager sends only to idle slots, and a calibration made with it has
+no turnaround, which the sim then does not charge.
+
+With `system=triton` it measures tritonserver's path instead (request: client
+send -> Triton calls the model, for requests that found their model idle;
+dispatch and response as above): a calibration per serving path.
 
 The light run measures the path of an idle host. Under load the hops change:
 on a 16-core H100 host at 9,000 req/s the dispatch hop was 0.08 ms, against
@@ -65,7 +72,7 @@ from harness.metrics import Window, in_window
 from harness.records import check_writable_dir, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
-RUN = ["runtime=live", "system=eager", "cluster=sleep1000", "cluster.count=2", "cluster.sleep.a_ms=0.1",
+RUN = ["runtime=live", "system=clockwork", "cluster=sleep1000", "cluster.count=2", "cluster.sleep.a_ms=0.1",
        "cluster.sleep.c_ms=2", "models=sleep10", "workload=poisson", "workload.rate=300", "duration_s=15",
        "warmup_s=3", "cooldown_s=1"]
 
