@@ -6,6 +6,22 @@ import os
 import subprocess
 
 
+def wait_for(proc: subprocess.Popen, timeout: float) -> int:
+    """proc.wait(timeout) for a child this thread alone waits on, after a Ctrl-C may have caught it polling.
+
+    CPython's Popen.poll() takes the object's wait lock and releases it in a `finally` it enters only after
+    taking it: a KeyboardInterrupt landing between the two leaves the lock held, and every later wait then
+    times out though the child has exited (a live run polls its scheduler and Locust ten times a second, so
+    a Ctrl-C does land there: the stop waited 40 s and ended in a traceback). The lock is released first."""
+    lock = getattr(proc, "_waitpid_lock", None)     # private, so only where this CPython has it
+    if proc.returncode is None and lock is not None and lock.locked():
+        try:
+            lock.release()
+        except RuntimeError:            # released meanwhile
+            pass
+    return proc.wait(timeout)
+
+
 def signal_group(proc: subprocess.Popen, sig: int) -> None:
     """Signal the process's group (it runs in its own session), so nothing it started survives."""
     try:

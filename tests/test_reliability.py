@@ -18,6 +18,7 @@ from harness import rundir
 from harness.config import register
 from harness.live.protocol import infer_request
 from harness.live.server import start_server
+from harness.processes import wait_for as wait_for_child
 from tests.test_live_server import call
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -160,6 +161,29 @@ def test_ctrl_c_during_a_live_search_is_not_a_failed_probe(tmp_path):
     assert not alive, f"left running: {alive}"
 
 
+def test_a_stop_after_a_ctrl_c_inside_poll_still_reaps_the_scheduler(tmp_path):
+    """CPython's Popen.poll() takes the object's wait lock before the `try` that releases it: a Ctrl-C landing
+    between the two (a live run polls its scheduler and Locust ten times a second, so one did, in a live
+    search) leaves it held, and every later wait times out though the child has exited: the stop waited 40 s
+    for a scheduler that had stopped, then ended in a traceback. Real scheduler process, the lock left as
+    such an interrupt leaves it."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child._waitpid_lock.acquire()
+    with pytest.raises(subprocess.TimeoutExpired):              # what any wait does then
+        child.wait(1.0)
+    assert wait_for_child(child, 5) == 0                        # the stops' wait reaps it
+    register()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["system=eager", "cluster=sleep1000", "cluster.count=1", "models=sleep10"])
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    with start_server(tmp_path / "config.yaml", time.time(), tmp_path / "run", start=time.time()) as server:
+        assert call(server.url, "/v2/models/m1/infer", infer_request(7, value=1))[0] == 200
+        server.proc._waitpid_lock.acquire()
+        began = time.monotonic()
+    assert time.monotonic() - began < 15 and server.proc.returncode == 0    # SIGTERM: it wrote its records
+    assert (tmp_path / "run" / "server_requests.parquet").exists()
+
+
 # --- two at once ------------------------------------------------------------------------------------------
 
 def test_two_runs_with_one_directory_do_not_mix(tmp_path):
@@ -246,3 +270,4 @@ def test_the_oracle_bound_leaves_out_and_names_a_model_no_slot_can_serve(tmp_pat
     assert summary["oracle_unservable"] == ["resnet50"]
     assert summary["oracle_goodput"] == pytest.approx(summary["offered_rate"] * 4 / 5, rel=0.05)
     assert 0.9 < summary["goodput_over_oracle"] <= 1.01
+

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from harness.errors import HarnessError
-from harness.processes import log_tail, signal_group
+from harness.processes import log_tail, signal_group, wait_for
 from harness.live.workers import ROOT
 
 
@@ -60,10 +60,10 @@ class ServerProcess:
                     timeout = min(timeout, 5.0)
                 self.proc.send_signal(signal.SIGTERM)
                 try:
-                    self.proc.wait(timeout)
+                    wait_for(self.proc, timeout)
                 except subprocess.TimeoutExpired:
                     signal_group(self.proc, signal.SIGKILL)
-                    self.proc.wait(10)
+                    wait_for(self.proc, 10)
         finally:
             for pipe in (self.proc.stdout, self.proc.stdin):
                 if pipe is not None and not pipe.closed:
@@ -123,7 +123,7 @@ def start_server(config_path: str | os.PathLike, clock_zero: float, out_dir: str
     def abandon() -> str:
         # Nothing started may outlive a failed start (nor a Ctrl-C while waiting for it).
         signal_group(proc, signal.SIGKILL)
-        proc.wait(10)
+        wait_for(proc, 10)
         proc.stdout.close()
         proc.stdin.close()
         tail = _tail(log)

@@ -37,7 +37,7 @@ import pandas as pd
 from harness.errors import HarnessError
 from harness.live import cores
 from harness.load.records import read_records
-from harness.processes import log_tail, signal_group
+from harness.processes import log_tail, signal_group, wait_for
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 STARTUP_S = 60.0          # how long workers may take to join, and a process to start
@@ -193,10 +193,10 @@ class _Processes:
         deadline = time.monotonic() + 10
         for _, proc, log in self.running:
             try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
+                wait_for(proc, max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 signal_group(proc, signal.SIGKILL)
-                proc.wait(10)
+                wait_for(proc, 10)
             finally:
                 log.close()
 
