@@ -331,7 +331,10 @@ async def serve(args: argparse.Namespace) -> int:
             for fault in rt.faults:
                 cluster.call_at(fault.t, lambda fault=fault: cluster.inject_loss(fault.slot))
             # The policy starts at run time 0, as in the sim (its timers count from there).
-            cluster.call_at(0.0, scheduler.start_policy)
+            def start_policy() -> None:
+                state["busy_from"] = (time.monotonic(), time.process_time())
+                scheduler.start_policy()
+            cluster.call_at(0.0, start_policy)
             precise.quiet_gc()
             await stop.wait()
     except HarnessError as exc:
@@ -343,6 +346,8 @@ async def serve(args: argparse.Namespace) -> int:
         for task in tasks:
             task.cancel()
         scheduler.stopping = True
+        if "busy_from" in state:
+            state["busy_to"] = (time.monotonic(), time.process_time())
         if cluster is not None:
             cluster.finish()                     # pending -> timeouts, answered 504 through the ingresses
             scheduler.flush()
@@ -426,11 +431,23 @@ def _write_records(out: Path, scheduler: Scheduler, ingresses: Ingresses, epoch:
         "lost_slots": lost,
         "policy_errors": cluster.policy_errors,
         "timer_lag_ms": timers,
+        "scheduler_busy": _busy(state),
         "scheduler_cpu": state["cpu"],
         "ingresses": ingresses.counters(),
         # Cyclic garbage left by quiet_gc() (harness.live.loop) for the exit: should stay small.
         "gc_unreachable_at_exit": gc.collect(),
     }, out / "server.json")
+
+
+def _busy(state: dict) -> dict:
+    """This process's CPU seconds (all its threads) over the wall seconds from the run's time 0 to the stop: near
+    1, its loop had no time to spare and every arrival, reply and timer waited for the ones before it, a delay
+    the sim (whose policy decides in no time) does not charge. Empty where the run never started."""
+    if "busy_to" not in state:
+        return {}
+    (wall_0, cpu_0), (wall_1, cpu_1) = state["busy_from"], state["busy_to"]
+    wall, cpu = wall_1 - wall_0, cpu_1 - cpu_0
+    return {"wall_s": wall, "cpu_s": cpu, "share": cpu / wall if wall > 0 else None}
 
 
 def main(argv: list[str] | None = None) -> int:
