@@ -40,8 +40,8 @@ one run gives both the dispatch hop and the hand-over (some 20 a second
 here); eager sends only to idle slots, and a calibration made with it has
 no turnaround, which the sim then does not charge.
 
-With `system=triton` it measures tritonserver's path instead (request: client
-send -> Triton calls the model, for requests that found their model idle;
+With `system=triton` it measures tritonserver's path instead (request: its
+scheduled send -> Triton calls the model, for requests that found their model idle;
 dispatch and response as above): a calibration per serving path.
 
 The light run measures the path of an idle host. Under load the hops change:
@@ -203,7 +203,8 @@ def measure(run_dir: Path, base: Overheads | None = None) -> Overheads:
     elif base is None:
         raise HarnessError(f"{run_dir} holds no requests.parquet, so only its dispatch hop can be measured; give "
                            "--base CALIBRATION for the request and response delays")
-    spread, turnaround = _spread(b, window), _turnaround(b, previous_end, window)
+    spread = _spread(b, window)
+    optional = {SPREAD: spread, TURNAROUND: _turnaround(b, previous_end, window)}    # None where not measured
     few = {name: len(v.dropna()) for name, v in parts.items() if len(v.dropna()) < MIN_SAMPLES}
     if few and base is not None and (len(few) < len(parts) or spread is not None):
         parts = {name: v for name, v in parts.items() if name not in few}
@@ -217,11 +218,11 @@ def measure(run_dir: Path, base: Overheads | None = None) -> Overheads:
         raise HarnessError(f"the run in {run_dir} served too few requests to measure "
                            f"({', '.join(f'{k}: {n}' for k, n in few.items())}; {MIN_SAMPLES} needed); see its summary")
     out, quantiles = {}, {}
-    for optional, values in ((SPREAD, spread), (TURNAROUND, turnaround)):
+    for name, values in optional.items():
         if values is not None:
-            quantiles[optional] = np.percentile(values, np.arange(101)).tolist()
-        elif base is not None and base.quantiles.get(optional):
-            quantiles[optional] = list(base.quantiles[optional])
+            quantiles[name] = np.percentile(values, np.arange(101)).tolist()
+        elif base is not None and base.quantiles.get(name):
+            quantiles[name] = list(base.quantiles[name])
     for name in PARTS:
         if name not in parts:          # from the base calibration, as it measured them
             out[f"{name}_s"], out[f"{name}_p99_s"] = getattr(base, f"{name}_s"), getattr(base, f"{name}_p99_s")
@@ -233,8 +234,8 @@ def measure(run_dir: Path, base: Overheads | None = None) -> Overheads:
         out[f"{name}_p99_s"] = float(np.percentile(v, 99))
         quantiles[name] = np.percentile(v, np.arange(101)).tolist()
     return Overheads(**out, quantiles=quantiles,
-                     measured=tuple(p for p in PARTS if p in parts) + ((SPREAD,) if spread is not None else ())
-                     + ((TURNAROUND,) if turnaround is not None else ()))
+                     measured=tuple(p for p in PARTS if p in parts)
+                     + tuple(name for name, values in optional.items() if values is not None))
 
 
 def _spread(b: pd.DataFrame, window: Window | None) -> np.ndarray | None:

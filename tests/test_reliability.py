@@ -31,6 +31,15 @@ def start(*args: str) -> subprocess.Popen:
                             text=True)
 
 
+def eager_server(tmp_path: Path):
+    """A real scheduler process serving eager on one sleep-model slot, its run directory tmp_path/run."""
+    register()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["system=eager", "cluster=sleep1000", "cluster.count=1", "models=sleep10"])
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    return start_server(tmp_path / "config.yaml", time.time(), tmp_path / "run", start=time.time())
+
+
 def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
@@ -172,11 +181,7 @@ def test_a_stop_after_a_ctrl_c_inside_poll_still_reaps_the_scheduler(tmp_path):
     with pytest.raises(subprocess.TimeoutExpired):              # what any wait does then
         child.wait(1.0)
     assert wait_for_child(child, 5) == 0                        # the stops' wait reaps it
-    register()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=["system=eager", "cluster=sleep1000", "cluster.count=1", "models=sleep10"])
-    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    with start_server(tmp_path / "config.yaml", time.time(), tmp_path / "run", start=time.time()) as server:
+    with eager_server(tmp_path) as server:
         assert call(server.url, "/v2/models/m1/infer", infer_request(7, value=1))[0] == 200
         server.proc._waitpid_lock.acquire()
         began = time.monotonic()
@@ -243,11 +248,7 @@ def test_a_sweep_with_a_failed_run_exits_non_zero_after_the_others(tmp_path):
 # --- records ----------------------------------------------------------------------------------------------
 
 def test_a_reused_request_id_is_refused_and_the_first_request_keeps_its_record(tmp_path):
-    register()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=["system=eager", "cluster=sleep1000", "cluster.count=1", "models=sleep10"])
-    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    with start_server(tmp_path / "config.yaml", time.time(), tmp_path / "run", start=time.time()) as server:
+    with eager_server(tmp_path) as server:
         assert call(server.url, "/v2/models/m1/infer", infer_request(7, value=1))[0] == 200
         time.sleep(1.0)
         code, answer = call(server.url, "/v2/models/m2/infer", infer_request(7, value=2))
