@@ -112,7 +112,7 @@ class RuntimeConfig:
     payload_arena_mb: int = 1024        # tensor: shared memory per ingress for requests waiting (full: 429)
     max_pending: int = 20000            # admission cap: beyond it new requests are rejected (429)
     ingresses: int = 0                  # HTTP ingress processes; 0: a quarter of the cores, 1 to 8
-    spin_us: float = 500.0              # the event loop busy-waits this close to a timer
+    spin_us: float = 200.0              # the scheduler's loop polls this close to a timer (blocks until then)
     scheduler_cpu: str = "none"         # the scheduler's core: none (the OS places it) | a core number | auto (the
                                         # fastest, measured, on hosts of 8+ cores); the run's other processes kept off it
     preemption: str = FINISH            # a batch preempted while it runs: finish (runs to its end first, as a CUDA

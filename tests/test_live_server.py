@@ -175,9 +175,10 @@ def test_sigterm_writes_records_stops_every_process_and_frees_the_port(tmp_path)
     report = json.loads((run / "server.json").read_text())
     assert report["stop_reason"] == "SIGTERM" and report["lost_slots"] == []
     # Six requests in a second or so: the scheduler's loop was busy a small share of it (near 1 it would have
-    # had no time to spare, a delay the sim does not charge).
+    # had no time to spare, a delay the sim does not charge), and so was its CPU.
     busy = report["scheduler_busy"]
-    assert busy["wall_s"] > 0 and 0 < busy["cpu_s"] and 0 < busy["share"] < 0.9, busy
+    assert busy["wall_s"] > 0 and 0 < busy["cpu_s"] and 0 < busy["cpu_share"] < 0.9, busy
+    assert 0 < busy["loop_share"] < 0.5, busy
 
 
 def test_pending_requests_answer_504_and_are_recorded_as_timeouts_at_shutdown(tmp_path):

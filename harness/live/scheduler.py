@@ -332,7 +332,7 @@ async def serve(args: argparse.Namespace) -> int:
                 cluster.call_at(fault.t, lambda fault=fault: cluster.inject_loss(fault.slot))
             # The policy starts at run time 0, as in the sim (its timers count from there).
             def start_policy() -> None:
-                state["busy_from"] = (time.monotonic(), time.process_time())
+                state["busy_from"] = _busy_reading()
                 scheduler.start_policy()
             cluster.call_at(0.0, start_policy)
             precise.quiet_gc()
@@ -347,7 +347,7 @@ async def serve(args: argparse.Namespace) -> int:
             task.cancel()
         scheduler.stopping = True
         if "busy_from" in state:
-            state["busy_to"] = (time.monotonic(), time.process_time())
+            state["busy_to"] = _busy_reading()
         if cluster is not None:
             cluster.finish()                     # pending -> timeouts, answered 504 through the ingresses
             scheduler.flush()
@@ -439,15 +439,26 @@ def _write_records(out: Path, scheduler: Scheduler, ingresses: Ingresses, epoch:
     }, out / "server.json")
 
 
+def _busy_reading() -> tuple[float, float, float | None]:
+    """(wall, this process's CPU, the loop's time waiting in select) now, in seconds."""
+    return time.monotonic(), time.process_time(), precise.waited_s(asyncio.get_running_loop())
+
+
 def _busy(state: dict) -> dict:
-    """This process's CPU seconds (all its threads) over the wall seconds from the run's time 0 to the stop: near
-    1, its loop had no time to spare and every arrival, reply and timer waited for the ones before it, a delay
-    the sim (whose policy decides in no time) does not charge. Empty where the run never started."""
+    """How busy the scheduler was from the run's time 0 to the stop. `loop_share`: the share of that wall time its
+    one event loop was not waiting for something to do; near 1, every arrival, reply and timer waited for the
+    ones before it, a delay the sim (whose policy decides in no time) does not charge. `cpu_share`: its CPU
+    seconds (all its threads) over the wall seconds: above `loop_share` by the loop's polling in the last
+    `runtime.spin_us` before each timer (CPU spent for a timer's precision, not work: a policy that keeps
+    timers set, Clockwork, Symphony, polls much of the time). Empty where the run never started."""
     if "busy_to" not in state:
         return {}
-    (wall_0, cpu_0), (wall_1, cpu_1) = state["busy_from"], state["busy_to"]
+    (wall_0, cpu_0, waited_0), (wall_1, cpu_1, waited_1) = state["busy_from"], state["busy_to"]
     wall, cpu = wall_1 - wall_0, cpu_1 - cpu_0
-    return {"wall_s": wall, "cpu_s": cpu, "share": cpu / wall if wall > 0 else None}
+    out = {"wall_s": wall, "cpu_s": cpu, "cpu_share": cpu / wall if wall > 0 else None}
+    if waited_0 is not None and wall > 0:
+        out["loop_share"] = max(0.0, 1.0 - (waited_1 - waited_0) / wall)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
