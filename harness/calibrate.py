@@ -20,7 +20,9 @@ from its records,
 - exec (not a delay): each batch's execution over the median of its slot, model and size in the run,
   the spread of the host's execution (an emulated slot's sleep overshoot, a real GPU's jitter), which
   the sim draws each batch's time by: a policy that estimates from the times it measured (Clockwork's
-  p99 of the last ten) plans above the profile by it;
+  p99 of the last ten) plans above the profile by it. Also by that median's length (`exec_by_length`),
+  since the spread is a larger share of a short batch than of a long one, and the sim draws a batch's
+  factor from its length's;
 - turnaround: a slot's hand-over from a batch that ended to the next one already waiting there, which
   the sim charges such a batch before it starts (a policy that plans batch after batch to the deadline's
   edge, Clockwork, pays it on each);
@@ -58,6 +60,7 @@ alone, one that kept its slots' queues full no dispatch hop).
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import subprocess
@@ -86,6 +89,14 @@ PARTS = ("request", "ingress", "dispatch", "response")
 # with it, and past capacity that decides how much it serves. Optional: calibrations before it have none.
 SPREAD = "exec"
 MAX_SPREAD = 100.0
+# The spread by how long a batch typically takes: on the H100's shares a batch's p99 was 1.13 x its typical time
+# at 1-2 ms and 1.04-1.06 x at 16-32 ms, and an emulated slot's sleep overshoots by about a fixed time, so one
+# ratio over a run's batches of every length (or a light run's 2 ms ones) is too wide for the long batches and
+# narrow for the short. Quantiles per bin of typical time (keys: the bin's upper bound in ms, "inf" for the
+# last), for bins of MIN_SAMPLES batches or more; the sim draws a batch's factor from the first measured bin
+# that reaches its typical time (else the last). Optional: calibrations before it have the pooled spread alone.
+SPREAD_BY_LENGTH = "exec_by_length"
+LENGTH_BINS_MS = (1, 2, 4, 8, 16, 32, 64, math.inf)
 # Not a request's delay either: a slot's hand-over from a batch that ended to the next one already waiting
 # there (the worker's reply, then its executor taking the next), in seconds. A policy that keeps work queued
 # at its slots (Clockwork) plans each batch to start as the one before ends, so every hand-over moves all that
@@ -129,6 +140,15 @@ class Overheads:
         q = self.quantiles.get(SPREAD)
         return _draws(q, np.random.default_rng([seed, len(PARTS)])) if q else None
 
+    def spread_by_length(self, seed: int) -> dict[float, object] | None:
+        """{upper bound of a bin of typical execution time (seconds): draw(n) of its factors}, for the bins
+        measured; None where the calibration has the pooled spread alone."""
+        bins = self.quantiles.get(SPREAD_BY_LENGTH)
+        if not bins:
+            return None
+        return {float(up) * 1e-3: _draws(q, np.random.default_rng([seed, len(PARTS) + 2, i]))
+                for i, (up, q) in enumerate(sorted(bins.items(), key=lambda kv: float(kv[0])))}
+
     def turnaround(self, seed: int):
         """draw(n) -> n hand-overs (seconds) from a slot's batch to the next waiting there; None if not measured."""
         q = self.quantiles.get(TURNAROUND)
@@ -161,6 +181,13 @@ def load_calibration(path: str | os.PathLike) -> Overheads:
         for optional in (SPREAD, TURNAROUND):
             if data["quantiles"].get(optional) is not None:
                 quantiles[optional] = [float(x) for x in data["quantiles"][optional]]
+        by_length = data["quantiles"].get(SPREAD_BY_LENGTH)
+        if by_length is not None:
+            bounds = {_bin_label(up) for up in LENGTH_BINS_MS}
+            if not isinstance(by_length, dict) or not set(by_length) <= bounds:
+                raise bad(f"gives the spread by length for bins {sorted(by_length)[:4]}...; they must be among "
+                          f"{sorted(bounds, key=float)}")
+            quantiles[SPREAD_BY_LENGTH] = {up: [float(x) for x in q] for up, q in by_length.items()}
         overheads = Overheads(**fields, quantiles=quantiles)
     except KeyError as exc:
         raise bad(f"has no quantiles of the {exc} delay") from None
@@ -169,15 +196,23 @@ def load_calibration(path: str | os.PathLike) -> Overheads:
     for name, value in fields.items():
         if not 0 <= value <= MAX_DELAY_S:
             raise bad(f"gives {name} = {value}, not a delay of 0 to {MAX_DELAY_S:g} s")
-    for part, q in quantiles.items():
-        if part == SPREAD:
-            if not q or not all(0 < x <= MAX_SPREAD for x in q) or any(b < a for a, b in zip(q, q[1:])):
-                raise bad(f"gives the execution spread's quantiles as {q[:3]}...: they must be non-decreasing "
-                          f"factors above 0 and up to {MAX_SPREAD:g}")
-        elif not q or not all(0 <= x <= MAX_DELAY_S for x in q) or any(b < a for a, b in zip(q, q[1:])):
+    spreads = {SPREAD: quantiles[SPREAD]} if SPREAD in quantiles else {}
+    spreads.update({f"{SPREAD_BY_LENGTH} up to {up} ms": q for up, q in quantiles.get(SPREAD_BY_LENGTH, {}).items()})
+    delays = {part: q for part, q in quantiles.items() if part not in (SPREAD, SPREAD_BY_LENGTH)}
+    for name, q in spreads.items():
+        if not _rising(q, 0, MAX_SPREAD) or min(q) <= 0:
+            raise bad(f"gives the execution spread's quantiles ({name}) as {q[:3]}...: they must be "
+                      f"non-decreasing factors above 0 and up to {MAX_SPREAD:g}")
+    for part, q in delays.items():
+        if not _rising(q, 0, MAX_DELAY_S):
             raise bad(f"gives the {part} delay's quantiles as {q[:3]}...: they must be non-decreasing delays of "
                       f"0 to {MAX_DELAY_S:g} s")
     return overheads
+
+
+def _rising(q: list, low: float, high: float) -> bool:
+    """Quantiles: some, non-decreasing, each within [low, high]."""
+    return bool(q) and all(low <= x <= high for x in q) and all(a <= b for a, b in zip(q, q[1:]))
 
 
 def measure(run_dir: Path, base: Overheads | None = None) -> Overheads:
@@ -203,7 +238,7 @@ def measure(run_dir: Path, base: Overheads | None = None) -> Overheads:
     elif base is None:
         raise HarnessError(f"{run_dir} holds no requests.parquet, so only its dispatch hop can be measured; give "
                            "--base CALIBRATION for the request and response delays")
-    spread = _spread(b, window)
+    spread, typical = _spread(b, window)
     optional = {SPREAD: spread, TURNAROUND: _turnaround(b, previous_end, window)}    # None where not measured
     few = {name: len(v.dropna()) for name, v in parts.items() if len(v.dropna()) < MIN_SAMPLES}
     if few and base is not None and (len(few) < len(parts) or spread is not None):
@@ -223,6 +258,10 @@ def measure(run_dir: Path, base: Overheads | None = None) -> Overheads:
             quantiles[name] = np.percentile(values, np.arange(101)).tolist()
         elif base is not None and base.quantiles.get(name):
             quantiles[name] = list(base.quantiles[name])
+    if spread is not None:
+        quantiles[SPREAD_BY_LENGTH] = _by_length(spread, typical)
+    elif base is not None and base.quantiles.get(SPREAD_BY_LENGTH):
+        quantiles[SPREAD_BY_LENGTH] = dict(base.quantiles[SPREAD_BY_LENGTH])
     for name in PARTS:
         if name not in parts:          # from the base calibration, as it measured them
             out[f"{name}_s"], out[f"{name}_p99_s"] = getattr(base, f"{name}_s"), getattr(base, f"{name}_p99_s")
@@ -238,9 +277,9 @@ def measure(run_dir: Path, base: Overheads | None = None) -> Overheads:
                      + tuple(name for name, values in optional.items() if values is not None))
 
 
-def _spread(b: pd.DataFrame, window: Window | None) -> np.ndarray | None:
-    """Each ok batch's execution over the median of its slot, model and size (those run at least
-    MIN_PER_BATCH_KIND times in the window); None where fewer than MIN_SAMPLES batches count."""
+def _spread(b: pd.DataFrame, window: Window | None) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(each ok batch's execution over the median of its slot, model and size, that median in seconds), of
+    those run at least MIN_PER_BATCH_KIND times in the window; (None, None) where fewer than MIN_SAMPLES count."""
     ok = b[b["status"] == "ok"]
     if window is not None:
         ok = ok[(ok["t_dispatch"] >= window.start) & (ok["t_dispatch"] < window.end)]
@@ -248,8 +287,22 @@ def _spread(b: pd.DataFrame, window: Window | None) -> np.ndarray | None:
     kind = [ok["slot"], ok["model"], ok["size"]]
     typical = took.groupby(kind).transform("median")
     count = took.groupby(kind).transform("size")
-    ratio = (took / typical)[(count >= MIN_PER_BATCH_KIND) & (typical > 0)].dropna().to_numpy()
-    return ratio if len(ratio) >= MIN_SAMPLES else None
+    counted = (count >= MIN_PER_BATCH_KIND) & (typical > 0) & took.notna()
+    if counted.sum() < MIN_SAMPLES:
+        return None, None
+    return (took / typical)[counted].to_numpy(), typical[counted].to_numpy()
+
+
+def _bin_label(up_ms: float) -> str:
+    return "inf" if math.isinf(up_ms) else f"{up_ms:g}"
+
+
+def _by_length(ratio: np.ndarray, typical: np.ndarray) -> dict[str, list]:
+    """The spread's quantiles per bin of typical time (LENGTH_BINS_MS) holding MIN_SAMPLES batches or more."""
+    upper = np.array(LENGTH_BINS_MS) * 1e-3
+    which = np.searchsorted(upper, typical, side="left")        # the first bin whose upper bound reaches it
+    return {_bin_label(LENGTH_BINS_MS[i]): np.percentile(ratio[which == i], np.arange(101)).tolist()
+            for i in range(len(upper)) if (which == i).sum() >= MIN_SAMPLES}
 
 
 def _turnaround(b: pd.DataFrame, previous_end: pd.Series, window: Window | None) -> np.ndarray | None:
@@ -387,10 +440,13 @@ def describe(doc: dict) -> str:
     """A calibration's medians and p99s (and its spread, and what came from a base) in a line."""
     ms = {k: f"{v * 1e3:.3f}" for k, v in doc["overheads"].items()}
     spread, handover = doc["quantiles"].get(SPREAD), doc["quantiles"].get(TURNAROUND)
+    by_length = doc["quantiles"].get(SPREAD_BY_LENGTH) or {}
     from_base = doc["run"].get("from_base") if isinstance(doc["run"], dict) else None
     return (f"request {ms['request_s']} ms (p99 {ms['request_p99_s']}), dispatch {ms['dispatch_s']} ms (p99 "
             f"{ms['dispatch_p99_s']}), response {ms['response_s']} ms (p99 {ms['response_p99_s']})"
             + (f", execution p99 x{spread[99]:.3f} its typical time" if spread else "")
+            + (" (by that time: " + ", ".join(f"up to {up} ms x{q[99]:.3f}" for up, q in by_length.items()) + ")"
+               if len(by_length) > 1 else "")
             + (f", a slot's turnaround to a waiting batch {handover[50] * 1e3:.3f} ms (p99 {handover[99] * 1e3:.3f})"
                if handover else "")
             + (f"; from the base: {', '.join(from_base)}" if from_base else ""))

@@ -225,16 +225,22 @@ def test_bad_from_run_arguments_say_what_to_do(tmp_path):
     assert not Path(out).exists()
 
 
+def _batches_measured(run: Path, took: list[float], every: float) -> Overheads:
+    """The calibration of a run of batches of one taking `took` (model m for the first 60, n after), one
+    every `every` seconds, each dispatched 0.2 ms before it starts."""
+    t = np.arange(len(took)) * every
+    batches = [{"id": i, "slot": 0, "model": "m" if i < 60 else "n", "size": 1, "t_dispatch": s,
+                "t_start": s + 0.2 * MS, "t_end": s + 0.2 * MS + d} for i, (s, d) in enumerate(zip(t, took))]
+    requests = [{"id": i, "model": "m", "t_sent": s - 0.3 * MS, "t_done": s + 0.8 * every, "batch_id": i}
+                for i, s in enumerate(t)]
+    return measure(write_run(run, requests, batches, None))
+
+
 def test_the_execution_spread_is_each_batch_over_its_kinds_median_and_the_sim_draws_by_it(tmp_path):
     # 60 batches of one kind, every third 20% slower than the rest: the spread's median is 1, its top 1.2.
     # Four batches of another kind are too few to say what is typical for it and are left out.
-    t = np.arange(64) * 10 * MS
     took = [2.4 * MS if i % 3 == 0 else 2.0 * MS for i in range(60)] + [5.0 * MS] * 4
-    batches = [{"id": i, "slot": 0, "model": "m" if i < 60 else "n", "size": 1, "t_dispatch": s,
-                "t_start": s + 0.2 * MS, "t_end": s + 0.2 * MS + d} for i, (s, d) in enumerate(zip(t, took))]
-    requests = [{"id": i, "model": "m", "t_sent": s - 0.3 * MS, "t_done": s + 3 * MS, "batch_id": i}
-                for i, s in enumerate(t)]
-    o = measure(write_run(tmp_path / "run", requests, batches, None))
+    o = _batches_measured(tmp_path / "run", took, 10 * MS)
     spread = o.quantiles["exec"]
     assert len(spread) == 101 and spread[50] == pytest.approx(1.0) and spread[100] == pytest.approx(1.2)
     assert "exec" in o.measured
@@ -254,6 +260,39 @@ def test_the_execution_spread_is_each_batch_over_its_kinds_median_and_the_sim_dr
     bad["quantiles"]["exec"] = [0.0] * 101
     cal.write_text(json.dumps(bad))
     with pytest.raises(HarnessError, match="execution spread's quantiles"):
+        load_calibration(cal)
+
+
+def test_the_spread_is_measured_by_batch_length_and_the_sim_draws_each_batch_from_its_lengths(tmp_path):
+    # 60 short batches (1.8 ms, every third 20% slower) and 60 long ones (20 ms, every third 5% slower): the
+    # pooled spread mixes them, the spread by length keeps each (bins up to 2 ms and up to 32 ms).
+    took = [(2.16 if i % 3 == 0 else 1.8) * MS for i in range(60)] + [(21.0 if i % 3 == 0 else 20.0) * MS
+                                                                      for i in range(60)]
+    o = _batches_measured(tmp_path / "run", took, 30 * MS)
+    by_length = o.quantiles["exec_by_length"]
+    assert sorted(by_length) == ["2", "32"]
+    assert by_length["2"][100] == pytest.approx(1.2) and by_length["32"][100] == pytest.approx(1.05)
+    assert o.quantiles["exec"][100] == pytest.approx(1.2)
+    # A calibration with batches up to 2 ms x2 and longer ones x1.5: a sleep slot's batch of one takes 1.5 ms,
+    # of more 2.5 ms or longer; each is drawn from its own length's spread.
+    none = {p: [0.0] * 101 for p in ("request", "ingress", "dispatch", "response")}
+    cal = tmp_path / "by-length.json"
+    cal.write_text(json.dumps({"overheads": {f"{p}_s": 0.0 for p in none},
+                               "quantiles": {**none, "exec": [1.0] * 101,
+                                             "exec_by_length": {"2": [2.0] * 101, "inf": [1.5] * 101}}}))
+    run = sim_run(tmp_path / "sim", cal, "cluster.count=1", "cluster.sleep.a_ms=1", "cluster.sleep.c_ms=0.5",
+                  "workload.rate=400", "duration_s=5")
+    b = pd.read_parquet(run / "batches.parquet")
+    b = b[b["status"] == "ok"]
+    assert (b["size"] == 1).sum() > 20 and (b["size"] > 1).sum() > 20
+    model_ms = (1.0 * b["size"] + 0.5).to_numpy()
+    factor = np.where(model_ms <= 2.0, 2.0, 1.5)
+    assert (b["t_end"] - b["t_start"]).to_numpy() == pytest.approx(factor * model_ms * MS)
+    # A bin the calibration does not know is refused in one line.
+    bad = json.loads(cal.read_text())
+    bad["quantiles"]["exec_by_length"] = {"3": [1.0] * 101}
+    cal.write_text(json.dumps(bad))
+    with pytest.raises(HarnessError, match="spread by length"):
         load_calibration(cal)
 
 

@@ -32,6 +32,7 @@ it and never before the batch itself got there.
 
 from __future__ import annotations
 
+import bisect
 import gc
 import heapq
 import itertools
@@ -96,6 +97,31 @@ class _Drawn:
         return self.left.pop()
 
 
+class _Spread:
+    """A batch's execution over its typical time, drawn from the calibration's spread for batches about as long
+    (the first bin measured whose upper bound reaches it, else the longest), or from its pooled spread."""
+
+    __slots__ = ("bounds", "draws")
+
+    def __init__(self, bounds: list[float], draws: list[_Drawn]):
+        self.bounds, self.draws = bounds, draws
+
+    @classmethod
+    def of(cls, overheads: Overheads, seed: int) -> _Spread | None:
+        by_length = overheads.spread_by_length(seed)
+        if by_length:
+            bounds = sorted(by_length)
+            return cls(bounds, [_Drawn(by_length[up]) for up in bounds])
+        pooled = overheads.spread(seed)
+        return cls([], [_Drawn(pooled)]) if pooled is not None else None
+
+    def next(self, typical_s: float) -> float:
+        draws = self.draws
+        if len(draws) == 1:
+            return draws[0].next()
+        return draws[min(bisect.bisect_left(self.bounds, typical_s), len(draws) - 1)].next()
+
+
 class SimCluster:
     """The Cluster handle of the discrete-event runtime."""
 
@@ -105,8 +131,7 @@ class SimCluster:
         self.preemption = preemption
         self.overheads = overheads or Overheads()
         self._delays = _Drawn(self.overheads.sampler("dispatch", seed))
-        spread = self.overheads.spread(seed)    # a batch's execution over its typical time, or None
-        self._spread = _Drawn(spread) if spread is not None else None
+        self._spread = _Spread.of(self.overheads, seed)    # a batch's execution over its typical time, or None
         turnaround = self.overheads.turnaround(seed)   # a slot's hand-over to a batch waiting there, or None
         self._turnaround = _Drawn(turnaround) if turnaround is not None else None
         self.slots: list[Slot] = ledger.slots
@@ -269,7 +294,7 @@ class SimCluster:
         if self._noise and curve.std[b] > 0:
             exec_time = max(0.5 * exec_time, exec_time + curve.std[b] * self._normal())
         if self._spread is not None:
-            exec_time *= self._spread.next()
+            exec_time *= self._spread.next(exec_time)
         return exec_time
 
     def stop_at_boundary(self, slot: int) -> None:
