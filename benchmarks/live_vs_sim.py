@@ -50,6 +50,15 @@ def for_system(system: str, overrides: list[str], given: list[str]) -> list[str]
     return [o for o in overrides if key(o) not in {key(x) for x in own}] + own
 
 
+def loop_share(live_dir: Path) -> float:
+    """The share of the live run its scheduler's loop was busy (server.json); near 1, every event waited for the
+    ones before it, which the sim does not charge. NaN where not reported (tritonserver schedules Triton's)."""
+    try:
+        return float(json.loads((live_dir / "server.json").read_text())["scheduler_busy"]["loop_share"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return float("nan")
+
+
 def harness(run_dir: Path, *overrides: str) -> dict:
     run = subprocess.run([sys.executable, "-m", "harness", *overrides, f"hydra.run.dir={run_dir}"], cwd=ROOT,
                          capture_output=True, text=True, timeout=600)
@@ -116,7 +125,7 @@ def main() -> int:
                          "live batch": live["mean_batch_size"], "sim batch": sim["mean_batch_size"],
                          "live p50 ms": live["latency_p50_ms"], "sim p50 ms": sim["latency_p50_ms"],
                          "live p99 ms": live["latency_p99_ms"], "sim p99 ms": sim["latency_p99_ms"],
-                         "live valid": live["validity"]["valid"]})
+                         "live sched. loop": loop_share(live_dir), "live valid": live["validity"]["valid"]})
             print(f"  {system}: live {live['goodput']:.1f} / sim {row['sim goodput']:.1f} req/s"
                   + (f" ({row['sim at load']:.1f} at load)" if args.at_load else ""), flush=True)
     table = pd.DataFrame(rows)

@@ -237,4 +237,6 @@ def test_live_vs_sim_at_load_calibrates_each_sim_from_its_live_run(tmp_path):
     sim = json.loads((out / "eager-sim-at-load" / "summary.json").read_text())
     assert f"runtime.calibration={out / 'calibration-eager-at-load.json'}" in sim["provenance"]["overrides"]
     header = next(line for line in run.stdout.splitlines() if line.strip().startswith("system"))
-    assert "live/sim at load" in header and "eager: live" in run.stdout
+    assert "live/sim at load" in header and "live sched. loop" in header and "eager: live" in run.stdout
+    row = run.stdout.splitlines()[-1].split()
+    assert row[0] == "eager" and 0 < float(row[-2]) < 0.9          # its scheduler's loop, a few requests a second
