@@ -26,6 +26,7 @@ other batches.
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import tempfile
@@ -33,6 +34,8 @@ from pathlib import Path
 
 import pandas as pd
 from _cli import Parser, child_error, run_main, system_names
+
+from harness.records import scheduler_busy  # noqa: E402  (after _cli, which puts the project on sys.path)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT = ["cluster=h200x1", "cluster.count=2", "models=vision", "workload=poisson", "workload.rate=300",
@@ -48,15 +51,6 @@ def for_system(system: str, overrides: list[str], given: list[str]) -> list[str]
     key = lambda o: o.split("=", 1)[0]  # noqa: E731
     own = [o for o in PER_SYSTEM.get(system, []) if key(o) not in {key(g) for g in given}]
     return [o for o in overrides if key(o) not in {key(x) for x in own}] + own
-
-
-def loop_share(live_dir: Path) -> float:
-    """The share of the live run its scheduler's loop was busy (server.json); near 1, every event waited for the
-    ones before it, which the sim does not charge. NaN where not reported (tritonserver schedules Triton's)."""
-    try:
-        return float(json.loads((live_dir / "server.json").read_text())["scheduler_busy"]["loop_share"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return float("nan")
 
 
 def harness(run_dir: Path, *overrides: str) -> dict:
@@ -125,7 +119,8 @@ def main() -> int:
                          "live batch": live["mean_batch_size"], "sim batch": sim["mean_batch_size"],
                          "live p50 ms": live["latency_p50_ms"], "sim p50 ms": sim["latency_p50_ms"],
                          "live p99 ms": live["latency_p99_ms"], "sim p99 ms": sim["latency_p99_ms"],
-                         "live sched. loop": loop_share(live_dir), "live valid": live["validity"]["valid"]})
+                         "live sched. loop": scheduler_busy(live_dir).get("loop_share", math.nan),
+                         "live valid": live["validity"]["valid"]})
             print(f"  {system}: live {live['goodput']:.1f} / sim {row['sim goodput']:.1f} req/s"
                   + (f" ({row['sim at load']:.1f} at load)" if args.at_load else ""), flush=True)
     table = pd.DataFrame(rows)

@@ -98,7 +98,7 @@ from harness.calibrate import describe, from_run, load_calibration  # noqa: E402
 from harness.errors import HarnessError  # noqa: E402
 from harness.gpu.partitions import gpu_type_from_name  # noqa: E402
 from harness.profiles import load_profile, profile_path  # noqa: E402
-from harness.records import write_json  # noqa: E402
+from harness.records import scheduler_busy, write_json  # noqa: E402
 from harness.report import figures  # noqa: E402
 from harness.report.analysis import mean_ci  # noqa: E402
 
@@ -219,6 +219,7 @@ def one_run(out: Path, cluster: str, load: str, system: str, seed: int, side: st
         (where / "summary.json").rename(where / "summary-emulated.json")   # never counted as a real run
         raise SystemExit(f"error: the GPU side ran on emulated slots ({summary.get('notes')}); see {where}")
     ready = summary.get("ready_seconds")      # where a run's time goes besides its schedule
+    busy = scheduler_busy(where)              # near 1 the live scheduler, not the policy, set the pace
     calibrated = calibrate_beside(where) if side == "gpu" else None      # (from the records, so first)
     if keep == "batches":
         for name in RECORDS:
@@ -226,6 +227,8 @@ def one_run(out: Path, cluster: str, load: str, system: str, seed: int, side: st
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     return (f"goodput {summary['goodput']:,.1f} req/s, valid {summary['validity']['valid']}"
             + (f", ready after {ready:.1f} s" if ready is not None else "")
+            + (f", scheduler loop {busy['loop_share']:.2f} (CPU {busy['cpu_share']:.2f})"
+               if "loop_share" in busy else "")
             + (f"; {calibrated}" if calibrated else "")
             + (f" (the run made with the profile before is now {moved.name})" if moved else ""))
 

@@ -173,6 +173,16 @@ def empty_gpus_frame() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype=float) for c in GPU_COLUMNS})
 
 
+def scheduler_busy(run_dir: Path) -> dict:
+    """What a live run's scheduler said of how busy it was (server.json's scheduler_busy: loop_share, cpu_share,
+    wall_s, cpu_s); empty where it said nothing (a sim run, tritonserver's scheduling, an older run)."""
+    try:
+        busy = json.loads((Path(run_dir) / "server.json").read_text()).get("scheduler_busy")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return busy if isinstance(busy, dict) else {}
+
+
 def write_table(df: pd.DataFrame, path: Path) -> None:
     # zstd: a fifth to a third smaller than parquet's default (snappy) on a run's records, for about a tenth
     # more time to write (900,000 requests: 22.5 against 28.1 MB, 0.27 against 0.24 s).
