@@ -35,7 +35,7 @@ from pathlib import Path
 import pandas as pd
 from _cli import Parser, child_error, run_main, system_names
 
-from harness.records import scheduler_busy  # noqa: E402  (after _cli, which puts the project on sys.path)
+from harness.records import scheduler_busy  # (after _cli, which puts the project on sys.path)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT = ["cluster=h200x1", "cluster.count=2", "models=vision", "workload=poisson", "workload.rate=300",

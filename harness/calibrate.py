@@ -89,12 +89,12 @@ PARTS = ("request", "ingress", "dispatch", "response")
 # with it, and past capacity that decides how much it serves. Optional: calibrations before it have none.
 SPREAD = "exec"
 MAX_SPREAD = 100.0
-# The spread by how long a batch typically takes: on the H100's shares a batch's p99 was 1.13 x its typical time
-# at 1-2 ms and 1.04-1.06 x at 16-32 ms, and an emulated slot's sleep overshoots by about a fixed time, so one
-# ratio over a run's batches of every length (or a light run's 2 ms ones) is too wide for the long batches and
-# narrow for the short. Quantiles per bin of typical time (keys: the bin's upper bound in ms, "inf" for the
-# last), for bins of MIN_SAMPLES batches or more; the sim draws a batch's factor from the first measured bin
-# that reaches its typical time (else the last). Optional: calibrations before it have the pooled spread alone.
+# The spread by how long a batch typically takes: on the H100's shares a batch's p99 was 1.13-1.15 x its typical
+# time up to 2 ms, 1.04 x at 8-16 ms and 1.06 x at 16-32, and an emulated slot's sleep overshoots by about a fixed
+# time, so one ratio over a run's batches of every length (or a light run's 2 ms ones) is too wide for the long
+# batches and narrow for the short. Quantiles per bin of typical time (keys: the bin's upper bound in ms, "inf"
+# for the last), for bins of MIN_SAMPLES batches or more; the sim draws a batch's factor from the first measured
+# bin that reaches its typical time (else the last). Optional: calibrations before it have the pooled spread alone.
 SPREAD_BY_LENGTH = "exec_by_length"
 LENGTH_BINS_MS = (1, 2, 4, 8, 16, 32, 64, math.inf)
 # Not a request's delay either: a slot's hand-over from a batch that ended to the next one already waiting

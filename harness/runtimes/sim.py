@@ -290,11 +290,11 @@ class SimCluster:
         """The profiled mean beside `busy` of the rest of the device at work on batches of about
         `sibling_batch`, or with noise a draw around it (clipped at half the mean); times the calibrated
         execution spread where the calibration measured one."""
-        exec_time = curve.beside(b, busy, sibling_batch)
+        typical = exec_time = curve.beside(b, busy, sibling_batch)
         if self._noise and curve.std[b] > 0:
             exec_time = max(0.5 * exec_time, exec_time + curve.std[b] * self._normal())
         if self._spread is not None:
-            exec_time *= self._spread.next(exec_time)
+            exec_time *= self._spread.next(typical)      # (its length's spread: by the typical time, not a draw)
         return exec_time
 
     def stop_at_boundary(self, slot: int) -> None:
