@@ -225,12 +225,19 @@ def one_run(out: Path, cluster: str, load: str, system: str, seed: int, side: st
         for name in RECORDS:
             path = where / name
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-    return (f"goodput {summary['goodput']:,.1f} req/s, valid {summary['validity']['valid']}"
+    return (f"{served(summary)}, valid {summary['validity']['valid']}"
             + (f", ready after {ready:.1f} s" if ready is not None else "")
             + (f", scheduler loop {busy['loop_share']:.2f} (CPU {busy['cpu_share']:.2f})"
                if "loop_share" in busy else "")
             + (f"; {calibrated}" if calibrated else "")
             + (f" (the run made with the profile before is now {moved.name})" if moved else ""))
+
+
+def served(summary: dict) -> str:
+    """Goodput, with the mean batch and the share dropped: past capacity a deadline-aware policy can settle in
+    small batches that drop more (Clockwork's runs swing so by 10% from seed to seed), which these show."""
+    return (f"goodput {summary['goodput']:,.1f} req/s (mean batch {summary.get('mean_batch_size', math.nan):.1f}, "
+            f"dropped {summary.get('drop_rate', math.nan):.1%})")
 
 
 def calibrate_beside(run: Path) -> str:
@@ -343,7 +350,7 @@ def sim_twins(out: Path, calibration: Path | None, extra: list[str], chosen=lamb
         set_aside(where)                  # one of another profile is kept beside, as the real runs are
         done = harness(*sim_overrides(real, charged), *extra, f"hydra.run.dir={where}")
         sim = _summary(where)
-        said.append(f"{name} sim: " + (f"goodput {sim['goodput']:,.1f} req/s (real {real['goodput']:,.1f})" if sim
+        said.append(f"{name} sim: " + (f"{served(sim)} (real {real['goodput']:,.1f})" if sim
                                        else f"no summary ({child_error(done.stderr)})"))
     return said
 

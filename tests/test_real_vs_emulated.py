@@ -155,9 +155,11 @@ def test_sim_twins_are_made_without_a_gpu_and_join_the_table(tmp_path):
     calibration = ROOT / "results" / "reference" / "vm-live-vs-sim-2" / "calibration.json"
     said = rve.sim_twins(tmp_path, calibration, [])
     assert said[0].startswith("mps25x4/reference/eager-seed0 sim: goodput") and "real 1,450.0" in said[0]
+    sim = json.loads((rve.run_dir(tmp_path, "mps25x4", "reference", "eager", 0, "sim") / "summary.json").read_text())
+    # Its line says how it served: past capacity a run settles in small batches that drop more, or not.
+    assert f"(mean batch {sim['mean_batch_size']:.1f}, dropped {sim['drop_rate']:.1%})" in said[0]
     assert said[1] == ("mps25x4/reference/nexus-seed0: made with another profile than profiles/ holds now; "
                        "no sim twin")
-    sim = json.loads((rve.run_dir(tmp_path, "mps25x4", "reference", "eager", 0, "sim") / "summary.json").read_text())
     assert sim["runtime"] == "sim" and sim["emulated"] and sim["gpu_type"] == "h100"
     assert rve.made_with(sim)["sha256"] == current["sha256"] and sim["goodput"] > 1000
     # Named from the project's root, as the run read it: a committed twin names no machine's directories.
