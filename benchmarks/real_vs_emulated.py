@@ -7,6 +7,7 @@
     python benchmarks/real_vs_emulated.py --out DIR1 --out DIR2 --table   # of several calls' DIRs as one
     python benchmarks/real_vs_emulated.py --out DIR --sim CALIBRATION   # add the sim's twins (no GPU needed)
     python benchmarks/real_vs_emulated.py --out DIR1 --out DIR2 --sim own   # twins in each, one table of both
+    python benchmarks/real_vs_emulated.py --out DIR --sim own --sim-repeats 4   # four twins a real run
 
 On a GPU host, each run of `experiment=reference_gpu` (live, real HTTP and
 Locust, the vision models, bursty load) is made twice in a row: on the GPU
@@ -61,13 +62,20 @@ that run's load); a run without one gets no twin, and its line says how to
 write one or name one. A twin made with another calibration file is made
 again (one made with another profile is kept beside it, as a real run is).
 With several `--out`, each gets its runs' twins and the table is of them all,
-as with `--table`.
+as with `--table`. `--sim-repeats N` makes N twins of each real run
+(`<system>-seed<k>-sim`, then `-sim-r1` ...), each drawing the delays and
+the execution's spread with its own runtime seed (k, k + 1000, ...) over
+the same arrivals: past capacity a deadline-aware policy's goodput moves
+with those draws (Clockwork's twins of one H100 run at 1.5 x: 6,940-7,584
+req/s over eight runtime seeds), so one twin is one draw, and real / sim
+is judged against their mean.
 
 The table gives, per cluster, load, system and profile, the mean over seeds
 of real / emulated goodput with its 95% confidence interval and the mean gap
 (real - emulated) over the offered rate, and flags those more than 5% from 1
-or with an invalid run; `real / sim`, where every seed has its sim twin, is
-flagged the same way (`sim within 5%`). A
+or with an invalid run; `real / sim`, where every seed has its sim twin (the
+mean of each seed's real over the mean of its twins, with its 95% CI over
+seeds and how many twins), is flagged the same way (`sim within 5%`). A
 pair whose two sides were made with different profiles is left out, and said
 so. DIR/real_vs_emulated.csv holds the table, DIR/real_vs_emulated.png (and
 .pdf) draws both ratios per system, a panel per cluster and load, against
@@ -111,6 +119,7 @@ SIDES = ("gpu", "emulated")
 TARGET = 0.05
 OVERLOAD = 1.5
 OWN = "own"             # --sim own: each real run's own calibration.json
+RUNTIME_SEED_STRIDE = 1000   # between the runtime seeds of a real run's sim twins (--sim-repeats)
 
 
 def run_dir(out: Path, cluster: str, load: str, system: str, seed: int, side: str) -> Path:
@@ -292,6 +301,18 @@ def twin(real_run: Path, side: str) -> Path:
     return real_run.with_name(real_run.name[: -len("gpu")] + side)
 
 
+def sim_twin(real_run: Path, repeat: int) -> Path:
+    """The directory of a real run's sim twin `repeat` (0: `<run>-sim`; k: `<run>-sim-r<k>`)."""
+    return twin(real_run, "sim" if repeat == 0 else f"sim-r{repeat}")
+
+
+def repeat_seed(real: dict, repeat: int) -> int:
+    """The runtime seed of a real run's sim twin `repeat`: its own for the first, then one apart by
+    RUNTIME_SEED_STRIDE each, so a twin's delays and spread are drawn afresh over the same arrivals."""
+    named = [o.split("=", 1)[1] for o in real["provenance"]["overrides"] if o.startswith("seeds.runtime=")]
+    return int(named[-1] if named else real.get("seeds", {}).get("runtime", 0)) + RUNTIME_SEED_STRIDE * repeat
+
+
 def selected(real_run: Path, systems: list[str], clusters: list[str], loads: list[str], seeds: list[int]) -> bool:
     """Whether a real run is one of the systems, clusters, loads and seeds asked for."""
     system, seed = real_run.name[: -len("-gpu")].rsplit("-seed", 1)
@@ -306,12 +327,15 @@ def _from_root(path: Path) -> Path:
     return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
 
 
-def sim_overrides(real: dict, calibration: Path) -> list[str]:
-    """The overrides that run a real run (its summary) again in the sim, charging the calibrated delays."""
-    kept = [o for o in real["provenance"]["overrides"]
-            if not o.startswith(("hydra.", "runtime=", "cluster.gpu_type=", "runtime.calibration="))]
+def sim_overrides(real: dict, calibration: Path, repeat: int = 0) -> list[str]:
+    """The overrides that run a real run (its summary) again in the sim, charging the calibrated delays; a
+    repeat draws them (and the execution's spread) with its own runtime seed over the same arrivals."""
+    dropped = ("hydra.", "runtime=", "cluster.gpu_type=", "runtime.calibration=") + (("seeds.runtime=",) if repeat
+                                                                                    else ())
+    kept = [o for o in real["provenance"]["overrides"] if not o.startswith(dropped)]
     return [*kept, "runtime=sim", f"cluster.gpu_type={real['gpu_type']}",
-            f"runtime.calibration={_from_root(calibration)}"]
+            f"runtime.calibration={_from_root(calibration)}",
+            *([f"seeds.runtime={repeat_seed(real, repeat)}"] if repeat else [])]
 
 
 def calibrated_with(sim: dict) -> str | None:
@@ -320,39 +344,46 @@ def calibrated_with(sim: dict) -> str | None:
     return named[-1] if named else None
 
 
-def sim_twins(out: Path, calibration: Path | None, extra: list[str], chosen=lambda real_run: True) -> list[str]:
-    """Make the sim twin of each real run `out` holds (of those `chosen`) that has none of its profile and
-    `calibration` (None: each real run's own calibration.json); what happened, a line each."""
+def sim_twins(out: Path, calibration: Path | None, extra: list[str], chosen=lambda real_run: True,
+              repeats: int = 1) -> list[str]:
+    """Make the `repeats` sim twins of each real run `out` holds (of those `chosen`) that it lacks of its profile
+    and `calibration` (None: each real run's own calibration.json); what happened, a line each."""
     said = []
     for real_run in filter(chosen, real_runs(out)):
-        real = _summary(real_run)
-        where, name = twin(real_run, "sim"), str(real_run.relative_to(out))[: -len("-gpu")]
-        charged = calibration or real_run / "calibration.json"
-        made = _summary(where)
-        if (made is not None and same_profile(made_with(made), made_with(real))
-                and calibrated_with(made) == str(_from_root(charged))):
-            continue
-        if not same_profile(made_with(real), current_profile(real["gpu_type"], real_run.parents[1].name)):
-            said.append(f"{name}: made with another profile than profiles/ holds now; no sim twin")
-            continue
-        if calibration is None:
-            try:
-                load_calibration(charged)
-            except HarnessError as exc:   # one run's missing or bad file stops no other twin
-                # Missing: its records measured too little on the GPU host.
-                why = str(exc) if charged.exists() else "no calibration.json beside its real run"
-                said.append(f"{name}: no sim twin with its own delays ({why}); write one (python -m "
-                            f"harness.calibrate --from-run {real_run} --base CALIBRATION --out {charged}) or name "
-                            f"one: --sim CALIBRATION --systems {real_run.name.rsplit('-seed', 1)[0]}")
-                continue
-        if made is not None and same_profile(made_with(made), made_with(real)):
-            shutil.rmtree(where)          # the twin of another calibration: made again from its config
-        set_aside(where)                  # one of another profile is kept beside, as the real runs are
-        done = harness(*sim_overrides(real, charged), *extra, f"hydra.run.dir={where}")
-        sim = _summary(where)
-        said.append(f"{name} sim: " + (f"{served(sim)} (real {real['goodput']:,.1f})" if sim
-                                       else f"no summary ({child_error(done.stderr)})"))
+        for repeat in range(repeats):
+            said.extend(_sim_twin(out, real_run, repeat, calibration, extra))
     return said
+
+
+def _sim_twin(out: Path, real_run: Path, repeat: int, calibration: Path | None, extra: list[str]) -> list[str]:
+    real = _summary(real_run)
+    where, name = sim_twin(real_run, repeat), str(real_run.relative_to(out))[: -len("-gpu")]
+    charged = calibration or real_run / "calibration.json"
+    made = _summary(where)
+    if (made is not None and same_profile(made_with(made), made_with(real))
+            and calibrated_with(made) == str(_from_root(charged))):
+        return []
+    if not same_profile(made_with(real), current_profile(real["gpu_type"], real_run.parents[1].name)):
+        return [f"{name}: made with another profile than profiles/ holds now; no sim twin"] if repeat == 0 else []
+    if calibration is None:
+        try:
+            load_calibration(charged)
+        except HarnessError as exc:   # one run's missing or bad file stops no other twin
+            if repeat:
+                return []             # (said once, for its first twin)
+            # Missing: its records measured too little on the GPU host.
+            why = str(exc) if charged.exists() else "no calibration.json beside its real run"
+            return [f"{name}: no sim twin with its own delays ({why}); write one (python -m "
+                    f"harness.calibrate --from-run {real_run} --base CALIBRATION --out {charged}) or name "
+                    f"one: --sim CALIBRATION --systems {real_run.name.rsplit('-seed', 1)[0]}"]
+    if made is not None and same_profile(made_with(made), made_with(real)):
+        shutil.rmtree(where)          # the twin of another calibration: made again from its config
+    set_aside(where)                  # one of another profile is kept beside, as the real runs are
+    done = harness(*sim_overrides(real, charged, repeat), *extra, f"hydra.run.dir={where}")
+    sim = _summary(where)
+    label = f"{name} sim" + (f" (runtime seed {repeat_seed(real, repeat)})" if repeat else "")
+    return [f"{label}: " + (f"{served(sim)} (real {real['goodput']:,.1f})" if sim
+                            else f"no summary ({child_error(done.stderr)})")]
 
 
 def table(*outs: Path) -> pd.DataFrame:
@@ -362,21 +393,22 @@ def table(*outs: Path) -> pd.DataFrame:
     rows, mixed = [], []
     latest = {str(run.relative_to(out))[: -len("-gpu")]: run for out in outs for run in real_runs(out)}
     for name, real_run in sorted(latest.items()):
-        real, emu, sim = _summary(real_run), _summary(twin(real_run, "emulated")), _summary(twin(real_run, "sim"))
+        real, emu = _summary(real_run), _summary(twin(real_run, "emulated"))
         if emu is None:
             continue
         if not same_profile(made_with(real), made_with(emu)):
             mixed.append(name)
             continue
-        if sim is not None and not same_profile(made_with(real), made_with(sim)):
-            sim = None
+        sims = sim_goodputs(real_run, real)
         system, seed = real_run.name[: -len("-gpu")].rsplit("-seed", 1)
         rows.append({"cluster": real_run.parents[1].name, "load": real_run.parent.name, "system": system,
                      "profile": made_with(real).get("date") or "unknown",
                      "seed": int(seed), "offered": real["offered_rate"], "real": real["goodput"],
                      "emulated": emu["goodput"],
                      "ratio": real["goodput"] / emu["goodput"] if emu["goodput"] else math.nan,
-                     "real / sim": real["goodput"] / sim["goodput"] if sim and sim["goodput"] else math.nan,
+                     # Over the mean of its twins: each draws the delays afresh over the same arrivals.
+                     "real / sim": real["goodput"] / (sum(sims) / len(sims)) if sims and all(sims) else math.nan,
+                     "sim twins": len(sims),
                      # Beside the goodput, where a gap comes from: SLOs met and the median latency of each side.
                      **{f"{side} {name}": got.get(key, math.nan)
                         for side, got in (("real", real), ("emulated", emu))
@@ -389,20 +421,32 @@ def table(*outs: Path) -> pd.DataFrame:
     return result
 
 
+def sim_goodputs(real_run: Path, real: dict) -> list[float]:
+    """The goodputs of a real run's sim twins made with its profile and with the calibration its first twin
+    charged (a repeat left from an older calibration is not one of them); none without a first twin."""
+    first = _summary(sim_twin(real_run, 0))
+    if first is None or not same_profile(made_with(real), made_with(first)):
+        return []
+    repeats = (_summary(p) for p in real_run.parent.glob(f"{sim_twin(real_run, 0).name}-r*"))
+    return [first["goodput"]] + [s["goodput"] for s in repeats
+                                 if s is not None and same_profile(made_with(real), made_with(s))
+                                 and calibrated_with(s) == calibrated_with(first)]
+
+
 def _per_system(per_seed: pd.DataFrame) -> list[dict]:
     out_rows = []
     for (cluster, load, system, profile), g in per_seed.groupby(["cluster", "load", "system", "profile"],
                                                                 sort=False):
         mean, ci = mean_ci(g["ratio"])
         within = abs(mean - 1) <= TARGET
-        sim = g["real / sim"].mean(skipna=False)
+        sim, sim_ci = mean_ci(g["real / sim"]) if g["real / sim"].notna().all() else (math.nan, math.nan)
         out_rows.append({"cluster": cluster, "load": load, "system": system, "profile": profile, "seeds": len(g),
                          "offered": g["offered"].mean(), "real goodput": g["real"].mean(),
                          "emulated goodput": g["emulated"].mean(), "real / emulated": mean, "95% CI +-": ci,
                          # The gap against what was offered: where both sides serve almost nothing (a
                          # system past collapse) the ratio is one of two small numbers, this is not.
                          "gap / offered": ((g["real"] - g["emulated"]) / g["offered"]).mean(),
-                         "real / sim": sim,
+                         "real / sim": sim, "sim CI +-": sim_ci, "sim twins": int(g["sim twins"].sum()),
                          **{c: g[c].mean() for c in ("real attainment", "emulated attainment", "real p50 ms",
                                                      "emulated p50 ms")},
                          "within 5%": "yes" if within and g["valid"].all() else
@@ -434,11 +478,18 @@ def main(argv: list[str] | None = None) -> int:
                       help="make the sim twins of the real runs --out holds, charging the live path's delays this "
                            "calibration file measured on the GPU host, or 'own': each real run's calibration.json "
                            "(no GPU needed), then print the table")
+    ap.add_argument("--sim-repeats", type=at_least(1), default=1,
+                    help="with --sim: twins per real run, each drawing the delays and the execution's spread with "
+                         "its own runtime seed over the same arrivals; real / sim is over their mean (past "
+                         "capacity one twin of Clockwork's moved by up to 5%%)")
     args, extra = ap.parse_known_args(argv)
     outs, args.out = args.out, args.out[-1]
     if len(outs) > 1 and not args.table and args.sim is None:
         raise HarnessError("several --out directories are read as one by --table and --sim only; runs on the GPU "
                            "go to one: name one --out")
+    if args.sim_repeats != 1 and args.sim is None:
+        raise HarnessError(f"--sim-repeats {args.sim_repeats} makes sim twins: give it with --sim CALIBRATION or "
+                           "--sim own")
     calibration = None if args.sim in (None, OWN) else Path(args.sim)
     if calibration is not None:
         load_calibration(calibration)        # a bad file is one error, not one per run
@@ -450,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
         chosen = functools.partial(selected, systems=args.systems, clusters=args.clusters, loads=args.loads,
                                    seeds=args.seeds)
         for out in outs:
-            for line in sim_twins(out, calibration, extra, chosen):
+            for line in sim_twins(out, calibration, extra, chosen, args.sim_repeats):
                 print(line, flush=True)
     elif not args.table:
         gpus = detect_gpus()

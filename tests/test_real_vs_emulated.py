@@ -220,6 +220,38 @@ def test_sim_twins_charge_each_real_runs_own_delays_and_are_made_again_with_anot
         "results/reference/vm-live-vs-sim-3/calibration.json"
 
 
+def test_repeated_sim_twins_draw_afresh_over_the_same_arrivals_and_real_over_sim_is_over_their_mean(tmp_path):
+    current = rve.current_profile("h100", "mps25x4")
+    for side in ("gpu", "emulated"):
+        summary(rve.run_dir(tmp_path, "mps25x4", "reference", "eager", 3, side), 1450, profile=current)
+    real = rve.run_dir(tmp_path, "mps25x4", "reference", "eager", 3, "gpu")
+    doc = json.loads((real / "summary.json").read_text())
+    doc["provenance"]["overrides"] = ["experiment=reference_gpu", "system=eager", "duration_s=3", "warmup_s=1",
+                                      "cooldown_s=1", "seeds.schedule=3", "seeds.runtime=3"]
+    (real / "summary.json").write_text(json.dumps(doc))
+    calibration = ROOT / "results" / "reference" / "vm-live-vs-sim-2" / "calibration.json"
+    said = rve.sim_twins(tmp_path, calibration, [], repeats=2)
+    assert said[0].startswith("mps25x4/reference/eager-seed3 sim: goodput")
+    assert said[1].startswith("mps25x4/reference/eager-seed3 sim (runtime seed 1003): goodput")
+    twins = [json.loads((rve.sim_twin(real, k) / "summary.json").read_text()) for k in (0, 1)]
+    assert [t["seeds"]["runtime"] for t in twins] == [3, 1003] and [t["seeds"]["schedule"] for t in twins] == [3, 3]
+    assert rve.sim_twins(tmp_path, calibration, [], repeats=2) == []          # made once
+    t = rve.table(tmp_path).set_index("system")
+    assert t.loc["eager", "sim twins"] == 2
+    assert t.loc["eager", "real / sim"] == pytest.approx(1450 / ((twins[0]["goodput"] + twins[1]["goodput"]) / 2))
+    # A repeat left from another calibration is no twin of this one's.
+    stale = json.loads((rve.sim_twin(real, 1) / "summary.json").read_text())
+    stale["provenance"]["overrides"][-2] = "runtime.calibration=elsewhere.json"
+    stale["goodput"] = 1.0
+    (rve.sim_twin(real, 1) / "summary.json").write_text(json.dumps(stale))
+    t = rve.table(tmp_path).set_index("system")
+    assert t.loc["eager", "sim twins"] == 1 and t.loc["eager", "real / sim"] == pytest.approx(
+        1450 / twins[0]["goodput"])
+    done = subprocess.run([sys.executable, "benchmarks/real_vs_emulated.py", "--out", str(tmp_path), "--table",
+                           "--sim-repeats", "3"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--sim-repeats 3 makes sim twins" in done.stderr, done.stderr
+
+
 def test_without_a_gpu_it_runs_nothing_and_says_why(tmp_path):
     if rve.detect_gpus():
         pytest.skip("a GPU is here: the benchmark would run")
