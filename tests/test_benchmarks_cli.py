@@ -167,6 +167,8 @@ def refused(run: subprocess.CompletedProcess, *words: str) -> None:
     (["--sim", "nosuch.json"], ["calibration file 'nosuch.json' not found", "harness.calibrate"]),
     (["--sim", "results/reference/vm-live-vs-sim-2/calibration.json"], ["is not a directory of real runs"]),
     (["--sim", "results/reference/vm-live-vs-sim-2/calibration.json", "--table"], ["not allowed with"]),
+    (["--sim", "own", "--sim-repeats", "0"], ["--sim-repeats", ">= 1", "got 0"]),
+    (["--sim-repeats", "4"], ["--sim-repeats 4 makes sim twins", "--sim own"]),
 ])
 def test_real_vs_emulated_refuses_bad_arguments_before_looking_for_a_gpu(tmp_path, args, words):
     refused(bench("real_vs_emulated.py", "--out", str(tmp_path / "x"), *args), *words)
