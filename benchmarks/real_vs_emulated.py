@@ -345,45 +345,50 @@ def calibrated_with(sim: dict) -> str | None:
 
 
 def sim_twins(out: Path, calibration: Path | None, extra: list[str], chosen=lambda real_run: True,
-              repeats: int = 1) -> list[str]:
+              repeats: int = 1, say=lambda line: None) -> list[str]:
     """Make the `repeats` sim twins of each real run `out` holds (of those `chosen`) that it lacks of its profile
-    and `calibration` (None: each real run's own calibration.json); what happened, a line each."""
+    and `calibration` (None: each real run's own calibration.json); what happened, a line each, each also
+    given to `say` as it happens (a directory's twins can take minutes)."""
     said = []
     for real_run in filter(chosen, real_runs(out)):
         for repeat in range(repeats):
-            said.extend(_sim_twin(out, real_run, repeat, calibration, extra))
+            line = _sim_twin(out, real_run, repeat, calibration, extra)
+            if line is not None:
+                said.append(line)
+                say(line)
     return said
 
 
-def _sim_twin(out: Path, real_run: Path, repeat: int, calibration: Path | None, extra: list[str]) -> list[str]:
+def _sim_twin(out: Path, real_run: Path, repeat: int, calibration: Path | None, extra: list[str]) -> str | None:
+    """Make a real run's sim twin `repeat` unless it has it; its line, or None (had it, or said for the first)."""
     real = _summary(real_run)
     where, name = sim_twin(real_run, repeat), str(real_run.relative_to(out))[: -len("-gpu")]
     charged = calibration or real_run / "calibration.json"
     made = _summary(where)
     if (made is not None and same_profile(made_with(made), made_with(real))
             and calibrated_with(made) == str(_from_root(charged))):
-        return []
+        return None
     if not same_profile(made_with(real), current_profile(real["gpu_type"], real_run.parents[1].name)):
-        return [f"{name}: made with another profile than profiles/ holds now; no sim twin"] if repeat == 0 else []
+        return None if repeat else f"{name}: made with another profile than profiles/ holds now; no sim twin"
     if calibration is None:
         try:
             load_calibration(charged)
         except HarnessError as exc:   # one run's missing or bad file stops no other twin
             if repeat:
-                return []             # (said once, for its first twin)
+                return None           # (said once, for its first twin)
             # Missing: its records measured too little on the GPU host.
             why = str(exc) if charged.exists() else "no calibration.json beside its real run"
-            return [f"{name}: no sim twin with its own delays ({why}); write one (python -m "
+            return (f"{name}: no sim twin with its own delays ({why}); write one (python -m "
                     f"harness.calibrate --from-run {real_run} --base CALIBRATION --out {charged}) or name "
-                    f"one: --sim CALIBRATION --systems {real_run.name.rsplit('-seed', 1)[0]}"]
+                    f"one: --sim CALIBRATION --systems {real_run.name.rsplit('-seed', 1)[0]}")
     if made is not None and same_profile(made_with(made), made_with(real)):
         shutil.rmtree(where)          # the twin of another calibration: made again from its config
     set_aside(where)                  # one of another profile is kept beside, as the real runs are
     done = harness(*sim_overrides(real, charged, repeat), *extra, f"hydra.run.dir={where}")
     sim = _summary(where)
     label = f"{name} sim" + (f" (runtime seed {repeat_seed(real, repeat)})" if repeat else "")
-    return [f"{label}: " + (f"{served(sim)} (real {real['goodput']:,.1f})" if sim
-                            else f"no summary ({child_error(done.stderr)})")]
+    return f"{label}: " + (f"{served(sim)} (real {real['goodput']:,.1f})" if sim
+                           else f"no summary ({child_error(done.stderr)})")
 
 
 def table(*outs: Path) -> pd.DataFrame:
@@ -501,8 +506,7 @@ def main(argv: list[str] | None = None) -> int:
         chosen = functools.partial(selected, systems=args.systems, clusters=args.clusters, loads=args.loads,
                                    seeds=args.seeds)
         for out in outs:
-            for line in sim_twins(out, calibration, extra, chosen, args.sim_repeats):
-                print(line, flush=True)
+            sim_twins(out, calibration, extra, chosen, args.sim_repeats, say=functools.partial(print, flush=True))
     elif not args.table:
         gpus = detect_gpus()
         if not gpus:
