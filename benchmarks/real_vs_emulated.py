@@ -309,8 +309,7 @@ def sim_twin(real_run: Path, repeat: int) -> Path:
 def repeat_seed(real: dict, repeat: int) -> int:
     """The runtime seed of a real run's sim twin `repeat`: its own for the first, then one apart by
     RUNTIME_SEED_STRIDE each, so a twin's delays and spread are drawn afresh over the same arrivals."""
-    named = [o.split("=", 1)[1] for o in real["provenance"]["overrides"] if o.startswith("seeds.runtime=")]
-    return int(named[-1] if named else real.get("seeds", {}).get("runtime", 0)) + RUNTIME_SEED_STRIDE * repeat
+    return int(real["seeds"]["runtime"]) + RUNTIME_SEED_STRIDE * repeat
 
 
 def selected(real_run: Path, systems: list[str], clusters: list[str], loads: list[str], seeds: list[int]) -> bool:

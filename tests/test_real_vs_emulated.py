@@ -228,6 +228,7 @@ def test_repeated_sim_twins_draw_afresh_over_the_same_arrivals_and_real_over_sim
     doc = json.loads((real / "summary.json").read_text())
     doc["provenance"]["overrides"] = ["experiment=reference_gpu", "system=eager", "duration_s=3", "warmup_s=1",
                                       "cooldown_s=1", "seeds.schedule=3", "seeds.runtime=3"]
+    doc["seeds"] = {"schedule": 3, "mapping": 0, "payload": 2, "runtime": 3}      # as a run's summary says them
     (real / "summary.json").write_text(json.dumps(doc))
     calibration = ROOT / "results" / "reference" / "vm-live-vs-sim-2" / "calibration.json"
     heard = []

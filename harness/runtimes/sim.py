@@ -116,10 +116,8 @@ class _Spread:
         return cls([], [_Drawn(pooled)]) if pooled is not None else None
 
     def next(self, typical_s: float) -> float:
-        draws = self.draws
-        if len(draws) == 1:
-            return draws[0].next()
-        return draws[min(bisect.bisect_left(self.bounds, typical_s), len(draws) - 1)].next()
+        # (the pooled spread: no bounds, so its one draw)
+        return self.draws[min(bisect.bisect_left(self.bounds, typical_s), len(self.draws) - 1)].next()
 
 
 class SimCluster:
